@@ -1,0 +1,122 @@
+"""Per-environment counters in numpy: sliding time-bucket windows and increments per pass.
+
+Where a request becomes a count. Rows are environments with a canary in progress (see
+`streams.attribution`); every request adds 1 to its arm's `requests` series and, when it is bad,
+to the arm's `errors` or `slow` series. Pure: time comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+# Series: the first axis of every counter array.
+CANARY_REQUESTS, CANARY_ERRORS, CANARY_SLOW, STABLE_REQUESTS, STABLE_ERRORS, STABLE_SLOW = range(6)
+N_SERIES = 6
+SERIES_NAMES = (
+    "canary_requests",
+    "canary_errors",
+    "canary_slow",
+    "stable_requests",
+    "stable_errors",
+    "stable_slow",
+)
+ARM_CANARY, ARM_STABLE = 0, 1
+SERIES_PER_ARM = 3
+
+Counts = NDArray[np.int64]  # shape [N_SERIES, capacity]
+
+
+class FleetWindows:
+    """Counters for `capacity` environments.
+
+    `window` holds `buckets` time buckets of `bucket_s` seconds per series and row (a ring
+    indexed by absolute bucket number); `window_sum` is kept in step so a pass reads totals in
+    O(rows). `pending` collects counts since the last `take_pending`, for the sequential test.
+    """
+
+    def __init__(self, capacity: int, *, bucket_s: float = 2.0, buckets: int = 30) -> None:
+        if capacity < 1 or buckets < 1 or bucket_s <= 0:
+            raise ValueError("capacity, buckets and bucket_s must be positive")
+        self.bucket_s = bucket_s
+        self.buckets = buckets
+        self.window = np.zeros((N_SERIES, capacity, buckets), dtype=np.uint32)
+        self.window_sum: Counts = np.zeros((N_SERIES, capacity), dtype=np.int64)
+        self.pending: Counts = np.zeros((N_SERIES, capacity), dtype=np.int64)
+        self._head: int | None = None  # absolute number of the newest bucket
+
+    @property
+    def capacity(self) -> int:
+        return int(self.window.shape[1])
+
+    @property
+    def span_s(self) -> float:
+        return self.bucket_s * self.buckets
+
+    def grow(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        extra = capacity - self.capacity
+        self.window = np.concatenate(
+            [self.window, np.zeros((N_SERIES, extra, self.buckets), dtype=np.uint32)], axis=1
+        )
+        pad = np.zeros((N_SERIES, extra), dtype=np.int64)
+        self.window_sum = np.concatenate([self.window_sum, pad], axis=1)
+        self.pending = np.concatenate([self.pending, pad], axis=1)
+
+    def clear_rows(self, rows: NDArray[np.intp]) -> None:
+        """Forget everything about these rows (a new canary revision, or a row reused)."""
+        self.window[:, rows, :] = 0
+        self.window_sum[:, rows] = 0
+        self.pending[:, rows] = 0
+
+    def advance(self, now: float) -> None:
+        """Move the ring to `now`, zeroing buckets that fell out of the window."""
+        head = int(now // self.bucket_s)
+        if self._head is None:
+            self._head = head
+            return
+        if head <= self._head:
+            return
+        expired = min(head - self._head, self.buckets)
+        slots = np.arange(self._head + 1, self._head + 1 + expired) % self.buckets
+        self.window_sum -= self.window[:, :, slots].sum(axis=2, dtype=np.int64)
+        self.window[:, :, slots] = 0
+        self._head = head
+
+    def add(
+        self,
+        rows: NDArray[np.intp],
+        arms: NDArray[np.intp],
+        errors: NDArray[np.bool_],
+        slow: NDArray[np.bool_],
+        ts: NDArray[np.float64],
+        now: float,
+    ) -> None:
+        """Count a batch of attributed requests (all arrays of one length)."""
+        if rows.size == 0:
+            return
+        self.advance(now)
+        assert self._head is not None
+        # Event time decides the bucket; late or future lines land at the window's edges.
+        number = np.floor_divide(ts, self.bucket_s).astype(np.int64)
+        np.clip(number, self._head - self.buckets + 1, self._head, out=number)
+        slot = number % self.buckets
+        base = arms * SERIES_PER_ARM
+        for offset, mask in ((0, None), (1, errors), (2, slow)):
+            series = base + offset
+            if mask is None:
+                s, r, b = series, rows, slot
+            else:
+                s, r, b = series[mask], rows[mask], slot[mask]
+                if s.size == 0:
+                    continue
+            np.add.at(self.window, (s, r, b), 1)
+            np.add.at(self.window_sum, (s, r), 1)
+            np.add.at(self.pending, (s, r), 1)
+
+    def take_pending(self) -> Counts:
+        """Counts since the previous call; resets them."""
+        taken = self.pending
+        self.pending = np.zeros_like(taken)
+        return taken
