@@ -177,14 +177,16 @@ def request_line_from_obj(obj: Any) -> RequestLine:
     )
 
 
-def decode_request_lines(raw: bytes) -> tuple[list[RequestLine], list[tuple[bytes, DecodeError]]]:
+def decode_request_lines(
+    raw: bytes, max_bytes: int = MAX_MESSAGE_BYTES
+) -> tuple[list[RequestLine], list[tuple[bytes, DecodeError]]]:
     """Decode one message: a JSON object, or NDJSON with one object per line.
 
     Returns the good lines and, for each bad line, its bytes and the error: one bad line in a
     batch of 500 must not lose the other 499.
     """
-    if len(raw) > MAX_MESSAGE_BYTES:
-        return [], [(raw, DecodeError("oversized", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}"))]
+    if len(raw) > max_bytes:
+        return [], [(raw, DecodeError("oversized", f"{len(raw)} bytes > limit {max_bytes}"))]
     good: list[RequestLine] = []
     bad: list[tuple[bytes, DecodeError]] = []
     for chunk in raw.split(b"\n"):

@@ -1,0 +1,83 @@
+"""`canarywatch`: the one command line for every component."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+
+from agents.settings import settings_from_env
+from streams.simulation import SimulationSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="canarywatch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("worker", help="run the analyzer (settings from CANARYWATCH_* variables)")
+
+    for name, text in (
+        ("demo", "local broker + worker + simulated fleet; prints aborts and a scorecard"),
+        ("simulate", "play a simulated fleet into Kafka"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--bootstrap", help="use this Kafka instead of a local broker")
+        p.add_argument("--duration", type=float, help="seconds (default: until Ctrl-C)")
+        p.add_argument("--seed", type=int, help="random seed (default: random, printed)")
+        p.add_argument("--environments", type=int, default=100)
+        p.add_argument("--healthy", type=int, default=20)
+        p.add_argument("--bad", type=int, default=3)
+        p.add_argument("--platform", type=int, default=2)
+        p.add_argument(
+            "--lines-per-message", type=int, default=1, help="NDJSON batch size, as shippers do"
+        )
+
+    broker = sub.add_parser("broker", help="a local single-node Kafka for development")
+    broker.add_argument("args", nargs=argparse.REMAINDER, help="start|stop|fetch and options")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "worker":
+        from agents.worker import run_worker
+
+        run_worker(settings_from_env())
+        return 0
+    if args.command == "broker":
+        from agents.localkafka import main as broker_main
+
+        return broker_main(args.args)
+    simulation = SimulationSettings(
+        environments=args.environments, healthy=args.healthy, bad=args.bad, platform=args.platform
+    )
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    if args.command == "demo":
+        from agents.demo import demo_main
+
+        return asyncio.run(
+            demo_main(args.bootstrap, args.duration, seed, args.lines_per_message, simulation)
+        )
+    if args.command == "simulate":
+        from agents.simulator import simulate
+
+        settings = settings_from_env()
+        bootstrap = args.bootstrap or settings.bootstrap
+        run = asyncio.run(
+            simulate(
+                bootstrap,
+                settings.topics,
+                simulation,
+                seed,
+                args.duration if args.duration is not None else float("inf"),
+                args.lines_per_message,
+            )
+        )
+        print(f"simulate: {run.lines_sent} request lines, seed {seed}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

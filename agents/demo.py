@@ -1,0 +1,202 @@
+"""`canarywatch demo`: broker, worker and simulated fleet together; truth against decisions.
+
+Starts a local Kafka broker (unless given one), creates the topics, starts the worker as a child
+process, plays the simulated fleet, prints every abort with its evidence as it arrives, and ends
+with the scorecard. The end-to-end test runs the same `run_demo`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from agents.kafka_admin import ensure_topics
+from agents.processes import WorkerProcess, free_port
+from agents.settings import Settings
+from agents.simulator import SimulationRun, producer_for
+from streams.events import AbortCommand, DecodeError, decode_abort_command
+from streams.simulation import Scenario, Scorecard, SimulationSettings, score
+
+Printer = Callable[[str], None]
+
+
+@dataclass(slots=True)
+class DemoResult:
+    scorecard: Scorecard
+    commands: list[tuple[float, AbortCommand]] = field(default_factory=list)  # (seen at, cmd)
+    lines_sent: int = 0
+
+
+class CommandWatcher:
+    """Reads the commands topic from its current end; remembers when each command arrived."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self._topic = topic
+        self.seen: list[tuple[float, AbortCommand]] = []
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        partitions = self._consumer.partitions_for_topic(self._topic) or set()
+        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end offsets now, before anything is produced
+            await self._consumer.position(tp)
+
+    async def watch(self, on_command: Callable[[float, AbortCommand], None]) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            now = time.time()
+            for records in batches.values():
+                for record in records:
+                    try:
+                        command = decode_abort_command(record.value or b"")
+                    except DecodeError:
+                        continue
+                    self.seen.append((now, command))
+                    on_command(now, command)
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+
+async def run_demo(
+    settings: Settings,
+    simulation: SimulationSettings,
+    *,
+    duration: float | None,
+    seed: int,
+    lines_per_message: int = 1,
+    work_dir: Path,
+    out: Printer = print,
+    stop: asyncio.Event | None = None,
+) -> DemoResult:
+    """Run the whole path against the broker at `settings.bootstrap`; None runs until cancelled."""
+    await ensure_topics(
+        settings.bootstrap,
+        settings.topic_partitions(),
+        {"max.message.bytes": str(settings.topic_max_message_bytes)},
+    )
+    worker = WorkerProcess(settings, work_dir / "worker.log")
+    worker.start()
+    watcher = CommandWatcher(settings.bootstrap, settings.topics.commands)
+    producer = producer_for(settings.bootstrap)
+    run: SimulationRun | None = None
+    try:
+        await worker.wait_ready()
+        await watcher.start()
+        await producer.start()
+        start = time.time()
+        run = SimulationRun(simulation, seed, start=start, lines_per_message=lines_per_message)
+        plans = {plan.env: plan for plan in run.plans}
+        out(
+            f"demo: {len(run.plans)} environments, "
+            f"{sum(p.scenario == Scenario.BAD for p in run.plans)} bad canaries, "
+            f"{sum(p.scenario == Scenario.HEALTHY for p in run.plans)} healthy, "
+            f"{sum(p.scenario == Scenario.PLATFORM for p in run.plans)} platform faults "
+            f"(seed {seed}, worker log {worker.log_path})"
+        )
+
+        def show(seen_at: float, command: AbortCommand) -> None:
+            plan = plans.get(command.env)
+            truth = plan.scenario.value if plan else "unknown"
+            since = (
+                f"{seen_at - plan.fault_start:.1f}s after the fault"
+                if plan and math.isfinite(plan.fault_start)
+                else "no fault injected"
+            )
+            out(
+                f"ABORT {command.env} hash={command.pod_hash} [{truth}, {since}] "
+                f"{command.evidence.describe()}"
+            )
+
+        watching = asyncio.create_task(watcher.watch(show))
+        until = math.inf if duration is None else start + duration
+        try:
+            await run.play(producer, settings.topics, until, stop=stop)
+            # Let the last pass's commands arrive: the worker evaluates every evaluate_every_s.
+            await asyncio.sleep(3 * settings.evaluate_every_s + 1.0)
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+    finally:
+        await producer.stop()
+        await watcher.stop()
+        worker.stop()
+    first_seen: dict[str, float] = {}
+    for seen_at, command in watcher.seen:
+        first_seen.setdefault(command.env, seen_at)
+    scorecard = score(run.plans, first_seen)
+    return DemoResult(scorecard, list(watcher.seen), run.lines_sent)
+
+
+def format_scorecard(result: DemoResult) -> list[str]:
+    card = result.scorecard
+    lines = [f"{'environment':<16} {'truth':<9} {'decision':<9} time to abort"]
+    for o in sorted(card.outcomes, key=lambda o: (o.scenario != Scenario.BAD, o.env)):
+        if o.scenario == Scenario.STEADY and not o.aborted:
+            continue
+        delay = f"{o.time_to_abort_s:.1f}s" if o.time_to_abort_s is not None else "-"
+        lines.append(
+            f"{o.env:<16} {o.scenario.value:<9} {'abort' if o.aborted else 'none':<9} {delay}"
+        )
+    lines.append(f"{result.lines_sent} request lines played; commands: {len(result.commands)}")
+    lines.append(f"demo: {card.summary()}")
+    return lines
+
+
+async def demo_main(
+    bootstrap: str | None,
+    duration: float | None,
+    seed: int,
+    lines_per_message: int,
+    simulation: SimulationSettings,
+) -> int:
+    from agents.localkafka import LocalKafka
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C ends the run, then the scorecard
+        loop.add_signal_handler(signum, stop.set)
+    with tempfile.TemporaryDirectory(prefix="canarywatch-demo-") as tmp:
+        work_dir = Path(tmp)
+        broker: LocalKafka | None = None
+        if bootstrap is None:
+            broker = LocalKafka(work_dir / "kafka", port=free_port(), controller_port=free_port())
+            print(f"demo: starting a local Kafka broker on {broker.bootstrap} ...", flush=True)
+            await asyncio.to_thread(broker.start)
+            bootstrap = broker.bootstrap
+        settings = Settings(
+            bootstrap=bootstrap,
+            app_id=f"canarywatch-demo-{seed}",
+            metrics_port=free_port(),
+            data_dir=work_dir / "worker",
+        )
+        try:
+            result = await run_demo(
+                settings,
+                simulation,
+                duration=duration,
+                seed=seed,
+                lines_per_message=lines_per_message,
+                work_dir=work_dir,
+                out=lambda text: print(text, flush=True),
+                stop=stop,
+            )
+        finally:
+            if broker is not None:
+                await asyncio.to_thread(broker.stop)
+    for line in format_scorecard(result):
+        print(line, flush=True)
+    return 0

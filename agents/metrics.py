@@ -1,0 +1,129 @@
+"""Prometheus metrics of the worker; the registry is passed in, never the global one.
+
+Per-environment ratios are computed at scrape time from the fleet's arrays (a custom collector),
+for environments with a canary in progress only, so label cardinality follows the number of
+canaries, not the size of the fleet, and nothing is paid on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from streams.decisions import SIGNALS, Verdict, bad_series
+from streams.fleet import Fleet
+from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.lines = Counter(
+            "canarywatch_request_lines",
+            "Request-log lines consumed, by outcome (counted, unattributed, invalid).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.deadletters = Counter(
+            "canarywatch_deadletter_messages",
+            "Messages sent to the dead-letter topic, by source topic and reason.",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        self.rollout_states = Counter(
+            "canarywatch_rollout_states", "Rollout-state snapshots applied.", registry=registry
+        )
+        self.aborts = Counter(
+            "canarywatch_abort_commands",
+            "Abort commands sent, by the signal that decided.",
+            ["signal"],
+            registry=registry,
+        )
+        self.evaluation = Histogram(
+            "canarywatch_evaluation_seconds",
+            "Duration of one evaluation pass over every environment.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "canarywatch_consumer_lag",
+            "Messages behind the end of the partition, per topic and partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "canarywatch_ready", "1 once the worker consumes and evaluates.", registry=registry
+        )
+
+    def count_lines(self, counted: int, unattributed: int, invalid: int) -> None:
+        if counted:
+            self.lines.labels("counted").inc(counted)
+        if unattributed:
+            self.lines.labels("unattributed").inc(unattributed)
+        if invalid:
+            self.lines.labels("invalid").inc(invalid)
+
+
+class FleetCollector(Collector):
+    """Window ratios and verdicts of the environments in canary, read at scrape time."""
+
+    def __init__(self, fleet_source: Callable[[], Fleet | None]) -> None:
+        self._fleet_source = fleet_source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        fleet = self._fleet_source()
+        ratio = GaugeMetricFamily(
+            "canarywatch_window_bad_ratio",
+            "Bad requests / requests over the sliding window, per canary environment.",
+            labels=["env", "arm", "signal"],
+        )
+        requests = GaugeMetricFamily(
+            "canarywatch_window_requests",
+            "Requests over the sliding window, per canary environment and arm.",
+            labels=["env", "arm"],
+        )
+        verdicts = GaugeMetricFamily(
+            "canarywatch_verdicts",
+            "Environments in canary by current verdict and signal.",
+            labels=["verdict", "signal"],
+        )
+        canaries = GaugeMetricFamily(
+            "canarywatch_canaries_in_progress", "Environments with a canary in progress."
+        )
+        if fleet is None:
+            yield canaries
+            return
+        rows = fleet.attribution.active_rows()
+        canaries.add_metric([], float(rows.size))
+        window = fleet.windows.window_sum
+        for row in rows.tolist():
+            state = fleet.attribution.states[row]
+            if state is None:
+                continue
+            for arm, arm_name, total_series in (
+                (ARM_CANARY, "canary", CANARY_REQUESTS),
+                (ARM_STABLE, "stable", STABLE_REQUESTS),
+            ):
+                total = int(window[total_series, row])
+                requests.add_metric([state.env, arm_name], float(total))
+                for signal, signal_name in enumerate(SIGNALS):
+                    bad = int(window[bad_series(signal, arm), row])
+                    ratio.add_metric(
+                        [state.env, arm_name, signal_name], bad / total if total else 0.0
+                    )
+        last = fleet.last_pass
+        if last is not None and rows.size:
+            for signal, signal_name in enumerate(SIGNALS):
+                counts = np.bincount(last.verdicts[signal, rows], minlength=len(Verdict))
+                for verdict in Verdict:
+                    verdicts.add_metric(
+                        [verdict.name.lower(), signal_name], float(counts[verdict.value])
+                    )
+        yield canaries
+        yield ratio
+        yield requests
+        yield verdicts

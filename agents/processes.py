@@ -1,0 +1,90 @@
+"""Run a canarywatch worker as a child process and wait until it is ready (demo, tests, bench)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+from agents.settings import Settings, settings_to_env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_metric(port: int, name: str) -> float | None:
+    """One sample of an unlabelled metric from a /metrics endpoint, or None when absent."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+class WorkerProcess:
+    """`canarywatch worker` in a child process, logging to `log_path`."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        env = {**os.environ, **settings_to_env(self.settings)}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", "worker"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    async def wait_ready(self, within_s: float = 90.0) -> None:
+        """Poll the worker's `canarywatch_ready` gauge until it reads 1."""
+        deadline = time.monotonic() + within_s
+        port = self.settings.metrics_port
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                raise RuntimeError(f"worker exited early; log:\n{self.log_tail()}")
+            if await asyncio.to_thread(read_metric, port, "canarywatch_ready") == 1.0:
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {within_s}s; log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        process = self._process
+        if process is None:
+            return None
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+        return process.returncode

@@ -1,0 +1,90 @@
+"""One typed settings object for every component, read from the environment or CLI flags."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from streams.decisions import DecisionSettings
+from streams.events import MAX_MESSAGE_BYTES
+from streams.fleet import WindowSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    requests: str = "canarywatch.requests"
+    rollouts: str = "canarywatch.rollouts"
+    commands: str = "canarywatch.commands"
+    deadletter: str = "canarywatch.deadletter"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bootstrap: str = "127.0.0.1:9092"
+    app_id: str = "canarywatch"
+    topics: Topics = field(default_factory=Topics)
+    partitions: int = 4  # for the topics canarywatch creates
+    metrics_port: int = 9108
+    evaluate_every_s: float = 0.25
+    commit_every_s: float = 1.0
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    # The request-log topic and dead-letter topic accept messages over the decode limit, so an
+    # oversized message reaches canarywatch, is refused with a reason, and is kept.
+    topic_max_message_bytes: int = 8 * MAX_MESSAGE_BYTES
+    data_dir: Path = Path("/tmp/canarywatch")
+    decisions: DecisionSettings = field(default_factory=DecisionSettings)
+    window: WindowSettings = field(default_factory=WindowSettings)
+
+    def topic_partitions(self) -> dict[str, int]:
+        t = self.topics
+        return {
+            t.requests: self.partitions,
+            t.rollouts: self.partitions,
+            t.commands: self.partitions,
+            t.deadletter: 1,
+        }
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+ENV_PREFIX = "CANARYWATCH_"
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from CANARYWATCH_* variables (BOOTSTRAP, APP_ID, METRICS_PORT, DATA_DIR, ...)."""
+    env = os.environ if environ is None else environ
+    base = Settings()
+
+    def get(name: str) -> str | None:
+        return env.get(ENV_PREFIX + name)
+
+    decisions = base.decisions
+    if (objective := get("LATENCY_OBJECTIVE_MS")) is not None:
+        decisions = replace(decisions, latency_objective_ms=float(objective))
+    return Settings(
+        bootstrap=get("BOOTSTRAP") or base.bootstrap,
+        app_id=get("APP_ID") or base.app_id,
+        partitions=int(get("PARTITIONS") or base.partitions),
+        metrics_port=int(get("METRICS_PORT") or base.metrics_port),
+        evaluate_every_s=float(get("EVALUATE_EVERY_S") or base.evaluate_every_s),
+        max_message_bytes=int(get("MAX_MESSAGE_BYTES") or base.max_message_bytes),
+        data_dir=Path(get("DATA_DIR") or base.data_dir),
+        decisions=decisions,
+    )
+
+
+def settings_to_env(settings: Settings) -> dict[str, str]:
+    """The inverse of `settings_from_env`, to start a worker process with the same settings."""
+    return {
+        ENV_PREFIX + "BOOTSTRAP": settings.bootstrap,
+        ENV_PREFIX + "APP_ID": settings.app_id,
+        ENV_PREFIX + "PARTITIONS": str(settings.partitions),
+        ENV_PREFIX + "METRICS_PORT": str(settings.metrics_port),
+        ENV_PREFIX + "EVALUATE_EVERY_S": str(settings.evaluate_every_s),
+        ENV_PREFIX + "MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
+        ENV_PREFIX + "DATA_DIR": str(settings.data_dir),
+        ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
+    }

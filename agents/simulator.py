@@ -1,0 +1,90 @@
+"""`canarywatch simulate`: plays a simulated fleet into Kafka in real time.
+
+It publishes what the bridge would (rollout-state snapshots) and what log shippers would
+(request-log lines, one per message or NDJSON batches), from `streams.simulation`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+from aiokafka import AIOKafkaProducer
+
+from agents.settings import Topics
+from streams.events import encode_rollout_state
+from streams.simulation import EnvPlan, FleetSimulator, SimulationSettings, plan_fleet, to_messages
+
+
+class SimulationRun:
+    """A planned fleet and its real-time playback; `plans` is the truth."""
+
+    def __init__(
+        self,
+        settings: SimulationSettings,
+        seed: int,
+        *,
+        start: float,
+        lines_per_message: int = 1,
+        tick_s: float = 0.1,
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        self.plans: list[EnvPlan] = plan_fleet(settings, rng, start)
+        self.simulator = FleetSimulator(self.plans, settings, rng)
+        self.lines_per_message = lines_per_message
+        self.tick_s = tick_s
+        self.lines_sent = 0
+
+    async def play(
+        self,
+        producer: AIOKafkaProducer,
+        topics: Topics,
+        until: float,
+        clock: Callable[[], float] = time.time,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Publish states and request lines tick by tick until `until` (epoch seconds) or `stop`."""
+        previous = clock()
+        while True:
+            now = clock()
+            if now >= until or (stop is not None and stop.is_set()):
+                return
+            for state in self.simulator.changed_states(now):
+                await producer.send(
+                    topics.rollouts, key=state.env.encode(), value=encode_rollout_state(state)
+                )
+            lines = self.simulator.requests(previous, now)
+            deliveries = [
+                await producer.send(topics.requests, key=key, value=value)
+                for key, value in to_messages(lines, self.lines_per_message)
+            ]
+            if deliveries:
+                await asyncio.gather(*deliveries)
+            self.lines_sent += len(lines)
+            previous = now
+            # Pacing the playback in real time is the simulator's job, not a synchronisation.
+            await asyncio.sleep(max(0.0, self.tick_s - (clock() - now)))
+
+
+def producer_for(bootstrap: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+
+
+async def simulate(
+    bootstrap: str,
+    topics: Topics,
+    settings: SimulationSettings,
+    seed: int,
+    duration: float,
+    lines_per_message: int = 1,
+) -> SimulationRun:
+    run = SimulationRun(settings, seed, start=time.time(), lines_per_message=lines_per_message)
+    producer = producer_for(bootstrap)
+    await producer.start()
+    try:
+        await run.play(producer, topics, time.time() + duration)
+    finally:
+        await producer.stop()
+    return run

@@ -1,0 +1,148 @@
+"""The Faust worker: rollout states into a table, request logs into counters, verdicts out.
+
+- agent `track_rollouts`: rollout-state topic -> table `rollout-state` and the fleet's attribution;
+- service `RequestLogIngest`: request-log topic -> the fleet's numpy counters (agents/ingest.py);
+- timer `evaluate`: every `evaluate_every_s`, one vectorised pass; abort commands go out;
+- agent `remember_decisions`: commands topic -> table `abort-decisions`, so that a restarted
+  worker does not abort the same rollout revision twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import faust
+from faust.types import EventT, StreamT
+from prometheus_client import CollectorRegistry, start_http_server
+
+from agents.deadletter import DeadLetters, Headers
+from agents.ingest import RequestLogIngest
+from agents.metrics import FleetCollector, WorkerMetrics
+from agents.settings import Settings
+from streams.events import (
+    DecodeError,
+    decode_abort_command,
+    decode_rollout_state,
+    encode_abort_command,
+)
+from streams.fleet import Fleet
+
+log = logging.getLogger("canarywatch.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    app: faust.App
+    fleet: Fleet
+    metrics: WorkerMetrics
+
+
+def build_worker(
+    settings: Settings, registry: CollectorRegistry, *, clock: Callable[[], float] = time.time
+) -> Worker:
+    s = settings
+    app = faust.App(
+        s.app_id,
+        broker=f"kafka://{s.bootstrap}",
+        key_serializer="raw",
+        value_serializer="raw",
+        store="memory://",
+        datadir=str(s.data_dir / s.app_id),
+        web_enabled=False,
+        topic_partitions=s.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        producer_max_request_size=s.topic_max_message_bytes,
+        broker_commit_every=100,
+    )
+    fleet = Fleet(s.decisions, s.window, max_message_bytes=s.max_message_bytes)
+    metrics = WorkerMetrics(registry)
+    registry.register(FleetCollector(lambda: fleet))
+
+    rollouts_topic = app.topic(s.topics.rollouts, key_type=bytes, value_type=bytes)
+    commands_topic = app.topic(s.topics.commands, key_type=bytes, value_type=bytes)
+    deadletter_topic = app.topic(s.topics.deadletter, key_type=bytes, value_type=bytes)
+    rollout_table = app.Table("rollout-state", key_type=bytes, value_type=bytes)
+    decision_table = app.Table("abort-decisions", key_type=bytes, value_type=bytes)
+
+    async def send_deadletter(key: bytes, value: bytes, headers: Headers) -> object:
+        delivery = await deadletter_topic.send(key=key, value=value, headers=headers)
+        return await delivery
+
+    deadletters = DeadLetters(send_deadletter, metrics)
+    ingest = RequestLogIngest(s, fleet, deadletters, metrics, clock=clock, loop=app.loop)
+
+    async def refuse(event: EventT[bytes], error: DecodeError) -> None:
+        message = event.message
+        await deadletters.publish(
+            message.topic, message.partition, [(message.offset, event.value or b"", error)]
+        )
+
+    @app.agent(rollouts_topic)
+    async def track_rollouts(stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                state = decode_rollout_state(event.value or b"")
+            except DecodeError as error:
+                await refuse(event, error)
+                continue
+            rollout_table[state.env.encode()] = event.value
+            fleet.apply_rollout(state, clock())
+            metrics.rollout_states.inc()
+
+    @rollout_table.on_recover
+    async def rebuild_attribution() -> None:
+        now = clock()
+        for raw in rollout_table.values():
+            fleet.apply_rollout(decode_rollout_state(raw), now)
+
+    @app.agent(commands_topic)
+    async def remember_decisions(stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                command = decode_abort_command(event.value or b"")
+            except DecodeError as error:
+                await refuse(event, error)
+                continue
+            decision_table[command.decision_id.encode()] = b"%f" % command.decided_at
+            fleet.decided.add(command.decision_id)
+
+    @decision_table.on_recover
+    async def restore_decisions() -> None:
+        fleet.decided.update(key.decode() for key in decision_table)
+
+    async def start_ingest() -> None:
+        await app.add_runtime_dependency(ingest)
+
+    async def evaluate() -> None:
+        started = time.perf_counter()
+        _, commands = fleet.evaluate(clock())
+        metrics.evaluation.observe(time.perf_counter() - started)
+        for command in commands:
+            delivery = await commands_topic.send(
+                key=command.env.encode(), value=encode_abort_command(command)
+            )
+            await delivery
+            metrics.aborts.labels(command.evidence.signal).inc()
+            log.warning(
+                "abort %s (release %s): %s",
+                command.decision_id,
+                command.release or "?",
+                command.evidence.describe(),
+            )
+
+    app.task(start_ingest)
+    app.timer(s.evaluate_every_s)(evaluate)
+    return Worker(app=app, fleet=fleet, metrics=metrics)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM: metrics on `settings.metrics_port`, Faust worker in front."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    registry = CollectorRegistry()
+    start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
+    worker = build_worker(settings, registry)
+    faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()

@@ -1,0 +1,94 @@
+"""Which rows are canaries, and which pod-template hash belongs to which row and arm.
+
+A row is an environment (one Argo Rollout) with a canary in progress. A request line names its
+namespace and its pod's `rollouts-pod-template-hash`; `lookup` turns that into a row and an arm
+(canary or stable). Rows are reused once a canary ends, so memory follows the number of canaries
+in progress, not the size of the fleet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from streams.events import RolloutState
+from streams.windows import ARM_CANARY, ARM_STABLE
+
+NOT_ATTRIBUTED = -1
+
+
+@dataclass(slots=True)
+class RowChange:
+    """What `Attribution.apply` changed: rows whose evidence must start again from zero."""
+
+    started: list[int] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)
+
+
+class Attribution:
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self.active = np.zeros(capacity, dtype=np.bool_)
+        self.states: list[RolloutState | None] = [None] * capacity
+        self.row_of_env: dict[str, int] = {}
+        # (namespace, pod hash) -> row * 2 + arm: one dict probe per request line.
+        self.code_of_hash: dict[tuple[str, str], int] = {}
+        self._free: list[int] = list(range(capacity - 1, -1, -1))
+
+    def lookup(self, namespace: str, pod_hash: str) -> int:
+        """row * 2 + arm, or NOT_ATTRIBUTED when no canary of this namespace has that hash."""
+        return self.code_of_hash.get((namespace, pod_hash), NOT_ATTRIBUTED)
+
+    def apply(self, state: RolloutState) -> RowChange:
+        """Take a new snapshot of one Rollout into account."""
+        change = RowChange()
+        env = state.env
+        row = self.row_of_env.get(env)
+        if row is not None:
+            old = self.states[row]
+            assert old is not None
+            same_revision = (
+                state.canary_in_progress
+                and old.current_pod_hash == state.current_pod_hash
+                and old.stable_hash == state.stable_hash
+            )
+            if same_revision:
+                self.states[row] = state  # weight or step moved on; evidence continues
+                return change
+            self._release(row)
+            change.ended.append(row)
+        if state.canary_in_progress:
+            row = self._allocate()
+            self.row_of_env[env] = row
+            self.states[row] = state
+            self.active[row] = True
+            self.code_of_hash[(state.namespace, state.current_pod_hash)] = row * 2 + ARM_CANARY
+            self.code_of_hash[(state.namespace, state.stable_hash)] = row * 2 + ARM_STABLE
+            change.started.append(row)
+        return change
+
+    def active_rows(self) -> NDArray[np.intp]:
+        return np.flatnonzero(self.active)
+
+    def _allocate(self) -> int:
+        if not self._free:
+            old = self.capacity
+            self.capacity = old * 2
+            self.active = np.concatenate([self.active, np.zeros(old, dtype=np.bool_)])
+            self.states.extend([None] * old)
+            self._free = list(range(self.capacity - 1, old - 1, -1))
+        return self._free.pop()
+
+    def _release(self, row: int) -> None:
+        state = self.states[row]
+        assert state is not None
+        for pod_hash in (state.current_pod_hash, state.stable_hash):
+            key = (state.namespace, pod_hash)
+            if self.code_of_hash.get(key, NOT_ATTRIBUTED) // 2 == row:
+                del self.code_of_hash[key]
+        del self.row_of_env[state.env]
+        self.states[row] = None
+        self.active[row] = False
+        self._free.append(row)
