@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from agents.kafka_admin import ensure_topics
 from agents.processes import WorkerProcess, free_port
@@ -40,18 +40,18 @@ class CommandWatcher:
     """Reads the commands topic from its current end; remembers when each command arrived."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        self._topic = topic
+        # No group: every partition is assigned, starting from the end ("latest").
+        self._consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="latest"
+        )
         self.seen: list[tuple[float, AbortCommand]] = []
 
     async def start(self) -> None:
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(self._topic) or set()
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the end offsets now, before anything is produced
+        for tp in self._consumer.assignment():  # pin the end offsets before anything is produced
             await self._consumer.position(tp)
+        if not self._consumer.assignment():
+            raise RuntimeError("the commands topic has no partitions")
 
     async def watch(self, on_command: Callable[[float, AbortCommand], None]) -> None:
         while True:

@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from agents.settings import Settings, settings_to_env
 
 
@@ -22,17 +24,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def read_metric(port: int, name: str) -> float | None:
-    """One sample of an unlabelled metric from a /metrics endpoint, or None when absent."""
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a /metrics endpoint, keyed by (name, labels); empty when unreachable."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
             text = reply.read().decode()
     except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+        return {}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def read_metric(port: int, name: str, **labels: str) -> float | None:
+    """One sample from a /metrics endpoint, or None when absent."""
+    return scrape(port).get((name, frozenset(labels.items())))
 
 
 class WorkerProcess:

@@ -14,10 +14,25 @@ from streams.fleet import WindowSettings
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    requests: str = "canarywatch.requests"
-    rollouts: str = "canarywatch.rollouts"
-    commands: str = "canarywatch.commands"
-    deadletter: str = "canarywatch.deadletter"
+    """Topic names: `<prefix>.requests`, `.rollouts`, `.commands`, `.deadletter`."""
+
+    prefix: str = "canarywatch"
+
+    @property
+    def requests(self) -> str:
+        return f"{self.prefix}.requests"
+
+    @property
+    def rollouts(self) -> str:
+        return f"{self.prefix}.rollouts"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}.commands"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}.deadletter"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +82,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         bootstrap=get("BOOTSTRAP") or base.bootstrap,
         app_id=get("APP_ID") or base.app_id,
+        topics=Topics(get("TOPIC_PREFIX") or base.topics.prefix),
         partitions=int(get("PARTITIONS") or base.partitions),
         metrics_port=int(get("METRICS_PORT") or base.metrics_port),
         evaluate_every_s=float(get("EVALUATE_EVERY_S") or base.evaluate_every_s),
@@ -81,6 +97,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
     return {
         ENV_PREFIX + "BOOTSTRAP": settings.bootstrap,
         ENV_PREFIX + "APP_ID": settings.app_id,
+        ENV_PREFIX + "TOPIC_PREFIX": settings.topics.prefix,
         ENV_PREFIX + "PARTITIONS": str(settings.partitions),
         ENV_PREFIX + "METRICS_PORT": str(settings.metrics_port),
         ENV_PREFIX + "EVALUATE_EVERY_S": str(settings.evaluate_every_s),

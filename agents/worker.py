@@ -44,6 +44,7 @@ def build_worker(
     settings: Settings, registry: CollectorRegistry, *, clock: Callable[[], float] = time.time
 ) -> Worker:
     s = settings
+    s.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         s.app_id,
         broker=f"kafka://{s.bootstrap}",
