@@ -1,0 +1,51 @@
+"""Attribution: hashes to rows and arms, rows reused, evidence reset per revision."""
+
+from __future__ import annotations
+
+from streams.attribution import NOT_ATTRIBUTED, Attribution
+from streams.events import RolloutState
+from streams.windows import ARM_CANARY, ARM_STABLE
+
+
+def canary(ns: str, current: str, stable: str = "s0", weight: int = 10) -> RolloutState:
+    return RolloutState(ns, "web", current, stable, canary_weight=weight)
+
+
+def test_canary_and_stable_hashes_map_to_one_row() -> None:
+    a = Attribution(capacity=2)
+    change = a.apply(canary("shop", "c1"))
+    (row,) = change.started
+    assert a.lookup("shop", "c1") == row * 2 + ARM_CANARY
+    assert a.lookup("shop", "s0") == row * 2 + ARM_STABLE
+    assert a.lookup("other", "c1") == NOT_ATTRIBUTED
+    assert a.active_rows().tolist() == [row]
+
+
+def test_a_weight_step_keeps_the_row_and_its_evidence() -> None:
+    a = Attribution()
+    (row,) = a.apply(canary("shop", "c1", weight=10)).started
+    change = a.apply(canary("shop", "c1", weight=50))
+    assert change.started == [] and change.ended == []
+    assert a.states[row] is not None and a.states[row].canary_weight == 50
+
+
+def test_new_revision_restarts_and_promotion_frees_the_row() -> None:
+    a = Attribution()
+    (row,) = a.apply(canary("shop", "c1")).started
+    change = a.apply(canary("shop", "c2"))
+    assert change.ended == [row] and len(change.started) == 1
+    assert a.lookup("shop", "c1") == NOT_ATTRIBUTED
+    promoted = a.apply(RolloutState("shop", "web", "c2", "c2"))
+    assert promoted.started == [] and len(promoted.ended) == 1
+    assert a.lookup("shop", "c2") == NOT_ATTRIBUTED
+    assert a.active_rows().size == 0
+
+
+def test_capacity_grows_and_rows_are_reused() -> None:
+    a = Attribution(capacity=2)
+    rows = [a.apply(canary(f"ns{i}", f"c{i}", f"s{i}")).started[0] for i in range(5)]
+    assert sorted(rows) == list(range(5))
+    assert a.capacity >= 5
+    a.apply(RolloutState("ns0", "web", "c0", "c0"))
+    reused = a.apply(canary("ns9", "c9", "s9")).started[0]
+    assert reused == rows[0]
