@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from agents.deadletter import DeadLetters, Headers
 from agents.ingest import RequestLogIngest
+from agents.kafka_admin import ensure_topics
 from agents.metrics import FleetCollector, WorkerMetrics
 from agents.settings import Settings
 from streams.events import (
@@ -143,6 +145,14 @@ def build_worker(
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: metrics on `settings.metrics_port`, Faust worker in front."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # canarywatch's own topics; Faust declares its changelog topics itself.
+    asyncio.run(
+        ensure_topics(
+            settings.bootstrap,
+            settings.topic_partitions(),
+            {"max.message.bytes": str(settings.topic_max_message_bytes)},
+        )
+    )
     registry = CollectorRegistry()
     start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
     worker = build_worker(settings, registry)
