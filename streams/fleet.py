@@ -7,7 +7,7 @@ returns; everything here is testable without Kafka.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +20,8 @@ from streams.events import (
     DecodeError,
     RolloutState,
     decision_id_for,
-    decode_request_lines,
 )
+from streams.requestlog import decode_columns
 from streams.windows import FleetWindows
 
 
@@ -71,38 +71,30 @@ class Fleet:
                 self.windows.clear_rows(index)
                 self.engine.reset(index, now)
 
-    def count(self, messages: Iterable[bytes], now: float) -> IngestReport:
-        """Decode, attribute and count request-log messages (JSON or NDJSON each)."""
-        report = IngestReport()
-        codes: list[int] = []
-        errors: list[bool] = []
-        slow: list[bool] = []
-        ts: list[float] = []
-        objective = self.settings.latency_objective_ms
+    def count(self, messages: Sequence[bytes], now: float) -> IngestReport:
+        """Decode, attribute and count a batch of request-log messages (JSON or NDJSON each)."""
+        columns = decode_columns(messages, self.max_message_bytes)
+        report = IngestReport(invalid=columns.invalid)
+        if not len(columns):
+            return report
         lookup = self.attribution.code_of_hash.get
-        for index, message in enumerate(messages):
-            lines, bad = decode_request_lines(message, self.max_message_bytes)
-            report.invalid.extend((index, raw, error) for raw, error in bad)
-            for line in lines:
-                code = lookup((line.namespace, line.pod_hash), NOT_ATTRIBUTED)
-                if code == NOT_ATTRIBUTED:
-                    report.unattributed += 1
-                    continue
-                codes.append(code)
-                errors.append(line.status >= 500)
-                slow.append(line.duration_ms > objective)
-                ts.append(line.ts)
-        if codes:
-            code_array = np.asarray(codes, dtype=np.intp)
+        keys = zip(columns.namespaces, columns.pod_hashes, strict=True)
+        codes = np.fromiter(
+            [lookup(key, NOT_ATTRIBUTED) for key in keys], dtype=np.intp, count=len(columns)
+        )
+        attributed = codes != NOT_ATTRIBUTED
+        report.counted = int(np.count_nonzero(attributed))
+        report.unattributed = len(columns) - report.counted
+        if report.counted:
+            codes = codes[attributed]
             self.windows.add(
-                code_array >> 1,
-                code_array & 1,
-                np.asarray(errors, dtype=np.bool_),
-                np.asarray(slow, dtype=np.bool_),
-                np.asarray(ts, dtype=np.float64),
+                codes >> 1,
+                codes & 1,
+                columns.status[attributed] >= 500,
+                columns.duration_ms[attributed] > self.settings.latency_objective_ms,
+                columns.ts[attributed],
                 now,
             )
-            report.counted = len(codes)
         return report
 
     def evaluate(self, now: float) -> tuple[PassResult, list[AbortCommand]]:

@@ -1,0 +1,93 @@
+"""The columnar fast path must agree with the line-by-line decoder on every input."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.events import decode_request_lines
+from streams.requestlog import decode_columns
+
+GOOD = {
+    "ts": 1764150000.25,
+    "namespace": "shop",
+    "pod": "web-abc-1",
+    "rollouts-pod-template-hash": "abc",
+    "status": 200,
+    "duration_ms": 9.5,
+}
+
+
+def reference(messages: list[bytes], max_bytes: int) -> tuple[list[tuple[object, ...]], list]:
+    lines, invalid = [], []
+    for i, message in enumerate(messages):
+        good, bad = decode_request_lines(message, max_bytes)
+        lines.extend((x.namespace, x.pod_hash, x.status, x.duration_ms, x.ts) for x in good)
+        invalid.extend((i, raw, err.reason) for raw, err in bad)
+    return lines, invalid
+
+
+def columns_of(messages: list[bytes], max_bytes: int) -> tuple[list[tuple[object, ...]], list]:
+    c = decode_columns(messages, max_bytes)
+    lines = list(
+        zip(
+            c.namespaces,
+            c.pod_hashes,
+            c.status.tolist(),
+            c.duration_ms.tolist(),
+            c.ts.tolist(),
+            strict=True,
+        )
+    )
+    return lines, [(i, raw, err.reason) for i, raw, err in c.invalid]
+
+
+variants = st.sampled_from(
+    [
+        orjson.dumps(GOOD),
+        orjson.dumps({**GOOD, "status": 503, "namespace": "other"}),
+        orjson.dumps({**GOOD, "ts": 1764150001}),  # an integer timestamp
+        orjson.dumps({k: v for k, v in GOOD.items() if k != "namespace"} | {"env": "shop"}),
+        orjson.dumps(
+            {k: v for k, v in GOOD.items() if k != "rollouts-pod-template-hash"}
+            | {"labels": {"rollouts-pod-template-hash": "lbl"}}
+        ),
+        orjson.dumps({**GOOD, "status": "200"}),
+        orjson.dumps({**GOOD, "status": 42}),
+        orjson.dumps({**GOOD, "status": True}),
+        orjson.dumps({**GOOD, "duration_ms": None}),
+        orjson.dumps({**GOOD, "namespace": ""}),
+        orjson.dumps({k: v for k, v in GOOD.items() if k != "ts"}),
+        b"[1, 2]",
+        b"17",
+        b"not json",
+        b'{"ts": 1, ',
+        b"",
+    ]
+)
+message = st.lists(variants, min_size=1, max_size=4).map(lambda parts: b"\n".join(parts)) | (
+    variants.map(lambda v: v + b"\n")
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(message, max_size=12), st.sampled_from([64, 10_000]))
+def test_fast_path_agrees_with_the_line_decoder(messages: list[bytes], max_bytes: int) -> None:
+    assert columns_of(messages, max_bytes) == reference(messages, max_bytes)
+
+
+def test_a_clean_batch_is_decoded_in_one_parse() -> None:
+    messages = [orjson.dumps({**GOOD, "status": 200 + i}) for i in range(100)]
+    messages.append(b"\n".join(orjson.dumps(GOOD) for _ in range(500)) + b"\n")
+    c = decode_columns(messages)
+    assert len(c) == 600 and not c.invalid
+    assert c.status[:3].tolist() == [200, 201, 202]
+
+
+def test_one_bad_message_does_not_lose_its_neighbours() -> None:
+    good = orjson.dumps(GOOD)
+    messages = [good] * 50 + [b"{oops"] + [good] * 49
+    c = decode_columns(messages)
+    assert len(c) == 99
+    assert [(i, raw, err.reason) for i, raw, err in c.invalid] == [(50, b"{oops", "not_json")]
