@@ -30,3 +30,15 @@ demo: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# Real single-node Apache Kafka (KRaft) from Maven Central, cached outside the clone; state in
+# $(KAFKA_DIR). `make broker` returns once the broker answers; `make broker-stop` stops it.
+KAFKA_DIR ?= $(CURDIR)/.kafka-data
+KAFKA_PORT ?= 9092
+KAFKA_CONTROLLER_PORT ?= 9093
+.PHONY: broker broker-stop
+broker: venv
+	$(PY) -m agents.localkafka start --dir $(KAFKA_DIR) --port $(KAFKA_PORT) --controller-port $(KAFKA_CONTROLLER_PORT)
+
+broker-stop: venv
+	$(PY) -m agents.localkafka stop --dir $(KAFKA_DIR)
