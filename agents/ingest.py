@@ -1,10 +1,15 @@
 """The hot path's transport: request-log bytes from Kafka into the fleet's numpy counters.
 
-A Faust service (started and stopped with the worker) that owns one aiokafka consumer in the
-worker's consumer group for the request-log topic. Faust's per-event stream machinery costs
-~25-30 us a message; this path hands whole fetched batches to `Fleet.count` instead. Offsets
-are committed only after the lines they cover were counted (or dead-lettered), on a timer and
-when partitions are revoked.
+A Faust service (started and stopped with the worker) that owns one aiokafka consumer for the
+request-log topic. Faust's per-event stream machinery costs ~25-30 us a message; this path hands
+whole fetched batches to `Fleet.count` instead.
+
+Partitions follow Faust's own rebalancing: the request-log topic is co-partitioned with the
+rollout-state topic (same partition count, both keyed by namespace), and this consumer reads
+exactly the request-log partitions whose rollout-state partitions Faust assigned to this worker,
+once their table is recovered. So each worker counts the lines of the environments whose state
+it holds. Offsets are committed (in the consumer group `<app_id>-requests`) only after the lines
+they cover were counted or dead-lettered: on a timer and before partitions are given up.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
 from agents.deadletter import DeadLetters
@@ -23,18 +28,6 @@ from agents.settings import Settings
 from streams.fleet import Fleet
 
 log = logging.getLogger(__name__)
-
-
-class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, service: RequestLogIngest) -> None:
-        self._service = service
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._service.commit()
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._service.assigned = set(assigned)
-        self._service.metrics.ready.set(1)
 
 
 class RequestLogIngest(Service):
@@ -57,6 +50,7 @@ class RequestLogIngest(Service):
         self.clock = clock
         self.max_records = max_records
         self.assigned: set[TopicPartition] = set()
+        self._has_partitions = asyncio.Event()
         self._next_offset: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -72,12 +66,25 @@ class RequestLogIngest(Service):
             fetch_max_bytes=max(s.topic_max_message_bytes, 64 * 1024 * 1024),
         )
         await self._consumer.start()
-        self._consumer.subscribe([s.topics.requests], listener=_CommitOnRevoke(self))
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
             await self.commit()
             await self._consumer.stop()
+
+    async def follow(self, partitions: set[int]) -> None:
+        """Read these request-log partitions from now on (commits what was counted first)."""
+        consumer = self._consumer
+        assert consumer is not None
+        await self.commit()
+        topic = self.settings.topics.requests
+        self.assigned = {TopicPartition(topic, p) for p in partitions}
+        consumer.assign(sorted(self.assigned))
+        if self.assigned:
+            self._has_partitions.set()
+        else:
+            self._has_partitions.clear()
+        log.info("ingest follows request-log partitions %s", sorted(partitions))
 
     async def commit(self) -> None:
         """Commit what was counted: the next offset after each counted batch."""
@@ -95,6 +102,7 @@ class RequestLogIngest(Service):
         last_commit = self.clock()
         topic = self.settings.topics.requests
         while not self.should_stop:
+            await self._has_partitions.wait()
             batches = await consumer.getmany(timeout_ms=100, max_records=self.max_records)
             now = self.clock()
             for tp, records in batches.items():

@@ -53,7 +53,7 @@ class SimulationRun:
                 return
             for state in self.simulator.changed_states(now):
                 await producer.send(
-                    topics.rollouts, key=state.env.encode(), value=encode_rollout_state(state)
+                    topics.rollouts, key=state.namespace.encode(), value=encode_rollout_state(state)
                 )
             lines = self.simulator.requests(previous, now)
             deliveries = [

@@ -14,9 +14,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 from faust.types import EventT, StreamT
+from mode.types.signals import BaseSignalT
 from prometheus_client import CollectorRegistry, start_http_server
 
 from agents.deadletter import DeadLetters, Headers
@@ -96,11 +98,33 @@ def build_worker(
             fleet.apply_rollout(state, clock())
             metrics.rollout_states.inc()
 
+    ingest_started = asyncio.Event()
+
     @rollout_table.on_recover
-    async def rebuild_attribution() -> None:
+    async def follow_assignment() -> None:
+        # After each rebalance the table holds exactly this worker's environments: drop the
+        # others, (re)apply ours, then read the request-log partitions that go with them.
         now = clock()
-        for raw in rollout_table.values():
-            fleet.apply_rollout(decode_rollout_state(raw), now)
+        states = [decode_rollout_state(raw) for raw in rollout_table.values()]
+        fleet.retain({state.env for state in states})
+        for state in states:
+            fleet.apply_rollout(state, now)
+        partitions = {
+            tp.partition for tp in app.consumer.assignment() if tp.topic == s.topics.rollouts
+        }
+        if not ingest_started.is_set():
+            await app.add_runtime_dependency(ingest)  # stops with the app
+            ingest_started.set()
+        await ingest.follow(partitions)
+        metrics.ready.set(1)
+
+    async def pause_ingest(
+        sender: object, /, *args: object, signal: BaseSignalT[Any], **kwargs: object
+    ) -> None:
+        if ingest_started.is_set():
+            await ingest.follow(set())
+
+    app.on_partitions_revoked.connect(pause_ingest)
 
     @app.agent(commands_topic)
     async def remember_decisions(stream: StreamT[bytes]) -> None:
@@ -117,16 +141,13 @@ def build_worker(
     async def restore_decisions() -> None:
         fleet.decided.update(key.decode() for key in decision_table)
 
-    async def start_ingest() -> None:
-        await app.add_runtime_dependency(ingest)
-
     async def evaluate() -> None:
         started = time.perf_counter()
         _, commands = fleet.evaluate(clock())
         metrics.evaluation.observe(time.perf_counter() - started)
         for command in commands:
             delivery = await commands_topic.send(
-                key=command.env.encode(), value=encode_abort_command(command)
+                key=command.namespace.encode(), value=encode_abort_command(command)
             )
             await delivery
             metrics.aborts.labels(command.evidence.signal).inc()
@@ -137,7 +158,6 @@ def build_worker(
                 command.evidence.describe(),
             )
 
-    app.task(start_ingest)
     app.timer(s.evaluate_every_s)(evaluate)
     return Worker(app=app, fleet=fleet, metrics=metrics)
 

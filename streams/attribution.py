@@ -69,6 +69,12 @@ class Attribution:
             change.started.append(row)
         return change
 
+    def remove(self, env: str) -> int:
+        """Stop attributing to this environment; returns the row it had."""
+        row = self.row_of_env[env]
+        self._release(row)
+        return row
+
     def active_rows(self) -> NDArray[np.intp]:
         return np.flatnonzero(self.active)
 

@@ -71,6 +71,13 @@ class Fleet:
                 self.windows.clear_rows(index)
                 self.engine.reset(index, now)
 
+    def retain(self, envs: set[str]) -> None:
+        """Forget the environments not in `envs` (their partitions went to another worker)."""
+        for env in [env for env in self.attribution.row_of_env if env not in envs]:
+            row = self.attribution.remove(env)
+            index = np.asarray([row], dtype=np.intp)
+            self.windows.clear_rows(index)
+
     def count(self, messages: Sequence[bytes], now: float) -> IngestReport:
         """Decode, attribute and count a batch of request-log messages (JSON or NDJSON each)."""
         columns = decode_columns(messages, self.max_message_bytes)

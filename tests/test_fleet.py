@@ -94,3 +94,16 @@ def test_simulated_fleet_scores_perfectly_in_process() -> None:
     assert card.summary() == "true_aborts=3 missed=0 false_aborts=0"
     delays = [o.time_to_abort_s for o in card.outcomes if o.scenario == Scenario.BAD]
     assert all(d is not None and 0 < d < 15 for d in delays), delays
+
+
+def test_retain_forgets_environments_handed_to_another_worker() -> None:
+    fleet = Fleet()
+    fleet.apply_rollout(RolloutState("a", "web", "c1", "s1"), now=0.0)
+    fleet.apply_rollout(RolloutState("b", "web", "c2", "s2"), now=0.0)
+    fleet.count(lines("a", "c1", 4, 0, 1.0) + lines("b", "c2", 4, 0, 1.0), 1.0)
+    fleet.retain({"b/web"})
+    assert set(fleet.attribution.row_of_env) == {"b/web"}
+    report = fleet.count(lines("a", "c1", 3, 0, 2.0) + lines("b", "c2", 2, 0, 2.0), 2.0)
+    assert (report.counted, report.unattributed) == (2, 3)
+    row_b = fleet.attribution.row_of_env["b/web"]
+    assert int(fleet.windows.window_sum[0, row_b]) == 6  # b's evidence survived

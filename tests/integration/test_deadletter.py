@@ -88,7 +88,7 @@ async def test_bad_messages_go_to_deadletter_and_the_worker_keeps_counting(
             canary_weight=20,
         )
         await producer.send_and_wait(
-            topics.rollouts, key=state.env.encode(), value=encode_rollout_state(state)
+            topics.rollouts, key=state.namespace.encode(), value=encode_rollout_state(state)
         )
         # The worker applies rollout states asynchronously: wait until the canary is known.
         assert (
