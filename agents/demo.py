@@ -88,14 +88,16 @@ async def run_demo(
         {"max.message.bytes": str(settings.topic_max_message_bytes)},
     )
     worker = WorkerProcess(settings, work_dir / "worker.log")
-    worker.start()
     watcher = CommandWatcher(settings.bootstrap, settings.topics.commands)
     producer = producer_for(settings.bootstrap)
-    run: SimulationRun | None = None
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        worker.start()
+        stack.callback(worker.stop)
         await worker.wait_ready()
         await watcher.start()
+        stack.push_async_callback(watcher.stop)
         await producer.start()
+        stack.push_async_callback(producer.stop)
         start = time.time()
         run = SimulationRun(simulation, seed, start=start, lines_per_message=lines_per_message)
         plans = {plan.env: plan for plan in run.plans}
@@ -130,10 +132,6 @@ async def run_demo(
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
-    finally:
-        await producer.stop()
-        await watcher.stop()
-        worker.stop()
     first_seen: dict[str, float] = {}
     for seen_at, command in watcher.seen:
         first_seen.setdefault(command.env, seen_at)

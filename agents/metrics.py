@@ -74,8 +74,11 @@ class FleetCollector(Collector):
     def __init__(self, fleet_source: Callable[[], Fleet | None]) -> None:
         self._fleet_source = fleet_source
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        fleet = self._fleet_source()
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Named up front, so a scrape restricted with `?name[]=...` skips this collector.
+        yield from self._families()
+
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
         ratio = GaugeMetricFamily(
             "canarywatch_window_bad_ratio",
             "Bad requests / requests over the sliding window, per canary environment.",
@@ -94,6 +97,11 @@ class FleetCollector(Collector):
         canaries = GaugeMetricFamily(
             "canarywatch_canaries_in_progress", "Environments with a canary in progress."
         )
+        return canaries, ratio, requests, verdicts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        fleet = self._fleet_source()
+        canaries, ratio, requests, verdicts = self._families()
         if fleet is None:
             yield canaries
             return

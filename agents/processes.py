@@ -24,10 +24,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of a /metrics endpoint, keyed by (name, labels); empty when unreachable."""
+def scrape(
+    port: int, names: tuple[str, ...] = ()
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Samples of a /metrics endpoint (only of `names` if given), keyed by (name, labels)."""
+    query = "?" + "&".join(f"name[]={name}" for name in names) if names else ""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=2) as reply:
             text = reply.read().decode()
     except OSError:
         return {}
@@ -40,7 +43,7 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def read_metric(port: int, name: str, **labels: str) -> float | None:
     """One sample from a /metrics endpoint, or None when absent."""
-    return scrape(port).get((name, frozenset(labels.items())))
+    return scrape(port, (name,)).get((name, frozenset(labels.items())))
 
 
 class WorkerProcess:
