@@ -31,6 +31,13 @@ demo: venv
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
+# Real kube-apiserver (built from source) + etcd for the `kube` tests, cached outside the clone
+# in ${CANARYWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/canarywatch}. The tests' fixture runs
+# this itself; the target only warms the cache.
+.PHONY: kube-apiserver
+kube-apiserver:
+	scripts/kube/build.sh
+
 # Real single-node Apache Kafka (KRaft) from Maven Central, cached outside the clone; state in
 # $(KAFKA_DIR). `make broker` returns once the broker answers; `make broker-stop` stops it.
 KAFKA_DIR ?= $(CURDIR)/.kafka-data

@@ -1,0 +1,1 @@
+"""Test support: real local services (kube-apiserver + etcd) and helpers around them."""
