@@ -1,19 +1,24 @@
 """Where counts become verdicts: one vectorised pass over every environment with a canary.
 
-The engine keeps, per row, the counts accumulated since the canary revision started, and
-judges each signal (5xx errors, slow requests) separately. The rule lives in `_judge`: the one
-function to replace when the statistics change.
+The engine keeps, per row, the counts accumulated since the canary revision started and an
+anytime-valid sequential test per signal (`streams.sequential`), and turns them into a verdict
+per signal: abort, continue, inconclusive (too little traffic to tell) or platform (stable is
+failing too: not the canary's fault). The sliding windows only feed the platform verdict and
+the exported ratios; the false-abort guarantee rests on the sequential test alone.
+docs/decisions.md explains the statistics, the guarantee and the settings.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 import numpy as np
 from numpy.typing import NDArray
 
 from streams.events import Evidence
+from streams.sequential import DEFAULT_RATIOS, DEFAULT_WEIGHTS, Mixture, SplitTest
 from streams.windows import (
     ARM_CANARY,
     ARM_STABLE,
@@ -41,12 +46,65 @@ def bad_series(signal: int, arm: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class DecisionSettings:
-    min_canary_requests: int = 50  # below this a canary is inconclusive
-    min_canary_bad: int = 5
-    ratio: float = 3.0  # canary bad ratio must exceed stable's by this factor...
-    min_abs_diff: float = 0.02  # ...and by this absolute difference
-    platform_ratio: float = 0.05  # stable window bad ratio at which the platform is failing
+    """What the engine is allowed to conclude, and from how much.
+
+    alpha: probability that a canary revision which is no worse than stable by more than the
+        minimum regression is ever aborted, by either signal, however long it runs and however
+        often it is evaluated (each signal gets alpha/2). It is a per-revision guarantee: across
+        a fleet of N healthy rollouts expect at most alpha*N false aborts (~1 % of them, in
+        practice far fewer because a healthy canary sits well inside the null), not one in total.
+    min_ratio, min_diff: the smallest error regression worth an abort. The null hypothesis is
+        "canary rate <= min_ratio x stable's  OR  canary rate <= stable's + min_diff": a canary
+        must be worse by both the ratio and the absolute difference to be aborted, so 0.10 % ->
+        0.12 % (1.2x, +0.02 points) is never worth one.
+    latency_min_ratio, latency_min_diff: the same for the share of requests slower than
+        `latency_objective_ms`, whose base rate is higher.
+    mixture_ratios, mixture_weights: the alternatives the sequential test bets on.
+    block_requests: the test reads the canary share over blocks of at least this many requests
+        (a block closes at the end of a pass); a quiet environment's block spans minutes.
+    clear_ratio, clear_diff: a "clear regression" (rate max(clear_ratio x stable's, stable's +
+        clear_diff)): while even one of those could not yet have produced the canary bad
+        requests the test needs, the verdict is INCONCLUSIVE rather than CONTINUE.
+    platform_*: stable is failing when its window bad ratio is >= platform_ratio, or >=
+        platform_factor x its own level before the window + platform_min_diff, with at least
+        platform_min_bad bad requests in the window; with the canary's window ratio no worse
+        than platform_canary_factor x stable's (plus platform_canary_slack bad requests), the
+        verdict is PLATFORM and no abort is issued.
+    """
+
+    alpha: float = 0.01
+    min_ratio: float = 1.25
+    min_diff: float = 0.0002
+    latency_min_ratio: float = 1.25
+    latency_min_diff: float = 0.002
     latency_objective_ms: float = 1000.0
+    mixture_ratios: tuple[float, ...] = DEFAULT_RATIOS
+    mixture_weights: tuple[float, ...] = DEFAULT_WEIGHTS
+    block_requests: int = 50
+    clear_ratio: float = 10.0
+    clear_diff: float = 0.01
+    platform_ratio: float = 0.05
+    platform_factor: float = 3.0
+    platform_min_diff: float = 0.01
+    platform_min_bad: int = 5
+    platform_baseline_requests: int = 1000
+    platform_canary_factor: float = 2.0
+    platform_canary_slack: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError("alpha must be in (0, 1)")
+        Mixture(self.mixture_ratios, self.mixture_weights)  # validates
+
+    @property
+    def threshold(self) -> float:
+        """Abort when ln(e-value) reaches this: ln(1/(alpha per signal))."""
+        return math.log(len(SIGNALS) / self.alpha)
+
+    def min_regression(self, signal: int) -> tuple[float, float]:
+        if signal == 0:
+            return self.min_ratio, self.min_diff
+        return self.latency_min_ratio, self.latency_min_diff
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +118,8 @@ class PassResult:
     window: Counts
     started_at: NDArray[np.float64]
     now: float
+    # Canary bad requests the test needs at least, at the canary's share so far [signal, row].
+    needed: NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
 
     def evidence(self, row: int, signal: int) -> Evidence:
         c = self.cumulative[:, row]
@@ -84,13 +144,57 @@ def _ratio(bad: np.int64, total: np.int64) -> float:
     return float(bad) / float(total) if total else 0.0
 
 
+# The bad-request series of both signals, as slices (views, not copies): [signal, row].
+_CANARY_BAD = slice(bad_series(0, ARM_CANARY), bad_series(len(SIGNALS), ARM_CANARY))
+_STABLE_BAD = slice(bad_series(0, ARM_STABLE), bad_series(len(SIGNALS), ARM_STABLE))
+
+
+_NEEDED_MAX = 256
+
+
+def needed_canary_bad(threshold: float, min_ratio: float, share: float) -> int:
+    """Canary bad requests the ratio test needs at least at canary share `share` (see
+    `DecisionEngine._needed`); `_NEEDED_MAX` when there is no stable traffic to compare."""
+    if share <= 0.0:
+        return 1
+    if share >= 1.0:
+        return _NEEDED_MAX
+    gain = math.log1p(share * (min_ratio - 1.0)) - math.log(share) - math.log(min_ratio)
+    return int(min(_NEEDED_MAX, max(1, math.ceil(threshold / gain - 1e-12))))
+
+
+def _needed_table(threshold: float, min_ratio: float) -> NDArray[np.float64]:
+    """table[k-1]: the largest share at which k canary bad requests can be enough.
+
+    k suffice iff ln(1/theta0(rho)) >= threshold/k iff theta0(rho) <= c = exp(-threshold/k),
+    and theta0 = rho*m / (rho*m + 1 - rho) <= c iff rho <= c / (m*(1 - c) + c).
+    """
+    c = np.exp(-threshold / np.arange(1, _NEEDED_MAX, dtype=np.float64))
+    table: NDArray[np.float64] = c / (min_ratio * (1.0 - c) + c)
+    return table
+
+
 class DecisionEngine:
     """Accumulates increments per canary revision and judges all rows at once."""
 
     def __init__(self, settings: DecisionSettings, capacity: int) -> None:
         self.settings = settings
+        ratios, diffs = zip(*(settings.min_regression(s) for s in range(len(SIGNALS))), strict=True)
+        self.test = SplitTest(
+            capacity,
+            min_ratio=ratios,
+            min_diff=diffs,
+            mixture=Mixture(settings.mixture_ratios, settings.mixture_weights),
+            block_requests=settings.block_requests,
+        )
         self.cumulative: Counts = np.zeros((N_SERIES, capacity), dtype=np.int64)
         self.started_at = np.zeros(capacity, dtype=np.float64)
+        # An abort is a decision: once taken for a revision it stays, until `reset`.
+        self.aborted = np.zeros((len(SIGNALS), capacity), dtype=np.bool_)
+        self._min_ratio = np.asarray(ratios, dtype=np.float64)
+        self._needed_table = np.stack(
+            [_needed_table(settings.threshold, m) for m in self._min_ratio]
+        )
 
     @property
     def capacity(self) -> int:
@@ -104,19 +208,54 @@ class DecisionEngine:
             [self.cumulative, np.zeros((N_SERIES, extra), dtype=np.int64)], axis=1
         )
         self.started_at = np.concatenate([self.started_at, np.zeros(extra)])
+        self.aborted = np.concatenate(
+            [self.aborted, np.zeros((len(SIGNALS), extra), dtype=np.bool_)], axis=1
+        )
+        self.test.grow(capacity)
 
     def reset(self, rows: NDArray[np.intp], now: float) -> None:
         """A canary revision started in these rows: evidence starts again from zero."""
         self.cumulative[:, rows] = 0
         self.started_at[rows] = now
+        self.aborted[:, rows] = False
+        self.test.reset(rows)
 
     def evaluate(
         self, increments: Counts, window: Counts, active: NDArray[np.bool_], now: float
     ) -> PassResult:
         """Add the increments since the previous pass, then judge every active row."""
-        self.cumulative += increments
-        verdicts, statistic, threshold = _judge(self.cumulative, window, self.settings)
-        verdicts[:, ~active] = Verdict.CONTINUE
+        s = self.settings
+        cum = self.cumulative
+        cum += increments
+        self.test.update(
+            increments[CANARY_REQUESTS],
+            increments[STABLE_REQUESTS],
+            increments[_CANARY_BAD],
+            increments[_STABLE_BAD],
+        )
+        threshold = s.threshold
+        canary_n = cum[CANARY_REQUESTS]
+        stable_n = cum[STABLE_REQUESTS]
+        share = canary_n / np.maximum(canary_n + stable_n, 1)
+        statistic = self.test.log_e_ratio.copy()
+        platform = self._platform(window)
+        for signal in range(len(SIGNALS)):
+            # Both nulls must be rejected; the difference null is computed only where the
+            # ratio null already is (rare), and an abort is a decision: it stays.
+            candidates = np.flatnonzero(statistic[signal] >= threshold)
+            candidates = candidates[active[candidates]]
+            if candidates.size:
+                both = self.test.log_e(signal, candidates)
+                statistic[signal, candidates] = both
+                new = candidates[(both >= threshold) & ~platform[signal, candidates]]
+                self.aborted[signal, new] = True
+        needed = self._needed(share)
+        inconclusive = self._inconclusive(needed, canary_n, stable_n)
+        # Verdict values order their precedence: ABORT > PLATFORM > INCONCLUSIVE > CONTINUE.
+        verdicts = inconclusive.view(np.int8).copy()
+        np.maximum(verdicts, platform.view(np.int8) * np.int8(Verdict.PLATFORM), out=verdicts)
+        np.maximum(verdicts, self.aborted.view(np.int8) * np.int8(Verdict.ABORT), out=verdicts)
+        verdicts *= active
         return PassResult(
             verdicts=verdicts,
             statistic=statistic,
@@ -125,41 +264,68 @@ class DecisionEngine:
             window=window,
             started_at=self.started_at,
             now=now,
+            needed=needed,
         )
 
+    def _needed(self, share: NDArray[np.float64]) -> NDArray[np.int64]:
+        """Fewest canary bad requests with which each signal's test could abort [signal, row].
 
-def _judge(
-    cumulative: Counts, window: Counts, s: DecisionSettings
-) -> tuple[NDArray[np.int8], NDArray[np.float64], float]:
-    """Walking-skeleton rule: canary bad ratio well above stable's, with enough bad requests.
+        Each canary bad request raises the ratio test's likelihood ratio by at most
+        1/theta0, theta0 = rho*min_ratio / (rho*min_ratio + 1 - rho) at canary share rho:
+        ceil(threshold / ln(1/theta0)) of them are needed (at least ln(1/alpha)/ln(1/rho), as
+        for any test). The count is a step function of rho, looked up in a precomputed table.
+        """
+        tables = self._needed_table
+        first = np.searchsorted(tables[0], share, side="left")
+        first += 1
+        if len(tables) > 1 and np.array_equal(tables[0], tables[1]):
+            return np.broadcast_to(first, (len(SIGNALS), first.size))
+        rest = [np.searchsorted(t, share, side="left") + 1 for t in tables[1:]]
+        return np.stack([first, *rest])
 
-    statistic = canary bad ratio / stable bad ratio (floored), threshold = `s.ratio`.
-    """
-    n_signals = len(SIGNALS)
-    rows = cumulative.shape[1]
-    verdicts = np.full((n_signals, rows), Verdict.CONTINUE, dtype=np.int8)
-    statistic = np.zeros((n_signals, rows), dtype=np.float64)
-    canary_n = cumulative[CANARY_REQUESTS].astype(np.float64)
-    stable_n = cumulative[STABLE_REQUESTS].astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for signal in range(n_signals):
-            canary_bad = cumulative[bad_series(signal, ARM_CANARY)]
-            canary_ratio = np.where(canary_n > 0, canary_bad / canary_n, 0.0)
-            stable_ratio = np.where(
-                stable_n > 0, cumulative[bad_series(signal, ARM_STABLE)] / stable_n, 0.0
-            )
-            stable_window_ratio = np.where(
-                window[STABLE_REQUESTS] > 0,
-                window[bad_series(signal, ARM_STABLE)] / window[STABLE_REQUESTS],
-                0.0,
-            )
-            statistic[signal] = canary_ratio / np.maximum(stable_ratio, 1e-4)
-            worse = (
-                (canary_bad >= s.min_canary_bad)
-                & (canary_ratio > s.ratio * stable_ratio)
-                & (canary_ratio - stable_ratio > s.min_abs_diff)
-            )
-            verdicts[signal, canary_n < s.min_canary_requests] = Verdict.INCONCLUSIVE
-            verdicts[signal, worse] = Verdict.ABORT
-            verdicts[signal, stable_window_ratio >= s.platform_ratio] = Verdict.PLATFORM
-    return verdicts, statistic, s.ratio
+    def _inconclusive(
+        self, needed: NDArray[np.int64], canary_n: Counts, stable_n: Counts
+    ) -> NDArray[np.bool_]:
+        """Too little traffic to tell [signal, row]: the canary has fewer bad requests than the
+        test needs, and even a clear regression would by now expect fewer than that."""
+        s = self.settings
+        cum = self.cumulative
+        stable_rate = cum[_STABLE_BAD] / np.maximum(stable_n, 1)
+        clear = stable_rate * s.clear_ratio
+        stable_rate += s.clear_diff
+        np.maximum(clear, stable_rate, out=clear)
+        np.minimum(clear, 1.0, out=clear)
+        clear *= canary_n
+        inconclusive: NDArray[np.bool_] = cum[_CANARY_BAD] < needed
+        inconclusive &= clear < needed
+        return inconclusive
+
+    def _platform(self, window: Counts) -> NDArray[np.bool_]:
+        """Stable failing in the sliding window, and the canary not clearly worse [signal, row].
+
+        Failing: at least platform_min_bad bad requests in the window, and a window ratio
+        >= platform_ratio, or >= platform_factor x stable's level since the canary started
+        (before the window, once it rests on platform_baseline_requests) + platform_min_diff.
+        Written without divisions: every term is multiplied out by the request counts.
+        """
+        s = self.settings
+        w_bad = window[_STABLE_BAD]
+        w_n = window[STABLE_REQUESTS]
+        # Stable's own level since the canary started, before the window.
+        before_n = self.cumulative[STABLE_REQUESTS] - w_n
+        before_bad = self.cumulative[_STABLE_BAD] - w_bad
+        np.maximum(before_bad, 0, out=before_bad)
+        bar = before_bad * s.platform_factor
+        bar += before_n * s.platform_min_diff
+        bar *= w_n
+        elevated: NDArray[np.bool_] = w_bad * before_n.astype(np.float64) >= bar
+        elevated &= before_n >= s.platform_baseline_requests
+        elevated |= w_bad >= s.platform_ratio * w_n
+        elevated &= w_bad >= s.platform_min_bad
+        # The canary is not clearly worse: its window bad count is within
+        # platform_canary_factor x stable's window ratio (plus a few requests of slack).
+        canary_bar = w_bad * (s.platform_canary_factor * window[CANARY_REQUESTS])
+        canary_bar /= np.maximum(w_n, 1)
+        canary_bar += s.platform_canary_slack
+        elevated &= window[_CANARY_BAD] <= canary_bar
+        return elevated
