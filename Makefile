@@ -49,3 +49,7 @@ broker: venv
 
 broker-stop: venv
 	$(PY) -m agents.localkafka stop --dir $(KAFKA_DIR)
+
+# Decision statistics: canarywatch against Argo-/Kayenta-style judges and an oracle (issue 3).
+bench-decisions: venv
+	$(PY) -m bench.decisions
