@@ -1,0 +1,1 @@
+"""Benchmarks: seeded, in process, no Kafka. `make bench-decisions` runs bench.decisions."""
