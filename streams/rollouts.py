@@ -1,0 +1,328 @@
+"""Argo Rollout objects, read: the raw JSON shapes, the state snapshot, and abort staleness.
+
+Pure: Kubernetes JSON (as dicts) in, `RolloutState`, judgements and references out. The bridge
+(agents/bridge.py) and the actuator (agents/actuator.py) do the I/O around these functions.
+Semantics follow Argo Rollouts v1.9.1 (`utils/replicaset/canary.go`, `GetCurrentSetWeight`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, TypedDict
+
+import orjson
+
+from streams.events import MAX_MESSAGE_BYTES, DecodeError, RolloutState, env_key
+
+GROUP = "argoproj.io"
+VERSION = "v1alpha1"
+PLURAL = "rollouts"
+KIND = "Rollout"
+
+# Events on a Rollout that cannot change its snapshot; everything else triggers a re-read.
+IGNORED_EVENT_REASONS = frozenset({"ScalingReplicaSet"})
+
+
+# --- raw shapes (only the fields canarywatch reads; every one may be missing) ----------------
+
+
+class ObjectMeta(TypedDict, total=False):
+    name: str
+    namespace: str
+    uid: str
+    resourceVersion: str
+    generation: int
+
+
+class Container(TypedDict, total=False):
+    name: str
+    image: str
+
+
+class PodSpec(TypedDict, total=False):
+    containers: list[Container]
+
+
+class PodTemplate(TypedDict, total=False):
+    spec: PodSpec
+
+
+class CanaryStep(TypedDict, total=False):
+    setWeight: int
+    pause: dict[str, Any]
+
+
+class CanaryStrategy(TypedDict, total=False):
+    steps: list[CanaryStep]
+
+
+class Strategy(TypedDict, total=False):
+    canary: CanaryStrategy
+
+
+class RolloutSpec(TypedDict, total=False):
+    template: PodTemplate
+    strategy: Strategy
+    paused: bool
+
+
+class WeightDestination(TypedDict, total=False):
+    weight: int
+    podTemplateHash: str
+
+
+class TrafficWeights(TypedDict, total=False):
+    canary: WeightDestination
+    stable: WeightDestination
+
+
+class CanaryStatus(TypedDict, total=False):
+    weights: TrafficWeights
+
+
+class RolloutStatus(TypedDict, total=False):
+    currentPodHash: str
+    stableRS: str
+    currentStepIndex: int
+    phase: str
+    abort: bool
+    canary: CanaryStatus
+
+
+class Rollout(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: RolloutSpec
+    status: RolloutStatus
+
+
+# --- defensive readers: raw JSON may hold anything --------------------------------------------
+
+
+def _obj(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+# --- Rollout -> snapshot ------------------------------------------------------------------------
+
+
+def current_set_weight(rollout: Rollout) -> int | None:
+    """The canary's weight in percent, as the Argo controller computes it; None without a
+    canary in progress or a canary strategy.
+
+    `status.canary.weights.canary.weight` (traffic routing) wins; otherwise the nearest
+    `setWeight` at or before `status.currentStepIndex`: 0 when none or aborted, 100 past the
+    last step or with no steps.
+    """
+    status = _obj(rollout.get("status"))
+    current, stable = _text(status.get("currentPodHash")), _text(status.get("stableRS"))
+    if not current or current == stable:
+        return None
+    routed = _int(_obj(_obj(_obj(status.get("canary")).get("weights")).get("canary")).get("weight"))
+    if routed is not None:
+        return routed
+    strategy = _obj(_obj(rollout.get("spec")).get("strategy"))
+    if "canary" not in strategy:
+        return None
+    if status.get("abort") is True:
+        return 0
+    steps = _obj(strategy.get("canary")).get("steps")
+    steps = steps if isinstance(steps, list) else []
+    index = _int(status.get("currentStepIndex"))
+    index = 0 if index is None else index
+    if not steps or index >= len(steps) or index < 0:
+        return 100
+    for step in reversed(steps[: index + 1]):
+        weight = _int(_obj(step).get("setWeight"))
+        if weight is not None:
+            return weight
+    return 0
+
+
+def release_of(rollout: Rollout) -> str:
+    """The image of the first container of the pod template ("" with a workloadRef)."""
+    template = _obj(_obj(rollout.get("spec")).get("template"))
+    containers = _obj(template.get("spec")).get("containers")
+    if isinstance(containers, list) and containers:
+        return _text(_obj(containers[0]).get("image"))
+    return ""
+
+
+def rollout_state(rollout: Rollout, observed_at: float) -> RolloutState | None:
+    """The snapshot of a Rollout; None while it has no name or no `status.currentPodHash`
+    (the controller has not reconciled it yet)."""
+    meta = _obj(rollout.get("metadata"))
+    status = _obj(rollout.get("status"))
+    namespace, name = _text(meta.get("namespace")), _text(meta.get("name"))
+    current = _text(status.get("currentPodHash"))
+    if not (namespace and name and current):
+        return None
+    return RolloutState(
+        namespace=namespace,
+        name=name,
+        current_pod_hash=current,
+        stable_hash=_text(status.get("stableRS")),
+        step_index=_int(status.get("currentStepIndex")),
+        phase=_text(status.get("phase")),
+        aborted=status.get("abort") is True,
+        canary_weight=current_set_weight(rollout),
+        release=release_of(rollout),
+        observed_at=observed_at,
+    )
+
+
+def resource_version(rollout: Rollout) -> str:
+    return _text(_obj(rollout.get("metadata")).get("resourceVersion"))
+
+
+# --- publish only what changed ------------------------------------------------------------------
+
+
+def _newer(candidate: str, seen: str) -> bool:
+    """False only when both are integers and `candidate` is older (etcd revisions are; the API
+    calls them opaque, so anything else counts as newer)."""
+    if candidate.isdigit() and seen.isdigit():
+        return int(candidate) >= int(seen)
+    return True
+
+
+class Change(StrEnum):
+    NEW = "published"  # a meaningful field changed: publish it
+    SAME = "unchanged"  # only observed_at or fields canarywatch does not read changed
+    OLDER = "older"  # an older read of the object than the last one: drop it
+
+
+class SnapshotDedupe:
+    """Remembers, per `namespace/name`, the last published snapshot (ignoring `observed_at`)
+    and its resourceVersion, so that a snapshot is published only when a meaningful field
+    changed, and an older read (a lagging watch after a fresher GET) never overwrites a newer."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[RolloutState, str]] = {}
+
+    def check(self, state: RolloutState, version: str = "") -> Change:
+        last = self._last.get(state.env)
+        if last is None:
+            return Change.NEW
+        previous, previous_version = last
+        if version and previous_version and not _newer(version, previous_version):
+            return Change.OLDER
+        return Change.SAME if replace(state, observed_at=0.0) == previous else Change.NEW
+
+    def record(self, state: RolloutState, version: str = "") -> None:
+        self._last[state.env] = (replace(state, observed_at=0.0), version)
+
+    def forget(self, key: str) -> None:
+        self._last.pop(key, None)
+
+    def retain(self, keys: Iterable[str], namespace: str | None = None) -> None:
+        """After a relist: forget keys (of `namespace`, or all) that the list no longer holds."""
+        keep = set(keys)
+        for key in list(self._last):
+            in_scope = namespace is None or key.startswith(f"{namespace}/")
+            if in_scope and key not in keep:
+                del self._last[key]
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+
+# --- abort commands against the live object -------------------------------------------------
+
+
+class AbortVerdict(StrEnum):
+    APPLY = "apply"
+    STALE = "stale"  # the canary the command names is no longer the one in progress
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    verdict: AbortVerdict
+    why: str
+    already_aborted: bool = False
+
+
+def judge_abort(pod_hash: str, rollout: Rollout | None) -> Judgement:
+    """Should an abort of canary `pod_hash` be applied to `rollout` (None: it does not exist)?
+
+    Applying a command twice, or after the Rollout moved on, must do nothing: only the canary
+    the command judged may be aborted, and only once.
+    """
+    if rollout is None:
+        return Judgement(AbortVerdict.NOT_FOUND, "the Rollout does not exist")
+    status = _obj(rollout.get("status"))
+    current, stable = _text(status.get("currentPodHash")), _text(status.get("stableRS"))
+    if status.get("abort") is True:
+        return Judgement(AbortVerdict.STALE, "already aborted", already_aborted=True)
+    if not current:
+        return Judgement(AbortVerdict.STALE, "the Rollout reports no currentPodHash")
+    if current != pod_hash:
+        return Judgement(AbortVerdict.STALE, f"the canary moved on to {current}")
+    if current == stable:
+        return Judgement(AbortVerdict.STALE, f"{current} was promoted to stable")
+    return Judgement(AbortVerdict.APPLY, f"{current} is the canary in progress")
+
+
+# --- Events from kubernetes-event-exporter's Kafka sink ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRef:
+    namespace: str
+    name: str
+
+    @property
+    def env(self) -> str:
+        return env_key(self.namespace, self.name)
+
+
+def rollout_ref_from_event(event: object) -> RolloutRef | None:
+    """The Rollout a core/v1 Event is about, when it could have changed the Rollout's state.
+
+    kubernetes-event-exporter's Kafka sink (no `layout`) publishes the Event's JSON with
+    `involvedObject` (plus labels/annotations and `clusterName`). None for Events about other
+    kinds, or with a reason in `IGNORED_EVENT_REASONS`.
+    """
+    obj = _obj(event)
+    involved = _obj(obj.get("involvedObject"))
+    if _text(involved.get("kind")) != KIND:
+        return None
+    api_version = _text(involved.get("apiVersion"))
+    if api_version and not api_version.startswith(f"{GROUP}/"):
+        return None
+    if _text(obj.get("reason")) in IGNORED_EVENT_REASONS:
+        return None
+    namespace = _text(involved.get("namespace")) or _text(
+        _obj(obj.get("metadata")).get("namespace")
+    )
+    name = _text(involved.get("name"))
+    if not (namespace and name):
+        return None
+    return RolloutRef(namespace, name)
+
+
+def decode_exporter_event(raw: bytes) -> RolloutRef | None:
+    """`rollout_ref_from_event` of one Kafka message; DecodeError when it is not a JSON object."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise DecodeError("oversized", f"{len(raw)} bytes > limit {MAX_MESSAGE_BYTES}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError("not_json", str(exc)) from None
+    if not isinstance(obj, dict):
+        raise DecodeError("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    return rollout_ref_from_event(obj)

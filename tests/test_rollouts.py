@@ -1,0 +1,221 @@
+"""Rollout JSON -> snapshot, weights as Argo computes them, dedupe, exporter events."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, cast
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.events import DecodeError, RolloutState
+from streams.rollouts import (
+    Change,
+    Rollout,
+    RolloutRef,
+    SnapshotDedupe,
+    current_set_weight,
+    decode_exporter_event,
+    release_of,
+    rollout_ref_from_event,
+    rollout_state,
+)
+
+STEPS = [{"setWeight": 20}, {"pause": {}}, {"setWeight": 40}, {"pause": {"duration": "1m"}}]
+
+
+def rollout(**status: Any) -> Rollout:
+    obj = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "web", "namespace": "shop-prod", "uid": "u-1", "resourceVersion": "7"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "app", "image": "registry.example/web:2.0.0"},
+                        {"name": "sidecar", "image": "envoy:1.30"},
+                    ]
+                }
+            },
+            "strategy": {"canary": {"steps": copy.deepcopy(STEPS)}},
+        },
+        "status": {"currentPodHash": "6f7d9c8b5d", "stableRS": "58c9b7d4f6", **status},
+    }
+    return cast(Rollout, obj)
+
+
+def test_snapshot_of_a_paused_canary() -> None:
+    obj = rollout(currentStepIndex=1, phase="Paused")
+    assert rollout_state(obj, 1764150000.0) == RolloutState(
+        namespace="shop-prod",
+        name="web",
+        current_pod_hash="6f7d9c8b5d",
+        stable_hash="58c9b7d4f6",
+        step_index=1,
+        phase="Paused",
+        aborted=False,
+        canary_weight=20,
+        release="registry.example/web:2.0.0",
+        observed_at=1764150000.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("index", "weight"),
+    [(None, 20), (0, 20), (1, 20), (2, 40), (3, 40), (4, 100), (9, 100)],
+)
+def test_weight_is_the_nearest_set_weight_at_or_before_the_step(
+    index: int | None, weight: int
+) -> None:
+    status = {} if index is None else {"currentStepIndex": index}
+    assert current_set_weight(rollout(**status)) == weight
+
+
+def test_weight_from_traffic_routing_wins_over_steps() -> None:
+    obj = rollout(currentStepIndex=0, canary={"weights": {"canary": {"weight": 7}}})
+    assert current_set_weight(obj) == 7
+
+
+def test_weight_edge_cases() -> None:
+    assert current_set_weight(rollout(abort=True, currentStepIndex=2)) == 0
+    no_weight_yet = rollout(currentStepIndex=0)
+    no_weight_yet["spec"]["strategy"]["canary"]["steps"] = [{"pause": {}}, {"setWeight": 50}]
+    assert current_set_weight(no_weight_yet) == 0
+    no_steps = rollout()
+    no_steps["spec"]["strategy"]["canary"]["steps"] = []
+    assert current_set_weight(no_steps) == 100
+    blue_green = rollout(currentStepIndex=0)
+    blue_green["spec"]["strategy"] = cast(Any, {"blueGreen": {"activeService": "web"}})
+    assert current_set_weight(blue_green) is None
+    # No canary in progress: the weight is not a canary's.
+    assert current_set_weight(rollout(currentPodHash="58c9b7d4f6", currentStepIndex=4)) is None
+
+
+def test_no_snapshot_before_the_controller_reconciled() -> None:
+    obj = rollout()
+    del obj["status"]
+    assert rollout_state(obj, 0.0) is None
+    unnamed = rollout()
+    del unnamed["metadata"]["name"]
+    assert rollout_state(unnamed, 0.0) is None
+
+
+def test_workload_ref_rollout_has_no_release_and_aborted_is_read() -> None:
+    obj = rollout(abort=True, phase="Degraded")
+    del obj["spec"]["template"]
+    state = rollout_state(obj, 0.0)
+    assert state is not None
+    assert (state.release, state.aborted, state.phase) == ("", True, "Degraded")
+    assert not state.canary_in_progress
+    assert release_of(rollout()) == "registry.example/web:2.0.0"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(
+    status=st.dictionaries(
+        st.sampled_from(
+            ["currentPodHash", "stableRS", "currentStepIndex", "phase", "abort", "canary"]
+        ),
+        json_values,
+    ),
+    spec=json_values,
+)
+def test_any_json_maps_to_a_snapshot_or_none_never_raises(status: Any, spec: Any) -> None:
+    obj = cast(
+        Rollout, {"metadata": {"name": "web", "namespace": "ns"}, "status": status, "spec": spec}
+    )
+    state = rollout_state(obj, 1.0)
+    if state is not None:
+        assert state.current_pod_hash == status["currentPodHash"]
+        assert state.canary_weight is None or isinstance(state.canary_weight, int)
+
+
+def test_dedupe_publishes_meaningful_changes_only() -> None:
+    dedupe = SnapshotDedupe()
+    first = rollout_state(rollout(currentStepIndex=0), 1.0)
+    assert first is not None
+    assert dedupe.check(first, "10") is Change.NEW
+    dedupe.record(first, "10")
+    later_same = rollout_state(rollout(currentStepIndex=0), 2.0)  # only observed_at moved
+    assert later_same is not None
+    assert dedupe.check(later_same, "11") is Change.SAME
+    stepped = rollout_state(rollout(currentStepIndex=2), 3.0)
+    assert stepped is not None
+    assert dedupe.check(stepped, "12") is Change.NEW
+    dedupe.record(stepped, "12")
+    # A lagging watch event (older resourceVersion) after a fresher GET is dropped.
+    assert dedupe.check(first, "11") is Change.OLDER
+    # Opaque (non-numeric) versions are never judged older.
+    assert dedupe.check(first, "abc") is Change.NEW
+
+
+def test_dedupe_forgets_what_a_relist_no_longer_holds() -> None:
+    dedupe = SnapshotDedupe()
+    for namespace in ("a", "b"):
+        obj = rollout()
+        obj["metadata"]["namespace"] = namespace
+        state = rollout_state(obj, 0.0)
+        assert state is not None
+        dedupe.record(state)
+    dedupe.retain([], namespace="a")
+    assert len(dedupe) == 1
+    dedupe.retain(["x/y"])
+    assert len(dedupe) == 0
+
+
+# kubernetes-event-exporter's Kafka sink without a layout: the Event with involvedObject.
+EXPORTED = {
+    "metadata": {"name": "web.1874f3c", "namespace": "shop-prod", "uid": "e-1"},
+    "reason": "RolloutStepCompleted",
+    "message": "Rollout step 1/4 completed (setWeight: 20)",
+    "source": {"component": "rollouts-controller"},
+    "firstTimestamp": "2026-11-26T09:00:00Z",
+    "lastTimestamp": "2026-11-26T09:00:00Z",
+    "count": 1,
+    "type": "Normal",
+    "clusterName": "eu-1",
+    "involvedObject": {
+        "kind": "Rollout",
+        "namespace": "shop-prod",
+        "name": "web",
+        "uid": "u-1",
+        "apiVersion": "argoproj.io/v1alpha1",
+        "resourceVersion": "7",
+        "labels": {"app": "web"},
+    },
+}
+
+
+def test_exporter_event_names_its_rollout() -> None:
+    assert decode_exporter_event(orjson.dumps(EXPORTED)) == RolloutRef("shop-prod", "web")
+
+
+def test_exporter_events_that_cannot_change_a_rollout_are_ignored() -> None:
+    pod = {**EXPORTED, "involvedObject": {**EXPORTED["involvedObject"], "kind": "Pod"}}
+    scaling = {**EXPORTED, "reason": "ScalingReplicaSet"}
+    other_group = {
+        **EXPORTED,
+        "involvedObject": {**EXPORTED["involvedObject"], "apiVersion": "example.com/v1"},
+    }
+    for event in (pod, scaling, other_group, {}, {"involvedObject": {"kind": "Rollout"}}):
+        assert rollout_ref_from_event(event) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"), [(b"{", "not_json"), (b"[1]", "not_object"), (b"x" * 2_000_000, "oversized")]
+)
+def test_exporter_event_refused(raw: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as exc:
+        decode_exporter_event(raw)
+    assert exc.value.reason == reason
