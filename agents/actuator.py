@@ -1,0 +1,569 @@
+"""The actuator: abort commands from Kafka become `status.abort=true` on Argo Rollouts.
+
+Each command is applied as `kubectl argo rollouts abort` applies it: a JSON merge patch
+`{"status":{"abort":true}}` on the Rollout's `status` subresource, on the main resource only when
+the subresource answers 404 (controllers older than the subresource). Before patching, the
+Rollout is read: a command whose canary is no longer the one in progress (moved on, promoted,
+already aborted) is skipped (`streams.rollouts.judge_abort`). After the patch, a Warning Event
+`CanarywatchAbort` on the Rollout carries the evidence, so `kubectl describe rollout` says why.
+
+Why aiokafka and not Faust here: the actuator needs commit-after-apply. Faust acknowledges
+events and commits offsets on its own schedule; with aiokafka, `enable_auto_commit=False` and
+one explicit commit per command, a command's offset is committed only once its patch succeeded
+or it was judged moot (stale, not found) or unusable (dead-lettered). A crash or restart at any
+point re-delivers the command, and applying it again is harmless: the second read sees
+`abort: true` and skips. 409, 429, 5xx and unreachable API servers are retried with exponential
+backoff and jitter (Retry-After honoured); a command still failing after `RetryPolicy.budget_s`
+is sought back and re-read, so the consumer keeps polling and stays in its group.
+
+The Kubernetes calls sit behind `RolloutApi`; `KubeRolloutApi` is the real one (synchronous
+kubernetes client, called through `asyncio.to_thread`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import hashlib
+import logging
+import random
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol, cast
+
+import urllib3
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+from aiokafka.structs import ConsumerRecord, TopicPartition
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from agents.deadletter import deadletter_headers
+from agents.kafka_admin import ensure_topics
+from agents.settings import Settings
+from streams.events import AbortCommand, DecodeError, decode_abort_command
+from streams.rollouts import GROUP, KIND, PLURAL, VERSION, AbortVerdict, Rollout, judge_abort
+
+log = logging.getLogger("canarywatch.actuator")
+
+EVENT_REASON = "CanarywatchAbort"
+COMPONENT = "canarywatch-actuator"
+MERGE_PATCH = "application/merge-patch+json"
+ABORT_PATCH: Mapping[str, Any] = {"status": {"abort": True}}
+UNREACHABLE = 0  # KubeError.status when no HTTP answer came back
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    STALE = "stale"
+    NOT_FOUND = "not_found"
+    DRY_RUN = "dry_run"
+    FAILED = "failed"  # a non-retryable answer (403, 422, ...): dead-lettered, committed
+    DEFERRED = "deferred"  # retry budget spent: not committed, read again
+    INVALID = "invalid"  # not a command: dead-lettered, committed
+
+
+DONE = frozenset(Outcome) - {Outcome.DEFERRED}  # outcomes whose offset may be committed
+
+
+# --- the Kubernetes side, behind a Protocol -----------------------------------------------------
+
+
+class KubeError(Exception):
+    """An API call that failed: `status` is the HTTP status, or 0 when nothing answered."""
+
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status or 'unreachable'}: {reason}")
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class RolloutApi(Protocol):
+    """What the actuator needs from the API server; every method may raise KubeError."""
+
+    def get_rollout(self, namespace: str, name: str) -> Rollout | None:
+        """The Rollout, or None when it does not exist."""
+        ...
+
+    def abort_rollout(self, namespace: str, name: str) -> bool:
+        """Merge-patch `{"status":{"abort":true}}`; False when the Rollout does not exist."""
+        ...
+
+    def record_event(self, namespace: str, event: Mapping[str, Any]) -> bool:
+        """Create a core/v1 Event; False when one of that name already exists."""
+        ...
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+@contextlib.contextmanager
+def _kube_errors() -> Iterator[None]:
+    try:
+        yield
+    except k8s.ApiException as exc:
+        headers = exc.headers or {}
+        retry_after = parse_retry_after(headers.get("Retry-After"), time.time())
+        raise KubeError(int(exc.status or UNREACHABLE), str(exc.reason), retry_after) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise KubeError(UNREACHABLE, f"{type(exc).__name__}: {exc}") from exc
+
+
+class KubeRolloutApi:
+    """RolloutApi on the kubernetes client; `group` is a parameter for tests of other CRDs."""
+
+    def __init__(
+        self, api: k8s.ApiClient, *, group: str = GROUP, timeout: tuple[float, float] = (5, 20)
+    ) -> None:
+        self._objects = k8s.CustomObjectsApi(api)
+        self._core = k8s.CoreV1Api(api)
+        self._group = group
+        self._timeout = timeout
+
+    def get_rollout(self, namespace: str, name: str) -> Rollout | None:
+        with _kube_errors():
+            try:
+                obj = self._objects.get_namespaced_custom_object(
+                    self._group, VERSION, namespace, PLURAL, name, _request_timeout=self._timeout
+                )
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        return cast(Rollout, obj)
+
+    def abort_rollout(self, namespace: str, name: str) -> bool:
+        args = (self._group, VERSION, namespace, PLURAL, name, dict(ABORT_PATCH))
+        with _kube_errors():
+            try:
+                self._objects.patch_namespaced_custom_object_status(
+                    *args, _content_type=MERGE_PATCH, _request_timeout=self._timeout
+                )
+                return True
+            except k8s.ApiException as exc:
+                if exc.status != 404:
+                    raise
+            log.info("%s/%s: no status subresource; patching the main resource", namespace, name)
+            try:
+                self._objects.patch_namespaced_custom_object(
+                    *args, _content_type=MERGE_PATCH, _request_timeout=self._timeout
+                )
+                return True
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+
+    def record_event(self, namespace: str, event: Mapping[str, Any]) -> bool:
+        with _kube_errors():
+            try:
+                body = k8s.CoreV1Event.from_dict(dict(event))
+                assert body is not None
+                self._core.create_namespaced_event(namespace, body, _request_timeout=self._timeout)
+                return True
+            except k8s.ApiException as exc:
+                if exc.status == 409:
+                    return False
+                raise
+
+
+def kube_api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
+    """A client from `kubeconfig`, else the in-cluster ServiceAccount, else ~/.kube/config."""
+    # kubernetes.config is untyped; the client it returns is a typed k8s.ApiClient.
+    if kubeconfig:
+        return cast(k8s.ApiClient, k8s_config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except k8s_config.ConfigException:
+        return cast(k8s.ApiClient, k8s_config.new_client_from_config())  # type: ignore[no-untyped-call]
+    return k8s.ApiClient(configuration)
+
+
+# --- pure policy: retry and backoff, the Event ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base_s: float = 0.25
+    factor: float = 2.0
+    max_s: float = 30.0
+    jitter: float = 0.5  # the delay is drawn from [(1 - jitter) * d, d]
+    max_retry_after_s: float = 120.0
+    budget_s: float = 120.0  # per command, before it is deferred (sought back, read again)
+    event_attempts: int = 5
+
+    @staticmethod
+    def retryable(status: int) -> bool:
+        return status in (UNREACHABLE, 409, 429) or status >= 500
+
+    def delay(self, attempt: int, retry_after: float | None, rand: float) -> float:
+        """Seconds before retry number `attempt + 1`; `rand` is uniform in [0, 1]."""
+        ceiling = min(self.max_s, self.base_s * self.factor**attempt)
+        jittered = ceiling * (1.0 - self.jitter * (1.0 - rand))
+        if retry_after is not None:
+            return max(jittered, min(retry_after, self.max_retry_after_s))
+        return jittered
+
+
+def event_name(command: AbortCommand) -> str:
+    """One Event per decision, named deterministically: recording it twice is a no-op (409)."""
+    digest = hashlib.sha256(command.decision_id.encode()).hexdigest()[:12]
+    return f"{command.rollout}.canarywatch-{digest}"
+
+
+def event_message(command: AbortCommand) -> str:
+    release = f" (release {command.release})" if command.release else ""
+    text = (
+        f"canarywatch aborted canary {command.pod_hash}{release}: {command.reason}; "
+        f"{command.evidence.describe()}; decision {command.decision_id}"
+    )
+    return text[:1024]
+
+
+def abort_event(
+    command: AbortCommand, rollout: Rollout, now: datetime, instance: str
+) -> dict[str, Any]:
+    """The core/v1 Event recorded on the Rollout after an abort."""
+    meta = rollout.get("metadata", {})
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": event_name(command), "namespace": command.namespace},
+        "involvedObject": {
+            "apiVersion": rollout.get("apiVersion") or f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "namespace": command.namespace,
+            "name": command.rollout,
+            "uid": meta.get("uid", ""),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "type": "Warning",
+        "reason": EVENT_REASON,
+        "action": "Abort",
+        "message": event_message(command),
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": instance,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+class ActuatorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.commands = Counter(
+            "canarywatch_actuator_commands",
+            "Abort commands handled, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "canarywatch_actuator_retries",
+            "API calls retried, by HTTP status (0: no answer).",
+            ["status"],
+            registry=registry,
+        )
+        self.events = Counter(
+            "canarywatch_actuator_events",
+            "Kubernetes Events on aborted Rollouts, by outcome (recorded, exists, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.decision_to_abort = Histogram(
+            "canarywatch_actuator_decision_to_abort_seconds",
+            "From the worker's decision to the applied patch.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=registry,
+        )
+        self.deadletters = Counter(
+            "canarywatch_deadletter_messages",
+            "Messages sent to the dead-letter topic, by source topic and reason.",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "canarywatch_actuator_ready",
+            "1 once the actuator consumes commands.",
+            registry=registry,
+        )
+
+
+# --- the actuator -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Result:
+    outcome: Outcome
+    detail: str = ""
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Actuator:
+    """Applies abort commands; `handle` needs no Kafka, `run` is the consumer loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        api: RolloutApi,
+        metrics: ActuatorMetrics,
+        *,
+        dry_run: bool = False,
+        policy: RetryPolicy | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        instance: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.metrics = metrics
+        self.dry_run = dry_run
+        self.policy = policy or RetryPolicy()
+        self._sleep = sleep
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._rand = rand
+        self.instance = instance or socket.gethostname()
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.settings.app_id}-actuator"
+
+    async def handle(self, command: AbortCommand) -> Result:
+        """Read, judge, patch, record: retried as a whole on retryable errors."""
+        started = self._clock()
+        attempt = 0
+        patch_sent = False
+        while True:
+            try:
+                result = await self._attempt(command, patch_sent)
+                break
+            except _PatchSent as sent:
+                patch_sent = True
+                error = sent.error
+            except KubeError as exc:
+                error = exc
+            if not self.policy.retryable(error.status):
+                result = Result(Outcome.FAILED, str(error))
+                break
+            delay = self.policy.delay(attempt, error.retry_after, self._rand())
+            if self._clock() + delay - started > self.policy.budget_s:
+                result = Result(Outcome.DEFERRED, str(error))
+                break
+            self.metrics.retries.labels(str(error.status)).inc()
+            log.warning("%s: %s; retry %d in %.2fs", command.decision_id, error, attempt + 1, delay)
+            await self._sleep(delay)
+            attempt += 1
+        self.metrics.commands.labels(result.outcome.value).inc()
+        self._log(command, result)
+        return result
+
+    async def _attempt(self, command: AbortCommand, patch_sent: bool) -> Result:
+        rollout = await asyncio.to_thread(self.api.get_rollout, command.namespace, command.rollout)
+        judgement = judge_abort(command.pod_hash, rollout)
+        if judgement.verdict is AbortVerdict.NOT_FOUND:
+            return Result(Outcome.NOT_FOUND, judgement.why)
+        assert rollout is not None
+        if judgement.verdict is AbortVerdict.STALE:
+            if not (patch_sent and judgement.already_aborted):
+                return Result(Outcome.STALE, judgement.why)
+            # Our earlier patch went through but its answer was lost: finish the job.
+        elif self.dry_run:
+            return Result(Outcome.DRY_RUN, judgement.why)
+        else:
+            try:
+                found = await asyncio.to_thread(
+                    self.api.abort_rollout, command.namespace, command.rollout
+                )
+            except KubeError as exc:
+                raise _PatchSent(exc) from exc
+            if not found:
+                return Result(Outcome.NOT_FOUND, "the Rollout disappeared before the patch")
+        self.metrics.decision_to_abort.observe(max(0.0, self._wall_clock() - command.decided_at))
+        await self._record_event(command, rollout)
+        return Result(Outcome.APPLIED, judgement.why)
+
+    async def _record_event(self, command: AbortCommand, rollout: Rollout) -> None:
+        """Best effort, retried a few times: the abort is done whatever happens here."""
+        now = datetime.fromtimestamp(self._wall_clock(), UTC)
+        event = abort_event(command, rollout, now, self.instance)
+        for attempt in range(self.policy.event_attempts):
+            try:
+                created = await asyncio.to_thread(self.api.record_event, command.namespace, event)
+            except KubeError as exc:
+                last_try = attempt + 1 == self.policy.event_attempts
+                if not self.policy.retryable(exc.status) or last_try:
+                    self.metrics.events.labels("failed").inc()
+                    log.error("%s: could not record the Event: %s", command.decision_id, exc)
+                    return
+                self.metrics.retries.labels(str(exc.status)).inc()
+                await self._sleep(self.policy.delay(attempt, exc.retry_after, self._rand()))
+                continue
+            self.metrics.events.labels("recorded" if created else "exists").inc()
+            return
+
+    def _log(self, command: AbortCommand, result: Result) -> None:
+        where = f"{command.env} canary {command.pod_hash} ({command.decision_id})"
+        if result.outcome is Outcome.APPLIED:
+            log.warning("aborted %s: %s", where, command.evidence.describe())
+        elif result.outcome is Outcome.DRY_RUN:
+            log.warning("dry run: would abort %s: %s", where, command.evidence.describe())
+        elif result.outcome in (Outcome.FAILED, Outcome.DEFERRED):
+            log.error("%s %s: %s", result.outcome.value, where, result.detail)
+        else:
+            log.info("skipped %s: %s", where, result.detail)
+
+    # -- Kafka -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Consume the commands topic until `stop` is set or the task is cancelled."""
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            s.topics.commands,
+            bootstrap_servers=s.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=s.topic_max_message_bytes,
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap, acks="all", max_request_size=s.topic_max_message_bytes
+        )
+        await producer.start()
+        try:
+            await consumer.start()
+            try:
+                self.metrics.ready.set(1)
+                while stop is None or not stop.is_set():
+                    batch = await consumer.getmany(timeout_ms=200, max_records=200)
+                    await asyncio.gather(
+                        *(
+                            self._consume_partition(consumer, producer, tp, records)
+                            for tp, records in batch.items()
+                        )
+                    )
+            finally:
+                self.metrics.ready.set(0)
+                await consumer.stop()
+        finally:
+            await producer.stop()
+
+    async def _consume_partition(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        tp: TopicPartition,
+        records: list[ConsumerRecord[bytes, bytes]],
+    ) -> None:
+        for record in records:
+            value = record.value or b""
+            try:
+                command = decode_abort_command(value)
+            except DecodeError as error:
+                self.metrics.commands.labels(Outcome.INVALID.value).inc()
+                await self._deadletter(producer, record, error)
+            else:
+                result = await self.handle(command)
+                if result.outcome is Outcome.DEFERRED:
+                    consumer.seek(tp, record.offset)  # read it again on the next poll
+                    return
+                if result.outcome is Outcome.FAILED:
+                    await self._deadletter(
+                        producer, record, DecodeError("apply_failed", result.detail)
+                    )
+            try:
+                await consumer.commit({tp: record.offset + 1})
+            except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+                # The partition went to another member, which re-reads the command: harmless.
+                log.warning(
+                    "commit %s@%d failed (%s); leaving it to the new owner", tp, record.offset, exc
+                )
+                return
+
+    async def _deadletter(
+        self, producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes], error: DecodeError
+    ) -> None:
+        value = record.value or b""
+        headers = deadletter_headers(
+            error, record.topic, record.partition, record.offset, len(value)
+        )
+        await producer.send_and_wait(
+            self.settings.topics.deadletter, key=error.reason.encode(), value=value, headers=headers
+        )
+        self.metrics.deadletters.labels(record.topic, error.reason).inc()
+        log.warning(
+            "dead-lettered %s/%d@%d: %s", record.topic, record.partition, record.offset, error
+        )
+
+
+class _PatchSent(Exception):
+    """The abort patch failed after it was sent: it may have been applied."""
+
+    def __init__(self, error: KubeError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def run_actuator(
+    settings: Settings, *, dry_run: bool = False, kubeconfig: str | None = None
+) -> int:
+    """`canarywatch actuator`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    registry = CollectorRegistry()
+    start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
+    api_client = kube_api_client(kubeconfig)
+    actuator = Actuator(
+        settings, KubeRolloutApi(api_client), ActuatorMetrics(registry), dry_run=dry_run
+    )
+    log.info(
+        "actuator: group %s, topic %s%s",
+        actuator.group_id,
+        settings.topics.commands,
+        " (dry run: nothing is patched)" if dry_run else "",
+    )
+
+    async def main() -> None:
+        await ensure_topics(
+            settings.bootstrap,
+            settings.topic_partitions(),
+            {"max.message.bytes": str(settings.topic_max_message_bytes)},
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await actuator.run(stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        api_client.close()  # type: ignore[no-untyped-call]
+    return 0

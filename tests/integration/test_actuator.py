@@ -1,0 +1,530 @@
+"""The actuator against a real kube-apiserver and a real Kafka.
+
+The actuator's identity is the `actuator` token of LocalKubeAPI, bound by deploy/base RBAC. That
+this identity gets 403 for a spec patch, a delete or a Secret read is asserted in
+tests/integration/test_kube_rbac.py; here the actuator's own code path meets a 403 (run with the
+read-only `bridge` identity) and must fail the command without losing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import dataclasses
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+from kubernetes import client as k8s
+from prometheus_client import CollectorRegistry
+
+from agents.actuator import (
+    EVENT_REASON,
+    MERGE_PATCH,
+    Actuator,
+    ActuatorMetrics,
+    KubeError,
+    KubeRolloutApi,
+    RetryPolicy,
+)
+from agents.kafka_admin import ensure_topics
+from agents.processes import free_port, read_metric
+from agents.settings import Settings, Topics, settings_to_env
+from streams.events import AbortCommand, Evidence, encode_abort_command
+from streams.rollouts import GROUP, PLURAL, VERSION, Rollout
+from tests.support.localkube import DEFAULT_ROLLOUT_CRD, LocalKubeAPI
+
+pytestmark = [pytest.mark.kube, pytest.mark.kafka]
+
+T = TypeVar("T")
+NAMESPACE = "cw-actuator"
+FAST = RetryPolicy(base_s=0.05, max_s=0.2, budget_s=30.0)
+
+
+# --- helpers shared with test_bridge.py and test_kube_e2e.py -------------------------------
+
+
+def rollout_manifest(
+    namespace: str, name: str, image: str = "registry.example/web:2.0.0"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Rollout",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": image}]},
+            },
+            "strategy": {
+                "canary": {"steps": [{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}]}
+            },
+        },
+    }
+
+
+def ensure_namespace(kube: LocalKubeAPI, namespace: str) -> None:
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+
+
+def create_rollout(
+    admin: k8s.ApiClient, namespace: str, name: str, status: dict[str, Any]
+) -> dict[str, Any]:
+    """A Rollout created as admin, its status set through the status subresource (as the
+    Argo controller would)."""
+    objects = k8s.CustomObjectsApi(admin)
+    objects.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, rollout_manifest(namespace, name)
+    )
+    return set_status(admin, namespace, name, status)
+
+
+def set_status(
+    admin: k8s.ApiClient, namespace: str, name: str, status: dict[str, Any]
+) -> dict[str, Any]:
+    obj: dict[str, Any] = k8s.CustomObjectsApi(admin).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
+    )
+    return obj
+
+
+def read_rollout(admin: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = k8s.CustomObjectsApi(admin).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return obj
+
+
+def events_about(admin: k8s.ApiClient, namespace: str, name: str) -> list[k8s.CoreV1Event]:
+    listed = k8s.CoreV1Api(admin).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    )
+    return list(listed.items)
+
+
+def command_for(namespace: str, name: str, pod_hash: str) -> AbortCommand:
+    return AbortCommand(
+        decision_id=f"{namespace}/{name}@{pod_hash}",
+        namespace=namespace,
+        rollout=name,
+        pod_hash=pod_hash,
+        decided_at=time.time(),
+        evidence=Evidence("errors", 118, 9, 1042, 1, 5.31, 4.61, 0.1017, 41.5, 0.083, 0.001),
+        release="registry.example/web:2.0.0",
+        reason="CanaryErrorsRegression",
+    )
+
+
+async def poll(check: Callable[[], T], *, within: float, what: str) -> T:
+    """Run `check` (in a thread: it may call the API server) until its result is truthy."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await asyncio.to_thread(check)
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {within:.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send_and_wait(topic, key=key, value=value)
+    finally:
+        await producer.stop()
+
+
+async def committed(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    meta = offsets.get(tp)
+    return None if meta is None or meta.offset < 0 else int(meta.offset)
+
+
+async def wait_committed(bootstrap: str, group: str, tp: TopicPartition, offset: int) -> None:
+    deadline = time.monotonic() + 30
+    while (got := await committed(bootstrap, group, tp)) != offset:
+        assert time.monotonic() < deadline, f"{group} committed {got}, expected {offset}"
+        await asyncio.sleep(0.1)
+
+
+def count(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def unique_settings(kafka_bootstrap: str, tmp: Path, kind: str) -> Settings:
+    run_id = uuid.uuid4().hex[:8]
+    return Settings(
+        bootstrap=kafka_bootstrap,
+        app_id=f"{kind}-{run_id}",
+        topics=Topics(f"{kind}-{run_id}"),
+        partitions=1,
+        data_dir=tmp,
+    )
+
+
+async def create_topics(settings: Settings) -> None:
+    await ensure_topics(settings.bootstrap, settings.topic_partitions())
+
+
+@contextlib.asynccontextmanager
+async def running(actuator: Actuator) -> AsyncIterator[asyncio.Task[None]]:
+    """The actuator's consumer loop as a task; stopped (leaving its group) on exit."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(actuator.run(stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def admin(kube_api: LocalKubeAPI) -> Iterator[k8s.ApiClient]:
+    ensure_namespace(kube_api, NAMESPACE)
+    with kube_api.client("admin") as api:
+        yield api
+
+
+@pytest.fixture
+def actuator_api(kube_api: LocalKubeAPI) -> Iterator[KubeRolloutApi]:
+    with kube_api.client("actuator") as api:
+        yield KubeRolloutApi(api)
+
+
+def canary_status(canary: str, stable: str) -> dict[str, Any]:
+    return {"currentPodHash": canary, "stableRS": stable, "currentStepIndex": 1, "phase": "Paused"}
+
+
+def name() -> str:
+    return f"web-{uuid.uuid4().hex[:8]}"
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+async def test_abort_patches_the_status_subresource_and_records_an_event(
+    kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, actuator_api: KubeRolloutApi
+) -> None:
+    settings = unique_settings(kafka_bootstrap, tmp_path, "act")
+    await create_topics(settings)
+    rollout = name()
+    before = create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
+    command = command_for(NAMESPACE, rollout, "6f7d9c8b5d")
+    await produce(
+        kafka_bootstrap,
+        settings.topics.commands,
+        [(command.env.encode(), encode_abort_command(command))],
+    )
+
+    registry = CollectorRegistry()
+    actuator = Actuator(settings, actuator_api, ActuatorMetrics(registry), policy=FAST)
+    async with running(actuator):
+        after = await poll(
+            lambda: (o := read_rollout(admin, NAMESPACE, rollout))["status"].get("abort") and o,
+            within=30,
+            what="status.abort",
+        )
+        await wait_committed(
+            kafka_bootstrap, actuator.group_id, TopicPartition(settings.topics.commands, 0), 1
+        )
+
+    assert after["status"] == {**before["status"], "abort": True}
+    assert after["spec"] == before["spec"]
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    # The write went through the status subresource (a main-resource patch of status would be
+    # ignored by a CRD with the subresource, and would be recorded without `subresource`).
+    status_writes = [
+        entry
+        for entry in after["metadata"]["managedFields"]
+        if entry.get("subresource") == "status" and "f:abort" in str(entry.get("fieldsV1"))
+    ]
+    assert status_writes, after["metadata"]["managedFields"]
+
+    (event,) = events_about(admin, NAMESPACE, rollout)
+    assert (event.type, event.reason) == ("Warning", EVENT_REASON)
+    assert event.involved_object.kind == "Rollout"
+    assert event.involved_object.uid == before["metadata"]["uid"]
+    assert command.evidence.describe() in (event.message or "")
+    assert command.decision_id in (event.message or "")
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 1
+    assert count(registry, "canarywatch_actuator_events_total", outcome="recorded") == 1
+
+
+async def test_commands_that_are_moot_touch_nothing_and_are_committed(
+    kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, actuator_api: KubeRolloutApi
+) -> None:
+    settings = unique_settings(kafka_bootstrap, tmp_path, "act")
+    await create_topics(settings)
+    moved_on, promoted, aborted, healthy = name(), name(), name(), name()
+    create_rollout(admin, NAMESPACE, moved_on, canary_status("7a8b9c0d1e", "58c9b7d4f6"))
+    create_rollout(admin, NAMESPACE, promoted, canary_status("6f7d9c8b5d", "6f7d9c8b5d"))
+    create_rollout(
+        admin, NAMESPACE, aborted, {**canary_status("6f7d9c8b5d", "58c9b7d4f6"), "abort": True}
+    )
+    create_rollout(admin, NAMESPACE, healthy, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
+    names = (moved_on, promoted, aborted, healthy)
+    before = {n: read_rollout(admin, NAMESPACE, n) for n in names}
+    commands = [command_for(NAMESPACE, n, "6f7d9c8b5d") for n in (moved_on, promoted, aborted)]
+    commands.append(command_for(NAMESPACE, "no-such-rollout", "6f7d9c8b5d"))
+    await produce(
+        kafka_bootstrap,
+        settings.topics.commands,
+        [(c.env.encode(), encode_abort_command(c)) for c in commands],
+    )
+
+    registry = CollectorRegistry()
+    actuator = Actuator(settings, actuator_api, ActuatorMetrics(registry), policy=FAST)
+    async with running(actuator):
+        await wait_committed(
+            kafka_bootstrap, actuator.group_id, TopicPartition(settings.topics.commands, 0), 4
+        )
+
+    for n in names:
+        assert read_rollout(admin, NAMESPACE, n) == before[n], n
+        assert events_about(admin, NAMESPACE, n) == [], n
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="stale") == 3
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="not_found") == 1
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 0
+
+
+async def test_dry_run_reads_counts_and_commits_but_patches_nothing(
+    kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, actuator_api: KubeRolloutApi
+) -> None:
+    settings = unique_settings(kafka_bootstrap, tmp_path, "act")
+    await create_topics(settings)
+    rollout = name()
+    before = create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
+    command = command_for(NAMESPACE, rollout, "6f7d9c8b5d")
+    await produce(
+        kafka_bootstrap,
+        settings.topics.commands,
+        [(command.env.encode(), encode_abort_command(command))],
+    )
+
+    registry = CollectorRegistry()
+    actuator = Actuator(
+        settings, actuator_api, ActuatorMetrics(registry), dry_run=True, policy=FAST
+    )
+    async with running(actuator):
+        await wait_committed(
+            kafka_bootstrap, actuator.group_id, TopicPartition(settings.topics.commands, 0), 1
+        )
+
+    assert read_rollout(admin, NAMESPACE, rollout) == before
+    assert events_about(admin, NAMESPACE, rollout) == []
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="dry_run") == 1
+
+
+async def test_forbidden_patch_fails_the_command_into_the_dead_letter_topic(
+    kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, kube_api: LocalKubeAPI
+) -> None:
+    settings = unique_settings(kafka_bootstrap, tmp_path, "act")
+    await create_topics(settings)
+    rollout = name()
+    before = create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
+    command = command_for(NAMESPACE, rollout, "6f7d9c8b5d")
+    payload = encode_abort_command(command)
+    await produce(kafka_bootstrap, settings.topics.commands, [(command.env.encode(), payload)])
+
+    registry = CollectorRegistry()
+    with kube_api.client("bridge") as read_only:  # may read Rollouts, may not patch them
+        actuator = Actuator(
+            settings, KubeRolloutApi(read_only), ActuatorMetrics(registry), policy=FAST
+        )
+        async with running(actuator):
+            await wait_committed(
+                kafka_bootstrap, actuator.group_id, TopicPartition(settings.topics.commands, 0), 1
+            )
+
+    assert read_rollout(admin, NAMESPACE, rollout) == before
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="failed") == 1
+    assert count(registry, "canarywatch_actuator_retries_total", status="403") == 0
+    consumer = AIOKafkaConsumer(
+        settings.topics.deadletter, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        record = await asyncio.wait_for(consumer.getone(), 30)
+    finally:
+        await consumer.stop()
+    assert record.value == payload
+    headers = dict(record.headers)
+    assert headers["canarywatch.reason"] == b"apply_failed"
+    assert b"403" in headers["canarywatch.detail"]
+
+
+class FailingAborts:
+    """The real API, except that every abort patch answers 503 (a fault in front of it)."""
+
+    def __init__(self, api: KubeRolloutApi) -> None:
+        self.api = api
+        self.patches = 0
+
+    def get_rollout(self, namespace: str, name: str) -> Rollout | None:
+        return self.api.get_rollout(namespace, name)
+
+    def abort_rollout(self, namespace: str, name: str) -> bool:
+        self.patches += 1
+        raise KubeError(503, "Service Unavailable (injected)")
+
+    def record_event(self, namespace: str, event: Any) -> bool:
+        return self.api.record_event(namespace, event)
+
+
+async def test_no_command_is_lost_when_the_actuator_restarts_mid_retry(
+    kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, actuator_api: KubeRolloutApi
+) -> None:
+    settings = unique_settings(kafka_bootstrap, tmp_path, "act")
+    await create_topics(settings)
+    tp = TopicPartition(settings.topics.commands, 0)
+    rollout = name()
+    create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
+    command = command_for(NAMESPACE, rollout, "6f7d9c8b5d")
+    await produce(
+        kafka_bootstrap,
+        settings.topics.commands,
+        [(command.env.encode(), encode_abort_command(command))],
+    )
+
+    # First instance: every patch fails; stop it (as a crash or a deploy would) mid-retry.
+    failing = FailingAborts(actuator_api)
+    first_registry = CollectorRegistry()
+    first = Actuator(settings, failing, ActuatorMetrics(first_registry), policy=FAST)
+    task = asyncio.create_task(first.run())
+    await poll(lambda: failing.patches >= 3, within=30, what="three failed patches")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await committed(kafka_bootstrap, first.group_id, tp) is None
+    assert "abort" not in read_rollout(admin, NAMESPACE, rollout)["status"]
+    assert count(first_registry, "canarywatch_actuator_retries_total", status="503") >= 3
+
+    # Second instance, same group, a healthy API: it gets the command again and applies it.
+    second_registry = CollectorRegistry()
+    second = Actuator(settings, actuator_api, ActuatorMetrics(second_registry), policy=FAST)
+    async with running(second):
+        await poll(
+            lambda: read_rollout(admin, NAMESPACE, rollout)["status"].get("abort"),
+            within=30,
+            what="status.abort after the restart",
+        )
+        await wait_committed(kafka_bootstrap, second.group_id, tp, 1)
+
+    applied = [
+        count(r, "canarywatch_actuator_commands_total", outcome="applied")
+        for r in (first_registry, second_registry)
+    ]
+    assert applied == [0, 1]
+    assert len(events_about(admin, NAMESPACE, rollout)) == 1
+
+
+# --- the fallback for controllers without the status subresource ----------------------------
+
+FALLBACK_GROUP = "fallback.canarywatch.test"
+
+
+@pytest.fixture(scope="module")
+def fallback_crd(kube_api: LocalKubeAPI, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The Rollout CRD under another group, without the status subresource (old controllers)."""
+    crd = yaml.safe_load(DEFAULT_ROLLOUT_CRD.read_text())
+    crd = copy.deepcopy(crd)
+    crd["metadata"] = {"name": f"{PLURAL}.{FALLBACK_GROUP}"}
+    crd["spec"]["group"] = FALLBACK_GROUP
+    for version in crd["spec"]["versions"]:
+        version.pop("subresources", None)
+    path = tmp_path_factory.mktemp("crd") / "rollout-crd-without-status.yaml"
+    path.write_text(yaml.safe_dump(crd))
+    kube_api.install_crd(path)
+    return FALLBACK_GROUP
+
+
+def test_abort_falls_back_to_the_main_resource_when_status_is_404(
+    admin: k8s.ApiClient, fallback_crd: str
+) -> None:
+    rollout = name()
+    manifest = rollout_manifest(NAMESPACE, rollout)
+    manifest["apiVersion"] = f"{fallback_crd}/{VERSION}"
+    manifest["status"] = canary_status("6f7d9c8b5d", "58c9b7d4f6")
+    objects = k8s.CustomObjectsApi(admin)
+    objects.create_namespaced_custom_object(fallback_crd, VERSION, NAMESPACE, PLURAL, manifest)
+    api = KubeRolloutApi(admin, group=fallback_crd)
+
+    assert api.abort_rollout(NAMESPACE, rollout) is True
+    got = api.get_rollout(NAMESPACE, rollout)
+    assert got is not None and got["status"]["abort"] is True
+    assert api.get_rollout(NAMESPACE, "no-such-rollout") is None
+    assert api.abort_rollout(NAMESPACE, "no-such-rollout") is False
+
+
+async def test_cli_in_shadow_mode_with_a_kubeconfig(
+    kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, kube_api: LocalKubeAPI
+) -> None:
+    """`canarywatch actuator --dry-run --kubeconfig ...` as a process: metrics, SIGTERM."""
+    settings = dataclasses.replace(
+        unique_settings(kafka_bootstrap, tmp_path, "act"), metrics_port=free_port()
+    )
+    await create_topics(settings)
+    rollout = name()
+    before = create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
+    command = command_for(NAMESPACE, rollout, "6f7d9c8b5d")
+    await produce(
+        kafka_bootstrap,
+        settings.topics.commands,
+        [(command.env.encode(), encode_abort_command(command))],
+    )
+    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig", identity="actuator")
+    log_path = tmp_path / "actuator.log"
+    argv = ["-m", "agents.cli", "actuator", "--dry-run", "--kubeconfig", str(kubeconfig)]
+    with log_path.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *argv,
+            env={**os.environ, **settings_to_env(settings)},
+            stdout=log_file,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            await poll(
+                lambda: (
+                    process.returncode is not None
+                    or read_metric(
+                        settings.metrics_port,
+                        "canarywatch_actuator_commands_total",
+                        outcome="dry_run",
+                    )
+                    == 1.0
+                ),
+                within=60,
+                what="the dry-run outcome on /metrics",
+            )
+            assert process.returncode is None, log_path.read_text()
+        finally:
+            process.terminate()
+            code = await asyncio.wait_for(process.wait(), 30)
+    assert code == 0, log_path.read_text()
+    assert read_rollout(admin, NAMESPACE, rollout) == before
+    assert "dry run: would abort" in log_path.read_text()
