@@ -1,0 +1,483 @@
+"""The bridge: Argo Rollouts in the cluster become rollout-state snapshots on Kafka.
+
+Two sources of changes, one sink:
+- a list + watch of Rollouts (all namespaces, or one watch per selected namespace), resumed from
+  the last resourceVersion after a dropped connection and relisted on 410 Gone; the kubernetes
+  client is synchronous, so each watch runs in its own thread and hands objects to the event
+  loop, waiting until they are published before it moves its resourceVersion on;
+- optionally, core/v1 Events as kubernetes-event-exporter's Kafka sink publishes them: an Event
+  about a Rollout triggers a GET of that Rollout.
+Snapshots (`streams.rollouts.rollout_state`) go to the rollouts topic keyed `namespace/name`,
+only when a meaningful field changed (`SnapshotDedupe`), never older over newer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import urllib3
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from kubernetes import client as k8s
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from agents.actuator import kube_api_client
+from agents.kafka_admin import ensure_topics
+from agents.settings import Settings
+from streams.events import DecodeError, encode_rollout_state, env_key
+from streams.rollouts import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    Change,
+    Rollout,
+    SnapshotDedupe,
+    decode_exporter_event,
+    resource_version,
+    rollout_state,
+)
+
+log = logging.getLogger("canarywatch.bridge")
+
+GONE = 410
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeOptions:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace, one cluster-wide watch
+    events_topic: str | None = None  # kubernetes-event-exporter's topic; None: not read
+    watch: bool = True  # False: only Rollouts named by exporter events are read
+    watch_timeout_s: int = 300  # the server ends each watch after this; it is resumed
+    list_page: int = 500
+    backoff_s: float = 0.2  # after an error, doubling up to backoff_max_s
+    backoff_max_s: float = 5.0
+
+
+class BridgeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.snapshots = Counter(
+            "canarywatch_bridge_snapshots",
+            "Rollouts read, by source (list, watch, event) and outcome "
+            "(published, unchanged, older, incomplete).",
+            ["source", "outcome"],
+            registry=registry,
+        )
+        self.lists = Counter(
+            "canarywatch_bridge_lists",
+            "Full lists of Rollouts (start, 410 Gone).",
+            registry=registry,
+        )
+        self.watch_restarts = Counter(
+            "canarywatch_bridge_watch_restarts",
+            "Watches restarted, by reason (closed, expired, error).",
+            ["reason"],
+            registry=registry,
+        )
+        self.exporter_events = Counter(
+            "canarywatch_bridge_exporter_events",
+            "Messages from the event-exporter topic, by outcome (read, ignored, invalid, error).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "canarywatch_bridge_ready", "1 once every watch has listed.", registry=registry
+        )
+
+
+class RolloutReader:
+    """List, watch and get Rollouts with the (synchronous) kubernetes client."""
+
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        *,
+        group: str = GROUP,
+        page: int = 500,
+        timeout: tuple[float, float] = (5, 30),
+    ) -> None:
+        self._objects = k8s.CustomObjectsApi(api)
+        self._group = group
+        self._page = page
+        self._timeout = timeout
+        self._responses: set[urllib3.BaseHTTPResponse] = set()
+        self._lock = threading.Lock()
+
+    def list(self, namespace: str | None) -> tuple[list[Rollout], str]:
+        """Every Rollout (of `namespace`, or all), page by page; and the list's resourceVersion."""
+        items: list[Rollout] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": self._page, "_request_timeout": self._timeout}
+            if token:
+                kwargs["_continue"] = token
+            if namespace is None:
+                page = self._objects.list_cluster_custom_object(
+                    self._group, VERSION, PLURAL, **kwargs
+                )
+            else:
+                page = self._objects.list_namespaced_custom_object(
+                    self._group, VERSION, namespace, PLURAL, **kwargs
+                )
+            body = cast(dict[str, Any], page)
+            items.extend(cast(list[Rollout], body.get("items") or []))
+            meta = body.get("metadata") or {}
+            token = meta.get("continue")
+            if not token:
+                return items, str(meta.get("resourceVersion") or "")
+
+    def get(self, namespace: str, name: str) -> Rollout | None:
+        try:
+            obj = self._objects.get_namespaced_custom_object(
+                self._group, VERSION, namespace, PLURAL, name, _request_timeout=self._timeout
+            )
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return cast(Rollout, obj)
+
+    def watch(
+        self, namespace: str | None, version: str, timeout_s: int
+    ) -> Iterator[dict[str, Any]]:
+        """Raw watch events from `version` on, until the server ends the watch after
+        `timeout_s`. An ERROR event raises ApiException with its code (410: relist)."""
+        kwargs: dict[str, Any] = {
+            "watch": True,
+            "resource_version": version,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": timeout_s,
+            "_preload_content": False,
+            "_request_timeout": (self._timeout[0], timeout_s + 30),
+        }
+        if namespace is None:
+            raw = self._objects.list_cluster_custom_object(self._group, VERSION, PLURAL, **kwargs)
+        else:
+            raw = self._objects.list_namespaced_custom_object(
+                self._group, VERSION, namespace, PLURAL, **kwargs
+            )
+        response = cast(urllib3.BaseHTTPResponse, raw)
+        with self._lock:
+            self._responses.add(response)
+        try:
+            for line in _lines(response):
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    raise k8s.ApiException(
+                        status=int(status.get("code") or 500),
+                        reason=f"{status.get('reason')}: {status.get('message')}",
+                    )
+                yield event
+        finally:
+            with self._lock:
+                self._responses.discard(response)
+            response.release_conn()
+
+    def stop(self) -> None:
+        """End every watch in progress (from any thread)."""
+        with self._lock:
+            responses = list(self._responses)
+        for response in responses:
+            with contextlib.suppress(Exception):
+                response.shutdown()
+
+
+def _lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    """The non-empty lines of a streamed (chunked) response, each as soon as it is complete."""
+    buffer = b""
+    for chunk in response.stream(None, decode_content=False):
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        yield from (line for line in complete if line.strip())
+    if buffer.strip():
+        yield buffer
+
+
+class _Stopped(Exception):
+    pass
+
+
+class Bridge:
+    def __init__(
+        self,
+        settings: Settings,
+        reader: RolloutReader,
+        metrics: BridgeMetrics,
+        options: BridgeOptions | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.reader = reader
+        self.metrics = metrics
+        self.options = options or BridgeOptions()
+        self._clock = clock
+        self._dedupe = SnapshotDedupe()
+        self._lock = asyncio.Lock()
+        self._producer: AIOKafkaProducer | None = None
+        self._stopping = threading.Event()
+        self._listed: set[str | None] = set()
+        self._exporter_ready = False
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.settings.app_id}-bridge"
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Publish until `stop` is set or the task is cancelled."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all")
+        await producer.start()
+        self._producer = producer
+        self._stopping.clear()
+        loop = asyncio.get_running_loop()
+        scopes: Sequence[str | None] = (
+            (self.options.namespaces or (None,)) if self.options.watch else ()
+        )
+        threads = [
+            threading.Thread(
+                target=self._watch_scope,
+                args=(scope, loop),
+                name=f"bridge-watch-{scope or 'all'}",
+                daemon=True,
+            )
+            for scope in scopes
+        ]
+        tasks: list[asyncio.Task[None]] = []
+        if self.options.events_topic:
+            tasks.append(asyncio.create_task(self._read_exporter_events(self.options.events_topic)))
+        self._listed.clear()
+        self._exporter_ready = False
+        self._update_ready()
+        until = stop if stop is not None else asyncio.Event()  # never set: until cancelled
+        waiter = asyncio.create_task(_wait(until))
+        try:
+            for thread in threads:
+                thread.start()
+            await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task.done():
+                    task.result()  # surface a failure of the exporter-event reader
+        finally:
+            self.metrics.ready.set(0)
+            self._stopping.set()
+            self.reader.stop()
+            for task in [*tasks, waiter]:
+                task.cancel()
+            await asyncio.gather(*tasks, waiter, return_exceptions=True)
+            for thread in threads:
+                await asyncio.to_thread(thread.join, 10.0)
+            await producer.stop()
+            self._producer = None
+
+    # -- list + watch, in a thread per scope -------------------------------------------------
+
+    def _watch_scope(self, namespace: str | None, loop: asyncio.AbstractEventLoop) -> None:
+        o = self.options
+        version = ""
+        delay = o.backoff_s
+        while not self._stopping.is_set():
+            try:
+                if not version:
+                    items, version = self.reader.list(namespace)
+                    self.metrics.lists.inc()
+                    self._submit(loop, self._apply_list(items, namespace))
+                version = self._follow(namespace, version, loop)
+                delay = o.backoff_s
+            except _Stopped:
+                return
+            except k8s.ApiException as exc:
+                if exc.status == GONE:
+                    log.info("watch %s: %s; relisting", namespace or "*", exc.reason)
+                    self.metrics.watch_restarts.labels("expired").inc()
+                    version = ""
+                    continue
+                delay = self._pause(namespace, exc, delay)
+            except Exception as exc:  # connection lost, Kafka down, ...: resume from version
+                delay = self._pause(namespace, exc, delay)
+
+    def _follow(self, namespace: str | None, version: str, loop: asyncio.AbstractEventLoop) -> str:
+        """Apply watch events until the server ends the watch; return the last resourceVersion."""
+        for event in self.reader.watch(namespace, version, self.options.watch_timeout_s):
+            if self._stopping.is_set():
+                raise _Stopped
+            kind = event.get("type")
+            obj = cast(Rollout, event.get("object") or {})
+            if kind in ("ADDED", "MODIFIED"):
+                self._submit(loop, self._offer(obj, "watch"))
+            elif kind == "DELETED":
+                state_key = env_key(
+                    obj.get("metadata", {}).get("namespace", ""),
+                    obj.get("metadata", {}).get("name", ""),
+                )
+                self._submit(loop, self._forget(state_key))
+            version = resource_version(obj) or version  # BOOKMARK carries only this
+        if self._stopping.is_set():
+            raise _Stopped
+        self.metrics.watch_restarts.labels("closed").inc()
+        return version
+
+    def _pause(self, namespace: str | None, error: Exception, delay: float) -> float:
+        if self._stopping.is_set():
+            return delay
+        log.warning("watch %s: %s; again in %.1fs", namespace or "*", error, delay)
+        self.metrics.watch_restarts.labels("error").inc()
+        self._stopping.wait(delay)
+        return min(delay * 2, self.options.backoff_max_s)
+
+    def _submit(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` on the event loop and wait for it (so the watch never outruns Kafka)."""
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        while True:
+            try:
+                future.result(timeout=0.5)
+                return
+            except TimeoutError:
+                if self._stopping.is_set():
+                    future.cancel()
+                    raise _Stopped from None
+
+    async def _apply_list(self, items: list[Rollout], namespace: str | None) -> None:
+        keys = []
+        for obj in items:
+            meta = obj.get("metadata", {})
+            keys.append(env_key(meta.get("namespace", ""), meta.get("name", "")))
+            await self._offer(obj, "list")
+        self._dedupe.retain(keys, namespace)
+        self._listed.add(namespace)
+        self._update_ready()
+
+    def _update_ready(self) -> None:
+        """Ready: every watch has listed, and the exporter-event consumer (if any) is
+        positioned, so whatever is published from now on will be read."""
+        o = self.options
+        listed = not o.watch or set(o.namespaces or (None,)) <= self._listed
+        exporter = not o.events_topic or self._exporter_ready
+        self.metrics.ready.set(1 if listed and exporter else 0)
+
+    async def _forget(self, key: str) -> None:
+        async with self._lock:
+            self._dedupe.forget(key)
+
+    # -- the sink ------------------------------------------------------------------------------
+
+    async def _offer(self, obj: Rollout, source: str) -> None:
+        async with self._lock:
+            state = rollout_state(obj, self._clock())
+            if state is None:
+                self.metrics.snapshots.labels(source, "incomplete").inc()
+                return
+            version = resource_version(obj)
+            change = self._dedupe.check(state, version)
+            if change is Change.NEW:
+                assert self._producer is not None
+                await self._producer.send_and_wait(
+                    self.settings.topics.rollouts,
+                    key=state.env.encode(),
+                    value=encode_rollout_state(state),
+                )
+                log.info(
+                    "%s: %s canary %s stable %s step %s weight %s%s",
+                    state.env,
+                    state.phase or "?",
+                    state.current_pod_hash,
+                    state.stable_hash or "-",
+                    state.step_index,
+                    state.canary_weight,
+                    " aborted" if state.aborted else "",
+                )
+            if change is not Change.OLDER:
+                self._dedupe.record(state, version)
+            self.metrics.snapshots.labels(source, change.value).inc()
+
+    # -- kubernetes-event-exporter ---------------------------------------------------------
+
+    async def _read_exporter_events(self, topic: str) -> None:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",  # the watch and a GET give the current state anyway
+        )
+        await consumer.start()
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=500)
+                for tp, records in batch.items():
+                    for record in records:
+                        await self._on_exporter_event(record.value or b"")
+                    await consumer.commit({tp: records[-1].offset + 1})
+                if not self._exporter_ready and consumer.assignment():
+                    for tp in consumer.assignment():
+                        await consumer.position(tp)  # resolves "latest" now
+                    self._exporter_ready = True
+                    self._update_ready()
+        finally:
+            await consumer.stop()
+
+    async def _on_exporter_event(self, raw: bytes) -> None:
+        try:
+            ref = decode_exporter_event(raw)
+        except DecodeError as exc:
+            self.metrics.exporter_events.labels("invalid").inc()
+            log.debug("exporter event refused: %s", exc)
+            return
+        if ref is None:
+            self.metrics.exporter_events.labels("ignored").inc()
+            return
+        try:
+            obj = await asyncio.to_thread(self.reader.get, ref.namespace, ref.name)
+        except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # The watch, when on, delivers the change anyway; nothing is retried here.
+            self.metrics.exporter_events.labels("error").inc()
+            log.warning("%s: could not read the Rollout after an Event: %s", ref.env, exc)
+            return
+        self.metrics.exporter_events.labels("read").inc()
+        if obj is not None:
+            await self._offer(obj, "event")
+
+
+async def _wait(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+def run_bridge(settings: Settings, options: BridgeOptions, *, kubeconfig: str | None = None) -> int:
+    """`canarywatch bridge`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    registry = CollectorRegistry()
+    start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
+    api_client = kube_api_client(kubeconfig)
+    bridge = Bridge(
+        settings,
+        RolloutReader(api_client, page=options.list_page),
+        BridgeMetrics(registry),
+        options,
+    )
+    log.info(
+        "bridge: rollouts of %s -> %s%s",
+        ", ".join(options.namespaces) or "every namespace",
+        settings.topics.rollouts,
+        f"; exporter events from {options.events_topic}" if options.events_topic else "",
+    )
+
+    async def main() -> None:
+        await ensure_topics(settings.bootstrap, {settings.topics.rollouts: settings.partitions})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await bridge.run(stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        api_client.close()  # type: ignore[no-untyped-call]
+    return 0
