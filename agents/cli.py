@@ -33,6 +33,14 @@ def _parser() -> argparse.ArgumentParser:
             "--lines-per-message", type=int, default=1, help="NDJSON batch size, as shippers do"
         )
 
+    actuator = sub.add_parser("actuator", help="apply abort commands to Argo Rollouts")
+    actuator.add_argument("--dry-run", action="store_true", help="shadow mode: log, patch nothing")
+    actuator.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
+    bridge = sub.add_parser("bridge", help="publish Argo Rollout state to Kafka")
+    bridge.add_argument("--namespace", action="append", default=[], help="repeat; default: all")
+    bridge.add_argument("--events-topic", help="kubernetes-event-exporter's Kafka topic")
+    bridge.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
+
     broker = sub.add_parser("broker", help="a local single-node Kafka for development")
     broker.add_argument("args", nargs=argparse.REMAINDER, help="start|stop|fetch and options")
     return parser
@@ -45,6 +53,15 @@ def main(argv: list[str] | None = None) -> int:
 
         run_worker(settings_from_env())
         return 0
+    if args.command == "actuator":
+        from agents.actuator import run_actuator
+
+        return run_actuator(settings_from_env(), dry_run=args.dry_run, kubeconfig=args.kubeconfig)
+    if args.command == "bridge":
+        from agents.bridge import BridgeOptions, run_bridge
+
+        options = BridgeOptions(tuple(args.namespace), events_topic=args.events_topic)
+        return run_bridge(settings_from_env(), options, kubeconfig=args.kubeconfig)
     if args.command == "broker":
         from agents.localkafka import main as broker_main
 
