@@ -109,7 +109,13 @@ class DecisionSettings:
 
 @dataclass(frozen=True, slots=True)
 class PassResult:
-    """One evaluation pass. Arrays are indexed [signal, row] or [series, row]."""
+    """One evaluation pass. Arrays are indexed [signal, row] or [series, row].
+
+    `statistic` is ln of the sequential test's e-value: the smaller of the ratio and the
+    difference tests' once the ratio test reaches `threshold` (= ln(2/alpha)), the ratio test's
+    alone below it; an abort needs statistic >= threshold. It covers the closed blocks (see
+    `streams.sequential`), `cumulative` every request counted so far.
+    """
 
     verdicts: NDArray[np.int8]
     statistic: NDArray[np.float64]
