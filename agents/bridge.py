@@ -286,9 +286,10 @@ class Bridge:
         while not self._stopping.is_set():
             try:
                 if not version:
-                    items, version = self.reader.list(namespace)
+                    items, listed_at = self.reader.list(namespace)
                     self.metrics.lists.inc()
                     self._submit(loop, self._apply_list(items, namespace))
+                    version = listed_at  # only once all of the list is published
                 version = self._follow(namespace, version, loop)
                 delay = o.backoff_s
             except _Stopped:
