@@ -50,6 +50,17 @@ broker: venv
 broker-stop: venv
 	$(PY) -m agents.localkafka stop --dir $(KAFKA_DIR)
 
+# Throughput, decision latency, memory and scale-out against a real local broker (issue 5).
+.PHONY: bench bench-quick profile
+bench: venv
+	$(PY) -m bench.throughput
+
+bench-quick: venv
+	$(PY) -m bench.throughput --quick
+
+profile: venv
+	$(PY) -m bench.profile_ingest
+
 # Decision statistics: canarywatch against Argo-/Kayenta-style judges and an oracle (issue 3).
 bench-decisions: venv
 	$(PY) -m bench.decisions

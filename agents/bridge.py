@@ -381,7 +381,7 @@ class Bridge:
                 assert self._producer is not None
                 await self._producer.send_and_wait(
                     self.settings.topics.rollouts,
-                    key=state.env.encode(),
+                    key=state.namespace.encode(),  # co-partitioned with request logs
                     value=encode_rollout_state(state),
                 )
                 log.info(

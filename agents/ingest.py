@@ -80,6 +80,7 @@ class RequestLogIngest(Service):
         topic = self.settings.topics.requests
         self.assigned = {TopicPartition(topic, p) for p in partitions}
         consumer.assign(sorted(self.assigned))
+        self.metrics.ingest_partitions.set(len(self.assigned))
         if self.assigned:
             self._has_partitions.set()
         else:
@@ -95,10 +96,19 @@ class RequestLogIngest(Service):
         if offsets:
             await self._consumer.commit(offsets)
 
+    async def _wait_for_start_file(self) -> None:
+        gate = self.settings.ingest_start_file
+        if gate is None:
+            return
+        log.info("ingest holds until %s exists", gate)
+        for _ in iter(lambda: gate.exists() or self.should_stop, True):
+            await asyncio.sleep(0.05)  # a file has no event to wait on: poll it
+
     @Service.task
     async def _consume(self) -> None:
         consumer = self._consumer
         assert consumer is not None
+        await self._wait_for_start_file()
         last_commit = self.clock()
         topic = self.settings.topics.requests
         while not self.should_stop:

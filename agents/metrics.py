@@ -55,6 +55,11 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.ingest_partitions = Gauge(
+            "canarywatch_ingest_partitions",
+            "Request-log partitions this worker reads (those of its rollout-state partitions).",
+            registry=registry,
+        )
         self.ready = Gauge(
             "canarywatch_ready", "1 once the worker consumes and evaluates.", registry=registry
         )

@@ -79,6 +79,11 @@ class WorkerProcess:
             await asyncio.sleep(0.2)
         raise TimeoutError(f"worker not ready after {within_s}s; log:\n{self.log_tail()}")
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

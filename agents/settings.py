@@ -49,6 +49,9 @@ class Settings:
     # oversized message reaches canarywatch, is refused with a reason, and is kept.
     topic_max_message_bytes: int = 8 * MAX_MESSAGE_BYTES
     data_dir: Path = Path("/tmp/canarywatch")
+    # Hold request-log ingestion until this file exists: lets several workers join the group
+    # and split the partitions before any of them drains a backlog (used by `make bench`).
+    ingest_start_file: Path | None = None
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     window: WindowSettings = field(default_factory=WindowSettings)
 
@@ -88,13 +91,14 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         evaluate_every_s=float(get("EVALUATE_EVERY_S") or base.evaluate_every_s),
         max_message_bytes=int(get("MAX_MESSAGE_BYTES") or base.max_message_bytes),
         data_dir=Path(get("DATA_DIR") or base.data_dir),
+        ingest_start_file=Path(gate) if (gate := get("INGEST_START_FILE")) else None,
         decisions=decisions,
     )
 
 
 def settings_to_env(settings: Settings) -> dict[str, str]:
     """The inverse of `settings_from_env`, to start a worker process with the same settings."""
-    return {
+    env = {
         ENV_PREFIX + "BOOTSTRAP": settings.bootstrap,
         ENV_PREFIX + "APP_ID": settings.app_id,
         ENV_PREFIX + "TOPIC_PREFIX": settings.topics.prefix,
@@ -105,3 +109,6 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "DATA_DIR": str(settings.data_dir),
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
     }
+    if settings.ingest_start_file is not None:
+        env[ENV_PREFIX + "INGEST_START_FILE"] = str(settings.ingest_start_file)
+    return env

@@ -67,7 +67,9 @@ class Snapshots:
             for records in batch.values():
                 for record in records:
                     state = decode_rollout_state(record.value or b"")
-                    self.by_key.setdefault((record.key or b"").decode(), []).append(state)
+                    # Keyed by namespace: co-partitioned with that namespace's request logs.
+                    assert record.key == state.namespace.encode()
+                    self.by_key.setdefault(state.env, []).append(state)
         return self.by_key[key]
 
 

@@ -1,0 +1,454 @@
+"""`make bench`: throughput, decision latency, memory and scale-out against the real local broker.
+
+Every figure is measured in this one run, on this machine, against a raw aiokafka consumer read
+of the same topic where a ratio is asked for. Nothing here is asserted: it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import platform
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from agents.kafka_admin import ensure_topics
+from agents.localkafka import LocalKafka, free_ports
+from agents.processes import WorkerProcess, free_port, scrape
+from agents.settings import Settings, Topics
+from streams.events import POD_HASH_LABEL, RolloutState, encode_rollout_state
+
+PARTITIONS = 4
+CANARY_SHARE = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Scale:
+    envs: int = 20_000
+    single_messages: int = 600_000
+    ndjson_lines: int = 2_000_000
+    lines_per_message: int = 500
+    latency_trials: int = 100
+    memory_envs: tuple[int, int] = (20_000, 100_000)
+
+
+QUICK = Scale(
+    envs=2_000,
+    single_messages=60_000,
+    ndjson_lines=200_000,
+    latency_trials=20,
+    memory_envs=(2_000, 10_000),
+)
+
+
+# --- traffic ----------------------------------------------------------------------------------
+
+
+def fleet_states(first: int, count: int, now: float) -> list[RolloutState]:
+    """Environments env-<i>; every 1/CANARY_SHARE-th has a canary in progress."""
+    step = round(1 / CANARY_SHARE)
+    return [
+        RolloutState(
+            namespace=f"env-{i:06d}",
+            name="web",
+            current_pod_hash=f"c{i:07x}" if i % step == 0 else f"s{i:07x}",
+            stable_hash=f"s{i:07x}",
+            canary_weight=20 if i % step == 0 else None,
+            observed_at=now,
+        )
+        for i in range(first, first + count)
+    ]
+
+
+def request_lines(rng: np.random.Generator, n: int, envs: int, now: float) -> list[bytes]:
+    """n encoded request lines spread uniformly over the environments."""
+    env = rng.integers(0, envs, n)
+    to_canary = (env % round(1 / CANARY_SHARE) == 0) & (rng.random(n) < 0.2)
+    status = np.where(rng.random(n) < 0.001, 503, 200)
+    duration = np.round(rng.lognormal(3.5, 0.6, n), 2)
+    out = []
+    for e, c, s, d in zip(
+        env.tolist(), to_canary.tolist(), status.tolist(), duration.tolist(), strict=True
+    ):
+        pod_hash = f"c{e:07x}" if c else f"s{e:07x}"
+        out.append(
+            orjson.dumps(
+                {
+                    "ts": now,
+                    "namespace": f"env-{e:06d}",
+                    "pod": f"web-{pod_hash}-0",
+                    POD_HASH_LABEL: pod_hash,
+                    "status": s,
+                    "duration_ms": d,
+                }
+            )
+        )
+    return out
+
+
+def key_of(line: bytes) -> bytes:
+    return line.split(b'"namespace":"', 1)[1].split(b'"', 1)[0]
+
+
+def batch_by_key(lines: Sequence[bytes], per_message: int) -> list[tuple[bytes, bytes]]:
+    by_key: dict[bytes, list[bytes]] = {}
+    for line in lines:
+        by_key.setdefault(key_of(line), []).append(line)
+    # Keyed NDJSON per namespace would give tiny messages at 20k environments; shippers batch
+    # per node instead, so batches mix namespaces: key them by their first line's namespace.
+    flat = [line for group in by_key.values() for line in group]
+    return [
+        (key_of(flat[i]), b"\n".join(flat[i : i + per_message]))
+        for i in range(0, len(flat), per_message)
+    ]
+
+
+async def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        max_batch_size=1 << 20,
+        max_request_size=8 << 20,
+        acks=1,
+    )
+    await producer.start()
+    try:
+        for i in range(0, len(messages), 20_000):
+            futures = [
+                await producer.send(topic, key=k, value=v) for k, v in messages[i : i + 20_000]
+            ]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+async def raw_rate(bootstrap: str, topic: str, expected: int) -> float:
+    """Messages/s of a bare aiokafka getmany loop: the ceiling for one Python process."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"raw-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=64 << 20,
+    )
+    await consumer.start()
+    try:
+        seen = 0
+        started = None
+        while seen < expected:
+            batches = await consumer.getmany(timeout_ms=200, max_records=50_000)
+            if batches and started is None:
+                started = time.perf_counter()
+            seen += sum(len(records) for records in batches.values())
+        assert started is not None
+        return expected / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+def sum_metric(ports: Sequence[int], name: str) -> float:
+    return sum(
+        value for port in ports for (n, _), value in scrape(port, (name,)).items() if n == name
+    )
+
+
+async def poll_until(condition: object, within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    assert callable(condition)
+    while not await asyncio.to_thread(condition):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {within_s}s for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def start_workers(
+    base: Settings, count: int, work: Path, canaries: int, gate: Path | None
+) -> list[WorkerProcess]:
+    workers = []
+    for i in range(count):
+        settings = Settings(
+            bootstrap=base.bootstrap,
+            app_id=base.app_id,
+            topics=base.topics,
+            partitions=PARTITIONS,
+            metrics_port=free_port(),
+            data_dir=work / f"w{i}",
+            ingest_start_file=gate,
+        )
+        worker = WorkerProcess(settings, work / f"{base.app_id}-{i}.log")
+        worker.start()
+        workers.append(worker)
+    for worker in workers:
+        await worker.wait_ready(within_s=180)
+    ports = [w.settings.metrics_port for w in workers]
+    share = PARTITIONS // count
+
+    def settled() -> bool:
+        partitions = [sum_metric([p], "canarywatch_ingest_partitions") for p in ports]
+        return (
+            all(n == share for n in partitions)
+            and sum_metric(ports, "canarywatch_canaries_in_progress") == canaries
+        )
+
+    await poll_until(settled, 180, "workers to split the partitions and load the canaries")
+    return workers
+
+
+async def drain_rate(workers: list[WorkerProcess], expected: int, gate: Path) -> float:
+    """Lines/s the workers count from the moment they start on the backlog until it is done."""
+    ports = [w.settings.metrics_port for w in workers]
+    name = "canarywatch_request_lines_total"
+    await asyncio.to_thread(gate.touch)
+    first = None
+    while True:
+        done = await asyncio.to_thread(sum_metric, ports, name)
+        now = time.perf_counter()
+        if done > 0 and first is None:
+            first = (now, done)
+        if done >= expected:
+            break
+        await asyncio.sleep(0.02)
+    assert first is not None
+    return (done - first[1]) / (now - first[0]) if now > first[0] else math.inf
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+@dataclass
+class Results:
+    raw_msgs_per_s: float = 0.0
+    single_lines_per_s: float = 0.0
+    batched_lines_per_s: float = 0.0
+    two_workers_lines_per_s: float = 0.0
+    latency_ms: tuple[float, float] = (math.nan, math.nan)
+    bytes_per_env: tuple[float, float] = (math.nan, math.nan)
+
+
+async def run(scale: Scale, bootstrap: str, work: Path) -> Results:
+    r = Results()
+    rng = np.random.default_rng(20261126)
+    now = time.time()
+    states = fleet_states(0, scale.envs, now)
+    canaries = sum(s.canary_in_progress for s in states)
+    encoded_states = [(s.namespace.encode(), encode_rollout_state(s)) for s in states]
+    run_id = uuid.uuid4().hex[:6]
+
+    # (1) and (2a): one line per message.
+    single = Topics(f"bench-{run_id}-single")
+    await ensure_topics(bootstrap, {single.requests: PARTITIONS, single.rollouts: PARTITIONS})
+    print(f"producing {scale.single_messages:,} one-line messages ...", flush=True)
+    lines = request_lines(rng, scale.single_messages, scale.envs, now)
+    await produce(bootstrap, single.rollouts, encoded_states)
+    await produce(bootstrap, single.requests, [(key_of(x), x) for x in lines])
+    r.raw_msgs_per_s = await raw_rate(bootstrap, single.requests, scale.single_messages)
+    print(f"raw aiokafka getmany: {r.raw_msgs_per_s:,.0f} msgs/s", flush=True)
+    base = Settings(bootstrap=bootstrap, app_id=f"{single.prefix}-w", topics=single)
+    gate = work / f"{base.app_id}.go"
+    workers = await start_workers(base, 1, work, canaries, gate)
+    try:
+        r.single_lines_per_s = await drain_rate(workers, scale.single_messages, gate)
+    finally:
+        for w in workers:
+            w.stop()
+    print(f"canarywatch, one line per message: {r.single_lines_per_s:,.0f} lines/s", flush=True)
+
+    # (2b) and (5): NDJSON batches, one worker then two in one group.
+    batched = Topics(f"bench-{run_id}-ndjson")
+    await ensure_topics(
+        bootstrap,
+        {batched.requests: PARTITIONS, batched.rollouts: PARTITIONS},
+        {"max.message.bytes": str(8 << 20)},
+    )
+    print(f"producing {scale.ndjson_lines:,} lines in NDJSON messages ...", flush=True)
+    lines = request_lines(rng, scale.ndjson_lines, scale.envs, now)
+    await produce(bootstrap, batched.rollouts, encoded_states)
+    await produce(bootstrap, batched.requests, batch_by_key(lines, scale.lines_per_message))
+    del lines
+    for count in (1, 2):
+        base = Settings(bootstrap=bootstrap, app_id=f"{batched.prefix}-{count}w", topics=batched)
+        gate = work / f"{base.app_id}.go"
+        workers = await start_workers(base, count, work, canaries, gate)
+        try:
+            rate = await drain_rate(workers, scale.ndjson_lines, gate)
+        finally:
+            for w in workers:
+                w.stop()
+        if count == 1:
+            r.batched_lines_per_s = rate
+        else:
+            r.two_workers_lines_per_s = rate
+        print(
+            f"canarywatch, NDJSON x{scale.lines_per_message}, {count} worker(s): "
+            f"{rate:,.0f} lines/s",
+            flush=True,
+        )
+
+    # (3) decision latency at half the batched maximum.
+    from bench.latency import decision_latency
+
+    r.latency_ms = await decision_latency(
+        bootstrap, work, f"bench-{run_id}-latency", scale, r.batched_lines_per_s / 2, rng
+    )
+    print(
+        f"decision latency p50 {r.latency_ms[0]:.0f} ms, p99 {r.latency_ms[1]:.0f} ms", flush=True
+    )
+
+    # (4) memory per environment.
+    r.bytes_per_env = await memory_per_env(bootstrap, work, f"bench-{run_id}-memory", scale)
+    return r
+
+
+async def memory_per_env(
+    bootstrap: str, work: Path, prefix: str, scale: Scale
+) -> tuple[float, float]:
+    topics = Topics(prefix)
+    settings = Settings(
+        bootstrap=bootstrap,
+        app_id=f"{prefix}-w",
+        topics=topics,
+        partitions=PARTITIONS,
+        metrics_port=free_port(),
+        data_dir=work / prefix,
+    )
+    worker = WorkerProcess(settings, work / f"{prefix}.log")
+    worker.start()
+    port = settings.metrics_port
+    per_env = []
+    try:
+        await worker.wait_ready(within_s=180)
+        baseline = rss_bytes(worker.pid)
+        loaded = 0
+        for total in scale.memory_envs:
+            now = time.time()
+            states = fleet_states(loaded, total - loaded, now)
+            await produce(
+                bootstrap,
+                topics.rollouts,
+                [(s.namespace.encode(), encode_rollout_state(s)) for s in states],
+            )
+            # One line for every canary, so its counters are written, not just reserved.
+            rng = np.random.default_rng(total)
+            probe = request_lines(rng, 4 * len(states), total, now)
+            expected_lines = sum_metric([port], "canarywatch_request_lines_total") + len(probe)
+            await produce(bootstrap, topics.requests, [(key_of(x), x) for x in probe])
+
+            def applied(total: int = total, expected_lines: float = expected_lines) -> bool:
+                return (
+                    sum_metric([port], "canarywatch_rollout_states_total") >= total
+                    and sum_metric([port], "canarywatch_request_lines_total") >= expected_lines
+                )
+
+            await poll_until(applied, 300, f"{total} rollout states")
+            loaded = total
+            per_env.append((rss_bytes(worker.pid) - baseline) / total)
+            print(
+                f"memory: {total:,} environments, {per_env[-1]:,.0f} resident bytes each",
+                flush=True,
+            )
+    finally:
+        worker.stop()
+    return per_env[0], per_env[1]
+
+
+def print_table(scale: Scale, r: Results) -> None:
+    single_ratio = r.single_lines_per_s / r.raw_msgs_per_s
+    scaleout = r.two_workers_lines_per_s / r.batched_lines_per_s
+    rows = [
+        ("raw aiokafka getmany, one line per message", f"{r.raw_msgs_per_s:,.0f} msgs/s", "-"),
+        (
+            "canarywatch, one line per message",
+            f"{r.single_lines_per_s:,.0f} lines/s",
+            f"ratio {single_ratio:.2f} (goal >= 0.5)",
+        ),
+        (
+            f"canarywatch, NDJSON x{scale.lines_per_message}",
+            f"{r.batched_lines_per_s:,.0f} lines/s",
+            "goal >= 1,000,000",
+        ),
+        (
+            "decision latency p50 / p99",
+            f"{r.latency_ms[0]:.0f} / {r.latency_ms[1]:.0f} ms",
+            "goal p99 <= 1000",
+        ),
+        (
+            f"resident bytes per environment at {scale.memory_envs[0]:,}",
+            f"{r.bytes_per_env[0]:,.0f}",
+            "goal <= 2048",
+        ),
+        (
+            f"resident bytes per environment at {scale.memory_envs[1]:,}",
+            f"{r.bytes_per_env[1]:,.0f}",
+            "goal <= 2048",
+        ),
+        (
+            "two workers, NDJSON",
+            f"{r.two_workers_lines_per_s:,.0f} lines/s",
+            f"x{scaleout:.2f} of one (goal >= 1.6)",
+        ),
+    ]
+    print()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; {scale.envs:,} environments, "
+        f"{CANARY_SHARE:.0%} in canary, {PARTITIONS} partitions"
+    )
+    width = max(len(a) for a, _, _ in rows)
+    for a, b, c in rows:
+        print(f"{a:<{width}}  {b:>20}  {c}")
+    print(
+        f"bench: single_line_ratio={single_ratio:.2f} "
+        f"batched_lines_per_s={r.batched_lines_per_s:.0f} "
+        f"latency_p99_ms={r.latency_ms[1]:.0f} bytes_per_env={max(r.bytes_per_env):.0f} "
+        f"scaleout_2w={scaleout:.2f}"
+    )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else math.nan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a small run, to try the bench")
+    parser.add_argument("--bootstrap", help="an already running broker (default: start one)")
+    args = parser.parse_args()
+    scale = QUICK if args.quick else Scale()
+    with tempfile.TemporaryDirectory(prefix="canarywatch-bench-") as tmp:
+        work = Path(tmp)
+        broker = None
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            port, controller = free_ports(2)
+            broker = LocalKafka(work / "kafka", port, controller)
+            broker.start(timeout=120)
+            bootstrap = broker.bootstrap
+        try:
+            results = asyncio.run(run(scale, bootstrap, work))
+        finally:
+            if broker is not None:
+                broker.stop()
+    print_table(scale, results)
+
+
+if __name__ == "__main__":
+    main()
