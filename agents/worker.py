@@ -94,7 +94,12 @@ def build_worker(
             except DecodeError as error:
                 await refuse(event, error)
                 continue
-            rollout_table[state.env.encode()] = event.value
+            # The table keeps only canaries in progress: all that attribution needs after a
+            # restart or rebalance, so memory follows the canaries, not the fleet.
+            if state.canary_in_progress:
+                rollout_table[state.env.encode()] = event.value
+            else:
+                rollout_table.pop(state.env.encode(), None)
             fleet.apply_rollout(state, clock())
             metrics.rollout_states.inc()
 
