@@ -175,7 +175,7 @@ def test_dedupe_forgets_what_a_relist_no_longer_holds() -> None:
 
 
 # kubernetes-event-exporter's Kafka sink without a layout: the Event with involvedObject.
-EXPORTED = {
+EXPORTED: dict[str, Any] = {
     "metadata": {"name": "web.1874f3c", "namespace": "shop-prod", "uid": "e-1"},
     "reason": "RolloutStepCompleted",
     "message": "Rollout step 1/4 completed (setWeight: 20)",

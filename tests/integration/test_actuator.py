@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 import yaml
@@ -94,17 +94,17 @@ def create_rollout(
 def set_status(
     admin: k8s.ApiClient, namespace: str, name: str, status: dict[str, Any]
 ) -> dict[str, Any]:
-    obj: dict[str, Any] = k8s.CustomObjectsApi(admin).patch_namespaced_custom_object_status(
+    obj = k8s.CustomObjectsApi(admin).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
     )
-    return obj
+    return cast(dict[str, Any], obj)  # custom objects come back as untyped JSON (`object`)
 
 
 def read_rollout(admin: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = k8s.CustomObjectsApi(admin).get_namespaced_custom_object(
+    obj = k8s.CustomObjectsApi(admin).get_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, name
     )
-    return obj
+    return cast(dict[str, Any], obj)  # custom objects come back as untyped JSON (`object`)
 
 
 def events_about(admin: k8s.ApiClient, namespace: str, name: str) -> list[k8s.CoreV1Event]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 
 from agents.kafka_admin import ensure_topics
 from agents.processes import WorkerProcess, free_port, read_metric
@@ -129,7 +130,7 @@ async def test_bad_messages_go_to_deadletter_and_the_worker_keeps_counting(
         max_partition_fetch_bytes=worker.topic_max_message_bytes,
     )
     await consumer.start()
-    received = []
+    received: list[ConsumerRecord[bytes, bytes]] = []
     try:
         deadline = time.monotonic() + 30
         while len(received) < 4 and time.monotonic() < deadline:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch
@@ -92,10 +95,10 @@ def rollout(admin: k8s.ApiClient) -> str:
 
 
 def read(api: k8s.ApiClient, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+    obj = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
         GROUP, VERSION, NAMESPACE, PLURAL, name
     )
-    return obj
+    return cast(dict[str, Any], obj)  # custom objects come back as untyped JSON (`object`)
 
 
 def test_admin_sets_status_through_subresource(admin: k8s.ApiClient, rollout: str) -> None:
@@ -131,8 +134,15 @@ def test_actuator_cannot_patch_spec_or_main_resource(
     objects = k8s.CustomObjectsApi(actuator)
     for body in ({"spec": {"paused": True}}, {"status": {"abort": True}}):
         forbidden(
-            lambda b=body: objects.patch_namespaced_custom_object(
-                GROUP, VERSION, NAMESPACE, PLURAL, rollout, b, _content_type=MERGE_PATCH
+            functools.partial(
+                objects.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                NAMESPACE,
+                PLURAL,
+                rollout,
+                body,
+                _content_type=MERGE_PATCH,
             )
         )
     obj = read(admin, rollout)
@@ -155,7 +165,8 @@ def test_actuator_cannot_delete_or_create_rollouts(actuator: k8s.ApiClient, roll
 def test_actuator_cannot_read_secrets(admin: k8s.ApiClient, actuator: k8s.ApiClient) -> None:
     name = f"db-{uuid.uuid4().hex[:8]}"
     k8s.CoreV1Api(admin).create_namespaced_secret(
-        NAMESPACE, {"metadata": {"name": name}, "stringData": {"password": "hunter2"}}
+        NAMESPACE,
+        k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=name), string_data={"password": "hunter2"}),
     )
     core = k8s.CoreV1Api(actuator)
     forbidden(lambda: core.read_namespaced_secret(name, NAMESPACE))
@@ -165,39 +176,39 @@ def test_actuator_cannot_read_secrets(admin: k8s.ApiClient, actuator: k8s.ApiCli
 def test_actuator_creates_events(
     admin: k8s.ApiClient, actuator: k8s.ApiClient, rollout: str
 ) -> None:
-    ref = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Rollout",
-        "namespace": NAMESPACE,
-        "name": rollout,
-    }
+    ref = k8s.V1ObjectReference(
+        api_version=f"{GROUP}/{VERSION}",
+        kind="Rollout",
+        namespace=NAMESPACE,
+        name=rollout,
+    )
     core_name, new_name = f"{rollout}.core", f"{rollout}.new"
     k8s.CoreV1Api(actuator).create_namespaced_event(
         NAMESPACE,
-        {
-            "metadata": {"name": core_name},
-            "involvedObject": ref,
-            "type": "Warning",
-            "reason": "CanarywatchAbort",
-            "message": "canary error rate above stable",
-            "source": {"component": "canarywatch-actuator"},
-        },
+        k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(name=core_name),
+            involved_object=ref,
+            type="Warning",
+            reason="CanarywatchAbort",
+            message="canary error rate above stable",
+            source=k8s.V1EventSource(component="canarywatch-actuator"),
+        ),
     )
     k8s.EventsV1Api(actuator).create_namespaced_event(
         NAMESPACE,
-        {
-            "metadata": {"name": new_name},
-            "regarding": ref,
-            "type": "Warning",
-            "reason": "CanarywatchAbort",
-            "action": "Abort",
-            "note": "canary error rate above stable",
-            "reportingController": "canarywatch.io/actuator",
-            "reportingInstance": "actuator-0",
-            # Non-zero microseconds: kubernetes-client 37 re-serialises MicroTime via isoformat(),
+        k8s.EventsV1Event(
+            metadata=k8s.V1ObjectMeta(name=new_name),
+            regarding=ref,
+            type="Warning",
+            reason="CanarywatchAbort",
+            action="Abort",
+            note="canary error rate above stable",
+            reporting_controller="canarywatch.io/actuator",
+            reporting_instance="actuator-0",
+            # Non-zero microseconds: kubernetes-client 37 serialises MicroTime via isoformat(),
             # which drops a zero fraction, and the server then rejects the time (400).
-            "eventTime": "2026-01-01T00:00:00.123456Z",
-        },
+            event_time=datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC),
+        ),
     )
     got = k8s.CoreV1Api(admin).read_namespaced_event(core_name, NAMESPACE)
     assert got.reason == "CanarywatchAbort"
@@ -211,7 +222,8 @@ def test_bridge_lists_and_watches_rollouts(
     admin: k8s.ApiClient, bridge: k8s.ApiClient, rollout: str
 ) -> None:
     objects = k8s.CustomObjectsApi(bridge)
-    listed = objects.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    # custom objects come back as untyped JSON (`object`)
+    listed = cast(dict[str, Any], objects.list_cluster_custom_object(GROUP, VERSION, PLURAL))
     assert rollout in {item["metadata"]["name"] for item in listed["items"]}
     resource_version = listed["metadata"]["resourceVersion"]
     # A change after the list is delivered by a watch started from the list's resourceVersion,
@@ -225,9 +237,9 @@ def test_bridge_lists_and_watches_rollouts(
         {"status": {"currentStepIndex": 2}},
         _content_type=MERGE_PATCH,
     )
-    seen = None
-    w = watch.Watch()
-    for event in w.stream(
+    seen: dict[str, Any] | None = None
+    w = watch.Watch()  # type: ignore[no-untyped-call]  # kubernetes.watch is unannotated
+    for event in w.stream(  # type: ignore[no-untyped-call]
         objects.list_namespaced_custom_object,
         GROUP,
         VERSION,
@@ -239,7 +251,7 @@ def test_bridge_lists_and_watches_rollouts(
         obj = event["object"]
         if event["type"] == "MODIFIED" and obj["metadata"]["name"] == rollout:
             seen = obj
-            w.stop()
+            w.stop()  # type: ignore[no-untyped-call]
     assert seen is not None, "no MODIFIED event for the rollout within 30 s"
     assert seen["status"]["currentStepIndex"] == 2
 
@@ -248,15 +260,20 @@ def test_bridge_reads_events(bridge: k8s.ApiClient) -> None:
     k8s.CoreV1Api(bridge).list_namespaced_event(NAMESPACE)
     # Raw response: kubernetes-client 37's EventsV1Event model requires eventTime, which events
     # created through the core API lack, so the typed list fails to parse.
-    resp = k8s.EventsV1Api(bridge).list_namespaced_event(NAMESPACE, _preload_content=False)
+    # With _preload_content=False the client returns the raw urllib3 response, not the
+    # EventsV1EventList its signature declares.
+    resp = cast(
+        urllib3.BaseHTTPResponse,
+        k8s.EventsV1Api(bridge).list_namespaced_event(NAMESPACE, _preload_content=False),
+    )
     assert resp.status == 200
     forbidden(
         lambda: k8s.CoreV1Api(bridge).create_namespaced_event(
             NAMESPACE,
-            {
-                "metadata": {"name": "x"},
-                "involvedObject": {"name": "x", "namespace": NAMESPACE},
-            },
+            k8s.CoreV1Event(
+                metadata=k8s.V1ObjectMeta(name="x"),
+                involved_object=k8s.V1ObjectReference(name="x", namespace=NAMESPACE),
+            ),
         )
     )
 
@@ -294,16 +311,19 @@ def test_identities_without_rollout_rights(kube_api: LocalKubeAPI, identity: str
 def test_rbac_objects_come_from_deploy_base(admin: k8s.ApiClient) -> None:
     rbac = k8s.RbacAuthorizationV1Api(admin)
     role = rbac.read_cluster_role("canarywatch-actuator")
+    assert role.rules is not None
+    # A rule without apiGroups or resources (e.g. a nonResourceURLs rule) grants none of them.
     granted = {
         (group, resource, verb)
         for rule in role.rules
-        for group in rule.api_groups
-        for resource in rule.resources
+        for group in rule.api_groups or ()
+        for resource in rule.resources or ()
         for verb in rule.verbs
     }
     assert (GROUP, "rollouts/status", "patch") in granted
     assert (GROUP, "rollouts", "patch") not in granted
     binding = rbac.read_cluster_role_binding("canarywatch-actuator")
+    assert binding.subjects is not None
     assert [(s.kind, s.namespace, s.name) for s in binding.subjects] == [
         ("ServiceAccount", "canarywatch", "canarywatch-actuator")
     ]
@@ -317,7 +337,11 @@ def test_restart_apiserver_keeps_state_port_and_tokens(
     assert kube_api.port == port
     assert read(admin, rollout)["status"] == INITIAL_STATUS  # same etcd, same client, same token
     path = kube_api.write_kubeconfig(tmp_path / "kubeconfig", identity="bridge")
-    with k8s_config.new_client_from_config(str(path)) as api:
+    # kubernetes.config is unannotated
+    api: k8s.ApiClient = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+        str(path)
+    )
+    with api:
         assert read(api, rollout)["metadata"]["name"] == rollout
         forbidden(lambda: k8s.CoreV1Api(api).list_namespaced_secret(NAMESPACE))
 

@@ -24,8 +24,9 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import urllib3
 import yaml
 from kubernetes import client as k8s
 
@@ -450,7 +451,7 @@ class LocalKubeAPI:
         try:
             yield api
         finally:
-            api.close()
+            api.close()  # type: ignore[no-untyped-call]  # ApiClient.close is unannotated
 
     def kubeconfig(self, identity: str = "admin") -> dict[str, Any]:
         ca = base64.b64encode(self.ca_cert.read_bytes()).decode()
@@ -494,12 +495,13 @@ class LocalKubeAPI:
                     auth_settings=["BearerToken"],
                 )
             )
-            resp.read()
+            # RESTResponse.read is unannotated; it returns the body bytes (also kept in .data).
+            data: bytes = resp.read()  # type: ignore[no-untyped-call]
             if not 200 <= resp.status < 300:
                 raise k8s.ApiException.from_response(
-                    http_resp=resp, body=resp.data.decode(errors="replace"), data=None
+                    http_resp=resp, body=data.decode(errors="replace"), data=None
                 )
-            result: dict[str, Any] = json.loads(resp.data)
+            result: dict[str, Any] = json.loads(data)
             return result
 
     def install_crd(self, path: str | Path | None = None, timeout: float = 60.0) -> dict[str, Any]:
@@ -512,7 +514,12 @@ class LocalKubeAPI:
             ext = k8s.ApiextensionsV1Api(api)
 
             def established() -> dict[str, Any] | None:
-                resp = ext.read_custom_resource_definition(name, _preload_content=False)
+                # With _preload_content=False the client returns the raw urllib3 response, not
+                # the V1CustomResourceDefinition its signature declares.
+                resp = cast(
+                    urllib3.BaseHTTPResponse,
+                    ext.read_custom_resource_definition(name, _preload_content=False),
+                )
                 got: dict[str, Any] = json.loads(resp.data)
                 conditions = got.get("status", {}).get("conditions") or []
                 ok = any(
