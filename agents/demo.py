@@ -20,7 +20,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 
 from agents.kafka_admin import ensure_topics
-from agents.processes import WorkerProcess, free_port
+from agents.processes import WorkerProcess, free_port, scrape
 from agents.settings import Settings
 from agents.simulator import SimulationRun, producer_for
 from streams.events import AbortCommand, DecodeError, decode_abort_command
@@ -34,6 +34,7 @@ class DemoResult:
     scorecard: Scorecard
     commands: list[tuple[float, AbortCommand]] = field(default_factory=list)  # (seen at, cmd)
     lines_sent: int = 0
+    verdicts: dict[str, str] = field(default_factory=dict)  # env -> the worker's last verdict
 
 
 class CommandWatcher:
@@ -132,22 +133,35 @@ async def run_demo(
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
+        verdicts = await asyncio.to_thread(read_verdicts, settings.metrics_port)
     first_seen: dict[str, float] = {}
     for seen_at, command in watcher.seen:
         first_seen.setdefault(command.env, seen_at)
     scorecard = score(run.plans, first_seen)
-    return DemoResult(scorecard, list(watcher.seen), run.lines_sent)
+    return DemoResult(scorecard, list(watcher.seen), run.lines_sent, verdicts)
+
+
+def read_verdicts(metrics_port: int) -> dict[str, str]:
+    """The worker's current verdict per canary environment (errors signal, else latency)."""
+    verdicts: dict[str, str] = {}
+    for (_, labels), value in scrape(metrics_port, ("canarywatch_env_verdict",)).items():
+        label = dict(labels)
+        if value == 1.0 and (label["signal"] == "errors" or label["env"] not in verdicts):
+            verdicts[label["env"]] = label["verdict"]
+    return verdicts
 
 
 def format_scorecard(result: DemoResult) -> list[str]:
     card = result.scorecard
-    lines = [f"{'environment':<16} {'truth':<9} {'decision':<9} time to abort"]
+    lines = [f"{'environment':<16} {'truth':<9} {'decision':<9} {'verdict':<13} time to abort"]
     for o in sorted(card.outcomes, key=lambda o: (o.scenario != Scenario.BAD, o.env)):
         if o.scenario == Scenario.STEADY and not o.aborted:
             continue
         delay = f"{o.time_to_abort_s:.1f}s" if o.time_to_abort_s is not None else "-"
+        verdict = result.verdicts.get(o.env, "-")
         lines.append(
-            f"{o.env:<16} {o.scenario.value:<9} {'abort' if o.aborted else 'none':<9} {delay}"
+            f"{o.env:<16} {o.scenario.value:<9} {'abort' if o.aborted else 'none':<9} "
+            f"{verdict:<13} {delay}"
         )
     lines.append(f"{result.lines_sent} request lines played; commands: {len(result.commands)}")
     lines.append(f"demo: {card.summary()}")

@@ -102,11 +102,26 @@ class FleetCollector(Collector):
         canaries = GaugeMetricFamily(
             "canarywatch_canaries_in_progress", "Environments with a canary in progress."
         )
-        return canaries, ratio, requests, verdicts
+        env_verdict = GaugeMetricFamily(
+            "canarywatch_env_verdict",
+            "1 for each canary environment's current verdict, per signal.",
+            labels=["env", "signal", "verdict"],
+        )
+        env_statistic = GaugeMetricFamily(
+            "canarywatch_env_statistic",
+            "The sequential test's statistic (log e-value) per canary environment and signal; "
+            "abort at canarywatch_abort_threshold.",
+            labels=["env", "signal"],
+        )
+        threshold = GaugeMetricFamily(
+            "canarywatch_abort_threshold", "The statistic at which a canary is aborted."
+        )
+        return canaries, ratio, requests, verdicts, env_verdict, env_statistic, threshold
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         fleet = self._fleet_source()
-        canaries, ratio, requests, verdicts = self._families()
+        families = self._families()
+        canaries, ratio, requests, verdicts, env_verdict, env_statistic, threshold = families
         if fleet is None:
             yield canaries
             return
@@ -129,6 +144,9 @@ class FleetCollector(Collector):
                         [state.env, arm_name, signal_name], bad / total if total else 0.0
                     )
         last = fleet.last_pass
+        if last is not None:
+            # Rows added since the last pass have no verdict yet.
+            rows = rows[rows < last.verdicts.shape[1]]
         if last is not None and rows.size:
             for signal, signal_name in enumerate(SIGNALS):
                 counts = np.bincount(last.verdicts[signal, rows], minlength=len(Verdict))
@@ -136,7 +154,15 @@ class FleetCollector(Collector):
                     verdicts.add_metric(
                         [verdict.name.lower(), signal_name], float(counts[verdict.value])
                     )
-        yield canaries
-        yield ratio
-        yield requests
-        yield verdicts
+            threshold.add_metric([], last.threshold)
+            for row in rows.tolist():
+                state = fleet.attribution.states[row]
+                if state is None:
+                    continue
+                for signal, signal_name in enumerate(SIGNALS):
+                    name = Verdict(int(last.verdicts[signal, row])).name.lower()
+                    env_verdict.add_metric([state.env, signal_name, name], 1.0)
+                    env_statistic.add_metric(
+                        [state.env, signal_name], float(last.statistic[signal, row])
+                    )
+        yield from families
