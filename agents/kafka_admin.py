@@ -20,7 +20,7 @@ async def ensure_topics(
     config: Mapping[str, str] | None = None,
     *,
     timeout_s: float = 30.0,
-) -> None:
+) -> dict[str, int]:
     """Create the missing `topics` (name -> partitions, replication factor 1, topic `config`)
     and return once metadata shows a leader for every partition of every named topic.
 
@@ -32,7 +32,7 @@ async def ensure_topics(
         if partitions < 1:
             raise ValueError(f"topic {name!r}: partitions must be >= 1, got {partitions}")
     if not topics:
-        return
+        return {}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     admin = AIOKafkaAdminClient(
@@ -41,7 +41,7 @@ async def ensure_topics(
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         created = await _create_missing(admin, topics, dict(config or {}), deadline)
-        await _wait_for_leaders(admin, topics, created, deadline)
+        return await _wait_for_leaders(admin, topics, created, deadline)
     finally:
         await admin.close()
 
@@ -90,7 +90,8 @@ async def _wait_for_leaders(
     topics: Mapping[str, int],
     created: set[str],
     deadline: float,
-) -> None:
+) -> dict[str, int]:
+    """Wait for a leader on every partition; returns each topic's partition count."""
     loop = asyncio.get_running_loop()
     while True:
         pending = []
@@ -107,7 +108,7 @@ async def _wait_for_leaders(
             elif not parts or any(p["leader"] == _NO_LEADER or p["error_code"] for p in parts):
                 pending.append(f"{name}: partitions without leader")
         if not pending:
-            return
+            return {name: len(by_name[name]["partitions"]) for name in topics}
         if loop.time() >= deadline:
             raise TimeoutError(f"topics not ready: {'; '.join(pending)}")
         await asyncio.sleep(0.05)

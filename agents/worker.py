@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from agents.deadletter import DeadLetters, Headers
 from agents.ingest import RequestLogIngest
 from agents.kafka_admin import ensure_topics
 from agents.metrics import FleetCollector, WorkerMetrics
-from agents.settings import Settings
+from agents.settings import Settings, Topics
 from streams.events import (
     DecodeError,
     decode_abort_command,
@@ -167,17 +167,28 @@ def build_worker(
     return Worker(app=app, fleet=fleet, metrics=metrics)
 
 
+def check_copartitioned(topics: Topics, partitions: Mapping[str, int]) -> None:
+    """Each worker reads the request-log partitions matching its rollout-state partitions."""
+    requests, rollouts = partitions[topics.requests], partitions[topics.rollouts]
+    if requests != rollouts:
+        raise SystemExit(
+            f"canarywatch: {topics.requests} has {requests} partitions and {topics.rollouts} "
+            f"{rollouts}; they must match (both keyed by namespace), see docs/events.md"
+        )
+
+
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: metrics on `settings.metrics_port`, Faust worker in front."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # canarywatch's own topics; Faust declares its changelog topics itself.
-    asyncio.run(
+    partitions = asyncio.run(
         ensure_topics(
             settings.bootstrap,
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
         )
     )
+    check_copartitioned(settings.topics, partitions)
     registry = CollectorRegistry()
     start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
     worker = build_worker(settings, registry)
