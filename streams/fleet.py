@@ -84,11 +84,9 @@ class Fleet:
         report = IngestReport(invalid=columns.invalid)
         if not len(columns):
             return report
-        lookup = self.attribution.code_of_hash.get
-        keys = zip(columns.namespaces, columns.pod_hashes, strict=True)
-        codes = np.fromiter(
-            [lookup(key, NOT_ATTRIBUTED) for key in keys], dtype=np.intp, count=len(columns)
-        )
+        codes = self.attribution.lookup_keys(columns.keys)
+        for row, (namespace, pod_hash) in columns.overflow.items():
+            codes[row] = self.attribution.lookup(namespace, pod_hash)
         attributed = codes != NOT_ATTRIBUTED
         report.counted = int(np.count_nonzero(attributed))
         report.unattributed = len(columns) - report.counted

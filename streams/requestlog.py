@@ -1,160 +1,147 @@
 """Columnar decoding of request-log messages: a batch of messages in, column arrays out.
 
-The hot path. Every message of a fetched batch (one JSON object, or NDJSON) is joined into one
-JSON array and parsed by one `orjson.loads` call; the five fields are pulled out with one C-level
-`map(itemgetter(...))`. Anything the fast path cannot vouch for (a parse error, a missing or
-mistyped field, an alias such as `env` or a label map, an oversized message) sends its message to
-the line-by-line decoder in `streams.events`, which finds the bad lines and says why.
+The hot path. The messages of a fetched batch are joined with newlines into one buffer and
+`streams.fastscan.scan` decodes, with numpy operations over the whole buffer, every line in the
+canonical flat form (see that module). Only the lines it cannot vouch for (aliases such as `env`
+or a label map, escapes, non-ASCII, numbers outside the exact fast path, invalid JSON) go one by
+one through the line decoder in `streams.events`, which decodes them or says why not. The result
+is the same as decoding every message with `streams.events.decode_request_lines`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import Any
 
 import numpy as np
-import orjson
 from numpy.typing import NDArray
 
-from streams.events import (
-    MAX_MESSAGE_BYTES,
-    POD_HASH_LABEL,
-    DecodeError,
-    RequestLine,
-    decode_request_lines,
-    request_line_from_obj,
+from streams.events import MAX_MESSAGE_BYTES, DecodeError, RequestLine, decode_request_lines
+from streams.fastscan import (
+    BLANK,
+    HASH_WIDTH,
+    KEY_DTYPE,
+    NAMESPACE_WIDTH,
+    OTHER,
+    SIMPLE,
+    pack_key,
+    scan,
 )
-
-_FIELDS = itemgetter("namespace", POD_HASH_LABEL, "status", "duration_ms", "ts")
 
 
 @dataclass(slots=True)
 class Columns:
-    """Decoded request lines as columns, in message order."""
+    """Decoded request lines as columns, in message order.
 
-    namespaces: list[str] = field(default_factory=list)
-    pod_hashes: list[str] = field(default_factory=list)
+    `keys` holds (namespace, pod hash) packed by `streams.fastscan.pack_key`; a line whose
+    strings do not fit that form (too long, or holding NUL) has an all-NUL key and its strings in
+    `overflow`, by row.
+    """
+
+    keys: NDArray[np.bytes_] = field(default_factory=lambda: np.zeros(0, dtype=KEY_DTYPE))
     status: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     duration_ms: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0, np.float64))
     ts: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0, np.float64))
+    overflow: dict[int, tuple[str, str]] = field(default_factory=dict)
     # (index of the message in the batch, the refused bytes, why)
     invalid: list[tuple[int, bytes, DecodeError]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.namespaces)
+        return len(self.keys)
 
-    def extend(self, other: Columns) -> None:
-        self.namespaces.extend(other.namespaces)
-        self.pod_hashes.extend(other.pod_hashes)
-        self.status = np.concatenate([self.status, other.status])
-        self.duration_ms = np.concatenate([self.duration_ms, other.duration_ms])
-        self.ts = np.concatenate([self.ts, other.ts])
-        self.invalid.extend(other.invalid)
+    @property
+    def namespaces(self) -> list[str]:
+        return self._strings(0, NAMESPACE_WIDTH, 0)
+
+    @property
+    def pod_hashes(self) -> list[str]:
+        return self._strings(NAMESPACE_WIDTH, HASH_WIDTH, 1)
+
+    def _strings(self, offset: int, width: int, part: int) -> list[str]:
+        raw = self.keys.view(np.uint8).reshape(-1, KEY_DTYPE.itemsize)[:, offset : offset + width]
+        texts = np.ascontiguousarray(raw).view(f"S{width}").reshape(-1).tolist()
+        out = [x.decode() for x in texts]
+        for row, pair in self.overflow.items():
+            out[row] = pair[part]
+        return out
 
 
 def decode_columns(messages: Sequence[bytes], max_bytes: int = MAX_MESSAGE_BYTES) -> Columns:
     """Decode a batch of request-log messages into columns; bad input is reported, not raised."""
-    indices = list(range(len(messages)))
+    refused: list[tuple[int, bytes, DecodeError]] = []
+    indices: Sequence[int] = range(len(messages))
     if messages and max(map(len, messages)) > max_bytes:
-        refused = Columns()
-        for i in indices:
-            if len(messages[i]) > max_bytes:
-                detail = f"{len(messages[i])} bytes > limit {max_bytes}"
-                refused.invalid.append((i, messages[i], DecodeError("oversized", detail)))
+        for i, message in enumerate(messages):
+            if len(message) > max_bytes:
+                detail = f"{len(message)} bytes > limit {max_bytes}"
+                refused.append((i, message, DecodeError("oversized", detail)))
         indices = [i for i in indices if len(messages[i]) <= max_bytes]
-        decoded = _decode(messages, indices)
-        decoded.invalid = sorted(refused.invalid + decoded.invalid, key=lambda x: x[0])
-        return decoded
-    return _decode(messages, indices)
-
-
-def _decode(messages: Sequence[bytes], indices: list[int]) -> Columns:
-    """Parse `messages[i] for i in indices` at once; halve the batch around invalid JSON."""
-    if not indices:
-        return Columns()
-    stripped = [messages[i].strip(b"\n") for i in indices]
-    body = b",".join(stripped)
-    if b"\n" in body:
-        body = body.replace(b"\n", b",")
-    try:
-        objects = orjson.loads(b"[" + body + b"]")
-    except orjson.JSONDecodeError:
-        if len(indices) == 1:
-            return _decode_each(messages, indices)
-        half = len(indices) // 2
-        left = _decode(messages, indices[:half])
-        left.extend(_decode(messages, indices[half:]))
-        return left
-    if not objects:  # only empty messages join into "[]"; the line decoder says why
-        return _decode_each(messages, indices)
-    columns = _columns(objects)
-    return columns if columns is not None else _columns_each(objects, stripped, indices)
-
-
-def _columns(objects: list[Any]) -> Columns | None:
-    """The five fields of every object, checked per column in C; None if any object is off."""
-    try:
-        rows = list(map(_FIELDS, objects))
-    except (KeyError, TypeError):
-        return None
-    namespaces, pod_hashes, status, duration, ts = zip(*rows, strict=True)
-    if (
-        set(map(type, namespaces)) != {str}
-        or set(map(type, pod_hashes)) != {str}
-        or set(map(type, status)) != {int}
-        or not set(map(type, duration)) <= {int, float}
-        or not set(map(type, ts)) <= {int, float}
-        or not all(namespaces)
-        or not all(pod_hashes)
+        kept = [messages[i] for i in indices]
+    else:
+        kept = list(messages)
+    if not kept:
+        return Columns(invalid=refused)
+    buffer = b"\n".join(kept)
+    found = scan(buffer)
+    # The message of every line: messages start where the previous one's newline ends.
+    lengths = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))
+    message_starts = np.cumsum(lengths + 1) - (lengths + 1)
+    line_message = np.searchsorted(message_starts, found.starts, side="right") - 1
+    kind = found.kind
+    invalid = refused
+    # A message without a single non-blank line holds no request line at all.
+    non_blank = np.bincount(line_message[kind != BLANK], minlength=len(kept))
+    for k in np.flatnonzero(non_blank == 0).tolist():
+        invalid.append((indices[k], kept[k], DecodeError("empty", "message holds no request line")))
+    slow = np.flatnonzero(kind == OTHER)
+    if not slow.size:
+        invalid.sort(key=lambda x: x[0])
+        return Columns(found.keys, found.status, found.duration_ms, found.ts, invalid=invalid)
+    # The other lines, one by one, exactly as the line decoder sees them.
+    good_rows: list[int] = []
+    good: list[RequestLine] = []
+    for line, start, end in zip(
+        slow.tolist(), found.starts[slow].tolist(), found.ends[slow].tolist(), strict=True
     ):
-        return None
-    status_array = np.fromiter(status, dtype=np.int64, count=len(status))
-    if status_array.min() < 100 or status_array.max() > 599:
-        return None
-    return Columns(
-        namespaces=list(namespaces),
-        pod_hashes=list(pod_hashes),
-        status=status_array,
-        duration_ms=np.fromiter(duration, dtype=np.float64, count=len(duration)),
-        ts=np.fromiter(ts, dtype=np.float64, count=len(ts)),
-    )
-
-
-def _columns_each(objects: list[Any], stripped: list[bytes], indices: list[int]) -> Columns:
-    """Object by object, for batches with an alias, a missing field or a mistyped value."""
-    lines: list[RequestLine] = []
-    invalid: list[tuple[int, bytes, DecodeError]] = []
-    position = 0
-    for index, message in zip(indices, stripped, strict=True):
-        raw_lines = message.split(b"\n")
-        for raw in raw_lines:
-            try:
-                lines.append(request_line_from_obj(objects[position]))
-            except DecodeError as error:
-                invalid.append((index, raw, error))
-            position += 1
-    return _from_lines(lines, invalid)
-
-
-def _decode_each(messages: Sequence[bytes], indices: list[int]) -> Columns:
-    lines: list[RequestLine] = []
-    invalid: list[tuple[int, bytes, DecodeError]] = []
-    for index in indices:
-        good, bad = decode_request_lines(messages[index])
-        lines.extend(good)
+        chunk = buffer[start:end]
+        lines, bad = decode_request_lines(chunk, max_bytes)
+        if lines:
+            good_rows.append(line)
+            good.append(lines[0])
+        index = indices[int(line_message[line])]
         invalid.extend((index, raw, error) for raw, error in bad)
-    return _from_lines(lines, invalid)
-
-
-def _from_lines(lines: list[RequestLine], invalid: list[tuple[int, bytes, DecodeError]]) -> Columns:
-    n = len(lines)
-    return Columns(
-        namespaces=[x.namespace for x in lines],
-        pod_hashes=[x.pod_hash for x in lines],
-        status=np.fromiter((x.status for x in lines), dtype=np.int64, count=n),
-        duration_ms=np.fromiter((x.duration_ms for x in lines), dtype=np.float64, count=n),
-        ts=np.fromiter((x.ts for x in lines), dtype=np.float64, count=n),
+    invalid.sort(key=lambda x: x[0])
+    if not good:
+        return Columns(found.keys, found.status, found.duration_ms, found.ts, invalid=invalid)
+    # Merge the two kinds of lines back into line order.
+    simple_rows = np.flatnonzero(kind == SIMPLE)
+    rows = np.asarray(good_rows, dtype=np.int64)
+    order = np.concatenate([simple_rows, rows]).argsort(kind="stable")
+    n = order.size
+    from_slow = order >= simple_rows.size
+    slow_at = np.flatnonzero(from_slow)
+    columns = Columns(
+        keys=np.zeros(n, dtype=KEY_DTYPE),
+        status=np.zeros(n, dtype=np.int64),
+        duration_ms=np.zeros(n, dtype=np.float64),
+        ts=np.zeros(n, dtype=np.float64),
         invalid=invalid,
     )
+    fast_at = np.flatnonzero(~from_slow)
+    columns.keys[fast_at] = found.keys
+    columns.status[fast_at] = found.status
+    columns.duration_ms[fast_at] = found.duration_ms
+    columns.ts[fast_at] = found.ts
+    packed = [pack_key(x.namespace, x.pod_hash) for x in good]
+    slow_order = order[slow_at] - simple_rows.size  # which of `good` lands at each slow slot
+    for at, which in zip(slow_at.tolist(), slow_order.tolist(), strict=True):
+        x = good[which]
+        key = packed[which]
+        if key is None:
+            columns.overflow[at] = (x.namespace, x.pod_hash)
+        else:
+            columns.keys[at] = key
+        columns.status[at] = x.status
+        columns.duration_ms[at] = x.duration_ms
+        columns.ts[at] = x.ts
+    return columns
