@@ -76,7 +76,6 @@ class Scan:
     ts: NDArray[np.float64]
 
 
-
 def pack_key(namespace: str, pod_hash: str) -> bytes | None:
     """The fixed-width key of (namespace, hash), as `Scan.keys` holds it; None if it cannot be."""
     ns, h = namespace.encode(), pod_hash.encode()

@@ -49,3 +49,27 @@ def test_capacity_grows_and_rows_are_reused() -> None:
     a.apply(RolloutState("ns0", "web", "c0", "c0"))
     reused = a.apply(canary("ns9", "c9", "s9")).started[0]
     assert reused == rows[0]
+
+
+def test_lookup_keys_agrees_with_lookup_as_rollouts_change() -> None:
+    import numpy as np
+
+    from streams.fastscan import KEY_DTYPE, pack_key
+
+    a = Attribution(capacity=2)
+    probes = [("shop", "c1"), ("shop", "s0"), ("shop", "c2"), ("other", "c1"), ("shop", "c")]
+
+    def agree() -> None:
+        keys = np.array([pack_key(ns, h) for ns, h in probes], dtype=KEY_DTYPE)
+        assert a.lookup_keys(keys).tolist() == [a.lookup(ns, h) for ns, h in probes]
+
+    agree()
+    a.apply(canary("shop", "c1"))
+    agree()
+    a.apply(canary("other", "c9", "c1"))
+    agree()
+    a.apply(canary("shop", "c2"))
+    agree()
+    a.apply(RolloutState("shop", "web", "c2", "c2"))
+    agree()
+    assert a.lookup_keys(np.zeros(0, dtype=KEY_DTYPE)).size == 0

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from streams.events import decode_request_lines
 from streams.requestlog import decode_columns
+from tests.test_fastscan import CANONICAL, any_line
 
 GOOD = {
     "ts": 1764150000.25,
@@ -43,28 +44,37 @@ def columns_of(messages: list[bytes], max_bytes: int) -> tuple[list[tuple[object
     return lines, [(i, raw, err.reason) for i, raw, err in c.invalid]
 
 
-variants = st.sampled_from(
-    [
-        orjson.dumps(GOOD),
-        orjson.dumps({**GOOD, "status": 503, "namespace": "other"}),
-        orjson.dumps({**GOOD, "ts": 1764150001}),  # an integer timestamp
-        orjson.dumps({k: v for k, v in GOOD.items() if k != "namespace"} | {"env": "shop"}),
-        orjson.dumps(
-            {k: v for k, v in GOOD.items() if k != "rollouts-pod-template-hash"}
-            | {"labels": {"rollouts-pod-template-hash": "lbl"}}
-        ),
-        orjson.dumps({**GOOD, "status": "200"}),
-        orjson.dumps({**GOOD, "status": 42}),
-        orjson.dumps({**GOOD, "status": True}),
-        orjson.dumps({**GOOD, "duration_ms": None}),
-        orjson.dumps({**GOOD, "namespace": ""}),
-        orjson.dumps({k: v for k, v in GOOD.items() if k != "ts"}),
-        b"[1, 2]",
-        b"17",
-        b"not json",
-        b'{"ts": 1, ',
-        b"",
-    ]
+variants = (
+    st.sampled_from(
+        [
+            orjson.dumps(GOOD),
+            orjson.dumps({**GOOD, "status": 503, "namespace": "other"}),
+            orjson.dumps({**GOOD, "ts": 1764150001}),  # an integer timestamp
+            orjson.dumps({k: v for k, v in GOOD.items() if k != "namespace"} | {"env": "shop"}),
+            orjson.dumps(
+                {k: v for k, v in GOOD.items() if k != "rollouts-pod-template-hash"}
+                | {"labels": {"rollouts-pod-template-hash": "lbl"}}
+            ),
+            orjson.dumps({**GOOD, "status": "200"}),
+            orjson.dumps({**GOOD, "status": 42}),
+            orjson.dumps({**GOOD, "status": True}),
+            orjson.dumps({**GOOD, "duration_ms": None}),
+            orjson.dumps({**GOOD, "namespace": ""}),
+            orjson.dumps({k: v for k, v in GOOD.items() if k != "ts"}),
+            b"[1, 2]",
+            b"17",
+            b"not json",
+            b'{"ts": 1, ',
+            b"",
+            CANONICAL,
+            CANONICAL.replace(b"shop-prod", "sh\u00f6p".encode()),
+            CANONICAL.replace(b"shop-prod", b"sh\\u006fp"),
+            CANONICAL.replace(b"87.5", b"9007199254740993"),
+            CANONICAL.replace(b"503", b"503.0"),
+            b" \r",
+        ]
+    )
+    | any_line
 )
 message = st.lists(variants, min_size=1, max_size=4).map(lambda parts: b"\n".join(parts)) | (
     variants.map(lambda v: v + b"\n")
