@@ -33,7 +33,7 @@ def orjson_only(messages: Sequence[bytes]) -> int:
 
 
 def best_of(
-    calls: list[Sequence[bytes]], run: Callable[[Sequence[bytes]], object], n: int
+    calls: Sequence[Sequence[bytes]], run: Callable[[Sequence[bytes]], object], n: int
 ) -> float:
     """Seconds per line, the best of three passes over all calls."""
     best = float("inf")
@@ -75,7 +75,7 @@ def main() -> None:
             per_line = best_of(calls, run, n)
             print(f"  {name:46s} {per_line * 1e6:6.3f} us/line  {1 / per_line:12,.0f} lines/s")
     try:
-        from pyinstrument import Profiler  # type: ignore[import-not-found]
+        from pyinstrument import Profiler  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         print("\n(pip install pyinstrument for a profile)")
         return

@@ -20,6 +20,7 @@ the gap before a string says whether it is a key or a value, and the gap after i
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,8 +109,33 @@ def _empty_scan(starts: NDArray[np.int64], ends: NDArray[np.int64], kind: NDArra
     )
 
 
-def scan(buffer: bytes) -> Scan:
+CHUNK_BYTES = 1 << 18  # scanned a piece at a time, so that the temporaries stay in cache
+
+
+def scan(buffer: bytes, chunk_bytes: int = CHUNK_BYTES) -> Scan:
     """Find the lines of `buffer` (separated by b"\\n") and decode the simple ones."""
+    cuts = [0]
+    while len(buffer) - cuts[-1] > chunk_bytes:
+        cut = buffer.find(b"\n", cuts[-1] + chunk_bytes)
+        if cut < 0:
+            break
+        cuts.append(cut + 1)
+    if len(cuts) == 1:
+        return _scan(buffer)
+    cuts.append(len(buffer) + 1)
+    parts = [_scan(buffer[a : b - 1]) for a, b in itertools.pairwise(cuts)]
+    return Scan(
+        starts=np.concatenate([p.starts + a for p, a in zip(parts, cuts, strict=False)]),
+        ends=np.concatenate([p.ends + a for p, a in zip(parts, cuts, strict=False)]),
+        kind=np.concatenate([p.kind for p in parts]),
+        keys=np.concatenate([p.keys for p in parts]),
+        status=np.concatenate([p.status for p in parts]),
+        duration_ms=np.concatenate([p.duration_ms for p in parts]),
+        ts=np.concatenate([p.ts for p in parts]),
+    )
+
+
+def _scan(buffer: bytes) -> Scan:
     pad = max(SCALAR_WIDTH, NAMESPACE_WIDTH) + 8
     size = len(buffer)
     raw = np.empty(size + 1 + pad, dtype=np.uint8)

@@ -236,3 +236,14 @@ def test_what_is_left_to_the_line_decoder() -> None:
     assert scan(b"\n".join(others)).kind.tolist() == [OTHER] * len(others)
     assert scan(b"\n \n\r\n").kind.tolist() == [BLANK] * 4
     assert math.isclose(scan(CANONICAL).ts[0], 1764150000.512)
+
+
+@settings(max_examples=100)
+@given(st.lists(any_line, min_size=1, max_size=12), st.integers(1, 400))
+def test_scanning_in_pieces_changes_nothing(batch: list[bytes], chunk_bytes: int) -> None:
+    buffer = b"\n".join(batch)
+    whole, pieces = scan(buffer, chunk_bytes=1 << 30), scan(buffer, chunk_bytes=chunk_bytes)
+    for name in ("starts", "ends", "kind", "keys", "status"):
+        assert getattr(whole, name).tolist() == getattr(pieces, name).tolist(), name
+    assert whole.ts.tobytes() == pieces.ts.tobytes()
+    assert whole.duration_ms.tobytes() == pieces.duration_ms.tobytes()
