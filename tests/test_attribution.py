@@ -26,7 +26,8 @@ def test_a_weight_step_keeps_the_row_and_its_evidence() -> None:
     (row,) = a.apply(canary("shop", "c1", weight=10)).started
     change = a.apply(canary("shop", "c1", weight=50))
     assert change.started == [] and change.ended == []
-    assert a.states[row] is not None and a.states[row].canary_weight == 50
+    state = a.states[row]
+    assert state is not None and state.canary_weight == 50
 
 
 def test_new_revision_restarts_and_promotion_frees_the_row() -> None:

@@ -20,8 +20,13 @@ GOOD = {
 }
 
 
-def reference(messages: list[bytes], max_bytes: int) -> tuple[list[tuple[object, ...]], list]:
-    lines, invalid = [], []
+Line = tuple[object, ...]
+Refusal = tuple[int, bytes, str]
+
+
+def reference(messages: list[bytes], max_bytes: int) -> tuple[list[Line], list[Refusal]]:
+    lines: list[Line] = []
+    invalid: list[Refusal] = []
     for i, message in enumerate(messages):
         good, bad = decode_request_lines(message, max_bytes)
         lines.extend((x.namespace, x.pod_hash, x.status, x.duration_ms, x.ts) for x in good)
@@ -29,9 +34,9 @@ def reference(messages: list[bytes], max_bytes: int) -> tuple[list[tuple[object,
     return lines, invalid
 
 
-def columns_of(messages: list[bytes], max_bytes: int) -> tuple[list[tuple[object, ...]], list]:
+def columns_of(messages: list[bytes], max_bytes: int) -> tuple[list[Line], list[Refusal]]:
     c = decode_columns(messages, max_bytes)
-    lines = list(
+    lines: list[Line] = list(
         zip(
             c.namespaces,
             c.pod_hashes,
