@@ -5,9 +5,10 @@ whole buffer (no Python loop over lines or bytes), finds the lines it can vouch 
 object of strings, numbers, true/false/null, printable ASCII only (no backslash, no byte < 0x20
 except tab/CR between tokens, no byte >= 0x80), strict JSON grammar, with `namespace`,
 `rollouts-pod-template-hash`, `pod` (non-empty strings), `status` (an integer 100..599), `ts` and
-`duration_ms` (numbers) each present exactly once, and every number inside the exact fast path
-(integer mantissa < 2**53, one multiplication or division by a power of ten <= 1e22), so that the
-value is bit-identical to what orjson returns. Such a line is `SIMPLE`; an all-whitespace line is
+`duration_ms` (numbers) each present exactly once. Numbers are bit-identical to what orjson
+returns: most through the exact fast path (integer mantissa < 2**53, one multiplication or
+division by a power of ten <= 1e22), the rest (e.g. time.time()'s 17 digits) through numpy's
+correctly rounded string-to-double conversion. Such a line is `SIMPLE`; an all-whitespace line is
 `BLANK`; anything else is `OTHER` and left to the exact decoder in `streams.events`, which decides
 whether it is valid and why not.
 
@@ -440,15 +441,21 @@ def _parse_scalars(
     exp_power = np.clip(length[:, None] - 1 - cols, 0, 18)
     exp_value = (digit.astype(np.int64) * np.where(in_exp, _POW10_INT[exp_power], 0)).sum(axis=1)
     net = np.where(exp_neg, -exp_value, exp_value) - frac
-    number &= (mant_digits <= 18) & (mantissa < _MAX_EXACT) & (net >= -22) & (net <= 22)
     number &= ~literal
-    is_integer = number & ~has_dot & ~has_exp
+    exact = number & (mant_digits <= 18) & (mantissa < _MAX_EXACT) & (net >= -22) & (net <= 22)
+    is_integer = exact & ~has_dot & ~has_exp
     integer = np.where(neg, -mantissa, mantissa)
     as_float = mantissa.astype(np.float64)
     scale = _POW10_FLOAT[np.clip(np.abs(net), 0, 22)]
     value = np.where(net >= 0, as_float * scale, as_float / scale)
     value = np.where(neg, -value, value)
     value = np.where(is_integer, integer.astype(np.float64), value)
+    # Valid numbers past the exact fast path (e.g. time.time()'s 17 digits): numpy's own
+    # correctly rounded string-to-double conversion, on those numbers only.
+    inexact = np.flatnonzero(number & ~exact)
+    if inexact.size:
+        digits = np.where(within[inexact], text[inexact], np.uint8(0))
+        value[inexact] = np.ascontiguousarray(digits).view(f"S{width}").ravel().astype(np.float64)
     return _Scalars(
         ok=literal | number,
         is_number=number,

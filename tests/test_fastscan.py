@@ -221,8 +221,6 @@ def test_what_is_left_to_the_line_decoder() -> None:
         CANONICAL.replace(b"shop-prod", "shöp".encode()),  # non-ASCII
         CANONICAL.replace(b"503", b"503.0"),  # status not an integer
         CANONICAL.replace(b"503", b"true"),
-        CANONICAL.replace(b"87.5", b"9007199254740993"),  # beyond 2**53
-        CANONICAL.replace(b"87.5", b"1e23"),  # beyond the exact powers of ten
         CANONICAL.replace(b"87.5", b"087.5"),
         CANONICAL.replace(b"87.5", b"87."),
         CANONICAL.replace(b"}", b",}"),
@@ -236,6 +234,21 @@ def test_what_is_left_to_the_line_decoder() -> None:
     assert scan(b"\n".join(others)).kind.tolist() == [OTHER] * len(others)
     assert scan(b"\n \n\r\n").kind.tolist() == [BLANK] * 4
     assert math.isclose(scan(CANONICAL).ts[0], 1764150000.512)
+
+
+def test_numbers_past_the_exact_fast_path_still_match_orjson() -> None:
+    lines = [
+        CANONICAL.replace(b"87.5", b"9007199254740993"),  # beyond 2**53
+        CANONICAL.replace(b"87.5", b"1e23"),  # beyond the exact powers of ten
+        CANONICAL.replace(b"1764150000.512", b"1795690944.7210088"),  # time.time()'s 17 digits
+        CANONICAL.replace(b"87.5", b"0.30000000000000004441"),
+    ]
+    result = scan(b"\n".join(lines))
+    assert result.kind.tolist() == [SIMPLE] * len(lines)
+    for i, line in enumerate(lines):
+        obj = orjson.loads(line)
+        assert result.duration_ms[i] == obj["duration_ms"]
+        assert result.ts[i] == obj["ts"]
 
 
 @settings(max_examples=100)
