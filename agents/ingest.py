@@ -116,7 +116,12 @@ class RequestLogIngest(Service):
             batches = await consumer.getmany(timeout_ms=100, max_records=self.max_records)
             now = self.clock()
             for tp, records in batches.items():
-                report = self.fleet.count([r.value or b"" for r in records], now)
+                # Decoding is stateless and numpy releases the GIL for much of it: in a thread,
+                # it overlaps aiokafka's fetching on the loop. Counting stays on the loop.
+                columns = await asyncio.to_thread(
+                    self.fleet.decode, [r.value or b"" for r in records]
+                )
+                report = self.fleet.count_columns(columns, now)
                 if report.invalid:
                     await self.deadletters.publish(
                         topic,

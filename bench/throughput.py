@@ -195,16 +195,17 @@ async def start_workers(
     for worker in workers:
         await worker.wait_ready(within_s=180)
     ports = [w.settings.metrics_port for w in workers]
-    share = PARTITIONS // count
+    seen: list[object] = []
 
     def settled() -> bool:
         partitions = [sum_metric([p], "canarywatch_ingest_partitions") for p in ports]
-        return (
-            all(n == share for n in partitions)
-            and sum_metric(ports, "canarywatch_canaries_in_progress") == canaries
-        )
+        loaded = sum_metric(ports, "canarywatch_canaries_in_progress")
+        if seen[-1:] != [(partitions, loaded)]:
+            seen.append((partitions, loaded))
+            print(f"  partitions per worker {partitions}, canaries {loaded:.0f}/{canaries}")
+        return sum(partitions) == PARTITIONS and min(partitions) >= 1 and loaded == canaries
 
-    await poll_until(settled, 180, "workers to split the partitions and load the canaries")
+    await poll_until(settled, 300, "workers to split the partitions and load the canaries")
     return workers
 
 

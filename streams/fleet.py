@@ -21,7 +21,7 @@ from streams.events import (
     RolloutState,
     decision_id_for,
 )
-from streams.requestlog import decode_columns
+from streams.requestlog import Columns, decode_columns
 from streams.windows import FleetWindows
 
 
@@ -80,7 +80,14 @@ class Fleet:
 
     def count(self, messages: Sequence[bytes], now: float) -> IngestReport:
         """Decode, attribute and count a batch of request-log messages (JSON or NDJSON each)."""
-        columns = decode_columns(messages, self.max_message_bytes)
+        return self.count_columns(self.decode(messages), now)
+
+    def decode(self, messages: Sequence[bytes]) -> Columns:
+        """The stateless half of `count`: safe to run in another thread."""
+        return decode_columns(messages, self.max_message_bytes)
+
+    def count_columns(self, columns: Columns, now: float) -> IngestReport:
+        """Attribute and count decoded lines."""
         report = IngestReport(invalid=columns.invalid)
         if not len(columns):
             return report
