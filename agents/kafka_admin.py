@@ -8,6 +8,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.partitioner import murmur2
 
 __all__ = ["ensure_topics"]
 
@@ -112,3 +113,8 @@ async def _wait_for_leaders(
         if loop.time() >= deadline:
             raise TimeoutError(f"topics not ready: {'; '.join(pending)}")
         await asyncio.sleep(0.05)
+
+
+def partition_for_key(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as in the Java client) picks."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from agents.deadletter import DeadLetters, Headers
 from agents.ingest import RequestLogIngest
-from agents.kafka_admin import ensure_topics
+from agents.kafka_admin import ensure_topics, partition_for_key
 from agents.metrics import FleetCollector, WorkerMetrics
 from agents.settings import Settings, Topics
 from streams.events import (
@@ -107,16 +107,22 @@ def build_worker(
 
     @rollout_table.on_recover
     async def follow_assignment() -> None:
-        # After each rebalance the table holds exactly this worker's environments: drop the
-        # others, (re)apply ours, then read the request-log partitions that go with them.
+        # After each rebalance: keep the environments of our rollout-state partitions (the
+        # table may still hold keys written before a revocation), drop the others, then read
+        # the request-log partitions that go with them.
         now = clock()
-        states = [decode_rollout_state(raw) for raw in rollout_table.values()]
-        fleet.retain({state.env for state in states})
-        for state in states:
-            fleet.apply_rollout(state, now)
         partitions = {
             tp.partition for tp in app.consumer.assignment() if tp.topic == s.topics.rollouts
         }
+        count = app.consumer.topic_partitions(s.topics.rollouts) or s.partitions
+        states = [
+            state
+            for state in map(decode_rollout_state, rollout_table.values())
+            if partition_for_key(state.namespace.encode(), count) in partitions
+        ]
+        fleet.retain({state.env for state in states})
+        for state in states:
+            fleet.apply_rollout(state, now)
         if not ingest_started.is_set():
             await app.add_runtime_dependency(ingest)  # stops with the app
             ingest_started.set()
