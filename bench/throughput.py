@@ -330,6 +330,14 @@ async def memory_per_env(
     per_env = []
     try:
         await worker.wait_ready(within_s=180)
+        # Warm up first, so the baseline already holds what does not grow with environments
+        # (fetch buffers, the decode thread's heap): these lines name no known environment.
+        warm_up = request_lines(np.random.default_rng(1), 100_000, 1, time.time())
+        await produce(bootstrap, topics.requests, [(key_of(x), x) for x in warm_up])
+        await poll_until(
+            lambda: sum_metric([port], "canarywatch_request_lines_total") >= len(warm_up),
+            300, "the warm-up lines",
+        )
         baseline = rss_bytes(worker.pid)
         loaded = 0
         for total in scale.memory_envs:
