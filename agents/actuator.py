@@ -45,7 +45,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from agents.deadletter import deadletter_headers
+from agents.deadletter import DeadLetters, Headers, deadletter_counter
 from agents.kafka_admin import ensure_topics
 from agents.settings import Settings
 from streams.events import AbortCommand, DecodeError, decode_abort_command
@@ -300,12 +300,7 @@ class ActuatorMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
             registry=registry,
         )
-        self.deadletters = Counter(
-            "canarywatch_deadletter_messages",
-            "Messages sent to the dead-letter topic, by source topic and reason.",
-            ["topic", "reason"],
-            registry=registry,
-        )
+        self.deadletters = deadletter_counter(registry)
         self.ready = Gauge(
             "canarywatch_actuator_ready",
             "1 once the actuator consumes commands.",
@@ -511,16 +506,13 @@ class Actuator:
     async def _deadletter(
         self, producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes], error: DecodeError
     ) -> None:
-        value = record.value or b""
-        headers = deadletter_headers(
-            error, record.topic, record.partition, record.offset, len(value)
-        )
-        await producer.send_and_wait(
-            self.settings.topics.deadletter, key=error.reason.encode(), value=value, headers=headers
-        )
-        self.metrics.deadletters.labels(record.topic, error.reason).inc()
-        log.warning(
-            "dead-lettered %s/%d@%d: %s", record.topic, record.partition, record.offset, error
+        async def send(key: bytes, value: bytes, headers: Headers) -> object:
+            return await producer.send_and_wait(
+                self.settings.topics.deadletter, key=key, value=value, headers=headers
+            )
+
+        await DeadLetters(send, self.metrics.deadletters).publish(
+            record.topic, record.partition, [(record.offset, record.value or b"", error)]
         )
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from agents.metrics import WorkerMetrics
+from prometheus_client import CollectorRegistry, Counter
+
 from streams.events import DecodeError
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,22 @@ def deadletter_headers(
     ]
 
 
+def deadletter_counter(registry: CollectorRegistry) -> Counter:
+    """The one dead-letter counter, the same in every component that dead-letters."""
+    return Counter(
+        "canarywatch_deadletter_messages",
+        "Messages sent to the dead-letter topic, by source topic and reason.",
+        ["topic", "reason"],
+        registry=registry,
+    )
+
+
 class DeadLetters:
     """Sends refused messages and counts them; `send` must complete only once delivered."""
 
-    def __init__(self, send: SendFn, metrics: WorkerMetrics) -> None:
+    def __init__(self, send: SendFn, counter: Counter) -> None:
         self._send = send
-        self._metrics = metrics
+        self._counter = counter
 
     async def publish(
         self, topic: str, partition: int, refused: Sequence[tuple[int, bytes, DecodeError]]
@@ -43,7 +54,7 @@ class DeadLetters:
         for offset, payload, error in refused:
             headers = deadletter_headers(error, topic, partition, offset, len(payload))
             await self._send(error.reason.encode(), payload, headers)
-            self._metrics.deadletters.labels(topic, error.reason).inc()
+            self._counter.labels(topic, error.reason).inc()
             log.warning(
                 "dead-lettered a message from %s/%d@%d: %s", topic, partition, offset, error
             )

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from agents.deadletter import deadletter_counter
 from streams.decisions import SIGNALS, Verdict, bad_series
 from streams.fleet import Fleet
 from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS
@@ -28,12 +29,7 @@ class WorkerMetrics:
             ["outcome"],
             registry=registry,
         )
-        self.deadletters = Counter(
-            "canarywatch_deadletter_messages",
-            "Messages sent to the dead-letter topic, by source topic and reason.",
-            ["topic", "reason"],
-            registry=registry,
-        )
+        self.deadletters = deadletter_counter(registry)
         self.rollout_states = Counter(
             "canarywatch_rollout_states", "Rollout-state snapshots applied.", registry=registry
         )

@@ -77,7 +77,7 @@ def build_worker(
         delivery = await deadletter_topic.send(key=key, value=value, headers=headers)
         return await delivery
 
-    deadletters = DeadLetters(send_deadletter, metrics)
+    deadletters = DeadLetters(send_deadletter, metrics.deadletters)
     ingest = RequestLogIngest(s, fleet, deadletters, metrics, clock=clock, loop=app.loop)
 
     async def refuse(event: EventT[bytes], error: DecodeError) -> None:
