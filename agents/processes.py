@@ -10,18 +10,33 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.settings import Settings, settings_to_env
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def poll_until(
+    check: Callable[[], T], within_s: float, what: str, *, every_s: float = 0.05
+) -> T:
+    """Run `check` (in a thread: it may do I/O) until its result is truthy, or time out."""
+    deadline = time.monotonic() + within_s
+    while not (result := await asyncio.to_thread(check)):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"waited {within_s:.0f}s for {what}")
+        await asyncio.sleep(every_s)
+    return result
 
 
 def scrape(

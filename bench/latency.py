@@ -14,7 +14,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from agents.kafka_admin import ensure_topics
-from agents.processes import WorkerProcess, free_port
+from agents.processes import WorkerProcess, free_port, poll_until
 from agents.settings import Settings, Topics
 from streams.events import POD_HASH_LABEL, encode_rollout_state
 
@@ -59,7 +59,6 @@ async def decision_latency(
         batch_by_key,
         fleet_states,
         percentile,
-        poll_until,
         produce,
         request_lines,
         sum_metric,

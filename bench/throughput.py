@@ -14,7 +14,7 @@ import platform
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from agents.kafka_admin import ensure_topics
 from agents.localkafka import LocalKafka, free_ports
-from agents.processes import WorkerProcess, free_port, scrape
+from agents.processes import WorkerProcess, free_port, poll_until, scrape
 from agents.settings import Settings, Topics
 from streams.events import POD_HASH_LABEL, RolloutState, encode_rollout_state
 
@@ -165,14 +165,6 @@ def sum_metric(ports: Sequence[int], name: str) -> float:
     return sum(
         value for port in ports for (n, _), value in scrape(port, (name,)).items() if n == name
     )
-
-
-async def poll_until(condition: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not await asyncio.to_thread(condition):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {within_s}s for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def start_workers(

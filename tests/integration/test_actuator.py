@@ -38,7 +38,7 @@ from agents.actuator import (
     RetryPolicy,
 )
 from agents.kafka_admin import ensure_topics
-from agents.processes import free_port, read_metric
+from agents.processes import free_port, poll_until, read_metric
 from agents.settings import Settings, Topics, settings_to_env
 from streams.events import AbortCommand, Evidence, encode_abort_command
 from streams.rollouts import GROUP, PLURAL, VERSION, Rollout
@@ -129,14 +129,7 @@ def command_for(namespace: str, name: str, pod_hash: str) -> AbortCommand:
 
 async def poll(check: Callable[[], T], *, within: float, what: str) -> T:
     """Run `check` (in a thread: it may call the API server) until its result is truthy."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await asyncio.to_thread(check)
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {within:.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
+    return await poll_until(check, within, what)
 
 
 async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:

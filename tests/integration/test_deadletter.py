@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from agents.kafka_admin import ensure_topics
-from agents.processes import WorkerProcess, free_port, read_metric
+from agents.processes import WorkerProcess, free_port, poll_until, read_metric
 from agents.settings import Settings, Topics
 from streams.events import RequestLine, RolloutState, encode_request_line, encode_rollout_state
 
@@ -62,14 +63,12 @@ async def worker(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Settings
 async def wait_for_metric(
     port: int, name: str, value: float, within_s: float = 30.0, **labels: str
 ) -> float | None:
-    deadline = time.monotonic() + within_s
-    seen = None
-    while time.monotonic() < deadline:
-        seen = await asyncio.to_thread(read_metric, port, name, **labels)
-        if seen == value:
-            return seen
-        await asyncio.sleep(0.2)
-    return seen
+    """The metric once it reads `value`, or what it reads when `within_s` ran out."""
+    with contextlib.suppress(TimeoutError):
+        await poll_until(
+            lambda: read_metric(port, name, **labels) == value, within_s, f"{name} == {value}"
+        )
+    return await asyncio.to_thread(read_metric, port, name, **labels)
 
 
 async def test_bad_messages_go_to_deadletter_and_the_worker_keeps_counting(
