@@ -14,8 +14,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from agents.kafka_admin import ensure_topics
-from agents.processes import WorkerProcess, free_port, poll_until
-from agents.settings import Settings, Topics
+from agents.processes import poll_until
+from agents.settings import Topics
 from streams.events import POD_HASH_LABEL, encode_rollout_state
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ async def decision_latency(
         percentile,
         produce,
         request_lines,
+        start_worker,
         sum_metric,
     )
 
@@ -80,17 +81,8 @@ async def decision_latency(
         topics.rollouts,
         [(s.namespace.encode(), encode_rollout_state(s)) for s in states],
     )
-    settings = Settings(
-        bootstrap=bootstrap,
-        app_id=f"{prefix}-w",
-        topics=topics,
-        partitions=PARTITIONS,
-        metrics_port=free_port(),
-        data_dir=work / prefix,
-    )
-    worker = WorkerProcess(settings, work / f"{prefix}.log")
-    worker.start()
-    port = settings.metrics_port
+    worker = start_worker(bootstrap, work, topics)
+    port = worker.settings.metrics_port
     commands = AIOKafkaConsumer(
         topics.commands,
         bootstrap_servers=bootstrap,

@@ -304,21 +304,27 @@ async def run(scale: Scale, bootstrap: str, work: Path) -> Results:
     return r
 
 
+def start_worker(bootstrap: str, work: Path, topics: Topics) -> WorkerProcess:
+    """One worker process on `topics`, its app id and data under the topics' prefix."""
+    settings = Settings(
+        bootstrap=bootstrap,
+        app_id=f"{topics.prefix}-w",
+        topics=topics,
+        partitions=PARTITIONS,
+        metrics_port=free_port(),
+        data_dir=work / topics.prefix,
+    )
+    worker = WorkerProcess(settings, work / f"{topics.prefix}.log")
+    worker.start()
+    return worker
+
+
 async def memory_per_env(
     bootstrap: str, work: Path, prefix: str, scale: Scale
 ) -> tuple[float, float]:
     topics = Topics(prefix)
-    settings = Settings(
-        bootstrap=bootstrap,
-        app_id=f"{prefix}-w",
-        topics=topics,
-        partitions=PARTITIONS,
-        metrics_port=free_port(),
-        data_dir=work / prefix,
-    )
-    worker = WorkerProcess(settings, work / f"{prefix}.log")
-    worker.start()
-    port = settings.metrics_port
+    worker = start_worker(bootstrap, work, topics)
+    port = worker.settings.metrics_port
     per_env = []
     try:
         await worker.wait_ready(within_s=180)

@@ -154,10 +154,11 @@ async def committed(bootstrap: str, group: str, tp: TopicPartition) -> int | Non
 
 
 async def wait_committed(bootstrap: str, group: str, tp: TopicPartition, offset: int) -> None:
-    deadline = time.monotonic() + 30
-    while (got := await committed(bootstrap, group, tp)) != offset:
-        assert time.monotonic() < deadline, f"{group} committed {got}, expected {offset}"
-        await asyncio.sleep(0.1)
+    await poll_until(
+        lambda: asyncio.run(committed(bootstrap, group, tp)) == offset,
+        30,
+        f"{group} to commit offset {offset} on {tp}",
+    )
 
 
 def count(registry: CollectorRegistry, name: str, **labels: str) -> float:

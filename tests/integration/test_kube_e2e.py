@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from agents.actuator import Actuator, ActuatorMetrics, KubeRolloutApi
 from agents.kafka_admin import ensure_topics
-from agents.processes import WorkerProcess, free_port
+from agents.processes import WorkerProcess, free_port, poll_until
 from agents.settings import Settings, Topics
 from agents.simulator import SimulationRun, producer_for
 from streams.simulation import EnvPlan, Scenario, SimulationSettings
@@ -135,12 +135,15 @@ async def _watch_aborts(
     deadline = max(p.fault_start for p in bad) + ABORT_WITHIN_S + 1.0
     assert all(math.isfinite(p.fault_start) for p in bad)
     seen: dict[str, float] = {}
-    while len(seen) < len(bad) and time.time() < deadline and not playing.done():
+
+    def all_aborted() -> bool:
         for plan in bad:
-            if plan.env in seen:
-                continue
-            obj = await asyncio.to_thread(read_rollout, admin, plan.namespace, plan.rollout)
-            if obj.get("status", {}).get("abort") is True:
-                seen[plan.env] = time.time()
-        await asyncio.sleep(0.1)
+            if plan.env not in seen:
+                obj = read_rollout(admin, plan.namespace, plan.rollout)
+                if obj.get("status", {}).get("abort") is True:
+                    seen[plan.env] = time.time()
+        return len(seen) == len(bad) or playing.done()
+
+    with contextlib.suppress(TimeoutError):
+        await poll_until(all_aborted, max(0.0, deadline - time.time()), "the bad canaries' aborts")
     return seen
