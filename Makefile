@@ -7,9 +7,15 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: venv lint typecheck unit test demo bench bench-decisions clean
 
-$(VENV)/.installed: pyproject.toml
+# The request-log line scanner is Rust (linescan/), built by maturin with the machine's cargo.
+LINESCAN := linescan/Cargo.toml linescan/Cargo.lock linescan/pyproject.toml linescan/src/lib.rs \
+	linescan/canarywatch_linescan.pyi
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+$(VENV)/.installed: pyproject.toml $(LINESCAN)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet ./linescan
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -23,13 +29,14 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 test: lint typecheck
+	cargo test --quiet --lib --manifest-path linescan/Cargo.toml
 	$(PY) -m pytest -q
 
 demo: venv
 	$(VENV)/bin/canarywatch demo $(if $(DURATION),--duration $(DURATION),)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache linescan/target
 
 # Real kube-apiserver (built from source) + etcd for the `kube` tests, cached outside the clone
 # in ${CANARYWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/canarywatch}. The tests' fixture runs

@@ -15,17 +15,20 @@ they cover were counted or dead-lettered: on a timer and before partitions are g
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from mode import Service
 
 from agents.deadletter import DeadLetters
 from agents.metrics import WorkerMetrics
 from agents.settings import Settings
+from streams.events import DecodeError
 from streams.fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -65,8 +68,8 @@ class RequestLogIngest(Service):
             client_id=f"{s.app_id}-ingest",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=s.topic_max_message_bytes,
-            fetch_max_bytes=max(s.topic_max_message_bytes, 64 * 1024 * 1024),
+            max_partition_fetch_bytes=s.fetch_partition_bytes,
+            fetch_max_bytes=s.fetch_max_bytes,
         )
         await self._consumer.start()
 
@@ -114,32 +117,43 @@ class RequestLogIngest(Service):
         assert consumer is not None
         await self._wait_for_start_file()
         last_commit = self.clock()
-        topic = self.settings.topics.requests
         while not self.should_stop:
             await self._has_partitions.wait()
             batches = await consumer.getmany(timeout_ms=100, max_records=self.max_records)
             now = self.clock()
-            for tp, records in batches.items():
-                # Decoding is stateless and numpy releases the GIL for much of it: in a thread,
-                # it overlaps aiokafka's fetching on the loop. Counting stays on the loop.
-                columns = await asyncio.get_running_loop().run_in_executor(
-                    self._decoder, self.fleet.decode, [r.value or b"" for r in records]
-                )
-                report = self.fleet.count_columns(columns, now)
-                if report.invalid:
-                    await self.deadletters.publish(
-                        topic,
-                        tp.partition,
-                        [(records[i].offset, raw, err) for i, raw, err in report.invalid],
-                    )
-                self.metrics.count_lines(report.counted, report.unattributed, len(report.invalid))
-                self._next_offset[tp] = records[-1].offset + 1
-                highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    self.metrics.lag.labels(topic, str(tp.partition)).set(
-                        max(0, highwater - records[-1].offset - 1)
-                    )
+            if batches:
+                await self._count(batches, now)
             if now - last_commit >= self.settings.commit_every_s:
                 await self.commit()
                 last_commit = now
             await asyncio.sleep(0)  # let the evaluation timer in between busy fetches
+
+    async def _count(self, batches: dict[TopicPartition, list[ConsumerRecord]], now: float) -> None:
+        """Decode every partition's records in one scan, count them, then note their offsets."""
+        parts = list(batches.items())
+        values = [r.value or b"" for _, records in parts for r in records]
+        # The scan releases the GIL: in a thread it overlaps aiokafka's fetching on the loop.
+        # Counting stays on the loop, where rollout states change the attribution.
+        columns = await asyncio.get_running_loop().run_in_executor(
+            self._decoder, self.fleet.decode, values
+        )
+        report = self.fleet.count_columns(columns, now)
+        if report.invalid:
+            firsts = list(itertools.accumulate((len(records) for _, records in parts), initial=0))
+            refused: dict[TopicPartition, list[tuple[int, bytes, DecodeError]]] = {}
+            for index, raw, error in report.invalid:
+                part = bisect.bisect_right(firsts, index) - 1
+                tp, records = parts[part]
+                offset = records[index - firsts[part]].offset
+                refused.setdefault(tp, []).append((offset, raw, error))
+            topic = self.settings.topics.requests
+            for tp, items in refused.items():
+                await self.deadletters.publish(topic, tp.partition, items)
+        self.metrics.count_lines(report.counted, report.unattributed, len(report.invalid))
+        for tp, records in parts:
+            last = records[-1].offset
+            self._next_offset[tp] = last + 1
+            highwater = self._consumer.highwater(tp) if self._consumer else None
+            if highwater is not None:
+                lag = max(0, highwater - last - 1)
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)

@@ -64,9 +64,12 @@ def read_metric(port: int, name: str, **labels: str) -> float | None:
 class WorkerProcess:
     """`canarywatch worker` in a child process, logging to `log_path`."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, cpus: frozenset[int] | None = None
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.cpus = cpus  # run on these CPUs only (all its threads), e.g. one worker per core
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -80,7 +83,12 @@ class WorkerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=None if self.cpus is None else self._pin,
         )
+
+    def _pin(self) -> None:
+        assert self.cpus is not None
+        os.sched_setaffinity(0, self.cpus)
 
     async def wait_ready(self, within_s: float = 90.0) -> None:
         """Poll the worker's `canarywatch_ready` gauge until it reads 1."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import canarywatch_linescan as linescan
 import numpy as np
 from numpy.typing import NDArray
 
 from streams.events import RolloutState
-from streams.fastscan import KEY_DTYPE, pack_key
+from streams.requestlog import pack_key
 from streams.windows import ARM_CANARY, ARM_STABLE
 
 NOT_ATTRIBUTED = -1
@@ -37,34 +38,23 @@ class Attribution:
         # (namespace, pod hash) -> row * 2 + arm: one dict probe per request line.
         self.code_of_hash: dict[tuple[str, str], int] = {}
         self._free: list[int] = list(range(capacity - 1, -1, -1))
-        # The same map as sorted packed keys and their codes, for `lookup_keys`; None when stale.
-        self._table: tuple[NDArray[np.bytes_], NDArray[np.intp]] | None = None
+        # The same map by packed key, for `lookup_keys`; None when stale.
+        self._index: linescan.KeyIndex | None = None
 
     def lookup(self, namespace: str, pod_hash: str) -> int:
         """row * 2 + arm, or NOT_ATTRIBUTED when no canary of this namespace has that hash."""
         return self.code_of_hash.get((namespace, pod_hash), NOT_ATTRIBUTED)
 
-    def lookup_keys(self, keys: NDArray[np.bytes_]) -> NDArray[np.intp]:
-        """`lookup` for many keys packed by `streams.fastscan.pack_key`, with no dict probe."""
-        table, codes = self._sorted_table()
-        if not table.size or not keys.size:
-            return np.full(keys.size, NOT_ATTRIBUTED, dtype=np.intp)
-        at = np.searchsorted(table, keys)
-        at[at == table.size] = 0
-        return np.where(table[at] == keys, codes[at], NOT_ATTRIBUTED)
-
-    def _sorted_table(self) -> tuple[NDArray[np.bytes_], NDArray[np.intp]]:
-        if self._table is None:
-            pairs = [
-                (key, code)
+    def lookup_keys(self, keys: NDArray[np.bytes_]) -> NDArray[np.int64]:
+        """`lookup` for many keys packed by `streams.requestlog.pack_key` (one hash probe each)."""
+        if self._index is None:
+            packed = {
+                key: code
                 for (namespace, pod_hash), code in self.code_of_hash.items()
                 if (key := pack_key(namespace, pod_hash)) is not None
-            ]
-            keys = np.array([k for k, _ in pairs], dtype=KEY_DTYPE)
-            codes = np.array([c for _, c in pairs], dtype=np.intp)
-            order = np.argsort(keys, kind="stable")
-            self._table = (keys[order], codes[order])
-        return self._table
+            }
+            self._index = linescan.KeyIndex(b"".join(packed), list(packed.values()))
+        return np.frombuffer(self._index.lookup(keys.view(np.uint8)), np.int64)
 
     def apply(self, state: RolloutState) -> RowChange:
         """Take a new snapshot of one Rollout into account."""
@@ -91,7 +81,7 @@ class Attribution:
             self.active[row] = True
             self.code_of_hash[(state.namespace, state.current_pod_hash)] = row * 2 + ARM_CANARY
             self.code_of_hash[(state.namespace, state.stable_hash)] = row * 2 + ARM_STABLE
-            self._table = None
+            self._index = None
             change.started.append(row)
         return change
 
@@ -120,7 +110,7 @@ class Attribution:
             key = (state.namespace, pod_hash)
             if self.code_of_hash.get(key, NOT_ATTRIBUTED) // 2 == row:
                 del self.code_of_hash[key]
-                self._table = None
+                self._index = None
         del self.row_of_env[state.env]
         self.states[row] = None
         self.active[row] = False

@@ -1,11 +1,11 @@
 """Columnar decoding of request-log messages: a batch of messages in, column arrays out.
 
-The hot path. The messages of a fetched batch are joined with newlines into one buffer and
-`streams.fastscan.scan` decodes, with numpy operations over the whole buffer, every line in the
-canonical flat form (see that module). Only the lines it cannot vouch for (aliases such as `env`
-or a label map, escapes, non-ASCII, numbers outside the exact fast path, invalid JSON) go one by
-one through the line decoder in `streams.events`, which decodes them or says why not. The result
-is the same as decoding every message with `streams.events.decode_request_lines`.
+The hot path. `canarywatch_linescan.scan` (Rust, linescan/src/lib.rs) reads every line of every
+message of a fetched batch, with the GIL released, and decodes those in the canonical flat form
+(see docs/events.md) straight into column buffers. Only the lines it cannot vouch for (aliases
+such as `env` or a label map, escapes, non-ASCII, numbers it leaves to orjson, invalid JSON) go
+one by one through the line decoder in `streams.events`, which decodes them or says why not. The
+result is the same as decoding every message with `streams.events.decode_request_lines`.
 """
 
 from __future__ import annotations
@@ -13,29 +13,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import canarywatch_linescan as linescan
 import numpy as np
 from numpy.typing import NDArray
 
 from streams.events import MAX_MESSAGE_BYTES, DecodeError, RequestLine, decode_request_lines
-from streams.fastscan import (
-    BLANK,
-    HASH_WIDTH,
-    KEY_DTYPE,
-    NAMESPACE_WIDTH,
-    OTHER,
-    SIMPLE,
-    pack_key,
-    scan,
-)
+
+NAMESPACE_WIDTH: int = linescan.NAMESPACE_WIDTH  # namespaces up to 63 bytes (Kubernetes: 63)
+HASH_WIDTH: int = linescan.HASH_WIDTH  # pod-template hashes up to 31 bytes
+KEY_DTYPE = np.dtype(f"S{linescan.KEY_WIDTH}")  # namespace then hash, each NUL-padded
+
+
+def pack_key(namespace: str, pod_hash: str) -> bytes | None:
+    """The fixed-width key of (namespace, hash) as `Columns.keys` holds it; None if it cannot be."""
+    ns, h = namespace.encode(), pod_hash.encode()
+    if not 0 < len(ns) < NAMESPACE_WIDTH or not 0 < len(h) < HASH_WIDTH or b"\0" in ns + h:
+        return None
+    return ns.ljust(NAMESPACE_WIDTH, b"\0") + h.ljust(HASH_WIDTH, b"\0")
 
 
 @dataclass(slots=True)
 class Columns:
     """Decoded request lines as columns, in message order.
 
-    `keys` holds (namespace, pod hash) packed by `streams.fastscan.pack_key`; a line whose
-    strings do not fit that form (too long, or holding NUL) has an all-NUL key and its strings in
-    `overflow`, by row.
+    `keys` holds (namespace, pod hash) packed by `pack_key`; a line whose strings do not fit that
+    form (too long, or holding NUL) has an all-NUL key and its strings in `overflow`, by row.
     """
 
     keys: NDArray[np.bytes_] = field(default_factory=lambda: np.zeros(0, dtype=KEY_DTYPE))
@@ -65,83 +67,73 @@ class Columns:
             out[row] = pair[part]
         return out
 
+    def fill(self, row: int, line: RequestLine) -> None:
+        """Put a line the line decoder read into `row` (the arrays must be writable)."""
+        key = pack_key(line.namespace, line.pod_hash)
+        if key is None:
+            self.overflow[row] = (line.namespace, line.pod_hash)
+        else:
+            self.keys[row] = key
+        self.status[row] = line.status
+        self.duration_ms[row] = line.duration_ms
+        self.ts[row] = line.ts
+
+    def select(self, rows: NDArray[np.bool_]) -> Columns:
+        """The rows where `rows` is true, renumbering `overflow`."""
+        new_row = np.cumsum(rows) - 1
+        return Columns(
+            keys=self.keys[rows],
+            status=self.status[rows],
+            duration_ms=self.duration_ms[rows],
+            ts=self.ts[rows],
+            overflow={int(new_row[r]): pair for r, pair in self.overflow.items() if rows[r]},
+            invalid=self.invalid,
+        )
+
+
+def _message_error(state: int, raw: bytes, limit: int) -> DecodeError:
+    if state == linescan.MESSAGE_OVERSIZED:
+        return DecodeError("oversized", f"{len(raw)} bytes > limit {limit}")
+    return DecodeError("empty", "message holds no request line")
+
 
 def decode_columns(messages: Sequence[bytes], max_bytes: int = MAX_MESSAGE_BYTES) -> Columns:
     """Decode a batch of request-log messages into columns; bad input is reported, not raised."""
-    refused: list[tuple[int, bytes, DecodeError]] = []
-    indices: Sequence[int] = range(len(messages))
-    if messages and max(map(len, messages)) > max_bytes:
-        for i, message in enumerate(messages):
-            if len(message) > max_bytes:
-                detail = f"{len(message)} bytes > limit {max_bytes}"
-                refused.append((i, message, DecodeError("oversized", detail)))
-        indices = [i for i in indices if len(messages[i]) <= max_bytes]
-        kept = [messages[i] for i in indices]
-    else:
-        kept = list(messages)
-    if not kept:
-        return Columns(invalid=refused)
-    buffer = b"\n".join(kept)
-    found = scan(buffer)
-    # The message of every line: messages start where the previous one's newline ends.
-    lengths = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))
-    message_starts = np.cumsum(lengths + 1) - (lengths + 1)
-    line_message = np.searchsorted(message_starts, found.starts, side="right") - 1
-    kind = found.kind
-    invalid = refused
-    # A message without a single non-blank line holds no request line at all.
-    non_blank = np.bincount(line_message[kind != BLANK], minlength=len(kept))
-    for k in np.flatnonzero(non_blank == 0).tolist():
-        invalid.append((indices[k], kept[k], DecodeError("empty", "message holds no request line")))
-    slow = np.flatnonzero(kind == OTHER)
-    if not slow.size:
-        invalid.sort(key=lambda x: x[0])
-        return Columns(found.keys, found.status, found.duration_ms, found.ts, invalid=invalid)
-    # The other lines, one by one, exactly as the line decoder sees them.
-    good_rows: list[int] = []
-    good: list[RequestLine] = []
-    for line, start, end in zip(
-        slow.tolist(), found.starts[slow].tolist(), found.ends[slow].tolist(), strict=True
-    ):
-        chunk = buffer[start:end]
-        lines, bad = decode_request_lines(chunk, max_bytes)
-        if lines:
-            good_rows.append(line)
-            good.append(lines[0])
-        index = indices[int(line_message[line])]
-        invalid.extend((index, raw, error) for raw, error in bad)
-    invalid.sort(key=lambda x: x[0])
-    if not good:
-        return Columns(found.keys, found.status, found.duration_ms, found.ts, invalid=invalid)
-    # Merge the two kinds of lines back into line order.
-    simple_rows = np.flatnonzero(kind == SIMPLE)
-    rows = np.asarray(good_rows, dtype=np.int64)
-    order = np.concatenate([simple_rows, rows]).argsort(kind="stable")
-    n = order.size
-    from_slow = order >= simple_rows.size
-    slow_at = np.flatnonzero(from_slow)
-    columns = Columns(
-        keys=np.zeros(n, dtype=KEY_DTYPE),
-        status=np.zeros(n, dtype=np.int64),
-        duration_ms=np.zeros(n, dtype=np.float64),
-        ts=np.zeros(n, dtype=np.float64),
-        invalid=invalid,
+    batch = messages if isinstance(messages, list) else list(messages)
+    message, start, end, kind, keys, status, duration_ms, ts, states = linescan.scan(
+        batch, max_bytes, MAX_MESSAGE_BYTES
     )
-    fast_at = np.flatnonzero(~from_slow)
-    columns.keys[fast_at] = found.keys
-    columns.status[fast_at] = found.status
-    columns.duration_ms[fast_at] = found.duration_ms
-    columns.ts[fast_at] = found.ts
-    packed = [pack_key(x.namespace, x.pod_hash) for x in good]
-    slow_order = order[slow_at] - simple_rows.size  # which of `good` lands at each slow slot
-    for at, which in zip(slow_at.tolist(), slow_order.tolist(), strict=True):
-        x = good[which]
-        key = packed[which]
-        if key is None:
-            columns.overflow[at] = (x.namespace, x.pod_hash)
+    columns = Columns(
+        keys=np.frombuffer(keys, KEY_DTYPE),
+        status=np.frombuffer(status, np.int64),
+        duration_ms=np.frombuffer(duration_ms, np.float64),
+        ts=np.frombuffer(ts, np.float64),
+    )
+    message_state = np.frombuffer(states, np.uint8)
+    for index in np.flatnonzero(message_state).tolist():
+        raw = batch[index]
+        columns.invalid.append((index, raw, _message_error(message_state[index], raw, max_bytes)))
+    slow = np.flatnonzero(np.frombuffer(kind, np.uint8) == linescan.OTHER)
+    if not slow.size:
+        return columns
+    # The other lines, one by one, exactly as the line decoder sees them.
+    columns = Columns(
+        keys=columns.keys.copy(),
+        status=columns.status.copy(),
+        duration_ms=columns.duration_ms.copy(),
+        ts=columns.ts.copy(),
+        invalid=columns.invalid,
+    )
+    decoded = np.ones(len(columns), dtype=np.bool_)
+    line_message = np.frombuffer(message, np.int64)[slow].tolist()
+    starts = np.frombuffer(start, np.int64)[slow].tolist()
+    ends = np.frombuffer(end, np.int64)[slow].tolist()
+    for row, index, a, b in zip(slow.tolist(), line_message, starts, ends, strict=True):
+        lines, bad = decode_request_lines(batch[index][a:b], max_bytes)
+        if lines:
+            columns.fill(row, lines[0])
         else:
-            columns.keys[at] = key
-        columns.status[at] = x.status
-        columns.duration_ms[at] = x.duration_ms
-        columns.ts[at] = x.ts
-    return columns
+            decoded[row] = False
+            columns.invalid.extend((index, raw, error) for raw, error in bad)
+    columns.invalid.sort(key=lambda refused: refused[0])  # stable: lines stay in order
+    return columns if decoded.all() else columns.select(decoded)

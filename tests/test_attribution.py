@@ -55,7 +55,7 @@ def test_capacity_grows_and_rows_are_reused() -> None:
 def test_lookup_keys_agrees_with_lookup_as_rollouts_change() -> None:
     import numpy as np
 
-    from streams.fastscan import KEY_DTYPE, pack_key
+    from streams.requestlog import KEY_DTYPE, pack_key
 
     a = Attribution(capacity=2)
     probes = [("shop", "c1"), ("shop", "s0"), ("shop", "c2"), ("other", "c1"), ("shop", "c")]

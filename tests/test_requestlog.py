@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from streams.events import decode_request_lines
 from streams.requestlog import decode_columns
-from tests.test_fastscan import CANONICAL, any_line
+from tests.test_linescan import CANONICAL, any_line
 
 GOOD = {
     "ts": 1764150000.25,
@@ -106,3 +106,12 @@ def test_one_bad_message_does_not_lose_its_neighbours() -> None:
     c = decode_columns(messages)
     assert len(c) == 99
     assert [(i, raw, err.reason) for i, raw, err in c.invalid] == [(50, b"{oops", "not_json")]
+
+
+def test_a_long_namespace_after_a_refused_line_keeps_its_strings() -> None:
+    long_namespace = {**GOOD, "namespace": "n" * 80}  # too long for a packed key: overflow
+    messages = [b"{oops", orjson.dumps(long_namespace) + b"\n" + orjson.dumps(GOOD)]
+    c = decode_columns(messages)
+    assert c.namespaces == ["n" * 80, "shop"]
+    assert c.pod_hashes == ["abc", "abc"]
+    assert [(i, err.reason) for i, _, err in c.invalid] == [(0, "not_json")]

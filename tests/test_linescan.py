@@ -1,17 +1,21 @@
-"""The scanner only vouches for lines orjson decodes to exactly the same values."""
+"""The native line scanner only vouches for lines orjson decodes to exactly the same values."""
 
 from __future__ import annotations
 
 import math
 import struct
 
+import canarywatch_linescan as linescan
 import numpy as np
 import orjson
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from streams.events import DecodeError, request_line_from_obj
-from streams.fastscan import BLANK, OTHER, SIMPLE, scan
+from streams.events import MAX_MESSAGE_BYTES, DecodeError, request_line_from_obj
+
+SIMPLE, OTHER = linescan.SIMPLE, linescan.OTHER
+BLANK = -1  # a line the scanner skips
 
 REQUIRED = ("namespace", "rollouts-pod-template-hash", "pod", "status", "duration_ms", "ts")
 CANONICAL = (
@@ -146,32 +150,52 @@ def check(raw: bytes, kind: int, values: tuple[str, str, int, float, float] | No
     assert bits(ts) == bits(line.ts), (raw, ts, line.ts)
 
 
-def scanned(batch: list[bytes]) -> list[tuple[int, tuple[str, str, int, float, float] | None]]:
-    result = scan(b"\n".join(batch))
-    assert result.kind.size == len(batch)
-    keys = result.keys.view(np.uint8).reshape(-1, 96)
-    out: list[tuple[int, tuple[str, str, int, float, float] | None]] = []
-    row = 0
-    for kind in result.kind.tolist():
-        if kind != SIMPLE:
-            out.append((kind, None))
-            continue
-        ns = bytes(keys[row, :64]).rstrip(b"\0").decode()
-        pod_hash = bytes(keys[row, 64:]).rstrip(b"\0").decode()
-        out.append(
-            (
-                kind,
-                (
-                    ns,
-                    pod_hash,
-                    int(result.status[row]),
-                    float(result.duration_ms[row]),
-                    float(result.ts[row]),
-                ),
+Values = tuple[str, str, int, float, float]
+
+
+def scanned(batch: list[bytes]) -> list[tuple[int, Values | None]]:
+    """Kind and values of each line of `batch`, scanned as one NDJSON message."""
+    return scanned_messages([b"\n".join(batch)])
+
+
+def scanned_messages(messages: list[bytes]) -> list[tuple[int, Values | None]]:
+    """Kind and values of each line of each message, in order; BLANK for lines skipped."""
+    message, start, _, kind, keys, status, duration, ts, _ = linescan.scan(
+        messages, MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
+    )
+    rows = {
+        (m, a): row
+        for row, (m, a) in enumerate(
+            zip(
+                np.frombuffer(message, np.int64).tolist(),
+                np.frombuffer(start, np.int64).tolist(),
+                strict=True,
             )
         )
-        row += 1
-    assert row == result.status.size == result.ts.size == result.duration_ms.size
+    }
+    key_bytes = np.frombuffer(keys, np.uint8).reshape(-1, linescan.KEY_WIDTH)
+    out: list[tuple[int, Values | None]] = []
+    for m, raw in enumerate(messages):
+        offset = 0
+        for line in raw.split(b"\n"):
+            row = rows.pop((m, offset), None)
+            offset += len(line) + 1
+            if row is None:
+                assert not line.strip(), f"a line with text was skipped: {line!r}"
+                out.append((BLANK, None))
+                continue
+            if kind[row] != SIMPLE:
+                out.append((kind[row], None))
+                continue
+            values = (
+                bytes(key_bytes[row, :64]).rstrip(b"\0").decode(),
+                bytes(key_bytes[row, 64:]).rstrip(b"\0").decode(),
+                int(np.frombuffer(status, np.int64)[row]),
+                float(np.frombuffer(duration, np.float64)[row]),
+                float(np.frombuffer(ts, np.float64)[row]),
+            )
+            out.append((SIMPLE, values))
+    assert not rows, f"lines found that are not in the messages: {rows}"
     return out
 
 
@@ -207,11 +231,12 @@ def test_the_canonical_forms_are_simple() -> None:
         b' "duration_ms": -1.5E-3, "ts": 17, "extra": null, "ok": true, "msg": "a b" }\r',
         CANONICAL.replace(b"87.5", b"0.1e1"),
     ]
-    result = scan(b"\n".join(variants))
-    assert result.kind.tolist() == [SIMPLE] * 3
-    assert result.status.tolist() == [503, 200, 503]
-    assert result.duration_ms.tolist() == [87.5, -0.0015, 1.0]
-    assert result.ts.tolist() == [1764150000.512, 17.0, 1764150000.512]
+    result = scanned(variants)
+    assert [kind for kind, _ in result] == [SIMPLE] * 3
+    values = [v for _, v in result if v is not None]
+    assert [v[2] for v in values] == [503, 200, 503]
+    assert [v[3] for v in values] == [87.5, -0.0015, 1.0]
+    assert [v[4] for v in values] == [1764150000.512, 17.0, 1764150000.512]
 
 
 def test_what_is_left_to_the_line_decoder() -> None:
@@ -231,9 +256,10 @@ def test_what_is_left_to_the_line_decoder() -> None:
         CANONICAL.replace(b"shop-prod", b"shop\tprod"),
         CANONICAL[:-1] + b',"labels":{"a":"b"}}',
     ]
-    assert scan(b"\n".join(others)).kind.tolist() == [OTHER] * len(others)
-    assert scan(b"\n \n\r\n").kind.tolist() == [BLANK] * 4
-    assert math.isclose(scan(CANONICAL).ts[0], 1764150000.512)
+    assert [kind for kind, _ in scanned(others)] == [OTHER] * len(others)
+    assert [kind for kind, _ in scanned([b"\n \n\r\n\x0b\x0c"])] == [BLANK] * 4
+    ((_, values),) = scanned([CANONICAL])
+    assert values is not None and math.isclose(values[4], 1764150000.512)
 
 
 def test_numbers_past_the_exact_fast_path_still_match_orjson() -> None:
@@ -243,20 +269,44 @@ def test_numbers_past_the_exact_fast_path_still_match_orjson() -> None:
         CANONICAL.replace(b"1764150000.512", b"1795690944.7210088"),  # time.time()'s 17 digits
         CANONICAL.replace(b"87.5", b"0.30000000000000004441"),
     ]
-    result = scan(b"\n".join(lines))
-    assert result.kind.tolist() == [SIMPLE] * len(lines)
-    for i, line in enumerate(lines):
+    for line, (kind, values) in zip(lines, scanned(lines), strict=True):
+        assert kind == SIMPLE and values is not None
         obj = orjson.loads(line)
-        assert result.duration_ms[i] == obj["duration_ms"]
-        assert result.ts[i] == obj["ts"]
+        assert bits(values[3]) == bits(float(obj["duration_ms"]))  # as the line decoder reads it
+        assert bits(values[4]) == bits(float(obj["ts"]))
 
 
-@settings(max_examples=100)
-@given(st.lists(any_line, min_size=1, max_size=12), st.integers(1, 400))
-def test_scanning_in_pieces_changes_nothing(batch: list[bytes], chunk_bytes: int) -> None:
-    buffer = b"\n".join(batch)
-    whole, pieces = scan(buffer, chunk_bytes=1 << 30), scan(buffer, chunk_bytes=chunk_bytes)
-    for name in ("starts", "ends", "kind", "keys", "status"):
-        assert getattr(whole, name).tolist() == getattr(pieces, name).tolist(), name
-    assert whole.ts.tobytes() == pieces.ts.tobytes()
-    assert whole.duration_ms.tobytes() == pieces.duration_ms.tobytes()
+@settings(max_examples=200)
+@given(st.lists(st.lists(any_line, min_size=1, max_size=4), min_size=1, max_size=6))
+def test_message_boundaries_change_nothing(messages: list[list[bytes]]) -> None:
+    as_messages = scanned_messages([b"\n".join(lines) for lines in messages])
+    as_one = scanned([line for lines in messages for line in lines])
+    assert [k for k, _ in as_messages] == [k for k, _ in as_one]
+    for (_, a), (_, b) in zip(as_messages, as_one, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            assert a[:3] == b[:3] and bits(a[3]) == bits(b[3]) and bits(a[4]) == bits(b[4])
+
+
+def test_oversized_and_empty_messages_are_told_apart() -> None:
+    *_, states = linescan.scan([CANONICAL, b" \n\r", CANONICAL * 2], len(CANONICAL) + 1, 1 << 20)
+    assert list(states) == [linescan.MESSAGE_OK, linescan.MESSAGE_EMPTY, linescan.MESSAGE_OVERSIZED]
+
+
+def test_a_line_longer_than_the_line_limit_is_left_to_the_line_decoder() -> None:
+    _, _, _, kind, *_ = linescan.scan([CANONICAL], 1 << 20, len(CANONICAL) - 1)
+    assert list(kind) == [OTHER]
+
+
+def test_key_index_answers_codes_and_minus_one() -> None:
+    def key(ns: bytes, h: bytes) -> bytes:
+        return ns.ljust(linescan.NAMESPACE_WIDTH, b"\0") + h.ljust(linescan.HASH_WIDTH, b"\0")
+
+    index = linescan.KeyIndex(key(b"a", b"x") + key(b"b", b"x"), [4, 7])
+    probes = np.frombuffer(key(b"b", b"x") + key(b"a", b"y") + key(b"a", b"x"), np.uint8)
+    assert len(index) == 2
+    assert np.frombuffer(index.lookup(probes), np.int64).tolist() == [7, -1, 4]
+    with pytest.raises(ValueError, match="bytes per key"):
+        linescan.KeyIndex(b"short", [1])
+    with pytest.raises(ValueError, match="not a multiple"):
+        index.lookup(np.zeros(5, np.uint8))
