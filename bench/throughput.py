@@ -212,22 +212,44 @@ async def start_workers(
     return workers
 
 
+@dataclass(frozen=True, slots=True)
+class Drain:
+    lines_per_s: float
+    worker_cpu_us_per_line: float  # all worker processes, all their threads
+    broker_cpu_us_per_line: float  # nan when the broker is not ours to watch
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def drain_rate(
-    workers: list[WorkerProcess], expected: int, gate: Path, profile: bool = False
-) -> float:
+    workers: list[WorkerProcess],
+    expected: int,
+    gate: Path,
+    profile: bool = False,
+    broker_pid: int | None = None,
+) -> Drain:
     """Lines/s the workers count from the moment they start on the backlog until it is done."""
     ports = [w.settings.metrics_port for w in workers]
     name = "canarywatch_request_lines_total"
     profilers = [start_profiler(w.pid) for w in workers] if profile else []
+    pids = [w.pid for w in workers]
+    cpu_before = [cpu_seconds(p) for p in pids]
+    broker_before = cpu_seconds(broker_pid) if broker_pid else math.nan
     # From the gate's opening (the workers poll it every 50 ms) to the last line counted:
     # slightly pessimistic, never flattering.
     await asyncio.to_thread(gate.touch)
     started = time.perf_counter()
     await poll_until(lambda: sum_metric(ports, name) >= expected, 600, "the backlog counted")
-    rate = expected / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    worker_cpu = sum(cpu_seconds(p) for p in pids) - sum(cpu_before)
+    broker_cpu = cpu_seconds(broker_pid) - broker_before if broker_pid else math.nan
     for profiler in profilers:
         print_profile(profiler)
-    return rate
+    return Drain(expected / elapsed, worker_cpu / expected * 1e6, broker_cpu / expected * 1e6)
 
 
 @dataclass
@@ -271,38 +293,79 @@ def rss_bytes(pid: int) -> int:
 @dataclass
 class Results:
     raw_msgs_per_s: float = 0.0
-    single_lines_per_s: float = 0.0
-    batched_lines_per_s: float = 0.0
-    # (workers, pinned to one core each) -> NDJSON lines/s
-    ndjson: dict[tuple[int, bool], float] = field(default_factory=dict)
+    single: Drain | None = None
+    # (workers, pinned to one core each) -> the NDJSON drain
+    ndjson: dict[tuple[int, bool], Drain] = field(default_factory=dict)
     latency_ms: tuple[float, float] = (math.nan, math.nan)
     bytes_per_env: tuple[float, float] = (math.nan, math.nan)
+
+    @property
+    def single_lines_per_s(self) -> float:
+        return self.single.lines_per_s if self.single else math.nan
+
+    def ndjson_rate(self, workers: int, pinned: bool) -> float:
+        drain = self.ndjson.get((workers, pinned))
+        return drain.lines_per_s if drain else math.nan
+
+    @property
+    def batched_lines_per_s(self) -> float:
+        return self.ndjson_rate(1, False)
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every part of one run shares."""
+
+    scale: Scale
+    bootstrap: str
+    work: Path
+    rng: np.random.Generator
+    now: float
+    states: list[tuple[bytes, bytes]]  # (key, value) of every environment's rollout state
+    canaries: int
+    profile: bool = False
+    broker_pid: int | None = None  # to count the broker's CPU, when the bench started it
+
+    async def drain(self, workers: list[WorkerProcess], expected: int, gate: Path) -> Drain:
+        return await drain_rate(workers, expected, gate, self.profile, self.broker_pid)
 
 
 PARTS = ("single", "ndjson", "latency", "memory")
 
 
 async def run(
-    scale: Scale, bootstrap: str, work: Path, parts: Sequence[str] = PARTS, profile: bool = False
+    scale: Scale,
+    bootstrap: str,
+    work: Path,
+    parts: Sequence[str] = PARTS,
+    profile: bool = False,
+    broker_pid: int | None = None,
 ) -> Results:
     r = Results()
-    rng = np.random.default_rng(20261126)
     now = time.time()
     states = fleet_states(0, scale.envs, now)
-    canaries = sum(s.canary_in_progress for s in states)
-    encoded_states = [(s.namespace.encode(), encode_rollout_state(s)) for s in states]
+    b = Bench(
+        scale=scale,
+        bootstrap=bootstrap,
+        work=work,
+        rng=np.random.default_rng(20261126),
+        now=now,
+        states=[(s.namespace.encode(), encode_rollout_state(s)) for s in states],
+        canaries=sum(s.canary_in_progress for s in states),
+        profile=profile,
+        broker_pid=broker_pid,
+    )
     run_id = uuid.uuid4().hex[:6]
-
     if "single" in parts:
-        await single_line(scale, bootstrap, work, r, rng, now, encoded_states, canaries, profile)
+        await single_line(b, r)
     if "ndjson" in parts or "latency" in parts:
-        await ndjson(scale, bootstrap, work, r, rng, now, encoded_states, canaries, profile)
+        await ndjson(b, r)
     if "latency" in parts:
         # (3) decision latency at half the batched maximum.
         from bench.latency import decision_latency
 
         r.latency_ms = await decision_latency(
-            bootstrap, work, f"bench-{run_id}-latency", scale, r.batched_lines_per_s / 2, rng
+            bootstrap, work, f"bench-{run_id}-latency", scale, r.batched_lines_per_s / 2, b.rng
         )
         print(
             f"decision latency p50 {r.latency_ms[0]:.0f} ms, p99 {r.latency_ms[1]:.0f} ms",
@@ -314,83 +377,69 @@ async def run(
     return r
 
 
-async def single_line(
-    scale: Scale,
-    bootstrap: str,
-    work: Path,
-    r: Results,
-    rng: np.random.Generator,
-    now: float,
-    encoded_states: list[tuple[bytes, bytes]],
-    canaries: int,
-    profile: bool,
-) -> None:
+def describe(drain: Drain) -> str:
+    return (
+        f"{drain.lines_per_s:,.0f} lines/s; CPU per line: workers "
+        f"{drain.worker_cpu_us_per_line:.2f} us, broker {drain.broker_cpu_us_per_line:.2f} us"
+    )
+
+
+async def single_line(b: Bench, r: Results) -> None:
     """(1) and (2a): one line per message, raw consumer then one worker."""
-    run_id = uuid.uuid4().hex[:6]
-    single = Topics(f"bench-{run_id}-single")
-    await ensure_topics(bootstrap, {single.requests: PARTITIONS, single.rollouts: PARTITIONS})
-    print(f"producing {scale.single_messages:,} one-line messages ...", flush=True)
-    lines = request_lines(rng, scale.single_messages, scale.envs, now)
-    await produce(bootstrap, single.rollouts, encoded_states)
-    await produce(bootstrap, single.requests, [(key_of(x), x) for x in lines])
+    single = Topics(f"bench-{uuid.uuid4().hex[:6]}-single")
+    await ensure_topics(b.bootstrap, {single.requests: PARTITIONS, single.rollouts: PARTITIONS})
+    print(f"producing {b.scale.single_messages:,} one-line messages ...", flush=True)
+    lines = request_lines(b.rng, b.scale.single_messages, b.scale.envs, b.now)
+    await produce(b.bootstrap, single.rollouts, b.states)
+    await produce(b.bootstrap, single.requests, [(key_of(x), x) for x in lines])
     # The best of three reads: the ceiling is what aiokafka can do, not what it did once.
-    raw = [await raw_rate(bootstrap, single.requests, scale.single_messages) for _ in range(3)]
+    raw = [
+        await raw_rate(b.bootstrap, single.requests, b.scale.single_messages) for _ in range(3)
+    ]
     r.raw_msgs_per_s = max(raw)
     print(f"raw aiokafka getmany: {', '.join(f'{x:,.0f}' for x in raw)} msgs/s", flush=True)
-    base = Settings(bootstrap=bootstrap, app_id=f"{single.prefix}-w", topics=single)
-    gate = work / f"{base.app_id}.go"
-    workers = await start_workers(base, 1, work, canaries, gate)
+    base = Settings(bootstrap=b.bootstrap, app_id=f"{single.prefix}-w", topics=single)
+    gate = b.work / f"{base.app_id}.go"
+    workers = await start_workers(base, 1, b.work, b.canaries, gate)
     try:
-        r.single_lines_per_s = await drain_rate(workers, scale.single_messages, gate, profile)
+        r.single = await b.drain(workers, b.scale.single_messages, gate)
     finally:
         for w in workers:
             w.stop()
-    print(f"canarywatch, one line per message: {r.single_lines_per_s:,.0f} lines/s", flush=True)
+    print(f"canarywatch, one line per message: {describe(r.single)}", flush=True)
 
 
-async def ndjson(
-    scale: Scale,
-    bootstrap: str,
-    work: Path,
-    r: Results,
-    rng: np.random.Generator,
-    now: float,
-    encoded_states: list[tuple[bytes, bytes]],
-    canaries: int,
-    profile: bool,
-) -> None:
+async def ndjson(b: Bench, r: Results) -> None:
     """(2b) and (5): NDJSON batches, one worker then two in one group."""
-    run_id = uuid.uuid4().hex[:6]
-    batched = Topics(f"bench-{run_id}-ndjson")
+    batched = Topics(f"bench-{uuid.uuid4().hex[:6]}-ndjson")
     await ensure_topics(
-        bootstrap,
+        b.bootstrap,
         {batched.requests: PARTITIONS, batched.rollouts: PARTITIONS},
         {"max.message.bytes": str(8 << 20)},
     )
-    print(f"producing {scale.ndjson_lines:,} lines in NDJSON messages ...", flush=True)
-    lines = request_lines(rng, scale.ndjson_lines, scale.envs, now)
-    await produce(bootstrap, batched.rollouts, encoded_states)
-    await produce(bootstrap, batched.requests, batch_by_key(lines, scale.lines_per_message))
+    print(f"producing {b.scale.ndjson_lines:,} lines in NDJSON messages ...", flush=True)
+    lines = request_lines(b.rng, b.scale.ndjson_lines, b.scale.envs, b.now)
+    await produce(b.bootstrap, batched.rollouts, b.states)
+    await produce(b.bootstrap, batched.requests, batch_by_key(lines, b.scale.lines_per_message))
     del lines
     # One worker as it runs by default, then one and two workers each pinned to its own core:
     # unpinned, one worker's decode thread already uses the second core of a two-core machine.
     for count, pinned in ((1, False), (2, False), (1, True), (2, True)):
         name = f"{batched.prefix}-{count}w{'-pinned' if pinned else ''}"
-        base = Settings(bootstrap=bootstrap, app_id=name, topics=batched)
-        gate = work / f"{base.app_id}.go"
-        workers = await start_workers(base, count, work, canaries, gate, pinned)
+        base = Settings(bootstrap=b.bootstrap, app_id=name, topics=batched)
+        gate = b.work / f"{base.app_id}.go"
+        workers = await start_workers(base, count, b.work, b.canaries, gate, pinned)
         try:
-            rate = await drain_rate(workers, scale.ndjson_lines, gate, profile)
+            drain = await b.drain(workers, b.scale.ndjson_lines, gate)
         finally:
             for w in workers:
                 w.stop()
-        r.ndjson[(count, pinned)] = rate
+        r.ndjson[(count, pinned)] = drain
         print(
-            f"canarywatch, NDJSON x{scale.lines_per_message}, {count} worker(s)"
-            f"{', one core each' if pinned else ''}: {rate:,.0f} lines/s",
+            f"canarywatch, NDJSON x{b.scale.lines_per_message}, {count} worker(s)"
+            f"{', one core each' if pinned else ''}: {describe(drain)}",
             flush=True,
         )
-    r.batched_lines_per_s = r.ndjson[(1, False)]
 
 
 def start_worker(bootstrap: str, work: Path, topics: Topics) -> WorkerProcess:
@@ -465,9 +514,8 @@ def ratio(a: float, b: float) -> float:
 
 def print_table(scale: Scale, r: Results) -> None:
     single_ratio = ratio(r.single_lines_per_s, r.raw_msgs_per_s)
-    nd = r.ndjson
-    scaleout = ratio(nd.get((2, True), math.nan), nd.get((1, True), math.nan))
-    scaleout_unpinned = ratio(nd.get((2, False), math.nan), nd.get((1, False), math.nan))
+    scaleout = ratio(r.ndjson_rate(2, True), r.ndjson_rate(1, True))
+    scaleout_unpinned = ratio(r.ndjson_rate(2, False), r.ndjson_rate(1, False))
     rows = [
         ("raw aiokafka getmany, one line per message", f"{r.raw_msgs_per_s:,.0f} msgs/s", "-"),
         (
@@ -497,17 +545,17 @@ def print_table(scale: Scale, r: Results) -> None:
         ),
         (
             "NDJSON, one worker on one core",
-            f"{nd.get((1, True), math.nan):,.0f} lines/s",
+            f"{r.ndjson_rate(1, True):,.0f} lines/s",
             "-",
         ),
         (
             "NDJSON, two workers on a core each",
-            f"{nd.get((2, True), math.nan):,.0f} lines/s",
+            f"{r.ndjson_rate(2, True):,.0f} lines/s",
             f"x{scaleout:.2f} of one (goal >= 1.6)",
         ),
         (
             "NDJSON, two workers unpinned",
-            f"{nd.get((2, False), math.nan):,.0f} lines/s",
+            f"{r.ndjson_rate(2, False):,.0f} lines/s",
             f"x{scaleout_unpinned:.2f} of one unpinned (cores shared)",
         ),
     ]
@@ -550,14 +598,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="canarywatch-bench-") as tmp:
         work = Path(tmp)
         broker = None
+        broker_pid = None
         bootstrap = args.bootstrap
         if bootstrap is None:
             port, controller = free_ports(2)
             broker = LocalKafka(work / "kafka", port, controller)
             broker.start(timeout=120)
             bootstrap = broker.bootstrap
+            broker_pid = int(broker.pid_file.read_text())
         try:
-            results = asyncio.run(run(scale, bootstrap, work, parts, args.profile))
+            results = asyncio.run(run(scale, bootstrap, work, parts, args.profile, broker_pid))
         finally:
             if broker is not None:
                 broker.stop()
