@@ -19,8 +19,9 @@ import bisect
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from mode import Service
@@ -30,6 +31,7 @@ from agents.metrics import WorkerMetrics
 from agents.settings import Settings
 from streams.events import DecodeError
 from streams.fleet import Fleet
+from streams.requestlog import Columns
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ class RequestLogIngest(Service):
         self._consumer: AIOKafkaConsumer | None = None
         # One decode thread: batches stay in order and the process keeps one malloc arena more.
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        self._decoding: _Decoding | None = None
+        # Held from a fetch to its counting, so that a rebalance falls between two batches.
+        self._batch_lock = asyncio.Lock()
 
     async def on_start(self) -> None:
         s = self.settings
@@ -80,13 +85,19 @@ class RequestLogIngest(Service):
         self._decoder.shutdown(wait=False)
 
     async def follow(self, partitions: set[int]) -> None:
-        """Read these request-log partitions from now on (commits what was counted first)."""
+        """Read these request-log partitions from now on (counts and commits what was fetched).
+
+        Counting the fetch in flight first matters: assigning resets the positions to the
+        committed offsets, so a batch counted after that would be fetched and counted again.
+        """
         consumer = self._consumer
         assert consumer is not None
-        await self.commit()
-        topic = self.settings.topics.requests
-        self.assigned = {TopicPartition(topic, p) for p in partitions}
-        consumer.assign(sorted(self.assigned))
+        async with self._batch_lock:
+            await self._flush()
+            await self.commit()
+            topic = self.settings.topics.requests
+            self.assigned = {TopicPartition(topic, p) for p in partitions}
+            consumer.assign(sorted(self.assigned))
         self.metrics.ingest_partitions.set(len(self.assigned))
         if self.assigned:
             self._has_partitions.set()
@@ -118,42 +129,77 @@ class RequestLogIngest(Service):
         await self._wait_for_start_file()
         last_commit = self.clock()
         while not self.should_stop:
-            await self._has_partitions.wait()
-            batches = await consumer.getmany(timeout_ms=100, max_records=self.max_records)
+            if self._decoding is None:
+                await self._has_partitions.wait()
+            async with self._batch_lock:
+                # While the last fetch is decoded in the thread, aiokafka unpacks the next one
+                # here: take what is already fetched then, without waiting for more.
+                wait_ms = 0 if self._decoding else 100
+                batches = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_records)
+                await self._flush()
+                if batches:
+                    self._decoding = self._decode(batches)
             now = self.clock()
-            if batches:
-                await self._count(batches, now)
             if now - last_commit >= self.settings.commit_every_s:
                 await self.commit()
                 last_commit = now
             await asyncio.sleep(0)  # let the evaluation timer in between busy fetches
 
-    async def _count(self, batches: dict[TopicPartition, list[ConsumerRecord]], now: float) -> None:
-        """Decode every partition's records in one scan, count them, then note their offsets."""
+    def _decode(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> _Decoding:
+        """Start decoding every partition's records of a fetch in one scan, in the thread.
+
+        The scan releases the GIL, so it runs beside the event loop. Counting waits for the
+        loop (`_flush`), where rollout states change the attribution.
+        """
         parts = list(batches.items())
         values = [r.value or b"" for _, records in parts for r in records]
-        # The scan releases the GIL: in a thread it overlaps aiokafka's fetching on the loop.
-        # Counting stays on the loop, where rollout states change the attribution.
-        columns = await asyncio.get_running_loop().run_in_executor(
-            self._decoder, self.fleet.decode, values
-        )
-        report = self.fleet.count_columns(columns, now)
-        if report.invalid:
-            firsts = list(itertools.accumulate((len(records) for _, records in parts), initial=0))
-            refused: dict[TopicPartition, list[tuple[int, bytes, DecodeError]]] = {}
-            for index, raw, error in report.invalid:
-                part = bisect.bisect_right(firsts, index) - 1
-                tp, records = parts[part]
-                offset = records[index - firsts[part]].offset
-                refused.setdefault(tp, []).append((offset, raw, error))
-            topic = self.settings.topics.requests
-            for tp, items in refused.items():
-                await self.deadletters.publish(topic, tp.partition, items)
+        loop = asyncio.get_running_loop()
+        columns = loop.run_in_executor(self._decoder, self.fleet.decode, values)
+        return _Decoding(parts, self.clock(), columns)
+
+    async def _flush(self) -> None:
+        """Count the fetch being decoded, dead-letter what it refused, then note its offsets."""
+        decoding, self._decoding = self._decoding, None
+        if decoding is None:
+            return
+        report = self.fleet.count_columns(await decoding.columns, decoding.fetched_at)
+        for tp, refused in by_source(decoding.parts, report.invalid).items():
+            await self.deadletters.publish(tp.topic, tp.partition, refused)
         self.metrics.count_lines(report.counted, report.unattributed, len(report.invalid))
-        for tp, records in parts:
+        consumer = self._consumer
+        assert consumer is not None
+        for tp, records in decoding.parts:
             last = records[-1].offset
             self._next_offset[tp] = last + 1
-            highwater = self._consumer.highwater(tp) if self._consumer else None
+            highwater = consumer.highwater(tp)
             if highwater is not None:
                 lag = max(0, highwater - last - 1)
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+
+@dataclass(slots=True)
+class _Decoding:
+    """A fetch whose messages the decode thread is turning into columns."""
+
+    parts: list[tuple[TopicPartition, list[ConsumerRecord]]]
+    fetched_at: float
+    columns: asyncio.Future[Columns]
+
+
+Refused = tuple[int, bytes, DecodeError]  # (offset or index, the bytes, why)
+
+
+def by_source(
+    parts: Sequence[tuple[TopicPartition, Sequence[ConsumerRecord]]], refused: Iterable[Refused]
+) -> dict[TopicPartition, list[Refused]]:
+    """Refused messages by partition, with their offsets.
+
+    `refused` indexes the messages of all `parts` in order, as they were decoded together.
+    """
+    firsts = list(itertools.accumulate((len(records) for _, records in parts), initial=0))
+    out: dict[TopicPartition, list[Refused]] = {}
+    for index, raw, error in refused:
+        part = bisect.bisect_right(firsts, index) - 1
+        tp, records = parts[part]
+        out.setdefault(tp, []).append((records[index - firsts[part]].offset, raw, error))
+    return out

@@ -108,8 +108,19 @@ async def test_bad_messages_go_to_deadletter_and_the_worker_keeps_counting(
         )
         good_before = [encode_request_line(line(i, "stable1")) for i in range(5)]
         good_after = [encode_request_line(line(i, "canary1")) for i in range(5)]
-        for value in [*good_before, not_json, missing, oversized, mixed, *good_after]:
-            await producer.send_and_wait(topics.requests, key=b"shop", value=value)
+        # Bad messages under other keys land on other partitions: each must be traced back to
+        # its own partition and offset, though the worker decodes a fetch in one scan.
+        sources: dict[bytes, str] = {}
+        for key, value in [
+            *((b"shop", v) for v in good_before),
+            (b"edge-a", not_json),
+            (b"edge-b", missing),
+            (b"edge-c", oversized),
+            (b"shop", mixed),
+            *((b"shop", v) for v in good_after),
+        ]:
+            sent = await producer.send_and_wait(topics.requests, key=key, value=value)
+            sources[value] = f"{topics.requests}/{sent.partition}@{sent.offset}"
     finally:
         await producer.stop()
 
@@ -147,8 +158,9 @@ async def test_bad_messages_go_to_deadletter_and_the_worker_keeps_counting(
         r.value for r in received if dict(r.headers)["canarywatch.reason"] == b"not_json"
     )
     assert not_json_payloads == sorted([not_json, b"{broken"])
-    source = dict(by_reason["oversized"].headers)["canarywatch.source"].decode()
-    assert source.startswith(f"{topics.requests}/")
+    for r in received:
+        source = dict(r.headers)["canarywatch.source"].decode()
+        assert source == sources[mixed if r.value == b"{broken" else r.value]
     for reason, count in (("not_json", 2.0), ("missing_field", 1.0), ("oversized", 1.0)):
         assert (
             read_metric(
