@@ -51,7 +51,8 @@ fn is_json_ws(b: u8) -> bool {
 
 /// What Python's `bytes.strip()` removes: a line of only these holds no request.
 fn is_blank(line: &[u8]) -> bool {
-    line.iter().all(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c))
+    line.iter()
+        .all(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c))
 }
 
 struct Cursor<'a> {
@@ -63,7 +64,9 @@ struct Cursor<'a> {
 /// A byte no simple line has inside a string: control, non-ASCII, or a backslash (an escape).
 /// Branch-free, so that the compiler vectorises it.
 fn has_odd_byte(text: &[u8]) -> bool {
-    text.iter().fold(false, |odd, &b| odd | !(0x20..=0x7e).contains(&b) | (b == b'\\'))
+    text.iter().fold(false, |odd, &b| {
+        odd | !(0x20..=0x7e).contains(&b) | (b == b'\\')
+    })
 }
 
 enum Value<'a> {
@@ -187,7 +190,11 @@ fn http_status(v: Value<'_>) -> Option<i64> {
 
 /// Decode one line in the canonical flat form, or None when the line decoder must look at it.
 pub fn parse_simple(line: &[u8]) -> Option<Simple<'_>> {
-    let mut c = Cursor { s: line, i: 0, clean: !has_odd_byte(line) };
+    let mut c = Cursor {
+        s: line,
+        i: 0,
+        clean: !has_odd_byte(line),
+    };
     let (mut namespace, mut pod_hash, mut pod) = (None, None, None);
     let (mut status, mut duration_ms, mut ts) = (None, None, None);
     c.ws();
@@ -209,7 +216,11 @@ pub fn parse_simple(line: &[u8]) -> Option<Simple<'_>> {
             b"status" if status.is_none() => status = Some(http_status(value)?),
             b"duration_ms" if duration_ms.is_none() => duration_ms = Some(finite_number(value)?),
             b"ts" if ts.is_none() => ts = Some(finite_number(value)?),
-            b"namespace" | b"rollouts-pod-template-hash" | b"pod" | b"status" | b"duration_ms"
+            b"namespace"
+            | b"rollouts-pod-template-hash"
+            | b"pod"
+            | b"status"
+            | b"duration_ms"
             | b"ts" => return None,
             _ => {}
         }
@@ -229,26 +240,33 @@ pub fn parse_simple(line: &[u8]) -> Option<Simple<'_>> {
     if namespace.len() >= NAMESPACE_WIDTH || pod_hash.len() >= HASH_WIDTH {
         return None; // does not fit a packed key: the line decoder keeps the strings
     }
-    Some(Simple { namespace, pod_hash, status: status?, duration_ms: duration_ms?, ts: ts? })
+    Some(Simple {
+        namespace,
+        pod_hash,
+        status: status?,
+        duration_ms: duration_ms?,
+        ts: ts?,
+    })
 }
 
 /// Column buffers for the non-blank lines of a batch, little-endian, in line order.
 #[derive(Default)]
 pub struct Scanned {
-    pub message: Vec<u8>,  // i64: index of the line's message
-    pub start: Vec<u8>,    // i64: offset of the line in its message
-    pub end: Vec<u8>,      // i64
-    pub kind: Vec<u8>,     // SIMPLE or OTHER
-    pub keys: Vec<u8>,     // KEY_WIDTH bytes: namespace then hash, each NUL-padded
-    pub status: Vec<u8>,   // i64, 0 for OTHER lines
-    pub duration: Vec<u8>, // f64
-    pub ts: Vec<u8>,       // f64
+    pub message: Vec<u8>,       // i64: index of the line's message
+    pub start: Vec<u8>,         // i64: offset of the line in its message
+    pub end: Vec<u8>,           // i64
+    pub kind: Vec<u8>,          // SIMPLE or OTHER
+    pub keys: Vec<u8>,          // KEY_WIDTH bytes: namespace then hash, each NUL-padded
+    pub status: Vec<u8>,        // i64, 0 for OTHER lines
+    pub duration: Vec<u8>,      // f64
+    pub ts: Vec<u8>,            // f64
     pub message_state: Vec<u8>, // per message: MESSAGE_OK, MESSAGE_OVERSIZED or MESSAGE_EMPTY
 }
 
 impl Scanned {
     fn push(&mut self, message: usize, start: usize, end: usize, line: Option<Simple<'_>>) {
-        self.message.extend_from_slice(&(message as i64).to_le_bytes());
+        self.message
+            .extend_from_slice(&(message as i64).to_le_bytes());
         self.start.extend_from_slice(&(start as i64).to_le_bytes());
         self.end.extend_from_slice(&(end as i64).to_le_bytes());
         let at = self.keys.len();
@@ -260,7 +278,8 @@ impl Scanned {
                 let h = at + NAMESPACE_WIDTH;
                 self.keys[h..h + x.pod_hash.len()].copy_from_slice(x.pod_hash);
                 self.status.extend_from_slice(&x.status.to_le_bytes());
-                self.duration.extend_from_slice(&x.duration_ms.to_le_bytes());
+                self.duration
+                    .extend_from_slice(&x.duration_ms.to_le_bytes());
                 self.ts.extend_from_slice(&x.ts.to_le_bytes());
             }
             None => {
@@ -274,7 +293,11 @@ impl Scanned {
 }
 
 /// Scan every message: lines are separated by b"\n", as the line decoder splits them.
-pub fn scan_messages(messages: &[&[u8]], max_message_bytes: usize, max_line_bytes: usize) -> Scanned {
+pub fn scan_messages(
+    messages: &[&[u8]],
+    max_message_bytes: usize,
+    max_line_bytes: usize,
+) -> Scanned {
     let total: usize = messages.iter().map(|m| m.len()).sum();
     let guess = messages.len().max(total / 128);
     let mut out = Scanned {
@@ -298,13 +321,21 @@ pub fn scan_messages(messages: &[&[u8]], max_message_bytes: usize, max_line_byte
         for end in memchr::memchr_iter(b'\n', message).chain(std::iter::once(message.len())) {
             let line = &message[start..end];
             if !is_blank(line) {
-                let simple = if line.len() <= max_line_bytes { parse_simple(line) } else { None };
+                let simple = if line.len() <= max_line_bytes {
+                    parse_simple(line)
+                } else {
+                    None
+                };
                 out.push(index, start, end, simple);
                 lines += 1;
             }
             start = end + 1;
         }
-        out.message_state.push(if lines == 0 { MESSAGE_EMPTY } else { MESSAGE_OK });
+        out.message_state.push(if lines == 0 {
+            MESSAGE_EMPTY
+        } else {
+            MESSAGE_OK
+        });
     }
     out
 }
@@ -347,7 +378,9 @@ struct KeyIndex {
 
 fn contiguous_bytes<'b>(buffer: &'b PyBuffer<u8>, what: &str) -> PyResult<&'b [u8]> {
     if !buffer.is_c_contiguous() {
-        return Err(PyValueError::new_err(format!("{what} must be C-contiguous")));
+        return Err(PyValueError::new_err(format!(
+            "{what} must be C-contiguous"
+        )));
     }
     // SAFETY: a C-contiguous buffer of len_bytes bytes, alive while `buffer` is held.
     Ok(unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) })
@@ -378,7 +411,11 @@ impl KeyIndex {
     }
 
     /// The code of each packed key (a uint8 buffer of n * KEY_WIDTH bytes), as int64 bytes.
-    fn lookup<'py>(&self, py: Python<'py>, keys: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let buffer = PyBuffer::<u8>::get(keys)?;
         let raw = contiguous_bytes(&buffer, "keys")?;
         if raw.len() % KEY_WIDTH != 0 {
@@ -430,7 +467,10 @@ mod tests {
         let text = std::str::from_utf8(CANONICAL).unwrap();
         let zero = text.replace("87.5", "-0");
         let x = parse_simple(zero.as_bytes()).expect("simple");
-        assert!(x.duration_ms == 0.0 && x.duration_ms.is_sign_positive(), "orjson reads -0 as int 0");
+        assert!(
+            x.duration_ms == 0.0 && x.duration_ms.is_sign_positive(),
+            "orjson reads -0 as int 0"
+        );
     }
 
     #[test]
@@ -457,6 +497,9 @@ mod tests {
         assert_eq!(s.kind, vec![SIMPLE, SIMPLE, OTHER]);
         assert_eq!(s.message_state, vec![MESSAGE_OK, MESSAGE_EMPTY, MESSAGE_OK]);
         let oversized = scan_messages(&messages, 10, 1 << 20);
-        assert_eq!(oversized.message_state, vec![MESSAGE_OVERSIZED, MESSAGE_EMPTY, MESSAGE_OK]);
+        assert_eq!(
+            oversized.message_state,
+            vec![MESSAGE_OVERSIZED, MESSAGE_EMPTY, MESSAGE_OK]
+        );
     }
 }
