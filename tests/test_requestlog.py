@@ -80,6 +80,7 @@ variants = (
         ]
     )
     | any_line
+    | st.binary(max_size=200)  # anything at all: refused with a reason, never a crash
 )
 message = st.lists(variants, min_size=1, max_size=4).map(lambda parts: b"\n".join(parts)) | (
     variants.map(lambda v: v + b"\n")
