@@ -208,6 +208,36 @@ class Drain:
     machine_busy: float  # share of all cores' time not idle while draining
 
 
+SPIN = """
+import time
+n, end = 0, time.perf_counter() + {seconds}
+while time.perf_counter() < end:
+    for _ in range(10_000):
+        n += 1
+print(n)
+"""
+
+
+async def spin(cpu: int, seconds: float) -> int:
+    """Iterations of a bare Python loop on one CPU, in a process of its own."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SPIN.format(seconds=seconds),
+        stdout=asyncio.subprocess.PIPE,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    )
+    out, _ = await process.communicate()
+    return int(out)
+
+
+async def cpu_scaleout(seconds: float = 3.0) -> float:
+    """Two CPU-bound processes on a core each ÷ one: the most any two workers can scale here."""
+    alone = await spin(0, seconds)
+    pair = await asyncio.gather(spin(0, seconds), spin(1 % (os.cpu_count() or 1), seconds))
+    return sum(pair) / alone
+
+
 def machine_times() -> tuple[int, int]:
     """(busy, total) jiffies of all cores, from /proc/stat."""
     values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -302,6 +332,7 @@ class Results:
     ndjson: dict[tuple[int, bool], Drain] = field(default_factory=dict)
     latency_ms: tuple[float, float] = (math.nan, math.nan)
     bytes_per_env: tuple[float, float] = (math.nan, math.nan)
+    cpu_scaleout: float = math.nan  # two busy loops ÷ one, a core each
 
     @property
     def single_lines_per_s(self) -> float:
@@ -363,6 +394,8 @@ async def run(
     if "single" in parts:
         await single_line(b, r)
     if "ndjson" in parts or "latency" in parts:
+        r.cpu_scaleout = await cpu_scaleout()
+        print(f"two CPU-bound loops on a core each: x{r.cpu_scaleout:.2f} of one", flush=True)
         await ndjson(b, r)
     if "latency" in parts:
         # (3) decision latency at half the batched maximum.
@@ -570,6 +603,11 @@ def print_table(scale: Scale, r: Results) -> None:
             "NDJSON, two workers on a core each",
             f"{r.ndjson_rate(2, True):,.0f} lines/s",
             f"x{scaleout:.2f} of one (goal >= 1.6); {cost(r, 2, True)}",
+        ),
+        (
+            "two CPU-bound loops on a core each ÷ one",
+            f"x{r.cpu_scaleout:.2f}",
+            "this machine's ceiling for any two processes",
         ),
         (
             "NDJSON, two workers unpinned",
