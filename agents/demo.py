@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import shutil
 import signal
 import tempfile
 import time
@@ -107,7 +108,7 @@ async def run_demo(
             f"{sum(p.scenario == Scenario.BAD for p in run.plans)} bad canaries, "
             f"{sum(p.scenario == Scenario.HEALTHY for p in run.plans)} healthy, "
             f"{sum(p.scenario == Scenario.PLATFORM for p in run.plans)} platform faults "
-            f"(seed {seed}, worker log {worker.log_path})"
+            f"(seed {seed})"
         )
 
         def show(seen_at: float, command: AbortCommand) -> None:
@@ -209,6 +210,21 @@ async def demo_main(
         finally:
             if broker is not None:
                 await asyncio.to_thread(broker.stop)
+            kept = keep_worker_log(work_dir / "worker.log", seed)
+            if kept is not None:
+                print(f"demo: worker log kept in {kept}", flush=True)
     for line in format_scorecard(result):
         print(line, flush=True)
     return 0
+
+
+def keep_worker_log(log: Path, seed: int) -> Path | None:
+    """Copy the worker's log out of the demo's temporary directory, which goes at exit."""
+    from agents.localkafka import cache_root
+
+    if not log.is_file():
+        return None
+    kept = cache_root() / "demo" / f"worker-{seed}.log"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(log, kept)
+    return kept
