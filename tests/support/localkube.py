@@ -8,6 +8,7 @@ to use other binaries. Authentication is a static token file: one token per iden
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -15,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -29,6 +29,8 @@ from typing import Any, TypeVar, cast
 import urllib3
 import yaml
 from kubernetes import client as k8s
+
+from agents.processes import free_port, poll_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "kube" / "build.sh"
@@ -94,24 +96,11 @@ def ensure_binaries() -> tuple[Path, Path]:
     return _ensured
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(
-    check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05
-) -> T:
-    """Poll ``check`` until it returns something other than None, or raise after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() >= deadline:
-            raise LocalKubeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+def wait_until(check: Callable[[], T | None], *, timeout: float, what: str) -> T:
+    """`agents.processes.poll_until` for synchronous callers (fixtures, or a thread of a test)."""
+    result = asyncio.run(poll_until(check, timeout, what))
+    assert result is not None  # poll_until returns only a truthy result
+    return result
 
 
 def _openssl(*args: str) -> None:
