@@ -21,5 +21,5 @@ def scan(
 class KeyIndex:
     def __init__(self, keys: bytes, codes: list[int]) -> None: ...
     def __len__(self) -> int: ...
-    def lookup(self, keys: object) -> bytes:
+    def lookup(self, keys: object) -> bytearray:
         """int64 code of each packed key in a uint8 buffer, -1 for an unknown one."""

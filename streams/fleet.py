@@ -92,8 +92,6 @@ class Fleet:
         if not len(columns):
             return report
         codes = self.attribution.lookup_keys(columns.keys)
-        if columns.overflow:
-            codes = codes.copy()  # lookup_keys answers in a read-only buffer
         for row, (namespace, pod_hash) in columns.overflow.items():
             codes[row] = self.attribution.lookup(namespace, pod_hash)
         attributed = codes != NOT_ATTRIBUTED

@@ -18,7 +18,7 @@ use std::hash::BuildHasherDefault;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyTuple};
 use rustc_hash::FxHasher;
 
 pub const SIMPLE: u8 = 0;
@@ -410,12 +410,13 @@ impl KeyIndex {
         self.codes.len()
     }
 
-    /// The code of each packed key (a uint8 buffer of n * KEY_WIDTH bytes), as int64 bytes.
+    /// The code of each packed key (a uint8 buffer of n * KEY_WIDTH bytes), as int64 bytes
+    /// in a bytearray: callers may overwrite codes in place.
     fn lookup<'py>(
         &self,
         py: Python<'py>,
         keys: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    ) -> PyResult<Bound<'py, PyByteArray>> {
         let buffer = PyBuffer::<u8>::get(keys)?;
         let raw = contiguous_bytes(&buffer, "keys")?;
         if raw.len() % KEY_WIDTH != 0 {
@@ -426,7 +427,7 @@ impl KeyIndex {
             )));
         }
         let n = raw.len() / KEY_WIDTH;
-        PyBytes::new_with(py, n * 8, |out| {
+        PyByteArray::new_with(py, n * 8, |out| {
             for (key, slot) in raw.chunks_exact(KEY_WIDTH).zip(out.chunks_exact_mut(8)) {
                 let key: &Key = key.try_into().expect("chunks are KEY_WIDTH long");
                 let code = self.codes.get(key).copied().unwrap_or(-1);
