@@ -16,9 +16,9 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -46,7 +46,6 @@ from tests.support.localkube import DEFAULT_ROLLOUT_CRD, LocalKubeAPI
 
 pytestmark = [pytest.mark.kube, pytest.mark.kafka]
 
-T = TypeVar("T")
 NAMESPACE = "cw-actuator"
 FAST = RetryPolicy(base_s=0.05, max_s=0.2, budget_s=30.0)
 
@@ -125,11 +124,6 @@ def command_for(namespace: str, name: str, pod_hash: str) -> AbortCommand:
         release="registry.example/web:2.0.0",
         reason="CanaryErrorsRegression",
     )
-
-
-async def poll(check: Callable[[], T], *, within: float, what: str) -> T:
-    """Run `check` (in a thread: it may call the API server) until its result is truthy."""
-    return await poll_until(check, within, what)
 
 
 async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
@@ -217,6 +211,19 @@ def name() -> str:
     return f"web-{uuid.uuid4().hex[:8]}"
 
 
+async def pending_abort(
+    settings: Settings, admin: k8s.ApiClient
+) -> tuple[str, dict[str, Any], AbortCommand]:
+    """The topics, a Rollout with a canary in progress, and its abort command on the topic."""
+    await create_topics(settings)
+    rollout = name()
+    before = create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
+    command = command_for(NAMESPACE, rollout, "6f7d9c8b5d")
+    payload = encode_abort_command(command)
+    await produce(settings.bootstrap, settings.topics.commands, [(command.env.encode(), payload)])
+    return rollout, before, command
+
+
 # --- tests ----------------------------------------------------------------------------------
 
 
@@ -224,22 +231,14 @@ async def test_abort_patches_the_status_subresource_and_records_an_event(
     kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, actuator_api: KubeRolloutApi
 ) -> None:
     settings = unique_settings(kafka_bootstrap, tmp_path, "act")
-    await create_topics(settings)
-    rollout = name()
-    before = create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
-    command = command_for(NAMESPACE, rollout, "6f7d9c8b5d")
-    await produce(
-        kafka_bootstrap,
-        settings.topics.commands,
-        [(command.env.encode(), encode_abort_command(command))],
-    )
+    rollout, before, command = await pending_abort(settings, admin)
 
     registry = CollectorRegistry()
     actuator = Actuator(settings, actuator_api, ActuatorMetrics(registry), policy=FAST)
     async with running(actuator):
-        after = await poll(
+        after = await poll_until(
             lambda: (o := read_rollout(admin, NAMESPACE, rollout))["status"].get("abort") and o,
-            within=30,
+            within_s=30,
             what="status.abort",
         )
         await wait_committed(
@@ -309,15 +308,7 @@ async def test_dry_run_reads_counts_and_commits_but_patches_nothing(
     kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, actuator_api: KubeRolloutApi
 ) -> None:
     settings = unique_settings(kafka_bootstrap, tmp_path, "act")
-    await create_topics(settings)
-    rollout = name()
-    before = create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
-    command = command_for(NAMESPACE, rollout, "6f7d9c8b5d")
-    await produce(
-        kafka_bootstrap,
-        settings.topics.commands,
-        [(command.env.encode(), encode_abort_command(command))],
-    )
+    rollout, before, _ = await pending_abort(settings, admin)
 
     registry = CollectorRegistry()
     actuator = Actuator(
@@ -337,12 +328,7 @@ async def test_forbidden_patch_fails_the_command_into_the_dead_letter_topic(
     kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, kube_api: LocalKubeAPI
 ) -> None:
     settings = unique_settings(kafka_bootstrap, tmp_path, "act")
-    await create_topics(settings)
-    rollout = name()
-    before = create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
-    command = command_for(NAMESPACE, rollout, "6f7d9c8b5d")
-    payload = encode_abort_command(command)
-    await produce(kafka_bootstrap, settings.topics.commands, [(command.env.encode(), payload)])
+    rollout, before, command = await pending_abort(settings, admin)
 
     registry = CollectorRegistry()
     with kube_api.client("bridge") as read_only:  # may read Rollouts, may not patch them
@@ -365,7 +351,7 @@ async def test_forbidden_patch_fails_the_command_into_the_dead_letter_topic(
         record = await asyncio.wait_for(consumer.getone(), 30)
     finally:
         await consumer.stop()
-    assert record.value == payload
+    assert record.value == encode_abort_command(command)
     headers = dict(record.headers)
     assert headers["canarywatch.reason"] == b"apply_failed"
     assert b"403" in headers["canarywatch.detail"]
@@ -393,23 +379,15 @@ async def test_no_command_is_lost_when_the_actuator_restarts_mid_retry(
     kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, actuator_api: KubeRolloutApi
 ) -> None:
     settings = unique_settings(kafka_bootstrap, tmp_path, "act")
-    await create_topics(settings)
     tp = TopicPartition(settings.topics.commands, 0)
-    rollout = name()
-    create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
-    command = command_for(NAMESPACE, rollout, "6f7d9c8b5d")
-    await produce(
-        kafka_bootstrap,
-        settings.topics.commands,
-        [(command.env.encode(), encode_abort_command(command))],
-    )
+    rollout, _, _ = await pending_abort(settings, admin)
 
     # First instance: every patch fails; stop it (as a crash or a deploy would) mid-retry.
     failing = FailingAborts(actuator_api)
     first_registry = CollectorRegistry()
     first = Actuator(settings, failing, ActuatorMetrics(first_registry), policy=FAST)
     task = asyncio.create_task(first.run())
-    await poll(lambda: failing.patches >= 3, within=30, what="three failed patches")
+    await poll_until(lambda: failing.patches >= 3, within_s=30, what="three failed patches")
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -421,9 +399,9 @@ async def test_no_command_is_lost_when_the_actuator_restarts_mid_retry(
     second_registry = CollectorRegistry()
     second = Actuator(settings, actuator_api, ActuatorMetrics(second_registry), policy=FAST)
     async with running(second):
-        await poll(
+        await poll_until(
             lambda: read_rollout(admin, NAMESPACE, rollout)["status"].get("abort"),
-            within=30,
+            within_s=30,
             what="status.abort after the restart",
         )
         await wait_committed(kafka_bootstrap, second.group_id, tp, 1)
@@ -481,15 +459,7 @@ async def test_cli_in_shadow_mode_with_a_kubeconfig(
     settings = dataclasses.replace(
         unique_settings(kafka_bootstrap, tmp_path, "act"), metrics_port=free_port()
     )
-    await create_topics(settings)
-    rollout = name()
-    before = create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
-    command = command_for(NAMESPACE, rollout, "6f7d9c8b5d")
-    await produce(
-        kafka_bootstrap,
-        settings.topics.commands,
-        [(command.env.encode(), encode_abort_command(command))],
-    )
+    rollout, before, _ = await pending_abort(settings, admin)
     kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig", identity="actuator")
     log_path = tmp_path / "actuator.log"
     argv = ["-m", "agents.cli", "actuator", "--dry-run", "--kubeconfig", str(kubeconfig)]
@@ -502,7 +472,7 @@ async def test_cli_in_shadow_mode_with_a_kubeconfig(
             stderr=asyncio.subprocess.STDOUT,
         )
         try:
-            await poll(
+            await poll_until(
                 lambda: (
                     process.returncode is not None
                     or read_metric(
@@ -512,7 +482,7 @@ async def test_cli_in_shadow_mode_with_a_kubeconfig(
                     )
                     == 1.0
                 ),
-                within=60,
+                within_s=60,
                 what="the dry-run outcome on /metrics",
             )
             assert process.returncode is None, log_path.read_text()

@@ -21,14 +21,13 @@ from prometheus_client import CollectorRegistry
 
 from agents.bridge import Bridge, BridgeMetrics, BridgeOptions, RolloutReader
 from agents.kafka_admin import ensure_topics
-from agents.processes import free_port, read_metric
+from agents.processes import free_port, poll_until, read_metric
 from agents.settings import Settings, settings_to_env
 from streams.events import RolloutState, decode_rollout_state
 from tests.integration.test_actuator import (
     count,
     create_rollout,
     ensure_namespace,
-    poll,
     produce,
     set_status,
     unique_settings,
@@ -110,9 +109,9 @@ async def running(bridge: Bridge, registry: CollectorRegistry) -> AsyncIterator[
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
     try:
-        await poll(
+        await poll_until(
             lambda: task.done() or count(registry, "canarywatch_bridge_ready") == 1,
-            within=30,
+            within_s=30,
             what="the bridge to be ready",
         )
         if task.done():
@@ -159,7 +158,7 @@ async def test_publishes_one_snapshot_per_meaningful_change(
         set_status(admin, NAMESPACE, name, {"currentStepIndex": 2, "phase": "Progressing"})
         set_status(admin, NAMESPACE, name, {"abort": True, "phase": "Degraded"})
         states = await snapshots.until(key, 4)
-        await poll(
+        await poll_until(
             lambda: (
                 count(
                     registry,
@@ -169,7 +168,7 @@ async def test_publishes_one_snapshot_per_meaningful_change(
                 )
                 >= 1
             ),
-            within=10,
+            within_s=10,
             what="the replica-count change to be read and dropped",
         )
 
@@ -316,9 +315,9 @@ async def test_relists_when_the_watch_is_gone(
             Snapshots(kafka_bootstrap, settings.topics.rollouts) as snapshots,
             running(bridge, registry),
         ):
-            await poll(
+            await poll_until(
                 lambda: count(registry, "canarywatch_bridge_lists_total") >= 2,
-                within=30,
+                within_s=30,
                 what="a relist after 410 Gone",
             )
             set_status(admin, NAMESPACE, name, {"currentStepIndex": 1, "phase": "Paused"})
@@ -350,12 +349,12 @@ async def test_cli_publishes_with_a_kubeconfig_and_stops_on_sigterm(
             stderr=asyncio.subprocess.STDOUT,
         )
         try:
-            await poll(
+            await poll_until(
                 lambda: (
                     process.returncode is not None
                     or read_metric(settings.metrics_port, "canarywatch_bridge_ready") == 1.0
                 ),
-                within=60,
+                within_s=60,
                 what="the bridge process to be ready",
             )
             assert process.returncode is None, log_path.read_text()
