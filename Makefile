@@ -73,3 +73,9 @@ profile: venv
 # Decision statistics: canarywatch against Argo-/Kayenta-style judges and an oracle (issue 3).
 bench-decisions: venv
 	$(PY) -m bench.decisions
+
+# A hostile corpus (codecs, sizes, bad types, floods, CRC32 placement, kill -9) against two
+# workers on the real local broker (issue 9).
+.PHONY: bench-hostile
+bench-hostile: venv
+	$(PY) -m bench.hostile

@@ -107,6 +107,10 @@ class WorkerProcess:
         assert self._process is not None
         return self._process.pid
 
+    def returncode(self) -> int | None:
+        """The exit code once the process has ended, else None."""
+        return None if self._process is None else self._process.poll()
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
