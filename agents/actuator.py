@@ -301,6 +301,11 @@ class ActuatorMetrics:
             registry=registry,
         )
         self.deadletters = deadletter_counter(registry)
+        # At 0 from the start, so that increase() sees the first failure after a restart.
+        for outcome in Outcome:
+            self.commands.labels(outcome.value)
+        for outcome_name in ("recorded", "exists", "failed"):
+            self.events.labels(outcome_name)
         self.ready = Gauge(
             "canarywatch_actuator_ready",
             "1 once the actuator consumes commands.",

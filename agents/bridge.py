@@ -90,6 +90,8 @@ class BridgeMetrics:
         self.ready = Gauge(
             "canarywatch_bridge_ready", "1 once every watch has listed.", registry=registry
         )
+        for reason in ("closed", "expired", "error"):  # at 0, for increase() in alerts
+            self.watch_restarts.labels(reason)
 
 
 class RolloutReader:

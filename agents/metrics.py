@@ -60,6 +60,13 @@ class WorkerMetrics:
             "canarywatch_ready", "1 once the worker consumes and evaluates.", registry=registry
         )
 
+        # Every label value an alert's increase() reads exists from the start, at 0: a counter
+        # born on its first inc() hides that first event from increase().
+        for outcome in ("counted", "unattributed", "invalid"):
+            self.lines.labels(outcome)
+        for signal in SIGNALS:
+            self.aborts.labels(signal)
+
     def count_lines(self, counted: int, unattributed: int, invalid: int) -> None:
         if counted:
             self.lines.labels("counted").inc(counted)
