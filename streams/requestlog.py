@@ -47,6 +47,9 @@ class Columns:
     overflow: dict[int, tuple[str, str]] = field(default_factory=dict)
     # (index of the message in the batch, the refused bytes, why)
     invalid: list[tuple[int, bytes, DecodeError]] = field(default_factory=list)
+    # index of a message with more bad lines than `max_bad_lines` -> reason -> how many of its
+    # bad lines are not in `invalid` (only counted: the message is kept whole instead)
+    flooded: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -88,6 +91,7 @@ class Columns:
             ts=self.ts[rows],
             overflow={int(new_row[r]): pair for r, pair in self.overflow.items() if rows[r]},
             invalid=self.invalid,
+            flooded=self.flooded,
         )
 
 
@@ -97,8 +101,21 @@ def _message_error(state: int, raw: bytes, limit: int) -> DecodeError:
     return DecodeError("empty", "message holds no request line")
 
 
-def decode_columns(messages: Sequence[bytes], max_bytes: int = MAX_MESSAGE_BYTES) -> Columns:
-    """Decode a batch of request-log messages into columns; bad input is reported, not raised."""
+# Bad lines of one message listed one by one in `Columns.invalid`; the others are only counted.
+MAX_BAD_LINES = 20
+
+
+def decode_columns(
+    messages: Sequence[bytes],
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    max_bad_lines: int = MAX_BAD_LINES,
+) -> Columns:
+    """Decode a batch of request-log messages into columns; bad input is reported, not raised.
+
+    A message of half a million bad lines must not become half a million byte strings, errors
+    and dead letters: past `max_bad_lines` of one message, its bad lines are tallied by reason
+    in `Columns.flooded`, and the caller keeps the message whole instead.
+    """
     batch = messages if isinstance(messages, list) else list(messages)
     message, start, end, kind, keys, status, duration_ms, ts, states = linescan.scan(
         batch, max_bytes, MAX_MESSAGE_BYTES
@@ -124,6 +141,7 @@ def decode_columns(messages: Sequence[bytes], max_bytes: int = MAX_MESSAGE_BYTES
         ts=columns.ts.copy(),
         invalid=columns.invalid,
     )
+    bad_lines: dict[int, int] = {}
     decoded = np.ones(len(columns), dtype=np.bool_)
     line_message = np.frombuffer(message, np.int64)[slow].tolist()
     starts = np.frombuffer(start, np.int64)[slow].tolist()
@@ -134,6 +152,13 @@ def decode_columns(messages: Sequence[bytes], max_bytes: int = MAX_MESSAGE_BYTES
             columns.fill(row, lines[0])
         else:
             decoded[row] = False
-            columns.invalid.extend((index, raw, error) for raw, error in bad)
+            for raw, error in bad:
+                seen = bad_lines.get(index, 0)
+                bad_lines[index] = seen + 1
+                if seen < max_bad_lines:
+                    columns.invalid.append((index, raw, error))
+                else:
+                    tally = columns.flooded.setdefault(index, {})
+                    tally[error.reason] = tally.get(error.reason, 0) + 1
     columns.invalid.sort(key=lambda refused: refused[0])  # stable: lines stay in order
     return columns if decoded.all() else columns.select(decoded)
