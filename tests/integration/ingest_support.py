@@ -63,11 +63,8 @@ def line(i: int, pod_hash: str = STABLE, namespace: str = "shop") -> bytes:
 
 
 def producer(settings: Settings, **options: object) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap,
-        max_request_size=settings.producer_max_request_size,
-        **options,
-    )
+    options = {"max_request_size": settings.producer_max_request_size, **options}
+    return AIOKafkaProducer(bootstrap_servers=settings.bootstrap, **options)
 
 
 async def put_canary(settings: Settings, port: int | None = None) -> None:
