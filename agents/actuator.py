@@ -450,7 +450,7 @@ class Actuator:
             max_partition_fetch_bytes=s.topic_max_message_bytes,
         )
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap, acks="all", max_request_size=s.topic_max_message_bytes
+            bootstrap_servers=s.bootstrap, acks="all", max_request_size=s.producer_max_request_size
         )
         await producer.start()
         try:
@@ -511,7 +511,7 @@ class Actuator:
                 self.settings.topics.deadletter, key=key, value=value, headers=headers
             )
 
-        await DeadLetters(send, self.metrics.deadletters).publish(
+        await DeadLetters(send, self.metrics.deadletters, sizes=self.settings.sizes).publish(
             record.topic, record.partition, [(record.offset, record.value or b"", error)]
         )
 

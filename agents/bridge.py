@@ -233,7 +233,11 @@ class Bridge:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Publish until `stop` is set or the task is cancelled."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap,
+            acks="all",
+            max_request_size=self.settings.producer_max_request_size,
+        )
         await producer.start()
         self._producer = producer
         self._stopping.clear()

@@ -1,4 +1,4 @@
-"""Every Kafka codec is read by the worker; a batch it cannot read is skipped, not fatal."""
+"""Every Kafka codec is read by the worker and Faust's consumer; unreadable batches are skipped."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from agents.codecs import CODECS
 from agents.processes import poll_until
 from agents.settings import Settings
+from streams.events import RolloutState, encode_rollout_state
 from tests.integration.ingest_support import (
     counted,
     create_topics,
@@ -42,6 +43,17 @@ async def test_lines_in_every_codec_are_counted(kafka_bootstrap: str, tmp_path: 
                 ]
                 ndjson = b"\n".join(line(i) for i in range(30))
                 sent.append(p.send(settings.topics.requests, key=b"shop", value=ndjson))
+                # Faust's consumer reads the same codec: a rollout state for another canary.
+                state = RolloutState(
+                    namespace=f"ns-{codec}", name="web", current_pod_hash="c", stable_hash="s"
+                )
+                sent.append(
+                    p.send(
+                        settings.topics.rollouts,
+                        key=state.namespace.encode(),
+                        value=encode_rollout_state(state),
+                    )
+                )
                 await asyncio.gather(*[await s for s in sent])
             finally:
                 await p.stop()
@@ -52,6 +64,12 @@ async def test_lines_in_every_codec_are_counted(kafka_bootstrap: str, tmp_path: 
                 float(total),
                 within_s=30,
                 outcome="counted",
+            )
+            await wait_metric(
+                settings.metrics_port,
+                "canarywatch_canaries_in_progress",
+                1.0 + CODECS.index(codec) + 1,
+                within_s=30,
             )
         assert metric(settings.metrics_port, "canarywatch_skipped_records_total") == 0.0
 
