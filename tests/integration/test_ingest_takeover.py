@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -78,3 +79,56 @@ async def test_a_survivor_takes_over_the_partitions_of_a_killed_worker(
         assert takeover <= TAKEOVER_GOAL_S
     finally:
         survivor.stop()
+
+
+async def test_a_worker_joining_mid_stream_neither_loses_nor_recounts_lines(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = new_settings(kafka_bootstrap, tmp_path, "join", partitions=PARTITIONS)
+    await create_topics(settings)
+    first = WorkerProcess(settings, tmp_path / "a.log")
+    second = WorkerProcess(
+        settings.with_overrides(metrics_port=free_port(), data_dir=tmp_path / "b"),
+        tmp_path / "b.log",
+    )
+    ports = (first.settings.metrics_port, second.settings.metrics_port)
+    message = b"\n".join(line(i) for i in range(200))
+    sent = 0
+    p = producer(settings, linger_ms=5)
+    first.start()
+    await p.start()
+    try:
+        await first.wait_ready()
+
+        async def send(messages: int) -> None:
+            nonlocal sent
+            deliveries = [
+                await p.send(settings.topics.requests, value=message, partition=i % PARTITIONS)
+                for i in range(messages)
+            ]
+            for delivery in deliveries:
+                await delivery
+            sent += messages * 200
+
+        await send(500)
+        second.start()
+        # Lines keep coming while the second worker joins and the partitions move.
+        while await asyncio.to_thread(metric, ports[1], "canarywatch_ingest_partitions") < 1:
+            await send(50)
+        await send(500)
+        await poll_until(
+            lambda: sum(consumed(port) for port in ports) >= sent, 60, "every line read"
+        )
+        await poll_until(
+            lambda: all(
+                metric(port, "canarywatch_ingest_partitions") == PARTITIONS / 2 for port in ports
+            ),
+            30,
+            "the partitions split",
+        )
+        assert sum(consumed(port) for port in ports) == sent  # none counted twice
+        assert all(consumed(port) > 0 for port in ports)
+    finally:
+        await p.stop()
+        second.stop()
+        first.stop()
