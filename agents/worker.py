@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from agents.deadletter import DeadLetterLimits, DeadLetters, Headers
 from agents.ingest import RequestLogIngest
 from agents.kafka_admin import ensure_topics, partition_for_key
+from agents.logfilter import quiet_kafka_clients
 from agents.metrics import FleetCollector, WorkerMetrics
 from agents.settings import Settings
 from streams.events import (
@@ -203,6 +204,7 @@ def run_worker(settings: Settings) -> None:
     registry = CollectorRegistry()
     start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
     worker = build_worker(settings, registry)
+    quiet_kafka_clients()
     tune_gc()
     faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
