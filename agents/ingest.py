@@ -29,17 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import (
-    ConsumerStoppedError,
-    CorruptRecordException,
-    KafkaError,
-    UnsupportedCodecError,
-)
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 from mode import Service
 
 from agents.deadletter import DeadLetters, Flooded
 from agents.metrics import WorkerMetrics
 from agents.settings import Settings
+from agents.unreadable import SkipLog, read_alone, unreadable
 from streams.events import DecodeError
 from streams.fleet import Fleet
 from streams.requestlog import Columns
@@ -50,16 +46,6 @@ Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 BACKOFF_S = 0.1
 BACKOFF_MAX_S = 5.0
-SKIP_LOG_EVERY_S = 10.0
-
-
-def unreadable(exc: BaseException) -> bool:
-    """An error of the records themselves (skip them), not of the broker or the group."""
-    if isinstance(exc, CorruptRecordException | UnsupportedCodecError):
-        return True
-    # Decompression and parsing fail with the codec's own errors (zlib.error, OSError from gzip,
-    # cramjam's DecompressionError, struct.error, ...): anything that is not a KafkaError.
-    return not isinstance(exc, KafkaError | asyncio.CancelledError | ConsumerStoppedError)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -104,8 +90,7 @@ class RequestLogIngest(Service):
         # Held while a fetch is counted, so that a rebalance falls between two batches.
         self._batch_lock = asyncio.Lock()
         self._trouble: str | None = None  # the error of the current episode, logged once
-        self._skip_logged_at = float("-inf")
-        self._skips_unlogged = 0
+        self._skip_log = SkipLog()
 
     async def on_start(self) -> None:
         s = self.settings
@@ -226,7 +211,7 @@ class RequestLogIngest(Service):
         except Exception as exc:
             if not unreadable(exc):
                 raise
-            await self._isolate(exc)
+            await self._isolate()
             async with self._batch_lock:
                 # Count what was read around the unreadable records, then commit past them.
                 await self._count_pending()
@@ -257,15 +242,13 @@ class RequestLogIngest(Service):
                 merged.setdefault(tp, []).extend(records)
         return merged
 
-    async def _isolate(self, first: BaseException) -> None:
+    async def _isolate(self) -> None:
         """`getmany` failed on records it could not read: find them, partition by partition.
 
         The failed call may have taken good records of other partitions with it (their
         positions moved on): every partition goes back to after its last record received. Then
-        each is read alone, in chunks that halve on failure down to one record: the record at
-        the position where a one-record read fails is in a batch that cannot be read. It is
-        skipped (the next record is tried alone, so a bad batch of k records costs k fetches),
-        counted, logged and committed past.
+        each is read alone (agents/unreadable.py): a record in a batch that cannot be read is
+        skipped, counted, logged and committed past.
         """
         consumer = self._consumer
         assert consumer is not None
@@ -280,52 +263,25 @@ class RequestLogIngest(Service):
                 )
             consumer.seek(tp, back)
         for tp in sorted(consumer.assignment()):
-            await self._read_alone(tp, first)
+            await self._read_alone(tp)
 
-    async def _read_alone(self, tp: TopicPartition, first: BaseException) -> None:
+    async def _read_alone(self, tp: TopicPartition) -> None:
         consumer = self._consumer
         assert consumer is not None
-        chunk, taken = 1, 0
-        while taken < self.max_records:
-            before = await consumer.position(tp)
-            try:
-                got = await consumer.getmany(tp, timeout_ms=200, max_records=chunk)
-            except Exception as exc:
-                if not unreadable(exc):
-                    raise
-                consumer.seek(tp, before)
-                if chunk > 1:
-                    chunk = max(1, chunk // 4)
-                    continue
-                self._skip(tp, before, exc)
-                consumer.seek(tp, before + 1)
-                continue
-            if not got:
-                return  # all fetched records read: this partition is clean up to here
-            self._stash(got)
-            taken += sum(len(r) for r in got.values())
-            chunk = min(self.max_records, chunk * 4)
+
+        async def fetch(part: TopicPartition, n: int) -> Batches:
+            got: Batches = await consumer.getmany(part, timeout_ms=200, max_records=n)
+            return got
+
+        for batches in await read_alone(consumer, tp, fetch, self._skip, limit=self.max_records):
+            self._stash(batches)
 
     def _skip(self, tp: TopicPartition, offset: int, exc: BaseException) -> None:
-        reason = type(exc).__name__
-        self.metrics.skipped_records.labels(tp.topic, reason).inc()
+        self.metrics.skipped_records.labels(tp.topic, type(exc).__name__).inc()
         # Its lines are lost: commit past it (once what came before is counted).
         self._skipped[tp] = offset + 1
         self._received[tp] = offset + 1
-        self._skips_unlogged += 1
-        now = time.monotonic()
-        if now - self._skip_logged_at >= SKIP_LOG_EVERY_S:
-            log.error(
-                "ingest skipped %d unreadable record(s), the last %s/%d@%d: %s: %s",
-                self._skips_unlogged,
-                tp.topic,
-                tp.partition,
-                offset,
-                reason,
-                exc,
-            )
-            self._skip_logged_at = now
-            self._skips_unlogged = 0
+        self._skip_log.skipped(tp, offset, exc)
 
     def _decode(self, batches: Batches) -> _Decoding:
         """Start decoding every partition's records of a fetch in one scan, in the thread.

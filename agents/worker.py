@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import faust
+from aiokafka import TopicPartition
 from faust.types import EventT, StreamT
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -26,6 +27,7 @@ from agents.kafka_admin import ensure_topics, partition_for_key
 from agents.logfilter import quiet_kafka_clients
 from agents.metrics import FleetCollector, WorkerMetrics
 from agents.settings import Settings
+from agents.unreadable import SkipLog, guard_faust_fetches
 from streams.events import (
     DecodeError,
     decode_abort_command,
@@ -78,6 +80,14 @@ def build_worker(
     )
     metrics = WorkerMetrics(registry)
     registry.register(FleetCollector(lambda: fleet))
+    # A record Faust's consumer cannot read is skipped, not the end of its Fetcher.
+    skip_log = SkipLog()
+
+    def skipped(tp: TopicPartition, offset: int, exc: BaseException) -> None:
+        metrics.skipped_records.labels(tp.topic, type(exc).__name__).inc()
+        skip_log.skipped(tp, offset, exc)
+
+    guard_faust_fetches(skipped)
 
     rollouts_topic = app.topic(s.topics.rollouts, key_type=bytes, value_type=bytes)
     commands_topic = app.topic(s.topics.commands, key_type=bytes, value_type=bytes)

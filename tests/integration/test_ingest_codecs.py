@@ -88,7 +88,7 @@ async def committed_offsets(settings: Settings) -> dict[int, int]:
     }
 
 
-async def test_an_unreadable_batch_is_skipped_counted_and_committed_past(
+async def test_unreadable_batches_are_skipped_counted_and_committed_past(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     # The worker acts as if snappy's library were missing: snappy batches are unreadable to it.
@@ -103,7 +103,21 @@ async def test_an_unreadable_batch_is_skipped_counted_and_committed_past(
     port = settings.metrics_port
     try:
         async with running(settings, tmp_path / "worker.log") as worker:
+            # Faust's consumer meets an unreadable rollout state first: it must read on.
+            state = RolloutState(
+                namespace="lost", name="web", current_pod_hash="c", stable_hash="s"
+            )
+            await snappy.send_and_wait(
+                settings.topics.rollouts, key=b"lost", value=encode_rollout_state(state)
+            )
             await put_canary(settings)
+            await wait_metric(
+                port,
+                "canarywatch_skipped_records_total",
+                1.0,
+                topic=settings.topics.rollouts,
+                reason="UnsupportedCodecError",
+            )
             for i in range(5):
                 await plain.send_and_wait(topic, key=b"shop", value=line(i))
             # One batch of one record, then one batch of several records, all in snappy.
