@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agents.deadletter import deadletter_counter, suppressed_counter
+from agents.unreadable import skipped_counter
 from streams.decisions import SIGNALS, Verdict, bad_series
 from streams.fleet import Fleet
 from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS
@@ -31,13 +32,7 @@ class WorkerMetrics:
         )
         self.deadletters = deadletter_counter(registry)
         self.deadletters_suppressed = suppressed_counter(registry)
-        self.skipped_records = Counter(
-            "canarywatch_skipped_records",
-            "Records the consumer could not read (codec, CRC, decompression) and skipped, by "
-            "topic and error.",
-            ["topic", "reason"],
-            registry=registry,
-        )
+        self.skipped_records = skipped_counter(registry)
         self.ingest_errors = Counter(
             "canarywatch_ingest_errors",
             "Errors of the request-log consumer, retried with backoff, by exception type.",

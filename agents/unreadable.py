@@ -25,6 +25,7 @@ from aiokafka.errors import (
     KafkaError,
     UnsupportedCodecError,
 )
+from prometheus_client import CollectorRegistry, Counter
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +176,55 @@ def _positions(
         if state is not None and state.has_valid_position:
             out[tp] = state.position
     return out
+
+
+def skipped_counter(registry: CollectorRegistry) -> Counter:
+    """`canarywatch_skipped_records_total{topic,reason}`, the same in every component."""
+    return Counter(
+        "canarywatch_skipped_records",
+        "Records the consumer could not read (codec, CRC, decompression) and skipped, by "
+        "topic and error.",
+        ["topic", "reason"],
+        registry=registry,
+    )
+
+
+def counting(counter: Counter, skip_log: SkipLog | None = None) -> OnSkip:
+    """An `OnSkip` that counts in `counter` and logs (one line per interval)."""
+    logger = skip_log or SkipLog()
+
+    def on_skip(tp: TopicPartition, offset: int, exc: BaseException) -> None:
+        counter.labels(tp.topic, type(exc).__name__).inc()
+        logger.skipped(tp, offset, exc)
+
+    return on_skip
+
+
+async def getmany_skipping(
+    consumer: AIOKafkaConsumer, on_skip: OnSkip, *, timeout_ms: int, max_records: int
+) -> Batches:
+    """`consumer.getmany` that skips unreadable records (for the actuator's and bridge's loops).
+
+    Records a failed call took with it are read again: each partition goes back to where it
+    was before the call, then is read alone.
+    """
+    positions = _positions(consumer, None)
+    try:
+        got: Batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return got
+    except Exception as exc:
+        if not unreadable(exc):
+            raise
+    for tp, position in positions.items():
+        consumer.seek(tp, position)
+
+    async def fetch(tp: TopicPartition, n: int) -> Batches:
+        part: Batches = await consumer.getmany(tp, timeout_ms=200, max_records=n)
+        return part
+
+    merged: Batches = {}
+    for tp in sorted(positions):
+        for batches in await read_alone(consumer, tp, fetch, on_skip, limit=max_records):
+            for part, records in batches.items():
+                merged.setdefault(part, []).extend(records)
+    return merged

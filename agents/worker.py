@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import faust
-from aiokafka import TopicPartition
 from faust.types import EventT, StreamT
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -27,7 +26,7 @@ from agents.kafka_admin import ensure_topics, partition_for_key
 from agents.logfilter import quiet_kafka_clients
 from agents.metrics import FleetCollector, WorkerMetrics
 from agents.settings import Settings
-from agents.unreadable import SkipLog, guard_faust_fetches
+from agents.unreadable import counting, guard_faust_fetches
 from streams.events import (
     DecodeError,
     decode_abort_command,
@@ -81,13 +80,7 @@ def build_worker(
     metrics = WorkerMetrics(registry)
     registry.register(FleetCollector(lambda: fleet))
     # A record Faust's consumer cannot read is skipped, not the end of its Fetcher.
-    skip_log = SkipLog()
-
-    def skipped(tp: TopicPartition, offset: int, exc: BaseException) -> None:
-        metrics.skipped_records.labels(tp.topic, type(exc).__name__).inc()
-        skip_log.skipped(tp, offset, exc)
-
-    guard_faust_fetches(skipped)
+    guard_faust_fetches(counting(metrics.skipped_records))
 
     rollouts_topic = app.topic(s.topics.rollouts, key_type=bytes, value_type=bytes)
     commands_topic = app.topic(s.topics.commands, key_type=bytes, value_type=bytes)
