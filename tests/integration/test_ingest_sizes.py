@@ -7,6 +7,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from agents.settings import Settings
 from streams.sizes import record_bytes
@@ -26,6 +28,21 @@ from tests.integration.ingest_support import (
 pytestmark = pytest.mark.kafka
 
 LIMIT = 65_536  # decode limit: the topics accept 512 KiB
+
+
+async def topic_config(settings: Settings, topic: str, name: str) -> str | None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    for response in responses:
+        for resource in response.resources:
+            for entry in resource[4]:
+                if entry[0] == name:
+                    return str(entry[1])
+    return None
 
 
 async def send_lines(settings: Settings, first: int, n: int) -> None:
@@ -76,6 +93,11 @@ async def test_huge_messages_end_truncated_in_the_deadletter_topic_and_counting_
             == 2.0
         )
         pid = worker.pid
+        # Faust's changelog topics take what the producer may write (a table value is a message).
+        for table in ("rollout-state", "abort-decisions"):
+            changelog = f"{settings.app_id}-{table}-changelog"
+            got = await topic_config(settings, changelog, "max.message.bytes")
+            assert got == str(topic_limit), (changelog, got)
 
     letters = await read_deadletters(settings, 2)
     assert len(letters) == 2
