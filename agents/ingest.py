@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import ConsumerStoppedError, KafkaError
+from aiokafka.errors import ConsumerStoppedError
 from mode import Service
 
 from agents.deadletter import DeadLetters, Flooded
@@ -124,16 +124,17 @@ class RequestLogIngest(Service):
         offsets, so a batch counted after that would be counted twice.
         """
         async with self._batch_lock:
-            await self._count_pending()
             try:
+                await self._count_pending()
                 await self._commit()
-            except KafkaError as exc:
-                log.warning("ingest: commit before giving up %s failed: %s", sorted(revoked), exc)
-            for tp in revoked:
-                self._next_offset.pop(tp, None)
-                self._received.pop(tp, None)
-                self._skipped.pop(tp, None)
-            self.assigned -= revoked
+            except Exception as exc:  # the next owner reads again from the last commit
+                log.warning("ingest: counting before giving up %s failed: %s", sorted(revoked), exc)
+            finally:
+                for tp in revoked:
+                    self._next_offset.pop(tp, None)
+                    self._received.pop(tp, None)
+                    self._skipped.pop(tp, None)
+                self.assigned -= revoked
         self.metrics.ingest_partitions.set(len(self.assigned))
         if revoked:
             log.info("ingest gives up request-log partitions %s", sorted(revoked))
