@@ -141,8 +141,7 @@ def guard_faust_fetches(on_skip: OnSkip, *, limit: int = 10_000) -> None:
         except Exception as exc:
             if not unreadable(exc):
                 raise
-        for tp, position in positions.items():
-            consumer.seek(tp, position)
+        targets = await _rewind(consumer, positions, active_partitions)
         fetcher = consumer._fetcher
 
         async def fetch(tp: TopicPartition, n: int) -> Batches:
@@ -151,7 +150,7 @@ def guard_faust_fetches(on_skip: OnSkip, *, limit: int = 10_000) -> None:
                 return got
 
         merged: Batches = {}
-        for tp in sorted(positions):
+        for tp in targets:
             report = cls._canarywatch_on_skip
             for batches in await read_alone(consumer, tp, fetch, report, limit=limit):
                 for part, records in batches.items():
@@ -160,6 +159,25 @@ def guard_faust_fetches(on_skip: OnSkip, *, limit: int = 10_000) -> None:
 
     cls._fetch_records = _fetch_records
     cls._canarywatch_guarded = True
+
+
+async def _rewind(
+    consumer: AIOKafkaConsumer,
+    positions: dict[TopicPartition, int],
+    partitions: set[TopicPartition] | None,
+) -> list[TopicPartition]:
+    """Put each partition back where it was before a failed fetch (the fetch may have taken
+    good records with it); a partition assigned meanwhile goes back to its committed offset.
+    Returns the partitions to read alone."""
+    assigned = consumer.assignment()
+    targets = sorted(tp for tp in assigned if not partitions or tp in partitions)
+    for tp in targets:
+        position = positions.get(tp)
+        if position is None and consumer._group_id is not None:
+            position = await consumer.committed(tp)
+        if position is not None:
+            consumer.seek(tp, position)
+    return targets
 
 
 def _positions(
@@ -208,6 +226,8 @@ async def getmany_skipping(
     Records a failed call took with it are read again: each partition goes back to where it
     was before the call, then is read alone.
     """
+    for tp in consumer.assignment() - _positions(consumer, None).keys():
+        await consumer.position(tp)  # waits for the offset reset, as getmany would
     positions = _positions(consumer, None)
     try:
         got: Batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
@@ -215,15 +235,14 @@ async def getmany_skipping(
     except Exception as exc:
         if not unreadable(exc):
             raise
-    for tp, position in positions.items():
-        consumer.seek(tp, position)
+    targets = await _rewind(consumer, positions, None)
 
     async def fetch(tp: TopicPartition, n: int) -> Batches:
         part: Batches = await consumer.getmany(tp, timeout_ms=200, max_records=n)
         return part
 
     merged: Batches = {}
-    for tp in sorted(positions):
+    for tp in targets:
         for batches in await read_alone(consumer, tp, fetch, on_skip, limit=max_records):
             for part, records in batches.items():
                 merged.setdefault(part, []).extend(records)
