@@ -95,6 +95,17 @@ class Columns:
         )
 
 
+def _writable(columns: Columns) -> Columns:
+    return Columns(
+        keys=columns.keys.copy(),
+        status=columns.status.copy(),
+        duration_ms=columns.duration_ms.copy(),
+        ts=columns.ts.copy(),
+        invalid=columns.invalid,
+        flooded=columns.flooded,
+    )
+
+
 def _message_error(state: int, raw: bytes, limit: int) -> DecodeError:
     if state == linescan.MESSAGE_OVERSIZED:
         return DecodeError("oversized", f"{len(raw)} bytes > limit {limit}")
@@ -138,14 +149,9 @@ def decode_columns(
     slow = np.flatnonzero(np.frombuffer(kind, np.uint8) == linescan.OTHER)
     if not slow.size:
         return columns
-    # The other lines, one by one, exactly as the line decoder sees them.
-    columns = Columns(
-        keys=columns.keys.copy(),
-        status=columns.status.copy(),
-        duration_ms=columns.duration_ms.copy(),
-        ts=columns.ts.copy(),
-        invalid=columns.invalid,
-    )
+    # The other lines, one by one, exactly as the line decoder sees them. The scanner's buffers
+    # are read-only: copied when the first such line decodes (a flood of bad lines needs none).
+    writable = False
     bad_lines: dict[int, int] = {}
     decoded = np.ones(len(columns), dtype=np.bool_)
     message_of = np.frombuffer(message, np.int64)
@@ -169,6 +175,9 @@ def decode_columns(
                     continue
             lines, bad = decode_request_lines(batch[index][a:b], max_bytes)
             if lines:
+                if not writable:
+                    columns = _writable(columns)
+                    writable = True
                 columns.fill(row, lines[0])
             else:
                 decoded[row] = False
