@@ -48,6 +48,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from agents.deadletter import DeadLetters, Headers, deadletter_counter
 from agents.kafka_admin import ensure_topics
 from agents.settings import Settings
+from agents.unreadable import counting, getmany_skipping, skipped_counter
 from streams.events import AbortCommand, DecodeError, decode_abort_command
 from streams.rollouts import GROUP, KIND, PLURAL, VERSION, AbortVerdict, Rollout, judge_abort
 
@@ -276,6 +277,7 @@ def abort_event(
 
 class ActuatorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.skipped_records = skipped_counter(registry)
         self.commands = Counter(
             "canarywatch_actuator_commands",
             "Abort commands handled, by outcome.",
@@ -345,6 +347,7 @@ class Actuator:
         self.settings = settings
         self.api = api
         self.metrics = metrics
+        self._on_skip = counting(metrics.skipped_records)
         self.dry_run = dry_run
         self.policy = policy or RetryPolicy()
         self._sleep = sleep
@@ -455,7 +458,7 @@ class Actuator:
             max_partition_fetch_bytes=s.topic_max_message_bytes,
         )
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap, acks="all", max_request_size=s.topic_max_message_bytes
+            bootstrap_servers=s.bootstrap, acks="all", max_request_size=s.producer_max_request_size
         )
         await producer.start()
         try:
@@ -463,7 +466,9 @@ class Actuator:
             try:
                 self.metrics.ready.set(1)
                 while stop is None or not stop.is_set():
-                    batch = await consumer.getmany(timeout_ms=200, max_records=200)
+                    batch = await getmany_skipping(
+                        consumer, self._on_skip, timeout_ms=200, max_records=200
+                    )
                     await asyncio.gather(
                         *(
                             self._consume_partition(consumer, producer, tp, records)
@@ -516,7 +521,7 @@ class Actuator:
                 self.settings.topics.deadletter, key=key, value=value, headers=headers
             )
 
-        await DeadLetters(send, self.metrics.deadletters).publish(
+        await DeadLetters(send, self.metrics.deadletters, sizes=self.settings.sizes).publish(
             record.topic, record.partition, [(record.offset, record.value or b"", error)]
         )
 

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from agents.actuator import kube_api_client
 from agents.kafka_admin import ensure_topics
 from agents.settings import Settings
+from agents.unreadable import counting, getmany_skipping, skipped_counter
 from streams.events import DecodeError, RolloutState, encode_rollout_state, env_key
 from streams.rollouts import (
     GROUP,
@@ -63,6 +64,7 @@ class BridgeOptions:
 
 class BridgeMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.skipped_records = skipped_counter(registry)
         self.snapshots = Counter(
             "canarywatch_bridge_snapshots",
             "Rollouts read, by source (list, watch, event) and outcome "
@@ -220,6 +222,7 @@ class Bridge:
         self.settings = settings
         self.reader = reader
         self.metrics = metrics
+        self._on_skip = counting(metrics.skipped_records)
         self.options = options or BridgeOptions()
         self._clock = clock
         self._dedupe = SnapshotDedupe()
@@ -235,7 +238,11 @@ class Bridge:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Publish until `stop` is set or the task is cancelled."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap,
+            acks="all",
+            max_request_size=self.settings.producer_max_request_size,
+        )
         await producer.start()
         self._producer = producer
         self._stopping.clear()
@@ -432,7 +439,9 @@ class Bridge:
         await consumer.start()
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=200, max_records=500)
+                batch = await getmany_skipping(
+                    consumer, self._on_skip, timeout_ms=200, max_records=500
+                )
                 for tp, records in batch.items():
                     for record in records:
                         await self._on_exporter_event(record.value or b"")

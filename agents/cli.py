@@ -7,6 +7,7 @@ import asyncio
 import random
 import sys
 
+from agents.codecs import check_codecs
 from agents.settings import settings_from_env
 from streams.simulation import SimulationSettings
 
@@ -48,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("worker", "actuator", "bridge"):
+        check_codecs(settings_from_env().disabled_codecs)
     if args.command == "worker":
         from agents.worker import run_worker
 

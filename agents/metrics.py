@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from agents.deadletter import deadletter_counter
+from agents.deadletter import deadletter_counter, suppressed_counter
+from agents.unreadable import skipped_counter
 from streams.decisions import SIGNALS, Verdict, bad_series
 from streams.fleet import Fleet
 from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS
@@ -30,6 +31,14 @@ class WorkerMetrics:
             registry=registry,
         )
         self.deadletters = deadletter_counter(registry)
+        self.deadletters_suppressed = suppressed_counter(registry)
+        self.skipped_records = skipped_counter(registry)
+        self.ingest_errors = Counter(
+            "canarywatch_ingest_errors",
+            "Errors of the request-log consumer, retried with backoff, by exception type.",
+            ["error"],
+            registry=registry,
+        )
         self.rollout_states = Counter(
             "canarywatch_rollout_states", "Rollout-state snapshots applied.", registry=registry
         )
@@ -53,7 +62,7 @@ class WorkerMetrics:
         )
         self.ingest_partitions = Gauge(
             "canarywatch_ingest_partitions",
-            "Request-log partitions this worker reads (those of its rollout-state partitions).",
+            "Request-log partitions assigned to this worker in the group <app_id>-requests.",
             registry=registry,
         )
         self.ready = Gauge(

@@ -103,6 +103,10 @@ class WorkerProcess:
         raise TimeoutError(f"worker not ready after {within_s}s; log:\n{self.log_tail()}")
 
     @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
     def pid(self) -> int:
         assert self._process is not None
         return self._process.pid

@@ -10,6 +10,7 @@ from pathlib import Path
 from streams.decisions import DecisionSettings
 from streams.events import MAX_MESSAGE_BYTES
 from streams.fleet import WindowSettings
+from streams.sizes import SizePolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,21 +45,52 @@ class Settings:
     metrics_port: int = 9108
     evaluate_every_s: float = 0.25
     commit_every_s: float = 1.0
+    # The one size setting: the decode limit. Topic, producer, fetch and dead-letter sizes
+    # derive from it (streams/sizes.py, docs/events.md).
     max_message_bytes: int = MAX_MESSAGE_BYTES
-    # The request-log topic and dead-letter topic accept messages over the decode limit, so an
-    # oversized message reaches canarywatch, is refused with a reason, and is kept.
-    topic_max_message_bytes: int = 8 * MAX_MESSAGE_BYTES
-    # Request-log fetch sizes. `make bench` on 2 cores: 4 MiB / 16 MiB cost the broker ~0.1 us
-    # of CPU per NDJSON line against ~0.25 us with 1 MiB / 4 MiB (more fetch requests), and
-    # drained faster than 8 MiB / 64 MiB. A bigger message still comes whole (Kafka's KIP-74).
-    fetch_partition_bytes: int = 4 * MAX_MESSAGE_BYTES
-    fetch_max_bytes: int = 16 * MAX_MESSAGE_BYTES
     data_dir: Path = Path("/tmp/canarywatch")
     # Hold request-log ingestion until this file exists: lets several workers join the group
     # and split the partitions before any of them drains a backlog (used by `make bench`).
     ingest_start_file: Path | None = None
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     window: WindowSettings = field(default_factory=WindowSettings)
+
+    # The request-log consumer group `<app_id>-requests`: a worker killed with -9 is noticed
+    # after the session timeout, then its partitions go to the others (docs/operating.md).
+    request_session_timeout_ms: int = 6000
+    request_heartbeat_interval_ms: int = 1500
+    # Faust's own consumer group `<app_id>` (rollout states, commands).
+    broker_session_timeout_s: float = 6.0
+    broker_heartbeat_interval_s: float = 1.5
+    # Dead letters per source topic: a token bucket (records a second, burst); past it, one
+    # summary record per interval. At most this many bad lines of one message get records of
+    # their own; the rest are counted and the whole message is kept as one record.
+    deadletter_rate_per_s: float = 100.0
+    deadletter_burst: int = 500
+    deadletter_summary_every_s: float = 10.0
+    deadletter_lines_per_message: int = 20
+    # Codecs this process pretends not to have (tests: an unreadable batch on a real broker).
+    disabled_codecs: tuple[str, ...] = ()
+
+    @property
+    def sizes(self) -> SizePolicy:
+        return SizePolicy(self.max_message_bytes)
+
+    @property
+    def topic_max_message_bytes(self) -> int:
+        return self.sizes.topic_max_message_bytes
+
+    @property
+    def producer_max_request_size(self) -> int:
+        return self.sizes.producer_max_request_size
+
+    @property
+    def fetch_partition_bytes(self) -> int:
+        return self.sizes.fetch_partition_bytes
+
+    @property
+    def fetch_max_bytes(self) -> int:
+        return self.sizes.fetch_max_bytes
 
     def topic_partitions(self) -> dict[str, int]:
         t = self.topics
@@ -95,11 +127,30 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_port=int(get("METRICS_PORT") or base.metrics_port),
         evaluate_every_s=float(get("EVALUATE_EVERY_S") or base.evaluate_every_s),
         max_message_bytes=int(get("MAX_MESSAGE_BYTES") or base.max_message_bytes),
-        fetch_partition_bytes=int(get("FETCH_PARTITION_BYTES") or base.fetch_partition_bytes),
-        fetch_max_bytes=int(get("FETCH_MAX_BYTES") or base.fetch_max_bytes),
         data_dir=Path(get("DATA_DIR") or base.data_dir),
         ingest_start_file=Path(gate) if (gate := get("INGEST_START_FILE")) else None,
         decisions=decisions,
+        request_session_timeout_ms=int(
+            get("REQUEST_SESSION_TIMEOUT_MS") or base.request_session_timeout_ms
+        ),
+        request_heartbeat_interval_ms=int(
+            get("REQUEST_HEARTBEAT_INTERVAL_MS") or base.request_heartbeat_interval_ms
+        ),
+        broker_session_timeout_s=float(
+            get("BROKER_SESSION_TIMEOUT_S") or base.broker_session_timeout_s
+        ),
+        broker_heartbeat_interval_s=float(
+            get("BROKER_HEARTBEAT_INTERVAL_S") or base.broker_heartbeat_interval_s
+        ),
+        deadletter_rate_per_s=float(get("DEADLETTER_RATE_PER_S") or base.deadletter_rate_per_s),
+        deadletter_burst=int(get("DEADLETTER_BURST") or base.deadletter_burst),
+        deadletter_summary_every_s=float(
+            get("DEADLETTER_SUMMARY_EVERY_S") or base.deadletter_summary_every_s
+        ),
+        deadletter_lines_per_message=int(
+            get("DEADLETTER_LINES_PER_MESSAGE") or base.deadletter_lines_per_message
+        ),
+        disabled_codecs=tuple(c for c in (get("DISABLED_CODECS") or "").split(",") if c),
     )
 
 
@@ -113,10 +164,17 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "METRICS_PORT": str(settings.metrics_port),
         ENV_PREFIX + "EVALUATE_EVERY_S": str(settings.evaluate_every_s),
         ENV_PREFIX + "MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
-        ENV_PREFIX + "FETCH_PARTITION_BYTES": str(settings.fetch_partition_bytes),
-        ENV_PREFIX + "FETCH_MAX_BYTES": str(settings.fetch_max_bytes),
         ENV_PREFIX + "DATA_DIR": str(settings.data_dir),
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
+        ENV_PREFIX + "REQUEST_SESSION_TIMEOUT_MS": str(settings.request_session_timeout_ms),
+        ENV_PREFIX + "REQUEST_HEARTBEAT_INTERVAL_MS": str(settings.request_heartbeat_interval_ms),
+        ENV_PREFIX + "BROKER_SESSION_TIMEOUT_S": str(settings.broker_session_timeout_s),
+        ENV_PREFIX + "BROKER_HEARTBEAT_INTERVAL_S": str(settings.broker_heartbeat_interval_s),
+        ENV_PREFIX + "DEADLETTER_RATE_PER_S": str(settings.deadletter_rate_per_s),
+        ENV_PREFIX + "DEADLETTER_BURST": str(settings.deadletter_burst),
+        ENV_PREFIX + "DEADLETTER_SUMMARY_EVERY_S": str(settings.deadletter_summary_every_s),
+        ENV_PREFIX + "DEADLETTER_LINES_PER_MESSAGE": str(settings.deadletter_lines_per_message),
+        ENV_PREFIX + "DISABLED_CODECS": ",".join(settings.disabled_codecs),
     }
     if settings.ingest_start_file is not None:
         env[ENV_PREFIX + "INGEST_START_FILE"] = str(settings.ingest_start_file)

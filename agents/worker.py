@@ -13,20 +13,20 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import faust
 from faust.types import EventT, StreamT
-from mode.types.signals import BaseSignalT
 from prometheus_client import CollectorRegistry, start_http_server
 
-from agents.deadletter import DeadLetters, Headers
+from agents.deadletter import DeadLetterLimits, DeadLetters, Headers
 from agents.ingest import RequestLogIngest
 from agents.kafka_admin import ensure_topics, partition_for_key
+from agents.logfilter import quiet_kafka_clients
 from agents.metrics import FleetCollector, WorkerMetrics
-from agents.settings import Settings, Topics
+from agents.settings import Settings
+from agents.unreadable import counting, guard_faust_fetches
 from streams.events import (
     DecodeError,
     decode_abort_command,
@@ -64,24 +64,48 @@ def build_worker(
         topic_partitions=s.partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
-        producer_max_request_size=s.topic_max_message_bytes,
+        # Dead letters and changelog writes fit their topics (streams/sizes.py).
+        producer_max_request_size=s.producer_max_request_size,
         broker_commit_every=100,
+        # A worker killed with -9 gives its partitions up after this (docs/operating.md).
+        broker_session_timeout=s.broker_session_timeout_s,
+        broker_heartbeat_interval=s.broker_heartbeat_interval_s,
     )
-    fleet = Fleet(s.decisions, s.window, max_message_bytes=s.max_message_bytes)
+    fleet = Fleet(
+        s.decisions,
+        s.window,
+        max_message_bytes=s.max_message_bytes,
+        max_bad_lines=s.deadletter_lines_per_message,
+    )
     metrics = WorkerMetrics(registry)
     registry.register(FleetCollector(lambda: fleet))
+    # A record Faust's consumer cannot read is skipped, not the end of its Fetcher.
+    guard_faust_fetches(counting(metrics.skipped_records))
 
     rollouts_topic = app.topic(s.topics.rollouts, key_type=bytes, value_type=bytes)
     commands_topic = app.topic(s.topics.commands, key_type=bytes, value_type=bytes)
     deadletter_topic = app.topic(s.topics.deadletter, key_type=bytes, value_type=bytes)
-    rollout_table = app.Table("rollout-state", key_type=bytes, value_type=bytes)
-    decision_table = app.Table("abort-decisions", key_type=bytes, value_type=bytes)
+    changelog_config = {"max.message.bytes": str(s.topic_max_message_bytes)}
+    rollout_table = app.Table(
+        "rollout-state", key_type=bytes, value_type=bytes, extra_topic_configs=changelog_config
+    )
+    decision_table = app.Table(
+        "abort-decisions", key_type=bytes, value_type=bytes, extra_topic_configs=changelog_config
+    )
 
     async def send_deadletter(key: bytes, value: bytes, headers: Headers) -> object:
-        delivery = await deadletter_topic.send(key=key, value=value, headers=headers)
-        return await delivery
+        # Queued in the producer; DeadLetters awaits the deliveries of a batch together.
+        return await deadletter_topic.send(key=key, value=value, headers=headers)
 
-    deadletters = DeadLetters(send_deadletter, metrics.deadletters)
+    deadletters = DeadLetters(
+        send_deadletter,
+        metrics.deadletters,
+        suppressed=metrics.deadletters_suppressed,
+        sizes=s.sizes,
+        limits=DeadLetterLimits(
+            s.deadletter_rate_per_s, s.deadletter_burst, s.deadletter_summary_every_s
+        ),
+    )
     ingest = RequestLogIngest(s, fleet, deadletters, metrics, clock=clock, loop=app.loop)
 
     async def refuse(event: EventT[bytes], error: DecodeError) -> None:
@@ -112,8 +136,7 @@ def build_worker(
     @rollout_table.on_recover
     async def follow_assignment() -> None:
         # After each rebalance: keep the environments of our rollout-state partitions (the
-        # table may still hold keys written before a revocation), drop the others, then read
-        # the request-log partitions that go with them.
+        # table may still hold keys written before a revocation), drop the others.
         now = clock()
         partitions = {
             tp.partition for tp in app.consumer.assignment() if tp.topic == s.topics.rollouts
@@ -128,18 +151,11 @@ def build_worker(
         for state in states:
             fleet.apply_rollout(state, now)
         if not ingest_started.is_set():
-            await app.add_runtime_dependency(ingest)  # stops with the app
+            # The request-log consumer has its own group (`<app_id>-requests`, agents/ingest.py);
+            # it starts once the rollout states are known, and stops with the app.
+            await app.add_runtime_dependency(ingest)
             ingest_started.set()
-        await ingest.follow(partitions)
         metrics.ready.set(1)
-
-    async def pause_ingest(
-        sender: object, /, *args: object, signal: BaseSignalT[Any], **kwargs: object
-    ) -> None:
-        if ingest_started.is_set():
-            await ingest.follow(set())
-
-    app.on_partitions_revoked.connect(pause_ingest)
 
     @app.agent(commands_topic)
     async def remember_decisions(stream: StreamT[bytes]) -> None:
@@ -177,31 +193,21 @@ def build_worker(
     return Worker(app=app, fleet=fleet, metrics=metrics)
 
 
-def check_copartitioned(topics: Topics, partitions: Mapping[str, int]) -> None:
-    """Each worker reads the request-log partitions matching its rollout-state partitions."""
-    requests, rollouts = partitions[topics.requests], partitions[topics.rollouts]
-    if requests != rollouts:
-        raise SystemExit(
-            f"canarywatch: {topics.requests} has {requests} partitions and {topics.rollouts} "
-            f"{rollouts}; they must match (both keyed by namespace), see docs/events.md"
-        )
-
-
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: metrics on `settings.metrics_port`, Faust worker in front."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # canarywatch's own topics; Faust declares its changelog topics itself.
-    partitions = asyncio.run(
+    asyncio.run(
         ensure_topics(
             settings.bootstrap,
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
         )
     )
-    check_copartitioned(settings.topics, partitions)
     registry = CollectorRegistry()
     start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
     worker = build_worker(settings, registry)
+    quiet_kafka_clients()
     tune_gc()
     faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()
 

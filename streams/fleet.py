@@ -21,7 +21,7 @@ from streams.events import (
     RolloutState,
     decision_id_for,
 )
-from streams.requestlog import Columns, decode_columns
+from streams.requestlog import MAX_BAD_LINES, Columns, decode_columns
 from streams.windows import FleetWindows
 
 
@@ -33,6 +33,13 @@ class IngestReport:
     unattributed: int = 0  # valid, but no canary in progress has that pod hash
     # (index of the message in the batch, the refused bytes, why)
     invalid: list[tuple[int, bytes, DecodeError]] = field(default_factory=list)
+    # index of a message with too many bad lines -> reason -> bad lines not in `invalid`
+    flooded: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def refused(self) -> int:
+        """Refused messages and lines, listed or only tallied."""
+        return len(self.invalid) + sum(sum(t.values()) for t in self.flooded.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +56,12 @@ class Fleet:
         *,
         capacity: int = 64,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_bad_lines: int = MAX_BAD_LINES,
     ) -> None:
         self.settings = settings or DecisionSettings()
         window = window or WindowSettings()
         self.max_message_bytes = max_message_bytes
+        self.max_bad_lines = max_bad_lines
         self.attribution = Attribution(capacity)
         self.windows = FleetWindows(capacity, bucket_s=window.bucket_s, buckets=window.buckets)
         self.engine = DecisionEngine(self.settings, capacity)
@@ -84,11 +93,11 @@ class Fleet:
 
     def decode(self, messages: Sequence[bytes]) -> Columns:
         """The stateless half of `count`: safe to run in another thread."""
-        return decode_columns(messages, self.max_message_bytes)
+        return decode_columns(messages, self.max_message_bytes, self.max_bad_lines)
 
     def count_columns(self, columns: Columns, now: float) -> IngestReport:
         """Attribute and count decoded lines."""
-        report = IngestReport(invalid=columns.invalid)
+        report = IngestReport(invalid=columns.invalid, flooded=columns.flooded)
         if not len(columns):
             return report
         codes = self.attribution.lookup_keys(columns.keys)
