@@ -4,12 +4,12 @@ A Faust service (started and stopped with the worker) that owns one aiokafka con
 request-log topic. Faust's per-event stream machinery costs ~25-30 us a message; this path hands
 whole fetched batches to `Fleet.count` instead.
 
-Partitions follow Faust's own rebalancing: the request-log topic is co-partitioned with the
-rollout-state topic (same partition count, both keyed by namespace), and this consumer reads
-exactly the request-log partitions whose rollout-state partitions Faust assigned to this worker,
-once their table is recovered. So each worker counts the lines of the environments whose state
-it holds. Offsets are committed (in the consumer group `<app_id>-requests`) only after the lines
-they cover were counted or dead-lettered: on a timer and before partitions are given up.
+The consumer subscribes to the request-log topic in its own consumer group (`<app_id>-requests`):
+request-log partitions are not tied to rollout-state partitions (log shippers may use any
+partitioner), because every worker holds the rollout state of every canary in progress
+(agents/view.py). The worker starts this service once that view is restored. Offsets are
+committed only after the lines they cover were counted or dead-lettered: on a timer and before
+partitions are given up.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from mode import Service
 
 from agents.deadletter import DeadLetters
@@ -77,6 +77,7 @@ class RequestLogIngest(Service):
             fetch_max_bytes=s.fetch_max_bytes,
         )
         await self._consumer.start()
+        self._consumer.subscribe([s.topics.requests], listener=_Rebalance(self))
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
@@ -84,26 +85,26 @@ class RequestLogIngest(Service):
             await self._consumer.stop()
         self._decoder.shutdown(wait=False)
 
-    async def follow(self, partitions: set[int]) -> None:
-        """Read these request-log partitions from now on (counts and commits what was fetched).
-
-        Counting the fetch in flight first matters: assigning resets the positions to the
-        committed offsets, so a batch counted after that would be fetched and counted again.
-        """
-        consumer = self._consumer
-        assert consumer is not None
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Count the fetch in flight and commit before partitions are given up: a batch counted
+        after that would be counted again by the partitions' next owner."""
         async with self._batch_lock:
             await self._flush()
             await self.commit()
-            topic = self.settings.topics.requests
-            self.assigned = {TopicPartition(topic, p) for p in partitions}
-            consumer.assign(sorted(self.assigned))
+            self.assigned -= revoked
+        self._assignment_changed()
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.assigned |= assigned
+        self._assignment_changed()
+        log.info("ingest reads request-log partitions %s", sorted(tp.partition for tp in assigned))
+
+    def _assignment_changed(self) -> None:
         self.metrics.ingest_partitions.set(len(self.assigned))
         if self.assigned:
             self._has_partitions.set()
         else:
             self._has_partitions.clear()
-        log.info("ingest follows request-log partitions %s", sorted(partitions))
 
     async def commit(self) -> None:
         """Commit what was counted: the next offset after each counted batch."""
@@ -175,6 +176,17 @@ class RequestLogIngest(Service):
             if highwater is not None:
                 lag = max(0, highwater - last - 1)
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, ingest: RequestLogIngest) -> None:
+        self._ingest = ingest
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._ingest.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._ingest.on_assigned(set(assigned))
 
 
 @dataclass(slots=True)

@@ -1,7 +1,11 @@
 """The Faust worker: rollout states into a table, request logs into counters, verdicts out.
 
-- agent `track_rollouts`: rollout-state topic -> table `rollout-state` and the fleet's attribution;
-- service `RequestLogIngest`: request-log topic -> the fleet's numpy counters (agents/ingest.py);
+- agent `track_rollouts`: rollout-state topic -> validated -> table `rollout-state` (only
+  canaries in progress; bad snapshots are dead-lettered, never stored);
+- service `RolloutView`: the table's changelog, every partition -> the fleet's attribution, so
+  every worker knows every canary in progress (agents/view.py); ready once it is restored;
+- service `RequestLogIngest`: request-log topic (its own consumer group, any partitioner) ->
+  the fleet's numpy counters (agents/ingest.py), started once the view is restored;
 - timer `evaluate`: every `evaluate_every_s`, one vectorised pass; abort commands go out;
 - agent `remember_decisions`: commands topic -> table `abort-decisions`, so that a restarted
   worker does not abort the same rollout revision twice.
@@ -13,25 +17,25 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import faust
 from faust.types import EventT, StreamT
-from mode.types.signals import BaseSignalT
 from prometheus_client import CollectorRegistry, start_http_server
 
 from agents.deadletter import DeadLetters, Headers
 from agents.ingest import RequestLogIngest
-from agents.kafka_admin import ensure_topics, partition_for_key
+from agents.kafka_admin import ensure_topics
 from agents.metrics import FleetCollector, WorkerMetrics
-from agents.settings import Settings, Topics
+from agents.settings import Settings
+from agents.view import RolloutView
 from streams.events import (
     DecodeError,
     decode_abort_command,
     decode_rollout_state,
     encode_abort_command,
+    encode_rollout_state,
 )
 from streams.fleet import Fleet
 
@@ -67,9 +71,9 @@ def build_worker(
         producer_max_request_size=s.topic_max_message_bytes,
         broker_commit_every=100,
     )
-    fleet = Fleet(s.decisions, s.window, max_message_bytes=s.max_message_bytes)
+    fleet = Fleet(s.decisions, s.window, max_message_bytes=s.max_message_bytes, limits=s.limits)
     metrics = WorkerMetrics(registry)
-    registry.register(FleetCollector(lambda: fleet))
+    registry.register(FleetCollector(lambda: fleet, s.max_env_series))
 
     rollouts_topic = app.topic(s.topics.rollouts, key_type=bytes, value_type=bytes)
     commands_topic = app.topic(s.topics.commands, key_type=bytes, value_type=bytes)
@@ -96,50 +100,34 @@ def build_worker(
             try:
                 state = decode_rollout_state(event.value or b"")
             except DecodeError as error:
-                await refuse(event, error)
+                await refuse(event, error)  # never stored: the view never sees it
                 continue
-            # The table keeps only canaries in progress: all that attribution needs after a
-            # restart or rebalance, so memory follows the canaries, not the fleet.
+            # The table keeps only canaries in progress, re-encoded from the validated state:
+            # its compacted changelog is the view every worker reads (agents/view.py).
+            key = state.env.encode()
             if state.canary_in_progress:
-                rollout_table[state.env.encode()] = event.value
+                rollout_table[key] = encode_rollout_state(state)
             else:
-                rollout_table.pop(state.env.encode(), None)
-            fleet.apply_rollout(state, clock())
-            metrics.rollout_states.inc()
+                rollout_table.pop(key, None)  # a tombstone on the changelog
 
-    ingest_started = asyncio.Event()
-
-    @rollout_table.on_recover
-    async def follow_assignment() -> None:
-        # After each rebalance: keep the environments of our rollout-state partitions (the
-        # table may still hold keys written before a revocation), drop the others, then read
-        # the request-log partitions that go with them.
-        now = clock()
-        partitions = {
-            tp.partition for tp in app.consumer.assignment() if tp.topic == s.topics.rollouts
-        }
-        count = app.consumer.topic_partitions(s.topics.rollouts) or s.partitions
-        states = [
-            state
-            for state in map(decode_rollout_state, rollout_table.values())
-            if partition_for_key(state.namespace.encode(), count) in partitions
-        ]
-        fleet.retain({state.env for state in states})
-        for state in states:
-            fleet.apply_rollout(state, now)
-        if not ingest_started.is_set():
-            await app.add_runtime_dependency(ingest)  # stops with the app
-            ingest_started.set()
-        await ingest.follow(partitions)
+    async def view_restored() -> None:
+        await app.add_runtime_dependency(ingest)  # stops with the app
         metrics.ready.set(1)
 
-    async def pause_ingest(
-        sender: object, /, *args: object, signal: BaseSignalT[Any], **kwargs: object
-    ) -> None:
-        if ingest_started.is_set():
-            await ingest.follow(set())
+    view = RolloutView(
+        s,
+        fleet,
+        metrics,
+        rollout_table.changelog_topic.get_topic_name(),
+        on_restored=view_restored,
+        clock=clock,
+        loop=app.loop,
+    )
 
-    app.on_partitions_revoked.connect(pause_ingest)
+    async def start_view() -> None:
+        await app.add_runtime_dependency(view)
+
+    app.task(start_view)
 
     @app.agent(commands_topic)
     async def remember_decisions(stream: StreamT[bytes]) -> None:
@@ -154,7 +142,11 @@ def build_worker(
 
     @decision_table.on_recover
     async def restore_decisions() -> None:
-        fleet.decided.update(key.decode() for key in decision_table)
+        for key in decision_table:
+            try:
+                fleet.decided.add(key.decode())
+            except UnicodeDecodeError:
+                continue  # not a decision id this worker wrote
 
     async def evaluate() -> None:
         started = time.perf_counter()
@@ -177,28 +169,17 @@ def build_worker(
     return Worker(app=app, fleet=fleet, metrics=metrics)
 
 
-def check_copartitioned(topics: Topics, partitions: Mapping[str, int]) -> None:
-    """Each worker reads the request-log partitions matching its rollout-state partitions."""
-    requests, rollouts = partitions[topics.requests], partitions[topics.rollouts]
-    if requests != rollouts:
-        raise SystemExit(
-            f"canarywatch: {topics.requests} has {requests} partitions and {topics.rollouts} "
-            f"{rollouts}; they must match (both keyed by namespace), see docs/events.md"
-        )
-
-
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: metrics on `settings.metrics_port`, Faust worker in front."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # canarywatch's own topics; Faust declares its changelog topics itself.
-    partitions = asyncio.run(
+    asyncio.run(
         ensure_topics(
             settings.bootstrap,
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
         )
     )
-    check_copartitioned(settings.topics, partitions)
     registry = CollectorRegistry()
     start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
     worker = build_worker(settings, registry)

@@ -233,7 +233,8 @@ def test_exporter_event_fields_are_typed(involved: dict[str, object], reason: st
 
 
 def test_exporter_event_reason_and_metadata_are_typed() -> None:
-    for change in ({"reason": 3}, {"metadata": "shop"}, {"involvedObject": []}):
+    changes: list[dict[str, object]] = [{"reason": 3}, {"metadata": "shop"}, {"involvedObject": []}]
+    for change in changes:
         with pytest.raises(DecodeError) as exc:
             decode_exporter_event(orjson.dumps({**EXPORTED, **change}))
         assert exc.value.reason == "wrong_type"

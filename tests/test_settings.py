@@ -1,13 +1,11 @@
-"""Settings round-trip to a child process's environment; topic layout is checked at start."""
+"""Settings round-trip to a child process's environment."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from agents.settings import Settings, Topics, settings_from_env, settings_to_env
-from agents.worker import check_copartitioned
+from streams.fleet import FleetLimits
 
 
 def test_settings_survive_the_trip_through_the_environment() -> None:
@@ -21,13 +19,9 @@ def test_settings_survive_the_trip_through_the_environment() -> None:
         max_message_bytes=1000,
         data_dir=Path("/tmp/x"),
         ingest_start_file=Path("/tmp/go"),
+        limits=FleetLimits(max_canaries=7, hold_s=1.5, hold_lines=9),
+        max_env_series=11,
+        view_batch=13,
     )
     back = settings_from_env(settings_to_env(settings))
     assert back == settings
-
-
-def test_request_log_and_rollout_topics_must_be_copartitioned() -> None:
-    topics = Topics("cw")
-    check_copartitioned(topics, {topics.requests: 4, topics.rollouts: 4})
-    with pytest.raises(SystemExit, match="must match"):
-        check_copartitioned(topics, {topics.requests: 8, topics.rollouts: 4})
