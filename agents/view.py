@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from mode import Service
 
+from agents.kafka_admin import ensure_topics
 from agents.metrics import WorkerMetrics
 from agents.settings import Settings
 from streams.events import DecodeError, decode_rollout_state
@@ -108,23 +109,21 @@ class RolloutView(Service):
         if self._consumer is not None:
             await self._consumer.stop()
 
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        """The changelog's partitions, once Faust has created the topic."""
-        while not self.should_stop:
-            if self.topic in await consumer.topics():  # refreshes the metadata
-                partitions = consumer.partitions_for_topic(self.topic) or set()
-                if partitions:
-                    return [TopicPartition(self.topic, p) for p in sorted(partitions)]
-            await asyncio.sleep(0.2)  # a topic's creation has no event to wait on
-        return []
+    async def _partitions(self) -> list[TopicPartition]:
+        """The changelog's partitions; the topic is created (compacted, as Faust would create
+        it) if Faust has not yet."""
+        counts = await ensure_topics(
+            self.settings.bootstrap,
+            {self.topic: self.settings.partitions},
+            {"cleanup.policy": "compact"},
+        )
+        return [TopicPartition(self.topic, p) for p in range(counts[self.topic])]
 
     @Service.task
     async def _follow(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        tps = await self._partitions(consumer)
-        if not tps:
-            return
+        tps = await self._partitions()
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
