@@ -150,7 +150,10 @@ def build_worker(
 
     async def evaluate() -> None:
         started = time.perf_counter()
-        _, commands = fleet.evaluate(clock())
+        now = clock()
+        released = fleet.release_held(now)  # lines whose hold ran out are counted unattributed
+        metrics.count_lines(released.counted, released.unattributed, 0)
+        _, commands = fleet.evaluate(now)
         metrics.evaluation.observe(time.perf_counter() - started)
         for command in commands:
             delivery = await commands_topic.send(
