@@ -20,7 +20,7 @@ pytestmark = pytest.mark.kafka
 
 GOOD = RolloutState("shop", "web", "canary1", "stable1", canary_weight=20)
 # Each of these crashed the worker (or left it not ready after a restart) before validation.
-BAD_SNAPSHOTS = [
+BAD_SNAPSHOTS: list[dict[str, object]] = [
     {"stable_hash": 5},
     {"current_pod_hash": ["s"]},
     {"observed_at": "yesterday"},
