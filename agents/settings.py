@@ -63,7 +63,7 @@ class Settings:
     # snapshot, per-environment metric series exported (top by urgency; aggregates stay exact).
     limits: FleetLimits = field(default_factory=FleetLimits)
     max_env_series: int = 1000
-    view_batch: int = 2000  # rollout-view records applied between two yields to the event loop
+    view_batch: int = 500  # rollout-view records applied between two yields to the event loop
 
     def topic_partitions(self) -> dict[str, int]:
         t = self.topics
