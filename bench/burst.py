@@ -106,7 +106,9 @@ async def on_broker(bootstrap: str, n: int, work: Path) -> None:
         stack.push_async_callback(producer.stop)
         topics = settings.topics
         steady = RolloutState("steady", "web", "canary1", "stable1", canary_weight=20)
-        await producer.send_and_wait(topics.rollouts, b"steady", encode_rollout_state(steady))
+        await producer.send_and_wait(
+            topics.rollouts, key=b"steady", value=encode_rollout_state(steady)
+        )
 
         async def lines() -> None:  # ~1,000 lines a second for the steady canary
             while True:
@@ -144,7 +146,9 @@ async def on_broker(bootstrap: str, n: int, work: Path) -> None:
         burst_start = time.monotonic()
         for i in range(n):
             s = state(i)
-            await producer.send(topics.rollouts, s.namespace.encode(), encode_rollout_state(s))
+            await producer.send(
+                topics.rollouts, key=s.namespace.encode(), value=encode_rollout_state(s)
+            )
         await producer.flush()
         produced = time.monotonic() - burst_start
         deadline = time.monotonic() + 600
