@@ -73,9 +73,10 @@ def in_process(n: int, batch: int) -> None:
 
 def sample(port: int) -> dict[str, float]:
     names = (
-        "canarywatch_evaluation_seconds",
-        "canarywatch_request_lines",
-        "canarywatch_rollout_states",
+        "canarywatch_evaluation_seconds_count",
+        "canarywatch_evaluation_seconds_sum",
+        "canarywatch_request_lines_total",
+        "canarywatch_rollout_states_total",
         "canarywatch_canaries_in_progress",
     )
     out: dict[str, float] = {}
