@@ -59,10 +59,11 @@ class WorkerMetrics:
             "Request-log partitions this worker reads (those of its rollout-state partitions).",
             registry=registry,
         )
-        self.view_refused = Counter(
-            "canarywatch_view_refused",
-            "Rollout-view records skipped because validation refused them, by reason.",
-            ["reason"],
+        self.restore_refused = Counter(
+            "canarywatch_restore_refused",
+            "Table records skipped on restore (or in the rollout view) because validation "
+            "refused them, by table and reason.",
+            ["table", "reason"],
             registry=registry,
         )
         self.canaries_refused = Counter(

@@ -24,8 +24,8 @@ timer.
 
 Every record is validated as on the wire (`decode_rollout_state`, and its key must be its
 `namespace/name`): a record validation refuses (written by an older version, or by anything
-else) is skipped and counted (`canarywatch_view_refused_total{reason}`), and the environment is
-forgotten: restoring never restores what validation would refuse.
+else) is skipped and counted (`canarywatch_restore_refused_total{table="rollout-state"}`), and
+the environment is forgotten: restoring never restores what validation would refuse.
 
 The view is restored once the reader reached, on every partition, the end offset it saw at
 start; `on_restored` runs then (the worker starts request-log ingestion and reports ready).
@@ -162,7 +162,7 @@ class RolloutView(Service):
                 if key != state.env.encode():
                     raise DecodeError("bad_key", f"key {key[:300]!r} is not {state.env}")
             except DecodeError as error:
-                self.metrics.view_refused.labels(error.reason).inc()
+                self.metrics.restore_refused.labels("rollout-state", error.reason).inc()
                 self._refused_log.warning(
                     "rollout view: skipped %s/%d@%d: %s",
                     record.topic,

@@ -32,6 +32,7 @@ from agents.settings import Settings
 from agents.view import RolloutView
 from streams.events import (
     DecodeError,
+    check_decision_id,
     decode_abort_command,
     decode_rollout_state,
     encode_abort_command,
@@ -144,9 +145,9 @@ def build_worker(
     async def restore_decisions() -> None:
         for key in decision_table:
             try:
-                fleet.decided.add(key.decode())
-            except UnicodeDecodeError:
-                continue  # not a decision id this worker wrote
+                fleet.decided.add(check_decision_id(key))
+            except DecodeError as error:  # not a decision id a worker wrote: skip and count
+                metrics.restore_refused.labels("abort-decisions", error.reason).inc()
 
     async def evaluate() -> None:
         started = time.perf_counter()

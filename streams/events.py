@@ -124,6 +124,22 @@ def decision_id_for(namespace: str, rollout: str, pod_hash: str) -> str:
     return f"{namespace}/{rollout}@{pod_hash}"
 
 
+def check_decision_id(raw: bytes) -> str:
+    """A decision id read back (a table key), or DecodeError unless it is `ns/rollout@hash`."""
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise DecodeError("bad_format", "decision id is not UTF-8") from None
+    env, at, pod = text.rpartition("@")
+    namespace, slash, rollout = env.partition("/")
+    if not (at and slash):
+        raise DecodeError("bad_format", f"decision id {text[:80]!r} is not ns/rollout@hash")
+    namespace_name("namespace", namespace)
+    rollout_name("rollout", rollout)
+    pod_hash("pod_hash", pod)
+    return text
+
+
 # --- codecs -----------------------------------------------------------------------------------
 
 

@@ -367,3 +367,13 @@ def test_valid_abort_command_round_trips(
         "a/b@c", "a", "b", "c", 1.0, evidence, "r", "CanaryErrorsRegression", extra
     )
     assert decode_abort_command(encode_abort_command(command)) == command
+
+
+def test_decision_ids_read_back_are_checked() -> None:
+    from streams.events import check_decision_id
+
+    assert check_decision_id(b"shop/web@c4n4ry") == "shop/web@c4n4ry"
+    for raw in (b"shop/web", b"shop@c1", b"Shop/web@c1", b"shop/web@", b"\xff/web@c1"):
+        with pytest.raises(DecodeError) as info:
+            check_decision_id(raw)
+        assert info.value.reason == "bad_format"

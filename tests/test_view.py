@@ -47,7 +47,8 @@ async def test_records_are_validated_and_tombstones_forget() -> None:
     )
     assert set(fleet.attribution.row_of_env) == {"shop/web"}
     for reason, n in (("wrong_type", 1.0), ("not_object", 1.0), ("bad_key", 1.0)):
-        assert registry.get_sample_value("canarywatch_view_refused_total", {"reason": reason}) == n
+        labels = {"table": "rollout-state", "reason": reason}
+        assert registry.get_sample_value("canarywatch_restore_refused_total", labels) == n
     # A refused record replaces what was there: the environment is forgotten, not kept stale.
     view.apply([record(4, b"shop/web", b"{not json")], 2.0)
     assert fleet.attribution.row_of_env == {}

@@ -127,7 +127,15 @@ async def test_bad_snapshots_are_dead_lettered_and_a_restart_is_not_stuck(
         try:
             await restarted.wait_ready()
             assert read_metric(port, "canarywatch_canaries_in_progress") == 2.0
-            assert read_metric(port, "canarywatch_view_refused_total", reason="wrong_type") == 1.0
+            assert (
+                read_metric(
+                    port,
+                    "canarywatch_restore_refused_total",
+                    table="rollout-state",
+                    reason="wrong_type",
+                )
+                == 1.0
+            )
             for namespace, pod_hash in [
                 ("shop", "canary1"),
                 ("shop", "stable1"),
