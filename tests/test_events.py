@@ -377,3 +377,40 @@ def test_decision_ids_read_back_are_checked() -> None:
         with pytest.raises(DecodeError) as info:
             check_decision_id(raw)
         assert info.value.reason == "bad_format"
+
+
+EXPORTED_EVENT = {
+    "metadata": {"name": "web.17a", "namespace": "shop"},
+    "reason": "RolloutUpdated",
+    "involvedObject": {
+        "kind": "Rollout",
+        "namespace": "shop",
+        "name": "web",
+        "apiVersion": "argoproj.io/v1alpha1",
+    },
+}
+exporter_mutants = st.builds(
+    lambda top, involved: {
+        **EXPORTED_EVENT,
+        **top,
+        "involvedObject": {**EXPORTED_EVENT["involvedObject"], **involved},  # type: ignore[dict-item]
+    },
+    st.dictionaries(
+        st.sampled_from(["metadata", "reason", "clusterName"]), json_values, max_size=2
+    ),
+    st.dictionaries(
+        st.sampled_from(["kind", "namespace", "name", "apiVersion"]), json_values, max_size=2
+    ),
+)
+
+
+@given(st.one_of(json_values, exporter_mutants))
+def test_exporter_event_decoder_never_raises_anything_else(value: object) -> None:
+    from streams.rollouts import RolloutRef, decode_exporter_event
+
+    _value_or_decode_error(decode_exporter_event, json.dumps(value).encode())
+    try:
+        ref = decode_exporter_event(json.dumps(value).encode())
+    except DecodeError:
+        return
+    assert ref is None or isinstance(ref, RolloutRef)
