@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import urllib3
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from agents.actuator import kube_api_client
+from agents.deadletter import DeadLetters, Headers, deadletter_counter
 from agents.kafka_admin import ensure_topics
 from agents.settings import Settings
 from agents.unreadable import counting, getmany_skipping, skipped_counter
@@ -94,6 +95,7 @@ class BridgeMetrics:
         )
         for reason in ("closed", "expired", "error"):  # at 0, for increase() in alerts
             self.watch_restarts.labels(reason)
+        self.deadletters = deadletter_counter(registry)
 
 
 class RolloutReader:
@@ -235,6 +237,16 @@ class Bridge:
     @property
     def group_id(self) -> str:
         return f"{self.settings.app_id}-bridge"
+
+    def _deadletters(self) -> DeadLetters:
+        producer = self._producer
+        assert producer is not None
+        topic = self.settings.topics.deadletter
+
+        async def send(key: bytes, value: bytes, headers: Headers) -> object:
+            return await producer.send_and_wait(topic, key=key, value=value, headers=headers)
+
+        return DeadLetters(send, self.metrics.deadletters, sizes=self.settings.sizes)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Publish until `stop` is set or the task is cancelled."""
@@ -444,7 +456,7 @@ class Bridge:
                 )
                 for tp, records in batch.items():
                     for record in records:
-                        await self._on_exporter_event(record.value or b"")
+                        await self._on_exporter_event(record.value or b"", record.offset, tp)
                     await consumer.commit({tp: records[-1].offset + 1})
                 if not self._exporter_ready and consumer.assignment():
                     for tp in consumer.assignment():
@@ -454,12 +466,17 @@ class Bridge:
         finally:
             await consumer.stop()
 
-    async def _on_exporter_event(self, raw: bytes) -> None:
+    async def _on_exporter_event(
+        self, raw: bytes, offset: int = -1, source: TopicPartition | None = None
+    ) -> None:
         try:
             ref = decode_exporter_event(raw)
         except DecodeError as exc:
             self.metrics.exporter_events.labels("invalid").inc()
-            log.debug("exporter event refused: %s", exc)
+            if source is not None:
+                await self._deadletters().publish(
+                    source.topic, source.partition, [(offset, raw, exc)]
+                )
             return
         if ref is None:
             self.metrics.exporter_events.labels("ignored").inc()
@@ -510,7 +527,10 @@ def run_bridge(settings: Settings, options: BridgeOptions, *, kubeconfig: str | 
     )
 
     async def main() -> None:
-        await ensure_topics(settings.bootstrap, {settings.topics.rollouts: settings.partitions})
+        await ensure_topics(
+            settings.bootstrap,
+            {settings.topics.rollouts: settings.partitions, settings.topics.deadletter: 1},
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

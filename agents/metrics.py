@@ -1,8 +1,10 @@
 """Prometheus metrics of the worker; the registry is passed in, never the global one.
 
 Per-environment ratios are computed at scrape time from the fleet's arrays (a custom collector),
-for environments with a canary in progress only, so label cardinality follows the number of
-canaries, not the size of the fleet, and nothing is paid on the hot path.
+for environments with a canary in progress whose lines this worker counted (every worker knows
+every canary, agents/view.py; only the one reading an environment's lines judges it), at most
+`max_series` of them, the most urgent first (highest statistic): label cardinality is bounded,
+and nothing is paid on the hot path. The aggregate gauges cover every such environment.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import numpy as np
+from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -65,6 +68,18 @@ class WorkerMetrics:
             "Request-log partitions assigned to this worker in the group <app_id>-requests.",
             registry=registry,
         )
+        self.restore_refused = Counter(
+            "canarywatch_restore_refused",
+            "Table records skipped on restore (or in the rollout view) because validation "
+            "refused them, by table and reason.",
+            ["table", "reason"],
+            registry=registry,
+        )
+        self.canaries_refused = Counter(
+            "canarywatch_canaries_refused",
+            "New canaries not tracked because max_canaries was reached.",
+            registry=registry,
+        )
         self.ready = Gauge(
             "canarywatch_ready", "1 once the worker consumes and evaluates.", registry=registry
         )
@@ -88,8 +103,9 @@ class WorkerMetrics:
 class FleetCollector(Collector):
     """Window ratios and verdicts of the environments in canary, read at scrape time."""
 
-    def __init__(self, fleet_source: Callable[[], Fleet | None]) -> None:
+    def __init__(self, fleet_source: Callable[[], Fleet | None], max_series: int = 1000) -> None:
         self._fleet_source = fleet_source
+        self.max_series = max_series
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         # Named up front, so a scrape restricted with `?name[]=...` skips this collector.
@@ -112,7 +128,16 @@ class FleetCollector(Collector):
             labels=["verdict", "signal"],
         )
         canaries = GaugeMetricFamily(
-            "canarywatch_canaries_in_progress", "Environments with a canary in progress."
+            "canarywatch_canaries_in_progress",
+            "Environments with a canary in progress this worker tracks (every worker: all).",
+        )
+        counted = GaugeMetricFamily(
+            "canarywatch_canaries_counted",
+            "Canaries in progress this worker counted request lines for (those it judges).",
+        )
+        unexported = GaugeMetricFamily(
+            "canarywatch_env_series_unexported",
+            "Counted canaries whose per-environment series are not exported (max_env_series).",
         )
         env_verdict = GaugeMetricFamily(
             "canarywatch_env_verdict",
@@ -128,19 +153,46 @@ class FleetCollector(Collector):
         threshold = GaugeMetricFamily(
             "canarywatch_abort_threshold", "The statistic at which a canary is aborted."
         )
-        return canaries, ratio, requests, verdicts, env_verdict, env_statistic, threshold
+        return (
+            canaries,
+            counted,
+            unexported,
+            ratio,
+            requests,
+            verdicts,
+            env_verdict,
+            env_statistic,
+            threshold,
+        )
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         fleet = self._fleet_source()
         families = self._families()
-        canaries, ratio, requests, verdicts, env_verdict, env_statistic, threshold = families
+        (
+            canaries,
+            counted,
+            unexported,
+            ratio,
+            requests,
+            verdicts,
+            env_verdict,
+            env_statistic,
+            threshold,
+        ) = families
         if fleet is None:
             yield canaries
             return
-        rows = fleet.attribution.active_rows()
-        canaries.add_metric([], float(rows.size))
+        canaries.add_metric([], float(fleet.attribution.active_rows().size))
+        judged = np.flatnonzero(fleet.attribution.active & fleet.counted_rows)
+        counted.add_metric([], float(judged.size))
+        last = fleet.last_pass
+        if last is not None:
+            # Rows added since the last pass have no verdict yet.
+            judged = judged[judged < last.verdicts.shape[1]]
+        exported = self._most_urgent(judged, fleet)
+        unexported.add_metric([], float(judged.size - exported.size))
         window = fleet.windows.window_sum
-        for row in rows.tolist():
+        for row in exported.tolist():
             state = fleet.attribution.states[row]
             if state is None:
                 continue
@@ -155,19 +207,15 @@ class FleetCollector(Collector):
                     ratio.add_metric(
                         [state.env, arm_name, signal_name], bad / total if total else 0.0
                     )
-        last = fleet.last_pass
-        if last is not None:
-            # Rows added since the last pass have no verdict yet.
-            rows = rows[rows < last.verdicts.shape[1]]
-        if last is not None and rows.size:
+        if last is not None and judged.size:
             for signal, signal_name in enumerate(SIGNALS):
-                counts = np.bincount(last.verdicts[signal, rows], minlength=len(Verdict))
+                counts = np.bincount(last.verdicts[signal, judged], minlength=len(Verdict))
                 for verdict in Verdict:
                     verdicts.add_metric(
                         [verdict.name.lower(), signal_name], float(counts[verdict.value])
                     )
             threshold.add_metric([], last.threshold)
-            for row in rows.tolist():
+            for row in exported.tolist():
                 state = fleet.attribution.states[row]
                 if state is None:
                     continue
@@ -178,3 +226,14 @@ class FleetCollector(Collector):
                         [state.env, signal_name], float(last.statistic[signal, row])
                     )
         yield from families
+
+    def _most_urgent(self, rows: NDArray[np.intp], fleet: Fleet) -> NDArray[np.intp]:
+        """At most `max_series` rows, highest statistic (over signals) first; ties by row."""
+        if rows.size <= self.max_series:
+            return rows
+        last = fleet.last_pass
+        if last is None:
+            return rows[: self.max_series]
+        urgency = last.statistic[:, rows].max(axis=0)
+        order = np.lexsort((rows, -urgency))
+        return np.sort(rows[order[: self.max_series]])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from streams.decisions import DecisionSettings
 from streams.events import MAX_MESSAGE_BYTES
-from streams.fleet import WindowSettings
+from streams.fleet import FleetLimits, WindowSettings
 from streams.sizes import SizePolicy
 
 
@@ -54,6 +54,11 @@ class Settings:
     ingest_start_file: Path | None = None
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     window: WindowSettings = field(default_factory=WindowSettings)
+    # Floods: canaries tracked per worker, the hold of lines that arrive before their canary's
+    # snapshot, per-environment metric series exported (top by urgency; aggregates stay exact).
+    limits: FleetLimits = field(default_factory=FleetLimits)
+    max_env_series: int = 1000
+    view_batch: int = 500  # rollout-view records applied between two yields to the event loop
 
     # The request-log consumer group `<app_id>-requests`: a worker killed with -9 is noticed
     # after the session timeout, then its partitions go to the others (docs/operating.md).
@@ -151,6 +156,13 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             get("DEADLETTER_LINES_PER_MESSAGE") or base.deadletter_lines_per_message
         ),
         disabled_codecs=tuple(c for c in (get("DISABLED_CODECS") or "").split(",") if c),
+        limits=FleetLimits(
+            max_canaries=int(get("MAX_CANARIES") or base.limits.max_canaries),
+            hold_s=float(get("HOLD_S") or base.limits.hold_s),
+            hold_lines=int(get("HOLD_LINES") or base.limits.hold_lines),
+        ),
+        max_env_series=int(get("MAX_ENV_SERIES") or base.max_env_series),
+        view_batch=int(get("VIEW_BATCH") or base.view_batch),
     )
 
 
@@ -175,6 +187,11 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "DEADLETTER_SUMMARY_EVERY_S": str(settings.deadletter_summary_every_s),
         ENV_PREFIX + "DEADLETTER_LINES_PER_MESSAGE": str(settings.deadletter_lines_per_message),
         ENV_PREFIX + "DISABLED_CODECS": ",".join(settings.disabled_codecs),
+        ENV_PREFIX + "MAX_CANARIES": str(settings.limits.max_canaries),
+        ENV_PREFIX + "HOLD_S": str(settings.limits.hold_s),
+        ENV_PREFIX + "HOLD_LINES": str(settings.limits.hold_lines),
+        ENV_PREFIX + "MAX_ENV_SERIES": str(settings.max_env_series),
+        ENV_PREFIX + "VIEW_BATCH": str(settings.view_batch),
     }
     if settings.ingest_start_file is not None:
         env[ENV_PREFIX + "INGEST_START_FILE"] = str(settings.ingest_start_file)

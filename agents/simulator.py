@@ -44,8 +44,12 @@ class SimulationRun:
         until: float,
         clock: Callable[[], float] = time.time,
         stop: asyncio.Event | None = None,
+        request_partition: Callable[[bytes], int] | None = None,
     ) -> None:
-        """Publish states and request lines tick by tick until `until` (epoch seconds) or `stop`."""
+        """Publish states and request lines tick by tick until `until` (epoch seconds) or `stop`.
+
+        `request_partition` picks each request-log message's partition from its key, as a log
+        shipper's partitioner would (default: the producer's, murmur2 like the bridge's)."""
         previous = clock()
         while True:
             now = clock()
@@ -57,7 +61,12 @@ class SimulationRun:
                 )
             lines = self.simulator.requests(previous, now)
             deliveries = [
-                await producer.send(topics.requests, key=key, value=value)
+                await producer.send(
+                    topics.requests,
+                    key=key,
+                    value=value,
+                    partition=None if request_partition is None else request_partition(key),
+                )
                 for key, value in to_messages(lines, self.lines_per_message)
             ]
             if deliveries:

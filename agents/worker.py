@@ -1,7 +1,11 @@
 """The Faust worker: rollout states into a table, request logs into counters, verdicts out.
 
-- agent `track_rollouts`: rollout-state topic -> table `rollout-state` and the fleet's attribution;
-- service `RequestLogIngest`: request-log topic -> the fleet's numpy counters (agents/ingest.py);
+- agent `track_rollouts`: rollout-state topic -> validated -> table `rollout-state` (only
+  canaries in progress; bad snapshots are dead-lettered, never stored);
+- service `RolloutView`: the table's changelog, every partition -> the fleet's attribution, so
+  every worker knows every canary in progress (agents/view.py); ready once it is restored;
+- service `RequestLogIngest`: request-log topic (its own consumer group, any partitioner) ->
+  the fleet's numpy counters (agents/ingest.py), started once the view is restored;
 - timer `evaluate`: every `evaluate_every_s`, one vectorised pass; abort commands go out;
 - agent `remember_decisions`: commands topic -> table `abort-decisions`, so that a restarted
   worker does not abort the same rollout revision twice.
@@ -22,16 +26,19 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from agents.deadletter import DeadLetterLimits, DeadLetters, Headers
 from agents.ingest import RequestLogIngest
-from agents.kafka_admin import ensure_topics, partition_for_key
+from agents.kafka_admin import ensure_topics
 from agents.logfilter import quiet_kafka_clients
 from agents.metrics import FleetCollector, WorkerMetrics
 from agents.settings import Settings
 from agents.unreadable import counting, guard_faust_fetches
+from agents.view import RolloutView
 from streams.events import (
     DecodeError,
+    check_decision_id,
     decode_abort_command,
     decode_rollout_state,
     encode_abort_command,
+    encode_rollout_state,
 )
 from streams.fleet import Fleet
 
@@ -76,9 +83,10 @@ def build_worker(
         s.window,
         max_message_bytes=s.max_message_bytes,
         max_bad_lines=s.deadletter_lines_per_message,
+        limits=s.limits,
     )
     metrics = WorkerMetrics(registry)
-    registry.register(FleetCollector(lambda: fleet))
+    registry.register(FleetCollector(lambda: fleet, s.max_env_series))
     # A record Faust's consumer cannot read is skipped, not the end of its Fetcher.
     guard_faust_fetches(counting(metrics.skipped_records))
 
@@ -120,42 +128,34 @@ def build_worker(
             try:
                 state = decode_rollout_state(event.value or b"")
             except DecodeError as error:
-                await refuse(event, error)
+                await refuse(event, error)  # never stored: the view never sees it
                 continue
-            # The table keeps only canaries in progress: all that attribution needs after a
-            # restart or rebalance, so memory follows the canaries, not the fleet.
+            # The table keeps only canaries in progress, re-encoded from the validated state:
+            # its compacted changelog is the view every worker reads (agents/view.py).
+            key = state.env.encode()
             if state.canary_in_progress:
-                rollout_table[state.env.encode()] = event.value
+                rollout_table[key] = encode_rollout_state(state)
             else:
-                rollout_table.pop(state.env.encode(), None)
-            fleet.apply_rollout(state, clock())
-            metrics.rollout_states.inc()
+                rollout_table.pop(key, None)  # a tombstone on the changelog
 
-    ingest_started = asyncio.Event()
-
-    @rollout_table.on_recover
-    async def follow_assignment() -> None:
-        # After each rebalance: keep the environments of our rollout-state partitions (the
-        # table may still hold keys written before a revocation), drop the others.
-        now = clock()
-        partitions = {
-            tp.partition for tp in app.consumer.assignment() if tp.topic == s.topics.rollouts
-        }
-        count = app.consumer.topic_partitions(s.topics.rollouts) or s.partitions
-        states = [
-            state
-            for state in map(decode_rollout_state, rollout_table.values())
-            if partition_for_key(state.namespace.encode(), count) in partitions
-        ]
-        fleet.retain({state.env for state in states})
-        for state in states:
-            fleet.apply_rollout(state, now)
-        if not ingest_started.is_set():
-            # The request-log consumer has its own group (`<app_id>-requests`, agents/ingest.py);
-            # it starts once the rollout states are known, and stops with the app.
-            await app.add_runtime_dependency(ingest)
-            ingest_started.set()
+    async def view_restored() -> None:
+        await app.add_runtime_dependency(ingest)  # stops with the app
         metrics.ready.set(1)
+
+    view = RolloutView(
+        s,
+        fleet,
+        metrics,
+        rollout_table.changelog_topic.get_topic_name(),
+        on_restored=view_restored,
+        clock=clock,
+        loop=app.loop,
+    )
+
+    async def start_view() -> None:
+        await app.add_runtime_dependency(view)
+
+    app.task(start_view)
 
     @app.agent(commands_topic)
     async def remember_decisions(stream: StreamT[bytes]) -> None:
@@ -170,11 +170,18 @@ def build_worker(
 
     @decision_table.on_recover
     async def restore_decisions() -> None:
-        fleet.decided.update(key.decode() for key in decision_table)
+        for key in decision_table:
+            try:
+                fleet.decided.add(check_decision_id(key))
+            except DecodeError as error:  # not a decision id a worker wrote: skip and count
+                metrics.restore_refused.labels("abort-decisions", error.reason).inc()
 
     async def evaluate() -> None:
         started = time.perf_counter()
-        _, commands = fleet.evaluate(clock())
+        now = clock()
+        released = fleet.release_held(now)  # lines whose hold ran out are counted unattributed
+        metrics.count_lines(released.counted, released.unattributed, 0)
+        _, commands = fleet.evaluate(now)
         metrics.evaluation.observe(time.perf_counter() - started)
         for command in commands:
             delivery = await commands_topic.send(

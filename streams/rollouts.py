@@ -14,7 +14,19 @@ from typing import Any, TypedDict
 
 import orjson
 
-from streams.events import MAX_MESSAGE_BYTES, DecodeError, RolloutState, env_key
+from streams.events import (
+    MAX_MESSAGE_BYTES,
+    MAX_TEXT,
+    DecodeError,
+    FieldRule,
+    RolloutState,
+    env_key,
+    json_object,
+    namespace_name,
+    rollout_name,
+    text,
+    validate_fields,
+)
 
 GROUP = "argoproj.io"
 VERSION = "v1alpha1"
@@ -295,34 +307,54 @@ def rollout_ref_from_event(event: object) -> RolloutRef | None:
 
     kubernetes-event-exporter's Kafka sink (no `layout`) publishes the Event's JSON with
     `involvedObject` (plus labels/annotations and `clusterName`). None for Events about other
-    kinds, or with a reason in `IGNORED_EVENT_REASONS`.
+    kinds, or with a reason in `IGNORED_EVENT_REASONS`. Fields are typed as for rollout states
+    (`EXPORTER_EVENT_FIELDS`, `INVOLVED_OBJECT_FIELDS`): a wrong type, or a Rollout's namespace
+    or name that is not a Kubernetes name, is a DecodeError, not a guess.
     """
-    obj = _obj(event)
-    involved = _obj(obj.get("involvedObject"))
-    if _text(involved.get("kind")) != KIND:
+    if not isinstance(event, dict):
+        raise DecodeError("not_object", f"expected a JSON object, got {type(event).__name__}")
+    obj = validate_fields(event, EXPORTER_EVENT_FIELDS)
+    involved = validate_fields(
+        obj.get("involvedObject", {}), INVOLVED_OBJECT_FIELDS, prefix="involvedObject."
+    )
+    if involved.get("kind", "") != KIND:
         return None
-    api_version = _text(involved.get("apiVersion"))
+    api_version = involved.get("apiVersion", "")
     if api_version and not api_version.startswith(f"{GROUP}/"):
         return None
-    if _text(obj.get("reason")) in IGNORED_EVENT_REASONS:
+    if obj.get("reason", "") in IGNORED_EVENT_REASONS:
         return None
-    namespace = _text(involved.get("namespace")) or _text(
-        _obj(obj.get("metadata")).get("namespace")
-    )
-    name = _text(involved.get("name"))
+    meta = validate_fields(obj.get("metadata", {}), EVENT_METADATA_FIELDS, prefix="metadata.")
+    namespace = involved.get("namespace", "") or meta.get("namespace", "")
+    name = involved.get("name", "")
     if not (namespace and name):
-        return None
-    return RolloutRef(namespace, name)
+        raise DecodeError("missing_field", "need involvedObject.name and a namespace")
+    return RolloutRef(
+        namespace_name("involvedObject.namespace", namespace),
+        rollout_name("involvedObject.name", name),
+    )
+
+
+EXPORTER_EVENT_FIELDS: tuple[FieldRule, ...] = (
+    FieldRule("involvedObject", json_object),
+    FieldRule("reason", text(MAX_TEXT)),
+    FieldRule("metadata", json_object),
+)
+INVOLVED_OBJECT_FIELDS: tuple[FieldRule, ...] = (
+    FieldRule("kind", text(MAX_TEXT)),
+    FieldRule("apiVersion", text(MAX_TEXT)),
+    FieldRule("namespace", text(MAX_TEXT)),  # checked as a Kubernetes name for Rollouts
+    FieldRule("name", text(MAX_TEXT)),
+)
+EVENT_METADATA_FIELDS: tuple[FieldRule, ...] = (FieldRule("namespace", text(MAX_TEXT)),)
 
 
 def decode_exporter_event(raw: bytes) -> RolloutRef | None:
-    """`rollout_ref_from_event` of one Kafka message; DecodeError when it is not a JSON object."""
+    """`rollout_ref_from_event` of one Kafka message; DecodeError when it cannot be used."""
     if len(raw) > MAX_MESSAGE_BYTES:
         raise DecodeError("oversized", f"{len(raw)} bytes > limit {MAX_MESSAGE_BYTES}")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise DecodeError("not_json", str(exc)) from None
-    if not isinstance(obj, dict):
-        raise DecodeError("not_object", f"expected a JSON object, got {type(obj).__name__}")
     return rollout_ref_from_event(obj)

@@ -208,8 +208,36 @@ def test_exporter_events_that_cannot_change_a_rollout_are_ignored() -> None:
         **EXPORTED,
         "involvedObject": {**EXPORTED["involvedObject"], "apiVersion": "example.com/v1"},
     }
-    for event in (pod, scaling, other_group, {}, {"involvedObject": {"kind": "Rollout"}}):
+    for event in (pod, scaling, other_group, {}):
         assert rollout_ref_from_event(event) is None
+
+
+@pytest.mark.parametrize(
+    ("involved", "reason"),
+    [
+        ({"kind": "Rollout"}, "missing_field"),
+        ({"name": 5}, "wrong_type"),
+        ({"namespace": ["shop"]}, "wrong_type"),
+        ({"name": "Web_1"}, "bad_format"),
+        ({"namespace": "x" * 64}, "bad_format"),
+        ({"kind": True}, "wrong_type"),
+    ],
+)
+def test_exporter_event_fields_are_typed(involved: dict[str, object], reason: str) -> None:
+    event = {**EXPORTED, "involvedObject": {**EXPORTED["involvedObject"], **involved}}
+    if involved == {"kind": "Rollout"}:
+        event = {"involvedObject": involved}
+    with pytest.raises(DecodeError) as exc:
+        decode_exporter_event(orjson.dumps(event))
+    assert exc.value.reason == reason
+
+
+def test_exporter_event_reason_and_metadata_are_typed() -> None:
+    changes: list[dict[str, object]] = [{"reason": 3}, {"metadata": "shop"}, {"involvedObject": []}]
+    for change in changes:
+        with pytest.raises(DecodeError) as exc:
+            decode_exporter_event(orjson.dumps({**EXPORTED, **change}))
+        assert exc.value.reason == "wrong_type"
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.settings import Settings, Topics, settings_from_env, settings_to_env
+from streams.fleet import FleetLimits
 
 
 def test_settings_survive_the_trip_through_the_environment() -> None:
@@ -27,6 +28,9 @@ def test_settings_survive_the_trip_through_the_environment() -> None:
         deadletter_summary_every_s=0.5,
         deadletter_lines_per_message=3,
         disabled_codecs=("snappy", "lz4"),
+        limits=FleetLimits(max_canaries=7, hold_s=1.5, hold_lines=9),
+        max_env_series=11,
+        view_batch=13,
     )
     back = settings_from_env(settings_to_env(settings))
     assert back == settings

@@ -282,6 +282,16 @@ async def test_exporter_events_trigger_a_read_of_their_rollout(
     assert meaningful(states) == [expected(name), expected(name, step_index=1, phase="Paused")]
     for outcome, n in (("invalid", 1), ("ignored", 1), ("read", 2)):
         assert count(registry, "canarywatch_bridge_exporter_events_total", outcome=outcome) == n
+    # The refused one is dead-lettered with its reason.
+    assert (
+        count(
+            registry,
+            "canarywatch_deadletter_messages_total",
+            topic=events_topic,
+            reason="not_json",
+        )
+        == 1
+    )
 
 
 class FirstWatchTooOld(RolloutReader):
