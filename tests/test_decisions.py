@@ -40,7 +40,7 @@ def counts(
     return inc
 
 
-def engine(rows: int = 1, **overrides: float) -> DecisionEngine:
+def engine(rows: int = 1, **overrides: float | str) -> DecisionEngine:
     e = DecisionEngine(DecisionSettings(**overrides), rows)  # type: ignore[arg-type]
     e.reset(np.arange(rows), 0.0)
     return e
@@ -113,9 +113,10 @@ def test_no_abort_below_the_floor_of_canary_bad_requests(
 def test_a_failing_stable_gives_platform_not_abort(
     failing: float, share: float, rps: int, signal: int
 ) -> None:
-    """Stable fails (as much as the canary): PLATFORM for that signal, never an abort."""
+    """Stable fails (as much as the canary): PLATFORM for that signal (policy "platform"),
+    never an abort."""
     rng = np.random.default_rng(int(failing * 1e6) + rps)
-    e = engine()
+    e = engine(shared_policy="platform")
     window = np.zeros((N_SERIES, 1), dtype=np.int64)
     ring: list[np.ndarray] = []
     seen_platform = False
@@ -147,7 +148,7 @@ def test_platform_is_not_claimed_when_the_canary_is_far_worse_than_a_failing_sta
 
 
 def test_stable_well_above_its_own_level_is_failing_below_the_absolute_threshold() -> None:
-    e = engine()
+    e = engine(shared_policy="platform")
     # 20 minutes of stable at 0.1 %, then a window at 2 % (< platform_ratio 5 %).
     e.evaluate(counts(1, 6000, 114000, 6, 114), np.zeros((N_SERIES, 1), np.int64), ALL, 1.0)
     window = counts(1, 300, 5700, canary_errors=6, stable_errors=114)
@@ -178,15 +179,15 @@ def test_quiet_environments_are_inconclusive_and_busy_healthy_ones_continue() ->
 def test_inactive_rows_continue_and_reset_starts_from_zero() -> None:
     e = engine(2)
     window = np.zeros((N_SERIES, 2), dtype=np.int64)
-    inc = counts(2, 50, 50, canary_errors=40)
-    for t in range(5):
+    inc = counts(2, 5, 95, canary_errors=4)
+    for t in range(60):  # bad requests every pass: slices close at max_slice_s
         result = e.evaluate(inc, window, np.array([True, False]), float(t))
     assert result.verdicts[0, 0] == Verdict.ABORT
     assert result.verdicts[0, 1] == Verdict.CONTINUE
-    e.reset(np.array([0]), 10.0)
-    result = e.evaluate(counts(2, 0, 0), window, np.array([True, True]), 11.0)
+    e.reset(np.array([0]), 100.0)
+    result = e.evaluate(counts(2, 0, 0), window, np.array([True, True]), 101.0)
     assert result.verdicts[0, 0] != Verdict.ABORT
-    assert result.statistic[0, 0] == 0.0 and result.started_at[0] == 10.0
+    assert result.statistic[0, 0] == 0.0 and result.started_at[0] == 100.0
     assert result.evidence(0, 0).since_canary_start_s == 1.0
     # Row 1 kept accumulating while inactive: once active, its evidence counts.
     assert result.verdicts[0, 1] == Verdict.ABORT

@@ -107,9 +107,9 @@ def test_no_requests_and_no_bad_requests_leave_the_evidence_alone() -> None:
     test = SplitTest(2, [1.25, 1.25], [0.0002, 0.002], block_requests=10)
     feed(test, [(0, 0, 0, 0), (5, 0, 0, 0), (0, 40, 0, 0)])
     assert float(test.log_e_ratio[0, 0]) == 0.0
-    # The open block closed (45 requests >= 10), with no bad request: no likelihood moved.
-    assert np.all(test.loglik == 0.0)
-    assert test.stable_requests[0] == 40.0
+    # The open slice closed (45 requests >= 10), with no bad request: no likelihood moved.
+    assert np.all(np.isneginf(test.log_s_ratio)) and np.all(np.isneginf(test.log_s_diff))
+    assert test.pending_stable[0, 0] == 40.0
 
 
 def test_invalid_settings_are_refused() -> None:
