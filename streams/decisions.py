@@ -90,7 +90,7 @@ class DecisionSettings:
     latency_objective_ms: float = 1000.0
     mixture_ratios: tuple[float, ...] = DEFAULT_RATIOS
     mixture_weights: tuple[float, ...] = DEFAULT_WEIGHTS
-    block_requests: int = 50
+    block_requests: int = 20
     quiet_s: float = 1.0
     max_slice_s: float = 10.0
     max_bet: float = 0.9

@@ -118,19 +118,9 @@ def floor_canary_bad(alpha: float, rho: float) -> int:
     return max(1, math.ceil(math.log(1.0 / alpha) / math.log(1.0 / rho) - 1e-12))
 
 
-def _logsumexp_columns(v: Floats, scratch: NDArray[np.float32]) -> Floats:
-    """ln(sum(exp(v), axis=0)) for v [grid, k]; `scratch` is a float32 [grid, k] buffer.
-
-    The terms v - max(v) <= 0 go through float32 exp/log (several times faster than float64
-    here); their sum lies in [1, grid], so the result is off by ~1e-7 at most.
-    """
-    top = v.max(axis=0)
-    np.subtract(v, top, out=scratch, casting="same_kind")
-    np.exp(scratch, out=scratch)
-    total = scratch.sum(axis=0)
-    np.log(total, out=total)
-    out: Floats = top + total
-    return out
+# S is capped here (and a difference-test step at its log): capping only lowers an e-value.
+_CEILING = 1e250
+_LOG_CEILING = 575.0
 
 
 class SplitTest:
@@ -179,7 +169,7 @@ class SplitTest:
         self._grid_minus_1 = (grid - 1.0)[:, None]
         # Ratio test: only alternatives above its null keep a weight (a component at or below
         # the null would not be an e-value for the composite null).
-        self._log_w_ratio = np.full((n, grid.size, 1), -np.inf)
+        self._w_ratio = np.zeros((n, grid.size))
         self._keep = np.zeros((n, grid.size), dtype=np.bool_)
         for t in range(n):
             keep = grid > self.min_ratio[t]
@@ -187,14 +177,13 @@ class SplitTest:
             if kept <= 0.0:
                 raise ValueError(f"no weighted mixture ratio above min_ratio {self.min_ratio[t]}")
             self._keep[t] = keep
-            with np.errstate(divide="ignore"):
-                self._log_w_ratio[t, keep, 0] = np.log(weights[keep] / kept)
-        with np.errstate(divide="ignore"):
-            self._log_w_diff = np.log(weights)[:, None]
+            self._w_ratio[t, keep] = weights[keep] / kept
+        self._w_diff = weights
         g = grid.size
-        # ln S per test, grid entry and row: the change-point sums of the two tests.
-        self.log_s_ratio: Floats = np.full((n, g, capacity), -np.inf)
-        self.log_s_diff: Floats = np.full((n, g, capacity), -np.inf)
+        # S per test, grid entry and row: the change-point sums of the two tests (linear scale;
+        # capped at _CEILING, which only lowers them).
+        self.s_ratio: Floats = np.zeros((n, g, capacity))
+        self.s_diff: Floats = np.zeros((n, g, capacity))
         self.log_e_ratio: Floats = np.zeros((n, capacity))
         self.mass: Floats = np.zeros((n, capacity))  # change-point prior mass started so far
         self.started: Floats = np.zeros(capacity)
@@ -209,7 +198,7 @@ class SplitTest:
 
     @property
     def capacity(self) -> int:
-        return int(self.log_s_ratio.shape[2])
+        return int(self.s_ratio.shape[2])
 
     @property
     def grid_size(self) -> int:
@@ -224,8 +213,8 @@ class SplitTest:
         def pad(a: Floats, shape: tuple[int, ...], fill: float) -> Floats:
             return np.concatenate([a, np.full(shape, fill)], axis=-1)
 
-        self.log_s_ratio = pad(self.log_s_ratio, (n, g, extra), -np.inf)
-        self.log_s_diff = pad(self.log_s_diff, (n, g, extra), -np.inf)
+        self.s_ratio = pad(self.s_ratio, (n, g, extra), 0.0)
+        self.s_diff = pad(self.s_diff, (n, g, extra), 0.0)
         self.log_e_ratio = pad(self.log_e_ratio, (n, extra), 0.0)
         self.mass = pad(self.mass, (n, extra), 0.0)
         self.started = pad(self.started, (extra,), 0.0)
@@ -237,8 +226,8 @@ class SplitTest:
 
     def reset(self, rows: NDArray[np.intp], now: float = 0.0) -> None:
         """Evidence for these rows starts again from nothing (e = 1) at `now`."""
-        self.log_s_ratio[:, :, rows] = -np.inf
-        self.log_s_diff[:, :, rows] = -np.inf
+        self.s_ratio[:, :, rows] = 0.0
+        self.s_diff[:, :, rows] = 0.0
         self.log_e_ratio[:, rows] = 0.0
         self.mass[:, rows] = 0.0
         self.started[rows] = now
@@ -299,13 +288,12 @@ class SplitTest:
                 )
 
     def _new_mass(self, t: int, rows: NDArray[np.intp], now: float) -> Floats:
-        """Prior mass of the onsets since the rows' last slice with bad requests: ln of it."""
+        """Prior mass of the onsets since the rows' last slice with bad requests."""
         total = self.change.cumulative(now - self.started[rows])
-        new = np.maximum(total - self.mass[t, rows], 0.0)
-        self.mass[t, rows] = np.maximum(total, self.mass[t, rows])
-        with np.errstate(divide="ignore"):
-            out: Floats = np.log(new)
-        return out
+        started = self.mass[t, rows]
+        new: Floats = np.maximum(total - started, 0.0)
+        self.mass[t, rows] = started + new
+        return new
 
     def _update_rows(
         self,
@@ -321,30 +309,42 @@ class SplitTest:
         n_c = np.maximum(n_c, x_c)
         denominator = np.maximum(n_s + n_c, bad)
         rho = n_c / denominator
-        log_m = self._new_mass(t, rows, now)
-        # Ratio test: F_g = 1 + lambda_g * (f - theta0), capped bet.
+        m = self._new_mass(t, rows, now)
+        # Ratio test: F_g = 1 + lambda_g * (f - theta0), lambda_g = min(B * l_g, max_bet/theta0).
         r0 = self.min_ratio[t]
-        theta0 = rho * r0 / (rho * r0 + 1.0 - rho)
-        theta0 = np.clip(theta0, 1e-12, 1.0 - 1e-12)
-        theta = self._grid_col * rho / (self._grid_minus_1 * rho + 1.0)
-        per_request = (theta - theta0) / (theta0 * (1.0 - theta0))
-        bet = np.minimum(per_request * bad, self.max_bet / theta0)
+        theta0 = rho * r0 / (rho * (r0 - 1.0) + 1.0)
+        np.clip(theta0, 1e-12, 1.0 - 1e-12, out=theta0)
+        spread = self._grid_minus_1 * rho  # [grid, k]: 1 + rho*(r_g - 1) once 1 is added
+        spread += 1.0
+        bet = np.multiply(self._grid_col, rho)
+        bet /= spread  # theta_g
+        bet -= theta0
+        bet *= bad / (theta0 * (1.0 - theta0))
+        np.minimum(bet, self.max_bet / theta0, out=bet)
         bet *= x_c / bad - theta0
         bet += 1.0
-        np.maximum(bet, 1e-300, out=bet)
-        log_f = np.log(bet, out=bet)
-        s = np.logaddexp(self.log_s_ratio[t][:, rows], log_m)
-        s += log_f
-        self.log_s_ratio[t][:, rows] = s
-        self.log_e_ratio[t, rows] = self._combine(s + self._log_w_ratio[t], self.mass[t, rows])
+        s = self.s_ratio[t][:, rows]
+        s += m
+        s *= bet
+        np.minimum(s, _CEILING, out=s)
+        self.s_ratio[t][:, rows] = s
+        e = self._w_ratio[t] @ s
+        e += 1.0 - self.mass[t, rows]
+        self.log_e_ratio[t, rows] = np.log(np.maximum(e, 1e-300))
         # Difference test: the request-level likelihood ratio against r = 1, pseudo counts in.
         if self.min_diff[t] > 0.0:
             step: Floats = self._log_grid * x_c.astype(np.float64)
-            step -= np.log1p(self._grid_minus_1 * rho) * bad
+            np.log(spread, out=spread)
+            spread *= bad
+            step -= spread
             step -= self._pending_penalty(t, rows)
-            d = np.logaddexp(self.log_s_diff[t][:, rows], log_m)
-            d += step
-            self.log_s_diff[t][:, rows] = d
+            np.minimum(step, _LOG_CEILING, out=step)
+            np.exp(step, out=step)
+            d = self.s_diff[t][:, rows]
+            d += m
+            d *= step
+            np.minimum(d, _CEILING, out=d)
+            self.s_diff[t][:, rows] = d
             self.pending_stable[t, rows] = 0.0
             self.pending_share[t, rows] = 0.0
 
@@ -356,16 +356,6 @@ class SplitTest:
         penalty *= self.min_diff[t] * s
         return penalty
 
-    @staticmethod
-    def _combine(weighted: Floats, mass: Floats) -> Floats:
-        """ln(sum_g exp(weighted[g]) + (1 - mass)): started terms plus the prior not started."""
-        rest = np.log(np.maximum(1.0 - mass, 1e-300))[None, :]
-        v = np.concatenate([weighted, rest], axis=0)
-        top = v.max(axis=0)
-        top = np.where(np.isfinite(top), top, 0.0)
-        out: Floats = top + np.log(np.exp(v - top).sum(axis=0))
-        return out
-
     def log_e_diff(self, t: int, rows: NDArray[np.intp]) -> Floats:
         """ln e-value of test t's difference null for these rows (+inf when min_diff is 0).
 
@@ -374,9 +364,11 @@ class SplitTest:
         """
         if self.min_diff[t] == 0.0:
             return np.full(rows.size, np.inf)
-        v = self.log_s_diff[t][:, rows] - self._pending_penalty(t, rows)
-        v += self._log_w_diff
-        return self._combine(v, self.mass[t, rows])
+        v = self.s_diff[t][:, rows] * np.exp(-self._pending_penalty(t, rows))
+        e = self._w_diff @ v
+        e += 1.0 - self.mass[t, rows]
+        out: Floats = np.log(np.maximum(e, 1e-300))
+        return out
 
     def log_e(self, t: int, rows: NDArray[np.intp]) -> Floats:
         """ln of the smaller e-value of the two nulls: what must reach ln(1/alpha)."""
