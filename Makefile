@@ -73,3 +73,8 @@ profile: venv
 # Decision statistics: canarywatch against Argo-/Kayenta-style judges and an oracle (issue 3).
 bench-decisions: venv
 	$(PY) -m bench.decisions
+
+# The burst-absorption / detection-speed trade-off table of docs/decisions.md (issue 11).
+.PHONY: bench-decisions-tradeoff
+bench-decisions-tradeoff: venv
+	$(PY) -m bench.decisions --tradeoff

@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -78,7 +78,8 @@ BURSTS: dict[str, tuple[int, int, int]] = {  # name: (min size, max size, per se
     "bursts 2-5": (2, 5, 5),
     "bursts 5-50": (5, 50, 10),
 }
-STORM_SIZE, STORM_SPEED, STORMS_PER_HOUR = 20, 2, 2  # sticky retry storms, on top of the base
+# Sticky retry storms, on top of the base: a client retrying at once, 20 retries in 2 s.
+STORM_SIZE, STORM_SPEED, STORMS_PER_HOUR = 20, 10, 2
 CLUSTERED = 2_000  # healthy canaries per clustered row
 WARMUP = 2_000  # healthy canaries per warm-up row
 WARMUP_SLOW = 0.30
@@ -113,6 +114,7 @@ class Population:
     burst: NDArray[np.int64]  # 0 none, 1 + index in BURSTS, len(BURSTS) + 1 storms
     warmup: Floats  # seconds of WARMUP_SLOW after each step's start (new pods)
     canary_slow: Floats
+    storm_speed: NDArray[np.int64]
     minutes: int = MINUTES
 
     @property
@@ -134,6 +136,7 @@ def _population(groups_spec: list[dict[str, object]], minutes: int) -> Populatio
             "burst",
             "warmup",
             "slow",
+            "storm_speed",
         )
     }
     groups: list[Group] = []
@@ -153,6 +156,8 @@ def _population(groups_spec: list[dict[str, object]], minutes: int) -> Populatio
         cols["burst"].append(np.full(n, float(spec.get("burst", 0))))  # type: ignore[arg-type]
         cols["warmup"].append(np.full(n, float(spec.get("warmup", 0.0))))  # type: ignore[arg-type]
         cols["slow"].append(np.full(n, float(spec.get("slow", SLOW))))  # type: ignore[arg-type]
+        speed = float(spec.get("storm_speed", STORM_SPEED))  # type: ignore[arg-type]
+        cols["storm_speed"].append(np.full(n, speed))
         groups.append(
             Group(
                 kind,
@@ -177,6 +182,7 @@ def _population(groups_spec: list[dict[str, object]], minutes: int) -> Populatio
         burst=c["burst"].astype(np.int64),
         warmup=c["warmup"],
         canary_slow=c["slow"],
+        storm_speed=c["storm_speed"].astype(np.int64),
         minutes=minutes,
     )
 
@@ -334,7 +340,13 @@ def _bursts(rng: np.random.Generator, n_req: Ints, rate: Floats, kinds: NDArray[
     return out
 
 
-def run(pop: Population, rng: np.random.Generator, settings: DecisionSettings) -> RunResult:
+def run(
+    pop: Population,
+    rng: np.random.Generator,
+    settings: DecisionSettings,
+    *,
+    judges: bool = True,
+) -> RunResult:
     began = time.perf_counter()
     n = pop.size
     minutes = pop.minutes
@@ -364,7 +376,7 @@ def run(pop: Population, rng: np.random.Generator, settings: DecisionSettings) -
     speed = np.zeros(n, dtype=np.int64)
     for i, (_, _, per_s) in enumerate(BURSTS.values()):
         speed[pop.burst == i + 1] = per_s
-    speed[storm] = STORM_SPEED
+    speed[storm] = pop.storm_speed[storm]
     pending = np.zeros((2, n), dtype=np.int64)  # burst bad requests still to come per arm
     storm_at = np.where(
         storm[:, None], rng.integers(0, minutes * 60, (n, STORMS_PER_HOUR * minutes // 60)), -1
@@ -467,7 +479,7 @@ def run(pop: Population, rng: np.random.Generator, settings: DecisionSettings) -
         ),
         "kayenta": lambda: KayentaJudge().abort_minute(c_req, c_err, s_req, s_err),
     }
-    for name, judge in minute_judges.items():
+    for name, judge in minute_judges.items() if judges else ():
         minute_of = judge()
         done = np.isfinite(minute_of)
         bad = np.full(n, NEVER)
@@ -781,6 +793,88 @@ def granularity_check(
     return float(np.isfinite(bad_at).mean()), quantile(bad_at, 0.5), quantile(bad_at, 0.9)
 
 
+def tradeoff(rng: np.random.Generator) -> None:
+    """`make bench-decisions-tradeoff`: how long a burst the test absorbs (max_slice_s) against
+    how fast it aborts a canary that fails continuously; canarywatch only, smaller samples."""
+    n_h, n_r = 1_000, 300
+    spec: list[dict[str, object]] = [
+        dict(kind="clustered", env="busy", regression="bursts 5-50", n=n_h, rps=BUSY_RPS, burst=2),
+        dict(
+            kind="clustered",
+            env="busy",
+            regression="storms 10/s",
+            n=n_h,
+            rps=BUSY_RPS,
+            burst=len(BURSTS) + 1,
+        ),
+        dict(
+            kind="clustered",
+            env="busy",
+            regression="storms 2/s",
+            n=n_h,
+            rps=BUSY_RPS,
+            burst=len(BURSTS) + 1,
+            storm_speed=2,
+        ),
+    ]
+    for share in SHARES:
+        spec.append(
+            dict(
+                kind="regression",
+                env="busy",
+                regression="broken",
+                share=share,
+                n=n_r,
+                rps=BUSY_RPS,
+                p=0.10,
+            )
+        )
+    spec.append(
+        dict(
+            kind="regression",
+            env="busy",
+            regression="10x",
+            share=0.05,
+            n=n_r,
+            rps=BUSY_RPS,
+            p=10 * BASE_ERROR,
+        )
+    )
+    pop = _population(spec, MINUTES)
+    base = DecisionSettings()
+    variants = [
+        ("request by request (quiet_s 0)", replace(base, quiet_s=0.0, max_slice_s=math.inf)),
+        ("max_slice_s 2", replace(base, max_slice_s=2.0)),
+        ("max_slice_s 5 (default)", base),
+        ("max_slice_s 10", replace(base, max_slice_s=10.0)),
+        ("max_slice_s 30", replace(base, max_slice_s=30.0)),
+    ]
+    print(
+        f"\nTrade-off: healthy canaries with bursts ({n_h} each, false-abort rate) against "
+        f"continuously failing canaries ({n_r} each, median time to abort; 10x: p90 bad)"
+    )
+    print(
+        "| variant | bursts 5-50 | storms 10/s | storms 2/s | broken 5% | broken 20% | "
+        "broken 50% | 10x 5% p90 bad |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, settings in variants:
+        res = run(pop, rng, settings, judges=False)
+        t = res.outcomes["canarywatch"].time_s
+        b = res.outcomes["canarywatch"].bad
+        cells = []
+        for g in pop.groups:
+            if g.kind == "clustered":
+                k = int(np.isfinite(t[g.rows]).sum())
+                lo, hi = wilson(k, n_h)
+                cells.append(f"{k / n_h:.3f} [{lo:.3f}, {hi:.3f}]")
+            elif g.regression == "broken":
+                cells.append(fmt_time(quantile(t[g.rows], 0.5)))
+            else:
+                cells.append(fmt_count(quantile(b[g.rows], 0.9)))
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> int:
     began = time.perf_counter()
     settings = DecisionSettings()
@@ -840,4 +934,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if "--tradeoff" in sys.argv:
+        tradeoff(np.random.default_rng(SEED))
+        sys.exit(0)
     sys.exit(main())

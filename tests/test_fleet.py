@@ -22,7 +22,9 @@ def lines(ns: str, pod_hash: str, n: int, errors: int, t: float) -> list[bytes]:
 def test_bad_canary_is_aborted_once_with_evidence() -> None:
     fleet = Fleet()
     fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=20), now=0.0)
-    for t in range(1, 30):
+    # Bad requests every second: no quiet gap, so slices close at max_slice_s (10 s), and each
+    # counts once (a burst could look like this): about a minute at a 20 % share.
+    for t in range(1, 200):
         report = fleet.count(lines("shop", "c1", 20, 10, t) + lines("shop", "s1", 80, 0, t), t)
         assert report.counted == 100 and not report.invalid
         _, commands = fleet.evaluate(float(t))
