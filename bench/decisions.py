@@ -843,7 +843,7 @@ def tradeoff(rng: np.random.Generator) -> None:
     pop = _population(spec, MINUTES)
     base = DecisionSettings()
     variants = [
-        ("request by request (quiet_s 0)", replace(base, quiet_s=0.0, max_slice_s=math.inf)),
+        ("slices close every pass (quiet_s 0)", replace(base, quiet_s=0.0, max_slice_s=math.inf)),
         ("max_slice_s 2", replace(base, max_slice_s=2.0)),
         ("max_slice_s 5 (default)", base),
         ("max_slice_s 10", replace(base, max_slice_s=10.0)),

@@ -97,7 +97,7 @@ class DecisionSettings:
     change_start: float = 0.5
     change_scale_s: float = 600.0
     change_tail: float = 0.5
-    latency_grace_s: float = 30.0
+    latency_grace_s: float = 60.0
     shared_policy: str = "hold"
     clear_ratio: float = 10.0
     clear_diff: float = 0.01

@@ -84,7 +84,7 @@ def test_simulated_fleet_scores_perfectly_in_process() -> None:
     fleet = Fleet()
     aborted_at: dict[str, float] = {}
     t = 0.0
-    while t < 40.0:
+    while t < 90.0:
         for state in sim.changed_states(t):
             fleet.apply_rollout(state, t)
         encoded = [encode_request_line(x) for x in sim.requests(t, t + 0.25)]
@@ -95,7 +95,9 @@ def test_simulated_fleet_scores_perfectly_in_process() -> None:
     card = score(plans, aborted_at)
     assert card.summary() == "true_aborts=3 missed=0 false_aborts=0"
     delays = [o.time_to_abort_s for o in card.outcomes if o.scenario == Scenario.BAD]
-    assert all(d is not None and 0 < d < 15 for d in delays), delays
+    # Bad requests without a quiet gap: slices of max_slice_s, each counted once (a burst
+    # could look like this), so a 50 % failing canary at 20-60 % share takes tens of seconds.
+    assert all(d is not None and 0 < d < 75 for d in delays), delays
 
 
 def test_retain_forgets_environments_handed_to_another_worker() -> None:
@@ -109,3 +111,25 @@ def test_retain_forgets_environments_handed_to_another_worker() -> None:
     assert (report.counted, report.unattributed) == (2, 3)
     row_b = fleet.attribution.row_of_env["b/web"]
     assert int(fleet.windows.window_sum[0, row_b]) == 6  # b's evidence survived
+
+
+def test_a_canary_step_starts_a_latency_grace_and_shared_breakage_requests_a_hold() -> None:
+    fleet = Fleet()
+    fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=20), now=0.0)
+    row = fleet.attribution.row_of_env["shop/web"]
+    assert fleet.engine.grace_until[row] == fleet.settings.latency_grace_s
+    fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=40), now=100.0)
+    assert fleet.engine.grace_until[row] == 100.0 + fleet.settings.latency_grace_s
+    # Stable healthy for a while, then both arms fail: HOLD, one pause request, no abort.
+    holds = []
+    for t in range(1, 60):
+        errors = (0, 0) if t < 30 else (4, 12)
+        fleet.count(
+            lines("shop", "c1", 40, errors[0], t) + lines("shop", "s1", 60, errors[1], t), t
+        )
+        result, commands = fleet.evaluate(float(t) + 100.0)
+        assert commands == []
+        holds.extend(fleet.hold_requests)
+    assert result.verdicts[0, row] == Verdict.HOLD
+    assert [h.decision_id for h in holds] == ["shop/web@c1"]
+    assert holds[0].reason == "SharedBreakageSuspected"
