@@ -105,7 +105,7 @@ def test_no_abort_below_the_floor_of_canary_bad_requests(
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.floats(0.06, 0.6),
+    st.floats(0.08, 0.6),  # at 6 % a 30 s window of ~700 stable requests falls under 5 % by chance
     st.sampled_from([0.05, 0.2, 0.5]),
     st.integers(20, 400),
     st.integers(0, 1),
