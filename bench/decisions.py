@@ -844,8 +844,9 @@ def tradeoff(rng: np.random.Generator) -> None:
     base = DecisionSettings()
     variants = [
         ("slices close every pass (quiet_s 0)", replace(base, quiet_s=0.0, max_slice_s=math.inf)),
-        ("max_slice_s 2", replace(base, max_slice_s=2.0)),
-        ("max_slice_s 5 (default)", base),
+        ("max_slice_s 1", replace(base, max_slice_s=1.0)),
+        ("max_slice_s 2 (default)", base),
+        ("max_slice_s 5", replace(base, max_slice_s=5.0)),
         ("max_slice_s 10", replace(base, max_slice_s=10.0)),
         ("max_slice_s 30", replace(base, max_slice_s=30.0)),
     ]

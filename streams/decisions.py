@@ -92,7 +92,7 @@ class DecisionSettings:
     mixture_weights: tuple[float, ...] = DEFAULT_WEIGHTS
     block_requests: int = 20
     quiet_s: float = 1.0
-    max_slice_s: float = 5.0
+    max_slice_s: float = 2.0
     max_bet: float = 0.9
     change_start: float = 0.5
     change_scale_s: float = 600.0
