@@ -79,3 +79,8 @@ bench-decisions: venv
 .PHONY: bench-hostile
 bench-hostile: venv
 	$(PY) -m bench.hostile
+
+# The burst-absorption / detection-speed trade-off table of docs/decisions.md (issue 11).
+.PHONY: bench-decisions-tradeoff
+bench-decisions-tradeoff: venv
+	$(PY) -m bench.decisions --tradeoff

@@ -8,9 +8,10 @@ Partitions: the consumer subscribes to the request-log topic in its own consumer
 `<app_id>-requests` (aiokafka group management, short session timeout), independent of Faust's
 group: every worker holds the rollout state of every canary in progress (agents/view.py, and the
 worker starts this service once that view is restored), so how the log shipper partitions does
-not matter, and a worker killed with -9 loses its partitions to the others within seconds. Offsets are committed only after the lines they cover
-were counted or dead-lettered: on a timer, and before partitions are given up (the rebalance
-listener counts the fetch in flight, then commits).
+not matter, and a worker killed with -9 loses its partitions to the others within seconds.
+Offsets are committed only after the lines they cover were counted or dead-lettered: on a timer,
+and before partitions are given up (the rebalance listener counts the fetch in flight, then
+commits).
 
 Nothing Kafka raises ends the service: a record batch the consumer cannot read (unknown codec,
 bad CRC, a decompression error) is found, skipped, logged, counted in

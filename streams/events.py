@@ -91,7 +91,8 @@ class Evidence:
         return (
             f"{self.signal}: canary {self.canary_bad}/{self.canary_requests} bad, "
             f"stable {self.stable_bad}/{self.stable_requests} bad, "
-            f"canary share {self.canary_share:.1%}, statistic {self.statistic:.2f} >= "
+            f"canary share {self.canary_share:.1%}, statistic {self.statistic:.2f} "
+            f"{'>=' if self.statistic >= self.threshold else '<'} "
             f"threshold {self.threshold:.2f}, {self.since_canary_start_s:.1f}s into the canary"
         )
 

@@ -26,6 +26,7 @@ from streams.events import (
     MAX_MESSAGE_BYTES,
     AbortCommand,
     DecodeError,
+    Evidence,
     RolloutState,
     decision_id_for,
 )
@@ -64,6 +65,20 @@ class FleetLimits:
     hold_lines: int = 100_000  # at most this many lines wait
 
 
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    """Pause this canary revision: stable degraded while it runs (shared breakage or an outage),
+    so it must not promote on its own schedule. Issued once per revision."""
+
+    decision_id: str
+    namespace: str
+    rollout: str
+    pod_hash: str
+    decided_at: float
+    evidence: Evidence
+    reason: str = "SharedBreakageSuspected"
+
+
 class Fleet:
     def __init__(
         self,
@@ -84,6 +99,9 @@ class Fleet:
         self.windows = FleetWindows(capacity, bucket_s=window.bucket_s, buckets=window.buckets)
         self.engine = DecisionEngine(self.settings, capacity)
         self.decided: set[str] = set()  # decision ids already issued: one abort per revision
+        # Rollouts to pause (verdict HOLD: stable degraded while the canary runs), new this pass.
+        self.hold_requests: list[HoldRequest] = []
+        self._hold_issued: set[str] = set()  # decision ids of HoldRequests already issued
         self.last_pass: PassResult | None = None
         # Rows that counted at least one line since their canary started: only those are judged
         # in the metrics (a worker that never saw a line of a canary exports nothing for it).
@@ -107,7 +125,16 @@ class Fleet:
         ):
             self.refused_canaries += 1
             return False
+        row = attribution.row_of_env.get(state.env)
+        old = attribution.states[row] if row is not None else None
         change = attribution.apply(state)
+        moved = old is not None and (old.canary_weight, old.step_index) != (
+            state.canary_weight,
+            state.step_index,
+        )
+        if moved and row is not None and not (change.ended or change.started):
+            # A canary step brings new pods: their warm-up must not abort (latency grace).
+            self.engine.start_grace(np.asarray([row], dtype=np.intp), now)
         capacity = attribution.capacity
         if capacity > self.windows.capacity:
             self.windows.grow(capacity)
@@ -223,6 +250,7 @@ class Fleet:
             self.windows.take_pending(), self.windows.window_sum, self.attribution.active, now
         )
         self.last_pass = result
+        self.hold_requests = self._holds(result, now)
         commands: list[AbortCommand] = []
         aborting = np.flatnonzero((result.verdicts == Verdict.ABORT).any(axis=0))
         for row in aborting.tolist():
@@ -246,3 +274,26 @@ class Fleet:
                 )
             )
         return result, commands
+
+    def _holds(self, result: PassResult, now: float) -> list[HoldRequest]:
+        holds: list[HoldRequest] = []
+        held = np.flatnonzero((result.verdicts == Verdict.HOLD).any(axis=0))
+        for row in held.tolist():
+            state = self.attribution.states[row]
+            assert state is not None
+            decision_id = decision_id_for(state.namespace, state.name, state.current_pod_hash)
+            if decision_id in self._hold_issued:
+                continue
+            self._hold_issued.add(decision_id)
+            signal = int(np.argmax(result.verdicts[:, row] == Verdict.HOLD))
+            holds.append(
+                HoldRequest(
+                    decision_id,
+                    state.namespace,
+                    state.name,
+                    state.current_pod_hash,
+                    now,
+                    result.evidence(row, signal),
+                )
+            )
+        return holds

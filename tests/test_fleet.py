@@ -23,7 +23,9 @@ def lines(ns: str, pod_hash: str, n: int, errors: int, t: float) -> list[bytes]:
 def test_bad_canary_is_aborted_once_with_evidence() -> None:
     fleet = Fleet()
     fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=20), now=0.0)
-    for t in range(1, 30):
+    # Bad requests every second: no quiet gap, so slices close at max_slice_s (2 s), and each
+    # counts once (a burst could look like this): seconds, not one.
+    for t in range(1, 60):
         report = fleet.count(lines("shop", "c1", 20, 10, t) + lines("shop", "s1", 80, 0, t), t)
         assert report.counted == 100 and not report.invalid
         _, commands = fleet.evaluate(float(t))
@@ -94,6 +96,8 @@ def test_simulated_fleet_scores_perfectly_in_process() -> None:
     card = score(plans, aborted_at)
     assert card.summary() == "true_aborts=3 missed=0 false_aborts=0"
     delays = [o.time_to_abort_s for o in card.outcomes if o.scenario == Scenario.BAD]
+    # Bad requests without a quiet gap: slices of max_slice_s (2 s), each counted once (a
+    # burst could look like this); still within 15 s of the fault.
     assert all(d is not None and 0 < d < 15 for d in delays), delays
 
 
@@ -188,3 +192,25 @@ def test_forget_stops_attribution_and_drops_the_evidence() -> None:
     assert fleet.attribution.row_of_env == {}
     assert not fleet.counted_rows.any() and int(fleet.windows.window_sum.sum()) == 0
     assert fleet.count(lines("a", "c1", 2, 0, 2.0), 2.0).unattributed == 2
+
+
+def test_a_canary_step_starts_a_latency_grace_and_shared_breakage_requests_a_hold() -> None:
+    fleet = Fleet()
+    fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=20), now=0.0)
+    row = fleet.attribution.row_of_env["shop/web"]
+    assert fleet.engine.grace_until[row] == fleet.settings.latency_grace_s
+    fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=40), now=100.0)
+    assert fleet.engine.grace_until[row] == 100.0 + fleet.settings.latency_grace_s
+    # Stable healthy for a while, then both arms fail: HOLD, one pause request, no abort.
+    holds = []
+    for t in range(1, 60):
+        errors = (0, 0) if t < 30 else (4, 12)
+        fleet.count(
+            lines("shop", "c1", 40, errors[0], t) + lines("shop", "s1", 60, errors[1], t), t
+        )
+        result, commands = fleet.evaluate(float(t) + 100.0)
+        assert commands == []
+        holds.extend(fleet.hold_requests)
+    assert result.verdicts[0, row] == Verdict.HOLD
+    assert [h.decision_id for h in holds] == ["shop/web@c1"]
+    assert holds[0].reason == "SharedBreakageSuspected"
