@@ -73,3 +73,8 @@ profile: venv
 # Decision statistics: canarywatch against Argo-/Kayenta-style judges and an oracle (issue 3).
 bench-decisions: venv
 	$(PY) -m bench.decisions
+
+# Release-level analysis: pooled release test, fleet-wide halt, triage (issue 13). In process.
+.PHONY: bench-fleet
+bench-fleet: venv
+	$(PY) -m bench.fleet

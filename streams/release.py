@@ -92,6 +92,8 @@ class ReleaseSettings:
     min_ratio, min_diff: the minimum regression, as for the per-environment test.
     ratios, weights: the pooled test's alternatives. block_requests: per-environment blocks.
     robust_envs: a halt must stand without the strongest `robust_envs` environments.
+    env_cap: no environment adds more than env_cap nats at any ratio (min(LR, e^cap) is still a
+        supermartingale), so a halt needs about threshold/env_cap environments' evidence.
     env_threshold: ln e at which an environment's own test aborts (DecisionSettings.threshold).
     fine_ratio, triage_alpha: `environment` needs the rest of the cohort to reject "the release
         is at least fine_ratio x worse" at level triage_alpha.
@@ -109,9 +111,10 @@ class ReleaseSettings:
     min_diff: float = 0.0002
     ratios: tuple[float, ...] = RELEASE_RATIOS
     weights: tuple[float, ...] = RELEASE_WEIGHTS
-    block_requests: int = 10
+    block_requests: int = 5
     pooling: Pooling = Pooling.PRODUCT
-    robust_envs: int = 10
+    robust_envs: int = 0
+    env_cap: float = 2.0
     fleet_control: FleetControl = FleetControl.PER_ENV
     fdr: float = 0.05
     env_threshold: float = math.log(2 / 0.01)
@@ -284,7 +287,7 @@ def pool(fleet: FleetArrays, n_releases: int, settings: ReleaseSettings) -> Pool
     flags. Costs O(rows x grid) plus, for releases that cross, the robust and difference checks.
     """
     s = settings
-    n_sig, g1, _ = fleet.loglik.shape
+    n_sig, _g1, _ = fleet.loglik.shape
     member = fleet.cohort >= 0
     cohort = np.where(member, fleet.cohort, n_releases)  # a dump bin for rows without a release
     bins = n_releases + 1
@@ -295,17 +298,19 @@ def pool(fleet: FleetArrays, n_releases: int, settings: ReleaseSettings) -> Pool
     keep = (grid > s.min_ratio) & (weights > 0)
     with np.errstate(divide="ignore"):
         log_w = np.where(keep, np.log(np.where(keep, weights, 1.0) / weights[keep].sum()), -np.inf)
-    # One bincount for every (signal, grid row, release): index = cohort + bins * (s*g1 + g).
-    offsets = (np.arange(n_sig * g1, dtype=np.intp) * bins)[:, None]
-    flat = (cohort[None, :] + offsets).ravel()
-    flat_sums = np.bincount(flat, weights=fleet.loglik.reshape(-1), minlength=bins * n_sig * g1)
-    sums: Floats = flat_sums.astype(np.float64).reshape(n_sig, g1, bins)[:, :, :n_releases]
     threshold = s.threshold
     statistic = np.zeros((n_sig, n_releases))
     ratio_estimate = np.zeros((n_sig, n_releases))
-    fine: Floats = -sums[:, s.fine_row, :]  # ln LR of r = 1 against fine_ratio, whole cohort
+    # ln LR of r = 1 against fine_ratio over the whole cohort (triage reads it).
+    fine_row = fleet.loglik[:, s.fine_row : s.fine_row + 1, :]
+    fine: Floats = -_cohort_sums(fine_row, cohort, bins)[:, 0, :n_releases]
     if s.pooling is Pooling.PRODUCT:
-        v = sums[:, 1:, :] - sums[:, :1, :] + log_w[None, :, None]  # [signal, grid, release]
+        # Each environment's log likelihood ratio against the null, capped at env_cap.
+        contrib = fleet.loglik[:, 1:, :] - fleet.loglik[:, :1, :]
+        if math.isfinite(s.env_cap):
+            np.minimum(contrib, s.env_cap, out=contrib)
+        sums = _cohort_sums(contrib, cohort, bins)[:, :, :n_releases]
+        v = sums + log_w[None, :, None]  # [signal, grid, release]
         for t in range(n_sig):
             statistic[t] = _logsumexp0(v[t])
             ratio_estimate[t] = grid[np.argmax(v[t], axis=0)]
@@ -343,6 +348,16 @@ def pool(fleet: FleetArrays, n_releases: int, settings: ReleaseSettings) -> Pool
     )
 
 
+def _cohort_sums(a: Floats, cohort: NDArray[np.intp], bins: int) -> Floats:
+    """[signal, k, bins]: sums of a [signal, k, row] by cohort, in one bincount."""
+    n_sig, k, _ = a.shape
+    offsets = (np.arange(n_sig * k, dtype=np.intp) * bins)[:, None]
+    flat = (cohort[None, :] + offsets).ravel()
+    sums = np.bincount(flat, weights=a.reshape(-1), minlength=bins * n_sig * k)
+    out: Floats = sums.astype(np.float64).reshape(n_sig, k, bins)
+    return out
+
+
 def _robust_both(
     fleet: FleetArrays,
     t: int,
@@ -358,12 +373,12 @@ def _robust_both(
     for i, rel in enumerate(releases):
         rows = np.flatnonzero(cohort == rel)
         ll = fleet.loglik[t][:, rows]
-        ratio_part = ll[1:] - ll[:1]  # [grid, k]
+        ratio_part = np.minimum(ll[1:] - ll[:1], s.env_cap)  # [grid, k]
         if s.min_diff > 0.0:
             sn = fleet.stable_sum[rows]
             rbar = fleet.share_sum[rows] / np.maximum(sn, 1.0)
             penalty = s.min_diff * sn * np.log1p((grid - 1.0)[:, None] * rbar)
-            diff_part = ll[1:] - penalty
+            diff_part = np.minimum(ll[1:] - penalty, s.env_cap)
             parts: tuple[Floats, ...] = (ratio_part, diff_part)
         else:
             parts = (ratio_part,)
@@ -423,12 +438,19 @@ def ebh(log_e: Floats, cohort: NDArray[np.intp], n_releases: int, fdr: float) ->
 
 
 def triage(
-    fleet: FleetArrays, pooled: Pooled, halted: Bools, rows: NDArray[np.intp], s: ReleaseSettings
+    fleet: FleetArrays,
+    pooled: Pooled,
+    halted: Bools,
+    rows: NDArray[np.intp],
+    s: ReleaseSettings,
+    first: Bools | None = None,
 ) -> tuple[NDArray[np.int8], Floats]:
     """Category per aborted row (TRIAGE_ORDER index) and the rest-of-cohort statistic.
 
-    halted [release]: the release's halt is latched. The rest of the cohort excludes the row
-    itself and every environment whose own test rejected (the suspects): ln e of
+    halted [release]: the release's halt is latched. first [len(rows)]: the abort is being
+    triaged for the first time (default: all); `platform` is only concluded then, at the abort,
+    never on a later look (stable's window is read once per abort, not until it trips).
+    The rest of the cohort excludes the row itself and every environment whose own test rejected (the suspects): ln e of
     "the release is at least fine_ratio x worse" over the others, signal 0 (errors) unless the
     row's own evidence is stronger in another signal.
     """
@@ -452,6 +474,9 @@ def triage(
         rest = np.where(own_sig == t, mine, rest)
     platform_here = pooled.stable_failing[own_sig, rows]
     surge_here = pooled.surge[own_sig] & ~own_rejects
+    if first is not None:
+        platform_here = platform_here & first
+        surge_here = surge_here & first
     release_here = np.where(coh >= 0, halted[np.maximum(coh, 0)], False)
     env_here = own_rejects & (rest >= math.log(1.0 / s.triage_alpha))
     order = [
@@ -847,7 +872,8 @@ class ReleaseBoard:
         for release in self.halted:
             halted[self.code_of[release]] = True
         rows = np.flatnonzero(fleet.aborted & (fleet.cohort >= 0))
-        cats, rest = triage(fleet, pooled, halted, rows, s)
+        first = np.asarray([self.envs[int(r)] not in self.triaged for r in rows], dtype=np.bool_)
+        cats, rest = triage(fleet, pooled, halted, rows, s, first)
         own = fleet.log_e[:, rows].max(axis=0) if rows.size else np.zeros(0)
         for i, row in enumerate(rows):
             env = self.envs[int(row)]
