@@ -114,7 +114,7 @@ class ReleaseSettings:
     block_requests: int = 5
     pooling: Pooling = Pooling.PRODUCT
     robust_envs: int = 0
-    env_cap: float = 2.0
+    env_cap: float = 1.0
     fleet_control: FleetControl = FleetControl.PER_ENV
     fdr: float = 0.05
     env_threshold: float = math.log(2 / 0.01)
@@ -450,9 +450,9 @@ def triage(
     halted [release]: the release's halt is latched. first [len(rows)]: the abort is being
     triaged for the first time (default: all); `platform` is only concluded then, at the abort,
     never on a later look (stable's window is read once per abort, not until it trips).
-    The rest of the cohort excludes the row itself and every environment whose own test rejected (the suspects): ln e of
-    "the release is at least fine_ratio x worse" over the others, signal 0 (errors) unless the
-    row's own evidence is stronger in another signal.
+    The rest of the cohort excludes the row itself and every environment whose own test
+    rejected (the suspects): ln e of "the release is at least fine_ratio x worse" over the
+    others, in the signal where the row's own evidence is strongest.
     """
     cat = np.full(rows.size, TRIAGE_ORDER.index(Triage.UNDETERMINED), dtype=np.int8)
     if rows.size == 0:
@@ -854,9 +854,13 @@ class ReleaseBoard:
         n_rel = len(self.releases)
         pooled = pool(fleet, n_rel, s)
         out = BoardPass(pooled=pooled)
-        for crossed in np.flatnonzero(pooled.crossed):
-            release = self.releases[int(crossed)]
-            verdict = self._verdict(release, int(crossed), pooled, fleet, now)
+        # New halts, and halted releases whose cohort gained environments (latched: a halt
+        # stays, and reaches environments that start the release later too).
+        codes = set(np.flatnonzero(pooled.crossed).tolist())
+        codes |= {self.code_of[r] for r in self.halted}
+        for code in sorted(codes):
+            release = self.releases[code]
+            verdict = self._verdict(release, code, pooled, fleet, now)
             if verdict is not None:
                 out.verdicts.append(verdict)
         if s.fleet_control is FleetControl.EBH:
