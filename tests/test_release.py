@@ -346,7 +346,7 @@ def test_settings_are_validated() -> None:
         {"robust_envs": -1},
     ):
         with pytest.raises(ValueError):
-            ReleaseSettings(**bad)  # type: ignore[arg-type]
+            ReleaseSettings(**bad)
 
 
 def test_blocks_close_on_request_counts_only() -> None:
