@@ -102,7 +102,7 @@ class ReleaseSettings:
         the fleet's with platform_prior_requests) with k >= platform_min_bad and the Chernoff
         bound exp(k - mu' + k ln(mu'/k)) <= platform_tail (mu' = drift x mu). A surge: at least
         platform_surge_share of the environments with platform_min_window stable requests in
-        the window are failing.
+        the window are failing (and at least platform_surge_min of them).
     """
 
     alpha: float = 0.01
@@ -126,6 +126,7 @@ class ReleaseSettings:
     platform_prior_requests: float = 2000.0
     platform_surge_share: float = 0.02
     platform_min_window: int = 200
+    platform_surge_min: int = 3
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0 or not 0.0 < self.fdr < 1.0:
@@ -254,7 +255,7 @@ class FleetArrays:
     stable_requests: Ints
     canary_bad: Ints  # [signal, row]
     stable_bad: Ints  # [signal, row]
-    window_stable_requests: Ints
+    window_stable_requests: Ints  # [row]
     window_stable_bad: Ints  # [signal, row]
     cohort: NDArray[np.intp]
     aborted: Bools
@@ -270,7 +271,6 @@ class Pooled:
     signal: NDArray[np.int64]  # [release]: the signal that crossed first (by statistic), or -1
     size: Ints  # [release]: environments in the cohort
     fine: Floats  # [signal, release]: ln e of "release is >= fine_ratio x worse" rejected, all
-    stable_failing: Bools  # [signal, row]
     surge: Bools  # [signal]
     ratio_estimate: Floats  # [signal, release]: the grid ratio with the largest pooled weight
 
@@ -282,12 +282,48 @@ def _logsumexp0(v: Floats) -> Floats:
     return out
 
 
-def pool(fleet: FleetArrays, n_releases: int, settings: ReleaseSettings) -> Pooled:
+class Scratch:
+    """Reusable buffers for `pool` (fresh multi-megabyte arrays cost more than the arithmetic),
+    and the bincount index of the last cohort layout. Keep one per caller."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Floats] = {}
+        self._cohort: NDArray[np.intp] | None = None
+        self._flat: dict[tuple[int, int, int], NDArray[np.intp]] = {}
+
+    def buffer(self, name: str, shape: tuple[int, ...]) -> Floats:
+        b = self._buffers.get(name)
+        if b is None or b.shape != shape:
+            b = np.empty(shape)
+            self._buffers[name] = b
+        return b
+
+    def flat_index(self, cohort: NDArray[np.intp], bins: int, rows: int) -> NDArray[np.intp]:
+        """cohort + bins * r for every row r of a [rows, env] array, flattened."""
+        if self._cohort is None or not np.array_equal(self._cohort, cohort):
+            self._cohort = cohort.copy()
+            self._flat = {}
+        key = (bins, rows, cohort.size)
+        flat = self._flat.get(key)
+        if flat is None:
+            offsets = (np.arange(rows, dtype=np.intp) * bins)[:, None]
+            flat = (cohort[None, :] + offsets).ravel()
+            self._flat[key] = flat
+        return flat
+
+
+def pool(
+    fleet: FleetArrays,
+    n_releases: int,
+    settings: ReleaseSettings,
+    scratch: Scratch | None = None,
+) -> Pooled:
     """The pooled test of every release at once (bincount by cohort index), and the platform
     flags. Costs O(rows x grid) plus, for releases that cross, the robust and difference checks.
     """
+    scratch = scratch or Scratch()
     s = settings
-    n_sig, _g1, _ = fleet.loglik.shape
+    n_sig, g1, _ = fleet.loglik.shape
     member = fleet.cohort >= 0
     cohort = np.where(member, fleet.cohort, n_releases)  # a dump bin for rows without a release
     bins = n_releases + 1
@@ -303,13 +339,14 @@ def pool(fleet: FleetArrays, n_releases: int, settings: ReleaseSettings) -> Pool
     ratio_estimate = np.zeros((n_sig, n_releases))
     # ln LR of r = 1 against fine_ratio over the whole cohort (triage reads it).
     fine_row = fleet.loglik[:, s.fine_row : s.fine_row + 1, :]
-    fine: Floats = -_cohort_sums(fine_row, cohort, bins)[:, 0, :n_releases]
+    fine: Floats = -_cohort_sums(fine_row, cohort, bins, scratch)[:, 0, :n_releases]
     if s.pooling is Pooling.PRODUCT:
         # Each environment's log likelihood ratio against the null, capped at env_cap.
-        contrib = fleet.loglik[:, 1:, :] - fleet.loglik[:, :1, :]
+        contrib = scratch.buffer("contrib", (n_sig, g1 - 1, cohort.size))
+        np.subtract(fleet.loglik[:, 1:, :], fleet.loglik[:, :1, :], out=contrib)
         if math.isfinite(s.env_cap):
             np.minimum(contrib, s.env_cap, out=contrib)
-        sums = _cohort_sums(contrib, cohort, bins)[:, :, :n_releases]
+        sums = _cohort_sums(contrib, cohort, bins, scratch)[:, :, :n_releases]
         v = sums + log_w[None, :, None]  # [signal, grid, release]
         for t in range(n_sig):
             statistic[t] = _logsumexp0(v[t])
@@ -334,7 +371,7 @@ def pool(fleet: FleetArrays, n_releases: int, settings: ReleaseSettings) -> Pool
     crossed_by = statistic >= threshold
     crossed = crossed_by.any(axis=0) & (size > 0)
     signal = np.where(crossed, np.argmax(np.where(crossed_by, statistic, -np.inf), axis=0), -1)
-    failing, surge = stable_failing(fleet, s)
+    surge = platform_surge(fleet, s)
     return Pooled(
         statistic=statistic,
         threshold=threshold,
@@ -342,17 +379,15 @@ def pool(fleet: FleetArrays, n_releases: int, settings: ReleaseSettings) -> Pool
         signal=signal.astype(np.int64),
         size=size,
         fine=fine,
-        stable_failing=failing,
         surge=surge,
         ratio_estimate=ratio_estimate,
     )
 
 
-def _cohort_sums(a: Floats, cohort: NDArray[np.intp], bins: int) -> Floats:
+def _cohort_sums(a: Floats, cohort: NDArray[np.intp], bins: int, scratch: Scratch) -> Floats:
     """[signal, k, bins]: sums of a [signal, k, row] by cohort, in one bincount."""
     n_sig, k, _ = a.shape
-    offsets = (np.arange(n_sig * k, dtype=np.intp) * bins)[:, None]
-    flat = (cohort[None, :] + offsets).ravel()
+    flat = scratch.flat_index(cohort, bins, n_sig * k)
     sums = np.bincount(flat, weights=a.reshape(-1), minlength=bins * n_sig * k)
     out: Floats = sums.astype(np.float64).reshape(n_sig, k, bins)
     return out
@@ -394,24 +429,36 @@ def _robust_both(
     return out
 
 
-def stable_failing(fleet: FleetArrays, s: ReleaseSettings) -> tuple[Bools, Bools]:
-    """[signal, row]: stable failing in the recent window; [signal]: a fleet-wide surge."""
-    before_n = np.maximum(fleet.stable_requests - fleet.window_stable_requests, 0)
-    before_bad = np.maximum(fleet.stable_bad - fleet.window_stable_bad, 0)
-    fleet_rate = before_bad.sum(axis=1) / max(1.0, float(before_n.sum()))
+def stable_failing(
+    fleet: FleetArrays, s: ReleaseSettings, rows: NDArray[np.intp] | None = None
+) -> Bools:
+    """[signal, len(rows)]: stable failing in the recent window (all rows by default)."""
+    fleet_rate = fleet.stable_bad.sum(axis=1) / max(1.0, float(fleet.stable_requests.sum()))
+    sel = slice(None) if rows is None else rows
+    w_n = fleet.window_stable_requests[sel]
+    w_bad = fleet.window_stable_bad[:, sel]
+    before_n = np.maximum(fleet.stable_requests[sel] - w_n, 0)
+    before_bad = np.maximum(fleet.stable_bad[:, sel] - w_bad, 0)
+    # Own rate before the window, shrunk to the fleet's stable rate over everything counted
+    # (an incident in part of the fleet raises that a little; it is never empty for long).
     rate = (before_bad + fleet_rate[:, None] * s.platform_prior_requests) / (
         before_n + s.platform_prior_requests
     )
-    mu = s.platform_drift * rate * fleet.window_stable_requests
-    k = fleet.window_stable_bad.astype(np.float64)
+    mu = s.platform_drift * rate * w_n
+    k = w_bad.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_tail = k - mu + k * np.log(np.maximum(mu, 1e-300) / np.maximum(k, 1.0))
     failing: Bools = (k >= s.platform_min_bad) & (k > mu) & (log_tail <= math.log(s.platform_tail))
-    seen = fleet.window_stable_requests >= s.platform_min_window
-    n_seen = max(1, int(seen.sum()))
-    surge: Bools = (failing & seen).sum(axis=1) >= s.platform_surge_share * n_seen
-    surge &= seen.sum() > 0
-    return failing, surge
+    return failing
+
+
+def platform_surge(fleet: FleetArrays, s: ReleaseSettings) -> Bools:
+    """[signal]: stable failing at once in at least platform_surge_share of the environments
+    with platform_min_window stable requests in the window (and platform_surge_min of them)."""
+    seen = np.flatnonzero(fleet.window_stable_requests >= s.platform_min_window)
+    bar = max(float(s.platform_surge_min), s.platform_surge_share * seen.size)
+    surge: Bools = stable_failing(fleet, s, seen).sum(axis=1) >= bar
+    return surge
 
 
 def ebh(log_e: Floats, cohort: NDArray[np.intp], n_releases: int, fdr: float) -> Bools:
@@ -472,7 +519,7 @@ def triage(
         )
         mine = total[np.where(coh >= 0, coh, n_rel)] - contrib[rows]
         rest = np.where(own_sig == t, mine, rest)
-    platform_here = pooled.stable_failing[own_sig, rows]
+    platform_here = stable_failing(fleet, s, rows)[own_sig, np.arange(rows.size)]
     surge_here = pooled.surge[own_sig] & ~own_rejects
     if first is not None:
         platform_here = platform_here & first
@@ -710,6 +757,7 @@ class ReleaseBoard:
         self.halted: dict[str, ReleaseVerdict] = {}
         self.triaged: dict[str, TriageRecord] = {}  # env -> latest triage of its abort
         self.ebh_done: set[str] = set()
+        self.scratch = Scratch()
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
@@ -842,7 +890,7 @@ class ReleaseBoard:
             stable_requests=self.counts[1, :n],
             canary_bad=self.bad[0, :, :n],
             stable_bad=self.bad[1, :, :n],
-            window_stable_requests=np.broadcast_to(self.window_n[:n], (self.n_sig, n)),
+            window_stable_requests=self.window_n[:n],
             window_stable_bad=self.window_bad[:, :n],
             cohort=self.cohort[:n],
             aborted=self.aborted[:n],
@@ -852,7 +900,7 @@ class ReleaseBoard:
         s = self.settings
         fleet = self.fleet()
         n_rel = len(self.releases)
-        pooled = pool(fleet, n_rel, s)
+        pooled = pool(fleet, n_rel, s, self.scratch)
         out = BoardPass(pooled=pooled)
         # New halts, and halted releases whose cohort gained environments (latched: a halt
         # stays, and reaches environments that start the release later too).
@@ -879,6 +927,7 @@ class ReleaseBoard:
         first = np.asarray([self.envs[int(r)] not in self.triaged for r in rows], dtype=np.bool_)
         cats, rest = triage(fleet, pooled, halted, rows, s, first)
         own = fleet.log_e[:, rows].max(axis=0) if rows.size else np.zeros(0)
+        failing = stable_failing(fleet, s, rows)
         for i, row in enumerate(rows):
             env = self.envs[int(row)]
             category = TRIAGE_ORDER[int(cats[i])]
@@ -900,7 +949,7 @@ class ReleaseBoard:
                 own_statistic=float(own[i]),
                 rest_statistic=float(rest[i]),
                 release_statistic=float(pooled.statistic[sig, code]),
-                stable_failing=bool(pooled.stable_failing[sig, row]),
+                stable_failing=bool(failing[sig, i]),
                 surge=bool(pooled.surge[sig]),
             )
             self.triaged[env] = record

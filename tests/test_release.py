@@ -48,7 +48,7 @@ def arrays(ev: ReleaseEvidence, cohort: np.ndarray, log_e: np.ndarray | None = N
         stable_requests=z,
         canary_bad=zs,
         stable_bad=zs,
-        window_stable_requests=zs,
+        window_stable_requests=z,
         window_stable_bad=zs,
         cohort=cohort.astype(np.intp),
         aborted=np.zeros(n, dtype=np.bool_),
@@ -299,7 +299,7 @@ def test_triage_platform_when_stable_fails_here_and_undetermined_without_evidenc
         arrays(ev, np.zeros(3, dtype=np.intp)),
         stable_requests=np.array([10_000, 10_000, 10_000]),
         stable_bad=np.array([[10, 10, 10]]),
-        window_stable_requests=np.array([[1000, 1000, 1000]]),
+        window_stable_requests=np.array([1000, 1000, 1000]),
         window_stable_bad=np.array([[40, 1, 1]]),
         aborted=np.array([True, True, False]),
     )
@@ -310,10 +310,11 @@ def test_triage_platform_when_stable_fails_here_and_undetermined_without_evidenc
     # On a later look, platform is no longer concluded (read once, at the abort).
     later, _ = triage(fleet, pooled, np.zeros(1, dtype=np.bool_), rows, s, np.zeros(2, bool))
     assert TRIAGE_ORDER[later[0]] is Triage.UNDETERMINED
-    # A third of the environments failing at once is a surge at the default 2 %.
-    surge = pool(fleet, 1, ReleaseSettings(signals=1))
-    assert surge.surge[0]
-    cats, _ = triage(fleet, surge, np.zeros(1, dtype=np.bool_), rows, ReleaseSettings(signals=1))
+    # A third of the environments failing at once is a surge at 2 % (with a minimum of one).
+    loud = ReleaseSettings(signals=1, platform_surge_min=1)
+    surge = pool(fleet, 1, loud)
+    assert surge.surge[0] and not pool(fleet, 1, ReleaseSettings(signals=1)).surge[0]
+    cats, _ = triage(fleet, surge, np.zeros(1, dtype=np.bool_), rows, loud)
     assert [TRIAGE_ORDER[c] for c in cats] == [Triage.PLATFORM, Triage.PLATFORM]
 
 
