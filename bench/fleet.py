@@ -413,8 +413,8 @@ def main() -> int:
     print(
         f"fleet-bench: seed {SEED}, {ENVS} environments per release, {MINUTES} min, {DT:.0f} s "
         f"passes, canary share {SHARE:.0%}, base error {BASE:.1%}; release alpha {rs.alpha} "
-        f"(halt at ln E >= {rs.threshold:.2f}, {rs.pooling.value}, robust to "
-        f"{rs.robust_envs} environments, blocks of {rs.block_requests} requests)"
+        f"(halt at ln E >= {rs.threshold:.2f}, {rs.pooling.value}, at most {rs.env_cap:g} nat "
+        f"per environment, blocks of {rs.block_requests} requests)"
     )
     r0 = rates(rng, 100_000)
     print(
@@ -481,15 +481,18 @@ def main() -> int:
     print("\nTriage of every abort against the simulated truth (rows: truth; columns: triage)")
     cats = [c.value for c in TRIAGE_ORDER]
     accuracy = {}
-    for judge in ("canarywatch", "canarywatch at abort", "argo"):
+    for judge in ("canarywatch", "canarywatch at abort", "per-env test's own aborts", "argo"):
         matrix = np.zeros((4, len(cats)), dtype=np.int64)
         for res in results.values():
             cat = {
                 "canarywatch": res.cat_cw,
                 "canarywatch at abort": res.cat_cw_at_abort,
+                "per-env test's own aborts": res.cat_cw,
                 "argo": res.cat_argo,
             }[judge]
             aborted = cat >= 0
+            if judge == "per-env test's own aborts":  # before any halt: not the fan-out
+                aborted &= res.env_abort_s < np.repeat(res.halt_s, ENVS)
             truth = res.truth.copy()
             when = res.argo_abort_s if judge == "argo" else res.pooled_abort_s
             # Incident environments: aborts from the incident on are the platform's doing.
