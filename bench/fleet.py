@@ -237,7 +237,7 @@ def run(sc: Scenario, rng: np.random.Generator, rs: ReleaseSettings) -> Result:
             aborted=~active,
         )
         t0 = time.perf_counter()
-        pooled = pool(fleet, reps, rs, scratch)
+        pooled = pool(fleet, reps, rs, scratch, halted)
         release_ms.append((time.perf_counter() - t0) * 1e3)
         newly = pooled.crossed & ~halted
         halt[newly] = now

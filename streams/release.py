@@ -317,9 +317,11 @@ def pool(
     n_releases: int,
     settings: ReleaseSettings,
     scratch: Scratch | None = None,
+    latched: Bools | None = None,
 ) -> Pooled:
     """The pooled test of every release at once (bincount by cohort index), and the platform
-    flags. Costs O(rows x grid) plus, for releases that cross, the robust and difference checks.
+    surge. Costs O(rows x grid) plus, for releases that cross, the robust and difference
+    checks; releases already halted (`latched` [release]) skip those and stay crossed.
     """
     scratch = scratch or Scratch()
     s = settings
@@ -352,7 +354,10 @@ def pool(
             statistic[t] = _logsumexp0(v[t])
             ratio_estimate[t] = grid[np.argmax(v[t], axis=0)]
         for t in range(n_sig):
-            candidates = np.flatnonzero(statistic[t] >= threshold)
+            over = statistic[t] >= threshold
+            if latched is not None:
+                over &= ~latched
+            candidates = np.flatnonzero(over)
             if candidates.size:
                 statistic[t, candidates] = _robust_both(
                     fleet, t, candidates, cohort, log_w, grid, s
@@ -370,6 +375,8 @@ def pool(
             statistic[t] = np.where(size > 0, avg, 0.0)
     crossed_by = statistic >= threshold
     crossed = crossed_by.any(axis=0) & (size > 0)
+    if latched is not None:
+        crossed |= latched
     signal = np.where(crossed, np.argmax(np.where(crossed_by, statistic, -np.inf), axis=0), -1)
     surge = platform_surge(fleet, s)
     return Pooled(
@@ -900,7 +907,10 @@ class ReleaseBoard:
         s = self.settings
         fleet = self.fleet()
         n_rel = len(self.releases)
-        pooled = pool(fleet, n_rel, s, self.scratch)
+        latched = np.zeros(n_rel, dtype=np.bool_)
+        for release in self.halted:
+            latched[self.code_of[release]] = True
+        pooled = pool(fleet, n_rel, s, self.scratch, latched)
         out = BoardPass(pooled=pooled)
         # New halts, and halted releases whose cohort gained environments (latched: a halt
         # stays, and reaches environments that start the release later too).

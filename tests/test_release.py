@@ -14,6 +14,7 @@ from streams.release import (
     TRIAGE_ORDER,
     EnvSummary,
     FleetArrays,
+    FleetControl,
     Pooling,
     ReleaseBoard,
     ReleaseEvidence,
@@ -358,3 +359,16 @@ def test_blocks_close_on_request_counts_only() -> None:
     ev.update(np.array([0]), np.array([2]), Z1, Z1)
     assert ev.loglik[0, 1:, 0].min() > 0  # closed: one canary bad request at share 1/5
     assert ev.stable_sum[0] == 4 and math.isclose(ev.share_sum[0], 4 * 0.2)
+
+
+def test_board_in_ebh_mode_returns_the_selected_environments_once() -> None:
+    s = ReleaseSettings(fleet_control=FleetControl.EBH, fdr=0.5)
+    board = ReleaseBoard(s)
+    # K = 4 at fdr 0.5: bars 8, 4, 2.67, 2; e = 10, 5, 3, 0.5 selects three.
+    for i, e in enumerate((10.0, 5.0, 3.0, 0.5)):
+        env = f"ns{i}/web"
+        board.apply_state(state(env, "v4"))
+        board.apply_summary(summary(env, "v4", s, gain=0.0, log_e=math.log(e)))
+    out = board.evaluate(1.0)
+    assert sorted(e for e, _ in out.ebh_aborts) == ["ns0/web", "ns1/web", "ns2/web"]
+    assert board.evaluate(2.0).ebh_aborts == []
