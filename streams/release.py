@@ -552,6 +552,8 @@ TRIAGE_ORDER: tuple[Triage, ...] = (
     Triage.PLATFORM,
     Triage.UNDETERMINED,
 )
+_RELEASE = TRIAGE_ORDER.index(Triage.RELEASE)
+_UNDET = TRIAGE_ORDER.index(Triage.UNDETERMINED)
 
 
 # --- wire schemas -------------------------------------------------------------------------------
@@ -765,6 +767,7 @@ class ReleaseBoard:
         self.triaged: dict[str, TriageRecord] = {}  # env -> latest triage of its abort
         self.ebh_done: set[str] = set()
         self.scratch = Scratch()
+        self._states_changed = False
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
@@ -779,41 +782,29 @@ class ReleaseBoard:
         self.window_bad = np.zeros((n, capacity), dtype=np.int64)
         self.cohort = np.full(capacity, -1, dtype=np.intp)
         self.aborted = np.zeros(capacity, dtype=np.bool_)
+        self.category = np.full(capacity, -1, dtype=np.int8)  # latched triage, -1: none
 
     def _grow(self, capacity: int) -> None:
         old = self.cohort.size
         if capacity <= old:
             return
-        saved = (
-            self.loglik,
-            self.stable_sum,
-            self.share_sum,
-            self.log_e,
-            self.counts,
-            self.bad,
-            self.window_n,
-            self.window_bad,
-            self.cohort,
-            self.aborted,
+        names = (
+            "loglik",
+            "stable_sum",
+            "share_sum",
+            "log_e",
+            "counts",
+            "bad",
+            "window_n",
+            "window_bad",
+            "cohort",
+            "aborted",
+            "category",
         )
+        saved = {name: getattr(self, name) for name in names}
         self._alloc(capacity)
-        for new, prev in zip(
-            (
-                self.loglik,
-                self.stable_sum,
-                self.share_sum,
-                self.log_e,
-                self.counts,
-                self.bad,
-                self.window_n,
-                self.window_bad,
-                self.cohort,
-                self.aborted,
-            ),
-            saved,
-            strict=True,
-        ):
-            new[..., :old] = prev
+        for name in names:
+            getattr(self, name)[..., :old] = saved[name]
 
     def _row(self, env: str) -> int:
         row = self.row_of.get(env)
@@ -843,11 +834,13 @@ class ReleaseBoard:
             b[row] = 0
         self.counts[:, row] = 0
         self.aborted[row] = False
+        self.category[row] = -1
         self.triaged.pop(self.envs[row], None)
 
     def apply_state(self, state: RolloutState) -> None:
         """A rollout-state snapshot: which release the environment's canary carries."""
         row = self._row(state.env)
+        self._states_changed = True
         if state.current_pod_hash != self.pod_hash[row]:
             self._clear(row)
             self.pod_hash[row] = state.current_pod_hash
@@ -914,8 +907,10 @@ class ReleaseBoard:
         out = BoardPass(pooled=pooled)
         # New halts, and halted releases whose cohort gained environments (latched: a halt
         # stays, and reaches environments that start the release later too).
-        codes = set(np.flatnonzero(pooled.crossed).tolist())
-        codes |= {self.code_of[r] for r in self.halted}
+        codes = set(np.flatnonzero(pooled.crossed & ~latched).tolist())
+        if self._states_changed:
+            codes |= {self.code_of[r] for r in self.halted}
+        self._states_changed = False
         for code in sorted(codes):
             release = self.releases[code]
             verdict = self._verdict(release, code, pooled, fleet, now)
@@ -930,31 +925,44 @@ class ReleaseBoard:
                     if self.in_progress[int(row)] and key not in self.ebh_done:
                         self.ebh_done.add(key)
                         out.ebh_aborts.append((env, self.pod_hash[int(row)]))
-        halted = np.zeros(n_rel, dtype=np.bool_)
+        latched = np.zeros(n_rel, dtype=np.bool_)
         for release in self.halted:
-            halted[self.code_of[release]] = True
-        rows = np.flatnonzero(fleet.aborted & (fleet.cohort >= 0))
-        first = np.asarray([self.envs[int(r)] not in self.triaged for r in rows], dtype=np.bool_)
-        cats, rest = triage(fleet, pooled, halted, rows, s, first)
-        own = fleet.log_e[:, rows].max(axis=0) if rows.size else np.zeros(0)
+            latched[self.code_of[release]] = True
+        out.triage = self._triage(fleet, pooled, latched, now)
+        return out
+
+    def _triage(
+        self, fleet: FleetArrays, pooled: Pooled, halted: Bools, now: float
+    ) -> list[TriageRecord]:
+        """Triage is latched at the abort; it only moves from undetermined, or to release."""
+        s = self.settings
+        n = fleet.cohort.size
+        aborted = np.flatnonzero(fleet.aborted & (fleet.cohort >= 0))
+        prev = self.category[:n][aborted]
+        in_halted = halted[fleet.cohort[aborted]]
+        open_ = (prev < 0) | (prev == _UNDET) | (in_halted & (prev != _RELEASE))
+        rows = aborted[open_]
+        prev = prev[open_]
+        if rows.size == 0:
+            return []
+        cats, rest = triage(fleet, pooled, halted, rows, s, prev < 0)
+        changed = np.flatnonzero(cats != prev)
+        if changed.size == 0:
+            return []
+        own = fleet.log_e[:, rows].max(axis=0)
+        sig_of = np.argmax(fleet.log_e[:, rows], axis=0)
         failing = stable_failing(fleet, s, rows)
-        for i, row in enumerate(rows):
-            env = self.envs[int(row)]
-            category = TRIAGE_ORDER[int(cats[i])]
-            previous = self.triaged.get(env)
-            # Triage is latched at the abort; it only moves from undetermined, or to release.
-            if previous is not None and (
-                previous.category is category
-                or (previous.category is not Triage.UNDETERMINED and category is not Triage.RELEASE)
-            ):
-                continue
+        records = []
+        for i in changed.tolist():
+            row = int(rows[i])
             code = int(fleet.cohort[row])
-            sig = int(np.argmax(fleet.log_e[:, row]).item())
+            sig = int(sig_of[i])
+            self.category[row] = cats[i]
             record = TriageRecord(
-                env=env,
+                env=self.envs[row],
                 release=self.releases[code],
-                pod_hash=self.pod_hash[int(row)],
-                category=category,
+                pod_hash=self.pod_hash[row],
+                category=TRIAGE_ORDER[int(cats[i])],
                 at=now,
                 own_statistic=float(own[i]),
                 rest_statistic=float(rest[i]),
@@ -962,9 +970,9 @@ class ReleaseBoard:
                 stable_failing=bool(failing[sig, i]),
                 surge=bool(pooled.surge[sig]),
             )
-            self.triaged[env] = record
-            out.triage.append(record)
-        return out
+            self.triaged[record.env] = record
+            records.append(record)
+        return records
 
     def _verdict(
         self, release: str, code: int, pooled: Pooled, fleet: FleetArrays, now: float
@@ -977,7 +985,8 @@ class ReleaseBoard:
         )
         previous = self.halted.get(release)
         if previous is not None:
-            new = tuple(t for t in targets if t not in set(previous.targets))
+            known = set(previous.targets)
+            new = tuple(t for t in targets if t not in known)
             if not new:
                 return None
             verdict = ReleaseVerdict(

@@ -372,3 +372,36 @@ def test_board_in_ebh_mode_returns_the_selected_environments_once() -> None:
     out = board.evaluate(1.0)
     assert sorted(e for e, _ in out.ebh_aborts) == ["ns0/web", "ns1/web", "ns2/web"]
     assert board.evaluate(2.0).ebh_aborts == []
+
+
+def test_board_triage_is_latched_and_a_later_halt_overrides_it() -> None:
+    s = ReleaseSettings(min_diff=0.0)
+    board = ReleaseBoard(s, capacity=4)
+    sick = "ns0/web"
+    board.apply_state(state(sick, "v5", aborted=True))
+    board.apply_summary(
+        summary(
+            sick,
+            "v5",
+            s,
+            0.0,
+            stable_requests=20_000,
+            stable_bad=(60, 0),
+            window_stable_requests=1000,
+            window_stable_bad=(40, 0),
+        )
+    )
+    (first,) = board.evaluate(1.0).triage
+    assert first.category is Triage.PLATFORM and first.stable_failing
+    assert board.evaluate(2.0).triage == []  # latched: no new record
+    # The release turns out bad across its cohort: the halt re-triages the abort as `release`.
+    for i in range(1, 13):
+        env = f"ns{i}/web"
+        board.apply_state(state(env, "v5"))
+        board.apply_summary(summary(env, "v5", s, gain=1.0))
+    out = board.evaluate(3.0)
+    assert len(out.verdicts) == 1 and sick not in {e for e, _ in out.verdicts[0].targets}
+    assert [(t.env, t.category) for t in out.triage] == [(sick, Triage.RELEASE)]
+    # A new canary revision starts the environment's evidence and triage again.
+    board.apply_state(state(sick, "v5", pod_hash="c2"))
+    assert sick not in board.triaged
