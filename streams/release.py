@@ -17,17 +17,18 @@ previous one of the same environment and canary revision (latest wins, never add
 **The pooled test (pooling = product).** For a release with cohort C and a ratio r_g shared by
 the whole cohort,
 
-    E_ratio = sum_g w_g * exp( sum_{e in C} (loglik_e[g] - loglik_e[0]) ),
+    E_ratio = sum_g w_g * prod_{e in C} min(exp(loglik_e[g] - loglik_e[0]), exp(env_cap)),
 
 is a test supermartingale under "in every environment the canary's bad rate is at most
-min_ratio x stable's" when the environments' splits are independent given the request counts;
-the difference null (canary <= stable + min_diff) is pooled the same way with the pseudo-count
-penalty of `streams.sequential`. A halt needs both, each >= ln(signals/alpha), and *robustly*:
-the sums are taken after removing, per grid ratio, the `robust_envs` largest environment
-contributions (a lower bound of the statistic of every cohort without some `robust_envs`
-environments, so still valid), so that a few environments whose customer code is bad cannot
-halt a healthy release. Stable's own rate never enters: a platform incident that hits both arms
-alike does not move the split.
+min_ratio x stable's" when the environments' splits are independent given the request counts
+(min(M, C) of a supermartingale M is one too). The difference null (canary <= stable +
+min_diff) is pooled the same way with the pseudo-count penalty of `streams.sequential`. A halt
+needs both, each >= ln(signals/alpha). The cap (1 nat per environment) keeps a few environments
+whose customer code is broken from halting a healthy release: the halt needs about seven
+environments' worth of evidence. Optionally (`robust_envs`), per grid ratio the k largest
+environment terms are removed first (a lower bound of the statistic of every cohort without
+some k environments, so still valid). Stable's own rate never enters: a platform incident that
+hits both arms alike does not move the split.
 
 **pooling = average.** E = (1/K) sum_e e_e, the per-environment e-values averaged: valid under
 any dependence between environments (Vovk & Wang), much weaker.
