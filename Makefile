@@ -84,3 +84,7 @@ bench-hostile: venv
 .PHONY: bench-decisions-tradeoff
 bench-decisions-tradeoff: venv
 	$(PY) -m bench.decisions --tradeoff
+# Release-level analysis: pooled release test, fleet-wide halt, triage (issue 13). In process.
+.PHONY: bench-fleet
+bench-fleet: venv
+	$(PY) -m bench.fleet

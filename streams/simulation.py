@@ -233,8 +233,7 @@ class Scorecard:
 
     def summary(self) -> str:
         return (
-            f"true_aborts={self.true_aborts} missed={self.missed} "
-            f"false_aborts={self.false_aborts}"
+            f"true_aborts={self.true_aborts} missed={self.missed} false_aborts={self.false_aborts}"
         )
 
 
