@@ -4,7 +4,12 @@ Each command is applied as `kubectl argo rollouts abort` applies it: a JSON merg
 `{"status":{"abort":true}}` on the Rollout's `status` subresource, on the main resource only when
 the subresource answers 404 (controllers older than the subresource). Before patching, the
 Rollout is read: a command whose canary is no longer the one in progress (moved on, promoted,
-already aborted) is skipped (`streams.rollouts.judge_abort`). After the patch, a Warning Event
+already aborted) is skipped (`streams.rollouts.judge_abort`), and so is one about a canary that
+was aborted and retried since the decision (its Events, `streams.rollouts.aborted_since`), or one
+older than `Settings.command_ttl_s`. While the controller has not reconciled a spec change
+(`observedGeneration` behind `generation`) the actuator waits. The patch carries the
+`metadata.resourceVersion` the judgement was made on, so it is refused (409) if the Rollout
+changed in between; the actuator then reads and judges again. After the patch, a Warning Event
 `CanarywatchAbort` on the Rollout carries the evidence, so `kubectl describe rollout` says why.
 
 Why aiokafka and not Faust here: the actuator needs commit-after-apply. Faust acknowledges
@@ -26,6 +31,7 @@ import asyncio
 import contextlib
 import email.utils
 import hashlib
+import json
 import logging
 import random
 import signal
@@ -49,7 +55,17 @@ from agents.deadletter import DeadLetters, Headers, deadletter_counter
 from agents.kafka_admin import ensure_topics
 from agents.settings import Settings
 from streams.events import AbortCommand, DecodeError, decode_abort_command
-from streams.rollouts import GROUP, KIND, PLURAL, VERSION, AbortVerdict, Rollout, judge_abort
+from streams.rollouts import (
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    AbortVerdict,
+    Rollout,
+    aborted_since,
+    judge_abort,
+    resource_version,
+)
 
 log = logging.getLogger("canarywatch.actuator")
 
@@ -57,12 +73,14 @@ EVENT_REASON = "CanarywatchAbort"
 COMPONENT = "canarywatch-actuator"
 MERGE_PATCH = "application/merge-patch+json"
 ABORT_PATCH: Mapping[str, Any] = {"status": {"abort": True}}
+CONFLICT = 409
 UNREACHABLE = 0  # KubeError.status when no HTTP answer came back
 
 
 class Outcome(StrEnum):
     APPLIED = "applied"
     STALE = "stale"
+    EXPIRED = "expired"  # decided longer ago than Settings.command_ttl_s: never applied
     NOT_FOUND = "not_found"
     DRY_RUN = "dry_run"
     FAILED = "failed"  # a non-retryable answer (403, 422, ...): dead-lettered, committed
@@ -93,8 +111,13 @@ class RolloutApi(Protocol):
         """The Rollout, or None when it does not exist."""
         ...
 
-    def abort_rollout(self, namespace: str, name: str) -> bool:
-        """Merge-patch `{"status":{"abort":true}}`; False when the Rollout does not exist."""
+    def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        """Merge-patch `{"status":{"abort":true}}`, with `metadata.resourceVersion` as a
+        precondition when given (409 if the Rollout changed); False when it does not exist."""
+        ...
+
+    def rollout_events(self, namespace: str, name: str, uid: str) -> list[Mapping[str, Any]]:
+        """The core/v1 Events about the Rollout (by uid when known, else by name), as JSON."""
         ...
 
     def record_event(self, namespace: str, event: Mapping[str, Any]) -> bool:
@@ -151,8 +174,11 @@ class KubeRolloutApi:
                 raise
         return cast(Rollout, obj)
 
-    def abort_rollout(self, namespace: str, name: str) -> bool:
-        args = (self._group, VERSION, namespace, PLURAL, name, dict(ABORT_PATCH))
+    def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        body: dict[str, Any] = dict(ABORT_PATCH)
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        args = (self._group, VERSION, namespace, PLURAL, name, body)
         with _kube_errors():
             try:
                 self._objects.patch_namespaced_custom_object_status(
@@ -172,6 +198,27 @@ class KubeRolloutApi:
                 if exc.status == 404:
                     return False
                 raise
+
+    def rollout_events(self, namespace: str, name: str, uid: str) -> list[Mapping[str, Any]]:
+        selector = f"involvedObject.uid={uid}" if uid else f"involvedObject.name={name}"
+        with _kube_errors():
+            # Raw JSON: the client's model would reject Events with fields it does not expect.
+            reply = cast(
+                urllib3.BaseHTTPResponse,
+                self._core.list_namespaced_event(
+                    namespace,
+                    field_selector=selector,
+                    _preload_content=False,
+                    _request_timeout=self._timeout,
+                ),
+            )
+            items = json.loads(reply.data).get("items") or []
+        return [
+            item
+            for item in items
+            if isinstance(item, dict)
+            and (item.get("involvedObject") or {}).get("kind", KIND) == KIND
+        ]
 
     def record_event(self, namespace: str, event: Mapping[str, Any]) -> bool:
         with _kube_errors():
@@ -354,6 +401,15 @@ class Actuator:
 
     async def handle(self, command: AbortCommand) -> Result:
         """Read, judge, patch, record: retried as a whole on retryable errors."""
+        age = self._wall_clock() - command.decided_at
+        if age > self.settings.command_ttl_s:
+            result = Result(
+                Outcome.EXPIRED,
+                f"decided {age:.0f}s ago, more than the TTL of {self.settings.command_ttl_s:g}s",
+            )
+            self.metrics.commands.labels(result.outcome.value).inc()
+            self._log(command, result)
+            return result
         started = self._clock()
         attempt = 0
         patch_sent = False
@@ -361,20 +417,27 @@ class Actuator:
             try:
                 result = await self._attempt(command, patch_sent)
                 break
+            except _Unreconciled as wait:
+                why, label, retry_after, retryable = wait.why, "unreconciled", None, True
+            except _Conflict as conflict:  # 409: nothing was written; read and judge afresh
+                why, label, retry_after, retryable = str(conflict.error), str(CONFLICT), None, True
             except _PatchSent as sent:
                 patch_sent = True
                 error = sent.error
-            except KubeError as exc:
-                error = exc
-            if not self.policy.retryable(error.status):
-                result = Result(Outcome.FAILED, str(error))
+                why, label, retry_after = str(error), str(error.status), error.retry_after
+                retryable = self.policy.retryable(error.status)
+            except KubeError as error:
+                why, label, retry_after = str(error), str(error.status), error.retry_after
+                retryable = self.policy.retryable(error.status)
+            if not retryable:
+                result = Result(Outcome.FAILED, why)
                 break
-            delay = self.policy.delay(attempt, error.retry_after, self._rand())
+            delay = self.policy.delay(attempt, retry_after, self._rand())
             if self._clock() + delay - started > self.policy.budget_s:
-                result = Result(Outcome.DEFERRED, str(error))
+                result = Result(Outcome.DEFERRED, why)
                 break
-            self.metrics.retries.labels(str(error.status)).inc()
-            log.warning("%s: %s; retry %d in %.2fs", command.decision_id, error, attempt + 1, delay)
+            self.metrics.retries.labels(label).inc()
+            log.warning("%s: %s; retry %d in %.2fs", command.decision_id, why, attempt + 1, delay)
             await self._sleep(delay)
             attempt += 1
         self.metrics.commands.labels(result.outcome.value).inc()
@@ -386,25 +449,42 @@ class Actuator:
         judgement = judge_abort(command.pod_hash, rollout)
         if judgement.verdict is AbortVerdict.NOT_FOUND:
             return Result(Outcome.NOT_FOUND, judgement.why)
+        if judgement.verdict is AbortVerdict.UNRECONCILED:
+            raise _Unreconciled(judgement.why)
         assert rollout is not None
         if judgement.verdict is AbortVerdict.STALE:
             if not (patch_sent and judgement.already_aborted):
                 return Result(Outcome.STALE, judgement.why)
             # Our earlier patch went through but its answer was lost: finish the job.
+        elif retried := await self._aborted_since_decision(command, rollout):
+            return Result(Outcome.STALE, f"{retried}; the canary was retried since")
         elif self.dry_run:
             return Result(Outcome.DRY_RUN, judgement.why)
         else:
             try:
                 found = await asyncio.to_thread(
-                    self.api.abort_rollout, command.namespace, command.rollout
+                    self.api.abort_rollout,
+                    command.namespace,
+                    command.rollout,
+                    resource_version(rollout),
                 )
             except KubeError as exc:
+                if exc.status == CONFLICT:
+                    raise _Conflict(exc) from exc
                 raise _PatchSent(exc) from exc
             if not found:
                 return Result(Outcome.NOT_FOUND, "the Rollout disappeared before the patch")
         self.metrics.decision_to_abort.observe(max(0.0, self._wall_clock() - command.decided_at))
         await self._record_event(command, rollout)
         return Result(Outcome.APPLIED, judgement.why)
+
+    async def _aborted_since_decision(self, command: AbortCommand, rollout: Rollout) -> str | None:
+        """An abort of this Rollout after the command was decided (then undone by `retry`)."""
+        uid = rollout.get("metadata", {}).get("uid", "")
+        events = await asyncio.to_thread(
+            self.api.rollout_events, command.namespace, command.rollout, uid
+        )
+        return aborted_since(events, command.decided_at)
 
     async def _record_event(self, command: AbortCommand, rollout: Rollout) -> None:
         """Best effort, retried a few times: the abort is done whatever happens here."""
@@ -514,6 +594,22 @@ class Actuator:
         await DeadLetters(send, self.metrics.deadletters).publish(
             record.topic, record.partition, [(record.offset, record.value or b"", error)]
         )
+
+
+class _Unreconciled(Exception):
+    """The controller has not reconciled the Rollout's spec yet: judge again later."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class _Conflict(Exception):
+    """The abort patch was refused (409): the Rollout changed since it was judged."""
+
+    def __init__(self, error: KubeError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _PatchSent(Exception):

@@ -57,6 +57,10 @@ class Settings:
     # Hold request-log ingestion until this file exists: lets several workers join the group
     # and split the partitions before any of them drains a backlog (used by `make bench`).
     ingest_start_file: Path | None = None
+    # The actuator never applies an abort command decided longer ago than this (outcome
+    # `expired`). Keep it under the API server's event TTL (1 h by default): the Events are how
+    # the actuator sees that a canary was aborted and retried after the decision.
+    command_ttl_s: float = 600.0
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     window: WindowSettings = field(default_factory=WindowSettings)
 
@@ -99,6 +103,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         fetch_max_bytes=int(get("FETCH_MAX_BYTES") or base.fetch_max_bytes),
         data_dir=Path(get("DATA_DIR") or base.data_dir),
         ingest_start_file=Path(gate) if (gate := get("INGEST_START_FILE")) else None,
+        command_ttl_s=float(get("COMMAND_TTL_S") or base.command_ttl_s),
         decisions=decisions,
     )
 
@@ -116,6 +121,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "FETCH_PARTITION_BYTES": str(settings.fetch_partition_bytes),
         ENV_PREFIX + "FETCH_MAX_BYTES": str(settings.fetch_max_bytes),
         ENV_PREFIX + "DATA_DIR": str(settings.data_dir),
+        ENV_PREFIX + "COMMAND_TTL_S": str(settings.command_ttl_s),
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
     }
     if settings.ingest_start_file is not None:

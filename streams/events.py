@@ -53,6 +53,8 @@ class RolloutState:
     canary_weight: int | None = None  # percent, when known
     release: str = ""  # image / release version of the canary template
     observed_at: float = 0.0  # epoch seconds the snapshot was taken
+    resource_version: str = ""  # metadata.resourceVersion of the object read ("" if unknown)
+    ended: bool = False  # the Rollout is gone (deleted, or missing from a relist)
 
     @property
     def env(self) -> str:
@@ -65,6 +67,7 @@ class RolloutState:
             and bool(self.stable_hash)
             and self.current_pod_hash != self.stable_hash
             and not self.aborted
+            and not self.ended
         )
 
 
@@ -233,6 +236,8 @@ def decode_rollout_state(raw: bytes) -> RolloutState:
         canary_weight=int(weight) if isinstance(weight, (int, float)) else None,
         release=str(o.get("release") or ""),
         observed_at=float(o.get("observed_at") or 0.0),
+        resource_version=str(o.get("resource_version") or ""),
+        ended=o.get("ended") is True,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypedDict
 
@@ -82,12 +83,24 @@ class CanaryStatus(TypedDict, total=False):
     weights: TrafficWeights
 
 
+class RolloutCondition(TypedDict, total=False):
+    type: str
+    status: str
+    reason: str
+    message: str
+    lastTransitionTime: str
+    lastUpdateTime: str
+
+
 class RolloutStatus(TypedDict, total=False):
     currentPodHash: str
     stableRS: str
     currentStepIndex: int
     phase: str
     abort: bool
+    abortedAt: str
+    observedGeneration: str  # a string in Argo: the metadata.generation last reconciled
+    conditions: list[RolloutCondition]
     canary: CanaryStatus
 
 
@@ -161,6 +174,20 @@ def release_of(rollout: Rollout) -> str:
     return ""
 
 
+def spec_observed(rollout: Rollout) -> bool:
+    """Has the controller reconciled the current spec? `status.observedGeneration` (a string in
+    Argo) equals `metadata.generation`. Until then `spec.template` may be newer than
+    `status.currentPodHash`: the spec (the release, the steps) says nothing true about the
+    canary in progress."""
+    generation = _int(_obj(rollout.get("metadata")).get("generation"))
+    observed = _obj(rollout.get("status")).get("observedGeneration")
+    if generation is None or isinstance(observed, bool):
+        return False
+    if isinstance(observed, int):
+        return observed == generation
+    return isinstance(observed, str) and observed.strip() == str(generation)
+
+
 def rollout_state(rollout: Rollout, observed_at: float) -> RolloutState | None:
     """The snapshot of a Rollout; None while it has no name or no `status.currentPodHash`
     (the controller has not reconciled it yet)."""
@@ -181,7 +208,14 @@ def rollout_state(rollout: Rollout, observed_at: float) -> RolloutState | None:
         canary_weight=current_set_weight(rollout),
         release=release_of(rollout),
         observed_at=observed_at,
+        resource_version=resource_version(rollout),
     )
+
+
+def ended_state(last: RolloutState, observed_at: float) -> RolloutState:
+    """The snapshot that says a Rollout is gone (deleted, or missing from a relist): its last
+    known hashes, no canary in progress."""
+    return replace(last, ended=True, canary_weight=None, observed_at=observed_at)
 
 
 def resource_version(rollout: Rollout) -> str:
@@ -197,6 +231,12 @@ def _newer(candidate: str, seen: str) -> bool:
     if candidate.isdigit() and seen.isdigit():
         return int(candidate) >= int(seen)
     return True
+
+
+def _meaningful(state: RolloutState) -> RolloutState:
+    """The fields that make a snapshot worth publishing (not when or at which version it was
+    read)."""
+    return replace(state, observed_at=0.0, resource_version="")
 
 
 class Change(StrEnum):
@@ -220,21 +260,26 @@ class SnapshotDedupe:
         previous, previous_version = last
         if version and previous_version and not _newer(version, previous_version):
             return Change.OLDER
-        return Change.SAME if replace(state, observed_at=0.0) == previous else Change.NEW
+        return Change.SAME if _meaningful(state) == _meaningful(previous) else Change.NEW
 
     def record(self, state: RolloutState, version: str = "") -> None:
-        self._last[state.env] = (replace(state, observed_at=0.0), version)
+        self._last[state.env] = (state, version)
 
-    def forget(self, key: str) -> None:
-        self._last.pop(key, None)
+    def forget(self, key: str) -> RolloutState | None:
+        """Forget `key`; its last published snapshot, if any."""
+        last = self._last.pop(key, None)
+        return None if last is None else last[0]
 
-    def retain(self, keys: Iterable[str], namespace: str | None = None) -> None:
-        """After a relist: forget keys (of `namespace`, or all) that the list no longer holds."""
+    def retain(self, keys: Iterable[str], namespace: str | None = None) -> list[RolloutState]:
+        """After a relist: forget keys (of `namespace`, or all) that the list no longer holds;
+        the last published snapshots of those forgotten."""
         keep = set(keys)
+        gone = []
         for key in list(self._last):
             in_scope = namespace is None or key.startswith(f"{namespace}/")
             if in_scope and key not in keep:
-                del self._last[key]
+                gone.append(self._last.pop(key)[0])
+        return gone
 
     def __len__(self) -> int:
         return len(self._last)
@@ -247,6 +292,7 @@ class AbortVerdict(StrEnum):
     APPLY = "apply"
     STALE = "stale"  # the canary the command names is no longer the one in progress
     NOT_FOUND = "not_found"
+    UNRECONCILED = "unreconciled"  # the spec changed and the controller has not caught up: wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,11 +316,58 @@ def judge_abort(pod_hash: str, rollout: Rollout | None) -> Judgement:
         return Judgement(AbortVerdict.STALE, "already aborted", already_aborted=True)
     if not current:
         return Judgement(AbortVerdict.STALE, "the Rollout reports no currentPodHash")
+    if not spec_observed(rollout):
+        # An abort now would be applied by the controller to whatever the new spec makes the
+        # canary, which is not the revision judged: wait until currentPodHash is true again.
+        generation = _obj(rollout.get("metadata")).get("generation")
+        observed = status.get("observedGeneration")
+        return Judgement(
+            AbortVerdict.UNRECONCILED,
+            f"the controller has not observed generation {generation} yet (observed {observed})",
+        )
     if current != pod_hash:
         return Judgement(AbortVerdict.STALE, f"the canary moved on to {current}")
     if current == stable:
         return Judgement(AbortVerdict.STALE, f"{current} was promoted to stable")
     return Judgement(AbortVerdict.APPLY, f"{current} is the canary in progress")
+
+
+# Event reasons that mean "this Rollout was aborted": the controller's own, and the actuator's.
+ABORT_EVENT_REASONS = frozenset({"RolloutAborted", "CanarywatchAbort"})
+# Allowed clock difference between the worker (decided_at) and the cluster (Event times).
+CLOCK_SKEW_S = 5.0
+
+
+def _epoch(value: object) -> float | None:
+    text = _text(value)
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def aborted_since(events: Iterable[Mapping[str, Any]], decided_at: float) -> str | None:
+    """An abort of the Rollout recorded at or after `decided_at` (less `CLOCK_SKEW_S`), from its
+    core/v1 Events: a description of it, or None.
+
+    Argo's `retry` sets `status.abort=false`; the controller then clears `status.abortedAt` and
+    restarts the canary with the same pod hash, so the Rollout itself keeps no trace of the
+    abort. Its Events (`RolloutAborted` from the controller, `CanarywatchAbort` from the actuator)
+    do, for the API server's event TTL (1 h by default). A command decided before such an abort,
+    arriving when the Rollout is no longer aborted, is about a canary that has since been
+    retried: it must not abort the retry."""
+    cutoff = decided_at - CLOCK_SKEW_S
+    for event in events:
+        if _text(event.get("reason")) not in ABORT_EVENT_REASONS:
+            continue
+        times = [_epoch(event.get(k)) for k in ("lastTimestamp", "eventTime", "firstTimestamp")]
+        latest = max((t for t in times if t is not None), default=None)
+        if latest is not None and latest >= cutoff:
+            stamp = datetime.fromtimestamp(latest, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return f"{_text(event.get('reason'))} at {stamp}, after the decision"
+    return None
 
 
 # --- Events from kubernetes-event-exporter's Kafka sink ---------------------------------------

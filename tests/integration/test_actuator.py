@@ -42,7 +42,7 @@ from agents.processes import free_port, poll_until, read_metric
 from agents.settings import Settings, Topics, settings_to_env
 from streams.events import AbortCommand, Evidence, encode_abort_command
 from streams.rollouts import GROUP, PLURAL, VERSION, Rollout
-from tests.support.localkube import DEFAULT_ROLLOUT_CRD, LocalKubeAPI
+from tests.support.localkube import LocalKubeAPI, default_rollout_crd
 
 pytestmark = [pytest.mark.kube, pytest.mark.kafka]
 
@@ -204,7 +204,14 @@ def actuator_api(kube_api: LocalKubeAPI) -> Iterator[KubeRolloutApi]:
 
 
 def canary_status(canary: str, stable: str) -> dict[str, Any]:
-    return {"currentPodHash": canary, "stableRS": stable, "currentStepIndex": 1, "phase": "Paused"}
+    """As the controller writes it, having reconciled the Rollout's first (only) generation."""
+    return {
+        "currentPodHash": canary,
+        "stableRS": stable,
+        "currentStepIndex": 1,
+        "phase": "Paused",
+        "observedGeneration": "1",
+    }
 
 
 def name() -> str:
@@ -367,9 +374,12 @@ class FailingAborts:
     def get_rollout(self, namespace: str, name: str) -> Rollout | None:
         return self.api.get_rollout(namespace, name)
 
-    def abort_rollout(self, namespace: str, name: str) -> bool:
+    def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
         self.patches += 1
         raise KubeError(503, "Service Unavailable (injected)")
+
+    def rollout_events(self, namespace: str, name: str, uid: str) -> list[Any]:
+        return self.api.rollout_events(namespace, name, uid)
 
     def record_event(self, namespace: str, event: Any) -> bool:
         return self.api.record_event(namespace, event)
@@ -422,7 +432,7 @@ FALLBACK_GROUP = "fallback.canarywatch.test"
 @pytest.fixture(scope="module")
 def fallback_crd(kube_api: LocalKubeAPI, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The Rollout CRD under another group, without the status subresource (old controllers)."""
-    crd = yaml.safe_load(DEFAULT_ROLLOUT_CRD.read_text())
+    crd = yaml.safe_load(default_rollout_crd().read_text())
     crd = copy.deepcopy(crd)
     crd["metadata"] = {"name": f"{PLURAL}.{FALLBACK_GROUP}"}
     crd["spec"]["group"] = FALLBACK_GROUP

@@ -134,6 +134,7 @@ def status(step: int, **more: Any) -> dict[str, Any]:
         "stableRS": STABLE,
         "currentStepIndex": step,
         "phase": "Progressing",
+        "observedGeneration": "1",  # the controller has reconciled the spec
         **more,
     }
 
