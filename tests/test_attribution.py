@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from streams.attribution import NOT_ATTRIBUTED, Attribution
 from streams.events import RolloutState
 from streams.windows import ARM_CANARY, ARM_STABLE
@@ -74,3 +76,13 @@ def test_lookup_keys_agrees_with_lookup_as_rollouts_change() -> None:
     a.apply(RolloutState("shop", "web", "c2", "c2"))
     agree()
     assert a.lookup_keys(np.zeros(0, dtype=KEY_DTYPE)).size == 0
+
+
+def test_an_ended_rollout_frees_its_row() -> None:
+    a = Attribution()
+    (row,) = a.apply(canary("shop", "c1")).started
+    gone = dataclasses.replace(canary("shop", "c1"), ended=True)  # deleted, or gone at a relist
+    change = a.apply(gone)
+    assert change.ended == [row] and change.started == []
+    assert a.lookup("shop", "c1") == NOT_ATTRIBUTED
+    assert a.active_rows().tolist() == []

@@ -7,7 +7,9 @@ v2 (the controller starts the canary: setWeight 20, then an indefinite pause), a
 - an abort command through Kafka and the actuator makes the controller abort;
 - a promotion while a command is pending makes the command stale;
 - a new template between the actuator's judgement and its patch never aborts the new revision;
-- after `retry`, a redelivered command does not abort the retried canary.
+- after `retry`, a redelivered command does not abort the retried canary;
+- with nginx traffic routing, an abort sets the canary Ingress weight to 0 at once and scales the
+  canary down after `abortScaleDownDelaySeconds`.
 """
 
 from __future__ import annotations
@@ -365,3 +367,106 @@ async def test_after_retry_a_redelivered_command_does_not_abort_the_retried_cana
     after = read_rollout(admin, NAMESPACE, name)
     assert paused_canary(after, canary), dump(after["status"])
     assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 1
+
+
+# --- traffic routing: nginx Ingress ---------------------------------------------------------
+
+CANARY_WEIGHT = "nginx.ingress.kubernetes.io/canary-weight"
+SCALE_DOWN_DEADLINE = "scale-down-deadline"
+ABORT_SCALE_DOWN_DELAY_S = 3
+
+
+def nginx_manifest(name: str, version: str) -> dict[str, Any]:
+    obj = manifest(name, version)
+    obj["spec"]["strategy"]["canary"] |= {
+        "canaryService": f"{name}-canary",
+        "stableService": f"{name}-stable",
+        "trafficRouting": {"nginx": {"stableIngress": name}},
+        "abortScaleDownDelaySeconds": ABORT_SCALE_DOWN_DELAY_S,
+    }
+    return obj
+
+
+def create_services_and_ingress(admin: k8s.ApiClient, name: str) -> None:
+    core, networking = k8s.CoreV1Api(admin), k8s.NetworkingV1Api(admin)
+    for service in (f"{name}-stable", f"{name}-canary"):
+        service_body: Any = {  # the client sends plain JSON as it is
+            "metadata": {"name": service},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }
+        core.create_namespaced_service(NAMESPACE, service_body)
+    backend = {"service": {"name": f"{name}-stable", "port": {"number": 80}}}
+    ingress_body: Any = {
+        "metadata": {"name": name},
+        "spec": {
+            "ingressClassName": "nginx",
+            "rules": [
+                {
+                    "host": f"{name}.example",
+                    "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]},
+                }
+            ],
+        },
+    }
+    networking.create_namespaced_ingress(NAMESPACE, ingress_body)
+
+
+def canary_ingress_weight(admin: k8s.ApiClient, name: str) -> str | None:
+    try:
+        ingress = k8s.NetworkingV1Api(admin).read_namespaced_ingress(
+            f"{name}-{name}-canary", NAMESPACE
+        )
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    annotations = (ingress.metadata and ingress.metadata.annotations) or {}
+    return annotations.get(CANARY_WEIGHT)
+
+
+async def test_with_nginx_traffic_routing_an_abort_moves_traffic_at_once_and_pods_later(
+    admin: k8s.ApiClient, actuator_api: KubeRolloutApi
+) -> None:
+    name = f"web-{uuid.uuid4().hex[:8]}"
+    create_services_and_ingress(admin, name)
+    k8s.CustomObjectsApi(admin).create_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, nginx_manifest(name, "1.0.0")
+    )
+    healthy = await wait_for(
+        admin,
+        name,
+        "Healthy at v1",
+        lambda o: reconciled(o) and o.get("status", {}).get("phase") == "Healthy",
+    )
+    stable = healthy["status"]["stableRS"]
+    set_image(admin, name, "2.0.0")
+    paused = await wait_for(admin, name, "canary v2 paused at 20 %", paused_canary)
+    canary = paused["status"]["currentPodHash"]
+    weights = paused["status"]["canary"]["weights"]
+    assert (weights["canary"]["weight"], weights["canary"]["podTemplateHash"]) == (20, canary)
+    assert canary_ingress_weight(admin, name) == "20"
+    # With traffic routing the canary gets its own full share of pods: stable keeps all five.
+    sets = replica_sets(admin, name)
+    assert (sets[canary].spec.replicas, sets[stable].spec.replicas) == (1, REPLICAS)
+
+    act, _ = actuator(Settings(), actuator_api)
+    assert (await act.handle(command_for(NAMESPACE, name, canary))).outcome is Outcome.APPLIED
+    aborted_at = time.monotonic()
+    after = await wait_for(admin, name, "aborted by the controller", aborted_by_controller)
+    assert after["status"]["canary"]["weights"]["canary"]["weight"] == 0, dump(after["status"])
+    await poll_until(
+        lambda: canary_ingress_weight(admin, name) == "0", WITHIN_S, "canary Ingress weight 0"
+    )
+    # The canary's pods stay for abortScaleDownDelaySeconds, marked with a deadline.
+    held = replica_sets(admin, name)[canary]
+    annotations = (held.metadata and held.metadata.annotations) or {}
+    if held.spec.replicas:
+        assert any(SCALE_DOWN_DEADLINE in key for key in annotations), annotations
+
+    def canary_scaled_down() -> bool:
+        return replica_sets(admin, name)[canary].spec.replicas == 0
+
+    await poll_until(canary_scaled_down, WITHIN_S, "the canary ReplicaSet scaled to 0")
+    waited = time.monotonic() - aborted_at
+    print(f"\nnginx: canary ReplicaSet scaled to 0 {waited:.1f} s after the abort patch")
+    assert waited >= ABORT_SCALE_DOWN_DELAY_S - 1.5  # not at once (second-resolution deadline)
