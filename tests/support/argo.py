@@ -134,6 +134,9 @@ class ReplicaSetKubelet:
                 break
             if event["type"] == "ERROR":
                 return ""  # expired: relist
+            if event["type"] == "BOOKMARK":  # left as JSON by the client
+                version = event["raw_object"].get("metadata", {}).get("resourceVersion") or version
+                continue
             obj = event["object"]
             version = obj.metadata.resource_version or version
             if event["type"] in ("ADDED", "MODIFIED"):
