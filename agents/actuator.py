@@ -70,9 +70,21 @@ from streams.rollouts import (
 log = logging.getLogger("canarywatch.actuator")
 
 EVENT_REASON = "CanarywatchAbort"
+PAUSE_EVENT_REASON = "CanarywatchPause"
 COMPONENT = "canarywatch-actuator"
 MERGE_PATCH = "application/merge-patch+json"
 ABORT_PATCH: Mapping[str, Any] = {"status": {"abort": True}}
+PAUSE_PATCH: Mapping[str, Any] = {"spec": {"paused": True}}  # `kubectl argo rollouts pause`
+
+
+class Action(StrEnum):
+    """What a command does to its Rollout: abort it (the default), or only pause it, leaving
+    the decision to roll back or promote to a person (needs `patch` on `rollouts`)."""
+
+    ABORT = "abort"
+    PAUSE = "pause"
+
+
 CONFLICT = 409
 UNREACHABLE = 0  # KubeError.status when no HTTP answer came back
 
@@ -114,6 +126,11 @@ class RolloutApi(Protocol):
     def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
         """Merge-patch `{"status":{"abort":true}}`, with `metadata.resourceVersion` as a
         precondition when given (409 if the Rollout changed); False when it does not exist."""
+        ...
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        """Merge-patch `{"spec":{"paused":true}}` on the main resource, with the same
+        precondition; False when the Rollout does not exist."""
         ...
 
     def rollout_events(self, namespace: str, name: str, uid: str) -> list[Mapping[str, Any]]:
@@ -192,6 +209,28 @@ class KubeRolloutApi:
             try:
                 self._objects.patch_namespaced_custom_object(
                     *args, _content_type=MERGE_PATCH, _request_timeout=self._timeout
+                )
+                return True
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        body: dict[str, Any] = dict(PAUSE_PATCH)
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        with _kube_errors():
+            try:
+                self._objects.patch_namespaced_custom_object(
+                    self._group,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    body,
+                    _content_type=MERGE_PATCH,
+                    _request_timeout=self._timeout,
                 )
                 return True
             except k8s.ApiException as exc:
@@ -278,19 +317,24 @@ def event_name(command: AbortCommand) -> str:
     return f"{command.rollout}.canarywatch-{digest}"
 
 
-def event_message(command: AbortCommand) -> str:
+def event_message(command: AbortCommand, action: Action = Action.ABORT) -> str:
     release = f" (release {command.release})" if command.release else ""
+    verb = "paused at" if action is Action.PAUSE else "aborted"
     text = (
-        f"canarywatch aborted canary {command.pod_hash}{release}: {command.reason}; "
+        f"canarywatch {verb} canary {command.pod_hash}{release}: {command.reason}; "
         f"{command.evidence.describe()}; decision {command.decision_id}"
     )
     return text[:1024]
 
 
 def abort_event(
-    command: AbortCommand, rollout: Rollout, now: datetime, instance: str
+    command: AbortCommand,
+    rollout: Rollout,
+    now: datetime,
+    instance: str,
+    action: Action = Action.ABORT,
 ) -> dict[str, Any]:
-    """The core/v1 Event recorded on the Rollout after an abort."""
+    """The core/v1 Event recorded on the Rollout after an abort (or a pause)."""
     meta = rollout.get("metadata", {})
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
@@ -306,9 +350,9 @@ def abort_event(
             "resourceVersion": meta.get("resourceVersion", ""),
         },
         "type": "Warning",
-        "reason": EVENT_REASON,
-        "action": "Abort",
-        "message": event_message(command),
+        "reason": PAUSE_EVENT_REASON if action is Action.PAUSE else EVENT_REASON,
+        "action": action.value.capitalize(),
+        "message": event_message(command, action),
         "source": {"component": COMPONENT},
         "reportingComponent": COMPONENT,
         "reportingInstance": instance,
@@ -383,8 +427,10 @@ class Actuator:
         wall_clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         instance: str | None = None,
+        action: Action = Action.ABORT,
     ) -> None:
         self.settings = settings
+        self.action = action
         self.api = api
         self.metrics = metrics
         self.dry_run = dry_run
@@ -446,7 +492,7 @@ class Actuator:
 
     async def _attempt(self, command: AbortCommand, patch_sent: bool) -> Result:
         rollout = await asyncio.to_thread(self.api.get_rollout, command.namespace, command.rollout)
-        judgement = judge_abort(command.pod_hash, rollout)
+        judgement = judge_abort(command.pod_hash, rollout, pause=self.action is Action.PAUSE)
         if judgement.verdict is AbortVerdict.NOT_FOUND:
             return Result(Outcome.NOT_FOUND, judgement.why)
         if judgement.verdict is AbortVerdict.UNRECONCILED:
@@ -457,13 +503,16 @@ class Actuator:
                 return Result(Outcome.STALE, judgement.why)
             # Our earlier patch went through but its answer was lost: finish the job.
         elif retried := await self._aborted_since_decision(command, rollout):
-            return Result(Outcome.STALE, f"{retried}; the canary was retried since")
+            return Result(Outcome.STALE, f"{retried}; the canary was retried or resumed since")
         elif self.dry_run:
             return Result(Outcome.DRY_RUN, judgement.why)
         else:
+            patch = (
+                self.api.pause_rollout if self.action is Action.PAUSE else self.api.abort_rollout
+            )
             try:
                 found = await asyncio.to_thread(
-                    self.api.abort_rollout,
+                    patch,
                     command.namespace,
                     command.rollout,
                     resource_version(rollout),
@@ -489,7 +538,7 @@ class Actuator:
     async def _record_event(self, command: AbortCommand, rollout: Rollout) -> None:
         """Best effort, retried a few times: the abort is done whatever happens here."""
         now = datetime.fromtimestamp(self._wall_clock(), UTC)
-        event = abort_event(command, rollout, now, self.instance)
+        event = abort_event(command, rollout, now, self.instance, self.action)
         for attempt in range(self.policy.event_attempts):
             try:
                 created = await asyncio.to_thread(self.api.record_event, command.namespace, event)
@@ -507,10 +556,13 @@ class Actuator:
 
     def _log(self, command: AbortCommand, result: Result) -> None:
         where = f"{command.env} canary {command.pod_hash} ({command.decision_id})"
+        verb = "paused" if self.action is Action.PAUSE else "aborted"
         if result.outcome is Outcome.APPLIED:
-            log.warning("aborted %s: %s", where, command.evidence.describe())
+            log.warning("%s %s: %s", verb, where, command.evidence.describe())
         elif result.outcome is Outcome.DRY_RUN:
-            log.warning("dry run: would abort %s: %s", where, command.evidence.describe())
+            log.warning(
+                "dry run: would %s %s: %s", self.action.value, where, command.evidence.describe()
+            )
         elif result.outcome in (Outcome.FAILED, Outcome.DEFERRED):
             log.error("%s %s: %s", result.outcome.value, where, result.detail)
         else:
@@ -621,7 +673,11 @@ class _PatchSent(Exception):
 
 
 def run_actuator(
-    settings: Settings, *, dry_run: bool = False, kubeconfig: str | None = None
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    kubeconfig: str | None = None,
+    action: Action = Action.ABORT,
 ) -> int:
     """`canarywatch actuator`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -629,12 +685,17 @@ def run_actuator(
     start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
     api_client = kube_api_client(kubeconfig)
     actuator = Actuator(
-        settings, KubeRolloutApi(api_client), ActuatorMetrics(registry), dry_run=dry_run
+        settings,
+        KubeRolloutApi(api_client),
+        ActuatorMetrics(registry),
+        dry_run=dry_run,
+        action=action,
     )
     log.info(
-        "actuator: group %s, topic %s%s",
+        "actuator: group %s, topic %s, action %s%s",
         actuator.group_id,
         settings.topics.commands,
+        action.value,
         " (dry run: nothing is patched)" if dry_run else "",
     )
 

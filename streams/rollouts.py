@@ -299,11 +299,12 @@ class AbortVerdict(StrEnum):
 class Judgement:
     verdict: AbortVerdict
     why: str
-    already_aborted: bool = False
+    already_aborted: bool = False  # already aborted (for a pause: already paused)
 
 
-def judge_abort(pod_hash: str, rollout: Rollout | None) -> Judgement:
+def judge_abort(pod_hash: str, rollout: Rollout | None, *, pause: bool = False) -> Judgement:
     """Should an abort of canary `pod_hash` be applied to `rollout` (None: it does not exist)?
+    With `pause`: a pause (`spec.paused`) instead of the abort.
 
     Applying a command twice, or after the Rollout moved on, must do nothing: only the canary
     the command judged may be aborted, and only once.
@@ -313,7 +314,9 @@ def judge_abort(pod_hash: str, rollout: Rollout | None) -> Judgement:
     status = _obj(rollout.get("status"))
     current, stable = _text(status.get("currentPodHash")), _text(status.get("stableRS"))
     if status.get("abort") is True:
-        return Judgement(AbortVerdict.STALE, "already aborted", already_aborted=True)
+        return Judgement(AbortVerdict.STALE, "already aborted", already_aborted=not pause)
+    if pause and _obj(rollout.get("spec")).get("paused") is True:
+        return Judgement(AbortVerdict.STALE, "already paused", already_aborted=True)
     if not current:
         return Judgement(AbortVerdict.STALE, "the Rollout reports no currentPodHash")
     if not spec_observed(rollout):
@@ -332,8 +335,9 @@ def judge_abort(pod_hash: str, rollout: Rollout | None) -> Judgement:
     return Judgement(AbortVerdict.APPLY, f"{current} is the canary in progress")
 
 
-# Event reasons that mean "this Rollout was aborted": the controller's own, and the actuator's.
-ABORT_EVENT_REASONS = frozenset({"RolloutAborted", "CanarywatchAbort"})
+# Event reasons that mean "this Rollout was aborted" (or paused by canarywatch): the
+# controller's own, and the actuator's.
+ABORT_EVENT_REASONS = frozenset({"RolloutAborted", "CanarywatchAbort", "CanarywatchPause"})
 # Allowed clock difference between the worker (decided_at) and the cluster (Event times).
 CLOCK_SKEW_S = 5.0
 

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from agents.actuator import (
     EVENT_REASON,
+    PAUSE_EVENT_REASON,
+    Action,
     Actuator,
     ActuatorMetrics,
     KubeError,
@@ -186,6 +188,14 @@ class FakeApi:
         if self.rollout is None:
             return False
         self.rollout["status"]["abort"] = True
+        return True
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        self.preconditions.append(resource_version)
+        self._fail("pause")
+        if self.rollout is None:
+            return False
+        self.rollout.setdefault("spec", {})["paused"] = True
         return True
 
     def rollout_events(self, namespace: str, name: str, uid: str) -> list[Mapping[str, Any]]:
@@ -436,3 +446,35 @@ async def test_a_template_change_between_judge_and_patch_never_aborts_the_new_re
     assert api.rollout is not None and "abort" not in api.rollout["status"]
     assert count(registry, "canarywatch_actuator_retries_total", status="409") == 1
     assert count(registry, "canarywatch_actuator_retries_total", status="unreconciled") == 1
+
+
+# --- pause instead of abort -------------------------------------------------------------------
+
+
+async def test_the_pause_policy_pauses_once_and_never_after_a_resume() -> None:
+    api, fake = FakeApi(make_rollout()), FakeTime()
+    registry = CollectorRegistry()
+    actuator = Actuator(
+        Settings(),
+        api,
+        ActuatorMetrics(registry),
+        sleep=fake.sleep,
+        clock=fake.clock,
+        wall_clock=lambda: 1002.5,
+        action=Action.PAUSE,
+    )
+    assert (await actuator.handle(COMMAND)).outcome is Outcome.APPLIED
+    assert api.calls == ["get", "events", "pause", "event"]
+    assert api.rollout is not None and api.rollout["spec"]["paused"] is True
+    assert "abort" not in api.rollout["status"]
+    (event,) = api.events.values()
+    assert (event["reason"], event["action"]) == (PAUSE_EVENT_REASON, "Pause")
+    assert event["message"].startswith(f"canarywatch paused at canary {CANARY}")
+    # Redelivered while paused: already done.
+    assert (await actuator.handle(COMMAND)).detail == "already paused"
+    # A person resumed it (spec.paused false): the command must not pause it again.
+    api.rollout["spec"]["paused"] = False
+    result = await actuator.handle(COMMAND)
+    assert result.outcome is Outcome.STALE and "resumed" in result.detail
+    assert api.calls.count("pause") == 1
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 1

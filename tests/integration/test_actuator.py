@@ -393,6 +393,9 @@ class FailingAborts:
     def record_event(self, namespace: str, event: Any) -> bool:
         return self.api.record_event(namespace, event)
 
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        return self.api.pause_rollout(namespace, name, resource_version)
+
 
 async def test_no_command_is_lost_when_the_actuator_restarts_mid_retry(
     kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, actuator_api: KubeRolloutApi
@@ -530,6 +533,9 @@ class TemplateChangeBeforePatch:
 
     def record_event(self, namespace: str, event: Any) -> bool:
         return self.api.record_event(namespace, event)
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        return self.api.pause_rollout(namespace, name, resource_version)
 
     def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
         self.patches.append(resource_version)

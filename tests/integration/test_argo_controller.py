@@ -21,11 +21,19 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import yaml
 from aiokafka.structs import TopicPartition
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
-from agents.actuator import MERGE_PATCH, Actuator, ActuatorMetrics, KubeRolloutApi, Outcome
+from agents.actuator import (
+    MERGE_PATCH,
+    Action,
+    Actuator,
+    ActuatorMetrics,
+    KubeRolloutApi,
+    Outcome,
+)
 from agents.processes import poll_until
 from agents.settings import Settings
 from streams.events import AbortCommand, encode_abort_command
@@ -44,7 +52,7 @@ from tests.integration.test_actuator import (
     wait_committed,
 )
 from tests.support.argo import ReplicaSetKubelet, RolloutsController, dump
-from tests.support.localkube import LocalKubeAPI, wait_until
+from tests.support.localkube import REPO_ROOT, LocalKubeAPI, wait_until
 
 pytestmark = [pytest.mark.kube, pytest.mark.argo]
 
@@ -470,3 +478,73 @@ async def test_with_nginx_traffic_routing_an_abort_moves_traffic_at_once_and_pod
     waited = time.monotonic() - aborted_at
     print(f"\nnginx: canary ReplicaSet scaled to 0 {waited:.1f} s after the abort patch")
     assert waited >= ABORT_SCALE_DOWN_DELAY_S - 1.5  # not at once (second-resolution deadline)
+
+
+# --- the pause policy ------------------------------------------------------------------------
+
+PAUSE_OVERLAY_RBAC = REPO_ROOT / "deploy" / "overlays" / "pause" / "rbac-pause.yaml"
+
+
+@pytest.fixture
+def pausing_api(kube_api: LocalKubeAPI, controller: None) -> Iterator[KubeRolloutApi]:
+    """The actuator's identity with the pause overlay's grant, bound in `NAMESPACE` only (a
+    ClusterRoleBinding would change what test_kube_rbac.py asserts the base allows)."""
+    role, _ = yaml.safe_load_all(PAUSE_OVERLAY_RBAC.read_text())
+    kube_api.apply(role)
+    subject = kube_api.identities["actuator"].user.split(":")  # system:serviceaccount:ns:name
+    kube_api.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "canarywatch-actuator-pause", "namespace": NAMESPACE},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role["metadata"]["name"],
+            },
+            "subjects": [{"kind": "ServiceAccount", "namespace": subject[2], "name": subject[3]}],
+        }
+    )
+    with kube_api.client("actuator") as api:
+        yield KubeRolloutApi(api)
+
+
+async def test_the_pause_policy_holds_the_canary_and_never_pauses_it_again_after_a_resume(
+    admin: k8s.ApiClient, pausing_api: KubeRolloutApi
+) -> None:
+    name, canary, stable = await canary_in_progress(admin)
+    command = command_for(NAMESPACE, name, canary)
+    registry = CollectorRegistry()
+    act = Actuator(
+        Settings(), pausing_api, ActuatorMetrics(registry), policy=FAST, action=Action.PAUSE
+    )
+
+    assert (await act.handle(command)).outcome is Outcome.APPLIED
+    paused = await wait_for(
+        admin,
+        name,
+        "manually paused",
+        lambda o: reconciled(o) and o["status"].get("message") == "manually paused",
+    )
+    # Paused, not aborted: the canary keeps its pods and its step until a person decides.
+    assert paused["spec"]["paused"] is True
+    assert (paused["status"]["phase"], paused["status"]["currentPodHash"]) == ("Paused", canary)
+    assert not paused["status"].get("abort") and not paused["status"].get("abortedAt")
+    sets = replica_sets(admin, name)
+    assert (sets[canary].spec.replicas, sets[stable].spec.replicas) == (1, REPLICAS - 1)
+    reasons = {e.reason for e in events_about(admin, NAMESPACE, name)}
+    assert "CanarywatchPause" in reasons and "RolloutAborted" not in reasons, reasons
+
+    # `kubectl argo rollouts resume`: spec.paused false; the canary waits at its pause step again.
+    k8s.CustomObjectsApi(admin).patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, name, {"spec": {"paused": False}},
+        _content_type=MERGE_PATCH,
+    )  # fmt: skip
+    await wait_for(admin, name, "resumed, at its pause step", paused_canary)
+
+    result = await act.handle(command)  # redelivered
+
+    assert result.outcome is Outcome.STALE and "resumed" in result.detail, result
+    after = read_rollout(admin, NAMESPACE, name)
+    assert not after["spec"].get("paused") and paused_canary(after, canary)
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 1
