@@ -93,6 +93,7 @@ class Outcome(StrEnum):
     APPLIED = "applied"
     STALE = "stale"
     EXPIRED = "expired"  # decided longer ago than Settings.command_ttl_s: never applied
+    OTHER_CLUSTER = "other_cluster"  # names another cluster than Settings.cluster: not ours
     NOT_FOUND = "not_found"
     DRY_RUN = "dry_run"
     FAILED = "failed"  # a non-retryable answer (403, 422, ...): dead-lettered, committed
@@ -448,14 +449,20 @@ class Actuator:
     async def handle(self, command: AbortCommand) -> Result:
         """Read, judge, patch, record: retried as a whole on retryable errors."""
         age = self._wall_clock() - command.decided_at
-        if age > self.settings.command_ttl_s:
-            result = Result(
+        refused: Result | None = None
+        if command.cluster != self.settings.cluster:
+            ours = self.settings.cluster or "(unnamed)"
+            theirs = command.cluster or "(unnamed)"
+            refused = Result(Outcome.OTHER_CLUSTER, f"for cluster {theirs}, this is {ours}")
+        elif age > self.settings.command_ttl_s:
+            refused = Result(
                 Outcome.EXPIRED,
                 f"decided {age:.0f}s ago, more than the TTL of {self.settings.command_ttl_s:g}s",
             )
-            self.metrics.commands.labels(result.outcome.value).inc()
-            self._log(command, result)
-            return result
+        if refused is not None:
+            self.metrics.commands.labels(refused.outcome.value).inc()
+            self._log(command, refused)
+            return refused
         started = self._clock()
         attempt = 0
         patch_sent = False

@@ -376,7 +376,7 @@ class Bridge:
         async with self._lock:
             last = self._dedupe.forget(key)
             if last is None:  # never published; its final state, if it has one
-                last = rollout_state(obj, self._clock())
+                last = rollout_state(obj, self._clock(), self.settings.cluster)
             await self._publish_ended([last] if last is not None else [], "watch")
 
     async def _publish_ended(self, states: list[RolloutState], source: str) -> None:
@@ -404,7 +404,7 @@ class Bridge:
 
     def _judge(self, obj: Rollout, source: str) -> _Offer | None:
         """The Rollout's snapshot and whether it is new, or None if it has no usable state."""
-        state = rollout_state(obj, self._clock())
+        state = rollout_state(obj, self._clock(), self.settings.cluster)
         if state is None:
             self.metrics.snapshots.labels(source, "incomplete").inc()
             return None

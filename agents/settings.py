@@ -61,6 +61,9 @@ class Settings:
     # `expired`). Keep it under the API server's event TTL (1 h by default): the Events are how
     # the actuator sees that a canary was aborted and retried after the decision.
     command_ttl_s: float = 600.0
+    # This cluster's name: the bridge puts it in every snapshot (and so the worker in every
+    # command and decision id); the actuator applies only commands naming it. "" = unnamed.
+    cluster: str = ""
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     window: WindowSettings = field(default_factory=WindowSettings)
 
@@ -104,6 +107,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         data_dir=Path(get("DATA_DIR") or base.data_dir),
         ingest_start_file=Path(gate) if (gate := get("INGEST_START_FILE")) else None,
         command_ttl_s=float(get("COMMAND_TTL_S") or base.command_ttl_s),
+        cluster=get("CLUSTER") or base.cluster,
         decisions=decisions,
     )
 
@@ -122,6 +126,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "FETCH_MAX_BYTES": str(settings.fetch_max_bytes),
         ENV_PREFIX + "DATA_DIR": str(settings.data_dir),
         ENV_PREFIX + "COMMAND_TTL_S": str(settings.command_ttl_s),
+        ENV_PREFIX + "CLUSTER": settings.cluster,
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
     }
     if settings.ingest_start_file is not None:

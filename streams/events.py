@@ -55,6 +55,7 @@ class RolloutState:
     observed_at: float = 0.0  # epoch seconds the snapshot was taken
     resource_version: str = ""  # metadata.resourceVersion of the object read ("" if unknown)
     ended: bool = False  # the Rollout is gone (deleted, or missing from a relist)
+    cluster: str = ""  # the bridge's CANARYWATCH_CLUSTER ("" when unnamed)
 
     @property
     def env(self) -> str:
@@ -109,6 +110,7 @@ class AbortCommand:
     release: str = ""
     reason: str = "CanaryRegression"
     extra: dict[str, str] = field(default_factory=dict)
+    cluster: str = ""  # only the actuator of this cluster (CANARYWATCH_CLUSTER) applies it
 
     @property
     def env(self) -> str:
@@ -119,9 +121,11 @@ def env_key(namespace: str, rollout: str) -> str:
     return f"{namespace}/{rollout}"
 
 
-def decision_id_for(namespace: str, rollout: str, pod_hash: str) -> str:
-    """One decision per rollout revision: applying the same id twice is harmless."""
-    return f"{namespace}/{rollout}@{pod_hash}"
+def decision_id_for(namespace: str, rollout: str, pod_hash: str, cluster: str = "") -> str:
+    """One decision per rollout revision: applying the same id twice is harmless. A named
+    cluster prefixes it (`cluster:namespace/rollout@hash`)."""
+    revision = f"{namespace}/{rollout}@{pod_hash}"
+    return f"{cluster}:{revision}" if cluster else revision
 
 
 # --- codecs -----------------------------------------------------------------------------------
@@ -238,6 +242,7 @@ def decode_rollout_state(raw: bytes) -> RolloutState:
         observed_at=float(o.get("observed_at") or 0.0),
         resource_version=str(o.get("resource_version") or ""),
         ended=o.get("ended") is True,
+        cluster=str(o.get("cluster") or ""),
     )
 
 
@@ -265,4 +270,5 @@ def decode_abort_command(raw: bytes) -> AbortCommand:
         release=str(o.get("release") or ""),
         reason=str(o.get("reason") or "CanaryRegression"),
         extra={str(k): str(v) for k, v in extra.items()} if isinstance(extra, dict) else {},
+        cluster=str(o.get("cluster") or ""),
     )

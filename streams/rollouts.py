@@ -188,9 +188,9 @@ def spec_observed(rollout: Rollout) -> bool:
     return isinstance(observed, str) and observed.strip() == str(generation)
 
 
-def rollout_state(rollout: Rollout, observed_at: float) -> RolloutState | None:
-    """The snapshot of a Rollout; None while it has no name or no `status.currentPodHash`
-    (the controller has not reconciled it yet)."""
+def rollout_state(rollout: Rollout, observed_at: float, cluster: str = "") -> RolloutState | None:
+    """The snapshot of a Rollout (in `cluster`); None while it has no name or no
+    `status.currentPodHash` (the controller has not reconciled it yet)."""
     meta = _obj(rollout.get("metadata"))
     status = _obj(rollout.get("status"))
     namespace, name = _text(meta.get("namespace")), _text(meta.get("name"))
@@ -209,6 +209,7 @@ def rollout_state(rollout: Rollout, observed_at: float) -> RolloutState | None:
         release=release_of(rollout),
         observed_at=observed_at,
         resource_version=resource_version(rollout),
+        cluster=cluster,
     )
 
 

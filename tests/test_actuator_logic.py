@@ -478,3 +478,20 @@ async def test_the_pause_policy_pauses_once_and_never_after_a_resume() -> None:
     assert result.outcome is Outcome.STALE and "resumed" in result.detail
     assert api.calls.count("pause") == 1
     assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 1
+
+
+async def test_an_actuator_applies_only_its_own_clusters_commands() -> None:
+    for ours, theirs, outcome in (
+        ("eu-1", "eu-2", Outcome.OTHER_CLUSTER),
+        ("eu-1", "", Outcome.OTHER_CLUSTER),  # unnamed: from a bridge without a cluster name
+        ("", "eu-1", Outcome.OTHER_CLUSTER),
+        ("eu-1", "eu-1", Outcome.APPLIED),
+    ):
+        api, fake = FakeApi(make_rollout()), FakeTime()
+        actuator, registry = make_actuator(api, fake)
+        actuator.settings = dataclasses.replace(Settings(), cluster=ours)
+        result = await actuator.handle(dataclasses.replace(COMMAND, cluster=theirs))
+        assert result.outcome is outcome, (ours, theirs, result)
+        if outcome is Outcome.OTHER_CLUSTER:
+            assert api.calls == []
+            assert count(registry, "canarywatch_actuator_commands_total", outcome="other_cluster")

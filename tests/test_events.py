@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 from hypothesis import given
@@ -13,6 +15,7 @@ from streams.events import (
     Evidence,
     RequestLine,
     RolloutState,
+    decision_id_for,
     decode_abort_command,
     decode_request_lines,
     decode_rollout_state,
@@ -120,3 +123,19 @@ def test_abort_command_round_trip_keeps_the_evidence() -> None:
     decoded = decode_abort_command(encode_abort_command(command))
     assert decoded == command
     assert "canary 9/120 bad" in decoded.evidence.describe()
+
+
+def test_the_cluster_round_trips_and_is_optional() -> None:
+    state = RolloutState("shop", "web", "c4n4ry", "st4bl3", cluster="eu-1")
+    assert decode_rollout_state(encode_rollout_state(state)).cluster == "eu-1"
+    evidence = Evidence("errors", 120, 9, 2280, 2, 5.1, 4.6, 0.05, 31.5, 0.07, 0.001)
+    command = AbortCommand(
+        decision_id_for("shop", "web", "c4n4ry", "eu-1"), "shop", "web", "c4n4ry", 1.5, evidence
+    )
+    command = dataclasses.replace(command, cluster="eu-1")
+    assert command.decision_id == "eu-1:shop/web@c4n4ry"
+    assert decode_abort_command(encode_abort_command(command)) == command
+    unnamed = orjson.loads(encode_abort_command(command))
+    del unnamed["cluster"]
+    assert decode_abort_command(orjson.dumps(unnamed)).cluster == ""
+    assert decision_id_for("shop", "web", "c4n4ry") == "shop/web@c4n4ry"

@@ -107,3 +107,16 @@ def test_retain_forgets_environments_handed_to_another_worker() -> None:
     assert (report.counted, report.unattributed) == (2, 3)
     row_b = fleet.attribution.row_of_env["b/web"]
     assert int(fleet.windows.window_sum[0, row_b]) == 6  # b's evidence survived
+
+
+def test_a_named_cluster_is_in_the_command_and_its_decision_id() -> None:
+    fleet = Fleet()
+    state = RolloutState("shop", "web", "c1", "s1", canary_weight=20, cluster="eu-1")
+    fleet.apply_rollout(state, now=0.0)
+    commands = []
+    for t in range(1, 30):
+        fleet.count(lines("shop", "c1", 20, 10, t) + lines("shop", "s1", 80, 0, t), t)
+        if commands := fleet.evaluate(float(t))[1]:
+            break
+    (command,) = commands
+    assert (command.cluster, command.decision_id) == ("eu-1", "eu-1:shop/web@c1")

@@ -298,6 +298,8 @@ async def test_commands_that_are_moot_touch_nothing_and_are_committed(
     old = command_for(NAMESPACE, healthy, "6f7d9c8b5d")
     expired_at = old.decided_at - settings.command_ttl_s - 1
     commands.append(dataclasses.replace(old, decided_at=expired_at))
+    # ... and one for another cluster's Rollout of the same name: not this actuator's.
+    commands.append(dataclasses.replace(old, cluster="eu-2"))
     await produce(
         kafka_bootstrap,
         settings.topics.commands,
@@ -308,7 +310,7 @@ async def test_commands_that_are_moot_touch_nothing_and_are_committed(
     actuator = Actuator(settings, actuator_api, ActuatorMetrics(registry), policy=FAST)
     async with running(actuator):
         await wait_committed(
-            kafka_bootstrap, actuator.group_id, TopicPartition(settings.topics.commands, 0), 5
+            kafka_bootstrap, actuator.group_id, TopicPartition(settings.topics.commands, 0), 6
         )
 
     for n in names:
@@ -317,6 +319,7 @@ async def test_commands_that_are_moot_touch_nothing_and_are_committed(
     assert count(registry, "canarywatch_actuator_commands_total", outcome="stale") == 3
     assert count(registry, "canarywatch_actuator_commands_total", outcome="not_found") == 1
     assert count(registry, "canarywatch_actuator_commands_total", outcome="expired") == 1
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="other_cluster") == 1
     assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 0
 
 

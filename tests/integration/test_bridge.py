@@ -437,7 +437,9 @@ async def test_a_spec_the_controller_has_not_observed_is_not_published(
 async def test_a_deleted_rollout_ends(
     kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, reader: RolloutReader
 ) -> None:
-    settings = unique_settings(kafka_bootstrap, tmp_path, "bridge")
+    settings = dataclasses.replace(
+        unique_settings(kafka_bootstrap, tmp_path, "bridge"), cluster="eu-1"
+    )
     await topics_for(settings)
     name = f"web-{uuid.uuid4().hex[:8]}"
     create_rollout(admin, NAMESPACE, name, status(0))
@@ -455,6 +457,7 @@ async def test_a_deleted_rollout_ends(
         states = await snapshots.until(key, 2)
 
     ended = states[1]
+    assert [s.cluster for s in states] == ["eu-1", "eu-1"]  # the bridge's cluster name
     assert ended.ended and not ended.canary_in_progress
     assert (ended.current_pod_hash, ended.stable_hash) == (CANARY, STABLE)
     assert ended.observed_at >= states[0].observed_at
