@@ -59,12 +59,15 @@ from streams.rollouts import (
     GROUP,
     KIND,
     PLURAL,
+    REVISION_ANNOTATION,
     VERSION,
     AbortVerdict,
     Rollout,
     aborted_since,
+    canary_lags_revision,
     judge_abort,
     resource_version,
+    revision_of,
 )
 
 log = logging.getLogger("canarywatch.actuator")
@@ -129,6 +132,11 @@ class RolloutApi(Protocol):
         precondition when given (409 if the Rollout changed); False when it does not exist."""
         ...
 
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        """The `rollout.argoproj.io/revision` annotation of ReplicaSet `name` ("" without it),
+        or None when it does not exist."""
+        ...
+
     def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
         """Merge-patch `{"spec":{"paused":true}}` on the main resource, with the same
         precondition; False when the Rollout does not exist."""
@@ -177,6 +185,7 @@ class KubeRolloutApi:
     ) -> None:
         self._objects = k8s.CustomObjectsApi(api)
         self._core = k8s.CoreV1Api(api)
+        self._apps = k8s.AppsV1Api(api)
         self._group = group
         self._timeout = timeout
 
@@ -216,6 +225,19 @@ class KubeRolloutApi:
                 if exc.status == 404:
                     return False
                 raise
+
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        with _kube_errors():
+            try:
+                rs = self._apps.read_namespaced_replica_set(
+                    name, namespace, _request_timeout=self._timeout
+                )
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        annotations = (rs.metadata and rs.metadata.annotations) or {}
+        return str(annotations.get(REVISION_ANNOTATION, ""))
 
     def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
         body: dict[str, Any] = dict(PAUSE_PATCH)
@@ -509,6 +531,8 @@ class Actuator:
             if not (patch_sent and judgement.already_aborted):
                 return Result(Outcome.STALE, judgement.why)
             # Our earlier patch went through but its answer was lost: finish the job.
+        elif lag := await self._canary_lags(command, rollout):
+            raise _Unreconciled(lag)
         elif retried := await self._aborted_since_decision(command, rollout):
             return Result(Outcome.STALE, f"{retried}; the canary was retried or resumed since")
         elif self.dry_run:
@@ -533,6 +557,15 @@ class Actuator:
         self.metrics.decision_to_abort.observe(max(0.0, self._wall_clock() - command.decided_at))
         await self._record_event(command, rollout)
         return Result(Outcome.APPLIED, judgement.why)
+
+    async def _canary_lags(self, command: AbortCommand, rollout: Rollout) -> str | None:
+        """Is `currentPodHash` behind the Rollout's revision? (Argo names a Rollout's
+        ReplicaSets `<rollout>-<pod hash>`.)"""
+        if not revision_of(rollout):
+            return None
+        canary = f"{command.rollout}-{command.pod_hash}"
+        revision = await asyncio.to_thread(self.api.replica_set_revision, command.namespace, canary)
+        return canary_lags_revision(rollout, revision)
 
     async def _aborted_since_decision(self, command: AbortCommand, rollout: Rollout) -> str | None:
         """An abort of this Rollout after the command was decided (then undone by `retry`)."""

@@ -22,6 +22,10 @@ VERSION = "v1alpha1"
 PLURAL = "rollouts"
 KIND = "Rollout"
 
+# The revision number Argo keeps on a Rollout and on each of its ReplicaSets (the newest one's
+# equals the Rollout's once the controller has caught up).
+REVISION_ANNOTATION = "rollout.argoproj.io/revision"
+
 # Events on a Rollout that cannot change its snapshot; everything else triggers a re-read.
 IGNORED_EVENT_REASONS = frozenset({"ScalingReplicaSet"})
 
@@ -35,6 +39,7 @@ class ObjectMeta(TypedDict, total=False):
     uid: str
     resourceVersion: str
     generation: int
+    annotations: dict[str, str]
 
 
 class Container(TypedDict, total=False):
@@ -186,6 +191,31 @@ def spec_observed(rollout: Rollout) -> bool:
     if isinstance(observed, int):
         return observed == generation
     return isinstance(observed, str) and observed.strip() == str(generation)
+
+
+def revision_of(obj: Mapping[str, Any]) -> str:
+    """The `rollout.argoproj.io/revision` annotation of a Rollout or ReplicaSet ("" if none)."""
+    return _text(_obj(_obj(obj.get("metadata")).get("annotations")).get(REVISION_ANNOTATION))
+
+
+def canary_lags_revision(rollout: Rollout, canary_revision: str | None) -> str | None:
+    """Why `status.currentPodHash` may not be the Rollout's newest revision yet, or None.
+
+    Observed with the real controller (v1.10.1): after a template change it creates the new
+    ReplicaSet, writes the Rollout's revision annotation, then writes `observedGeneration`
+    (= generation) in one status update and the new `currentPodHash` only in the next. Between
+    the two, `currentPodHash` names the previous canary although the spec is observed; an abort
+    then would abort the new one. `canary_revision` is the revision annotation of the
+    ReplicaSet `currentPodHash` names (None: it does not exist). A Rollout without the
+    annotation (no controller has handled it) is not checked."""
+    expected = revision_of(rollout)
+    if not expected or canary_revision == expected:
+        return None
+    current = _text(_obj(rollout.get("status")).get("currentPodHash"))
+    return (
+        f"the ReplicaSet of {current} is at revision {canary_revision or 'none'}, "
+        f"the Rollout at {expected}: the controller has not caught up"
+    )
 
 
 def rollout_state(rollout: Rollout, observed_at: float, cluster: str = "") -> RolloutState | None:

@@ -169,6 +169,7 @@ class FakeApi:
         self.apply_before_failing = False  # the patch lands, then its answer is lost
         self.preconditions: list[str] = []  # resourceVersion sent with each abort patch
         self.other_events: list[Mapping[str, Any]] = []  # e.g. the controller's RolloutAborted
+        self.replica_sets: dict[str, str] = {}  # ReplicaSet name -> its revision annotation
 
     def _fail(self, method: str) -> None:
         self.calls.append(method)
@@ -189,6 +190,10 @@ class FakeApi:
             return False
         self.rollout["status"]["abort"] = True
         return True
+
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        self._fail("rs")
+        return self.replica_sets.get(name)
 
     def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
         self.preconditions.append(resource_version)
@@ -495,3 +500,19 @@ async def test_an_actuator_applies_only_its_own_clusters_commands() -> None:
         if outcome is Outcome.OTHER_CLUSTER:
             assert api.calls == []
             assert count(registry, "canarywatch_actuator_commands_total", outcome="other_cluster")
+
+
+async def test_a_canary_hash_behind_the_rollouts_revision_is_waited_for() -> None:
+    # The real controller writes observedGeneration one status update before currentPodHash.
+    rollout = make_rollout()
+    rollout["metadata"]["annotations"] = {"rollout.argoproj.io/revision": "3"}
+    api, fake = FakeApi(rollout), FakeTime()
+    api.replica_sets[f"web-{CANARY}"] = "2"  # currentPodHash still names revision 2
+    actuator, registry = make_actuator(api, fake, budget_s=1.0)
+    result = await actuator.handle(COMMAND)
+    assert result.outcome is Outcome.DEFERRED and "not caught up" in result.detail, result
+    assert "patch" not in api.calls
+    assert count(registry, "canarywatch_actuator_retries_total", status="unreconciled") >= 1
+    api.replica_sets[f"web-{CANARY}"] = "3"
+    assert (await actuator.handle(COMMAND)).outcome is Outcome.APPLIED
+    assert api.calls[-4:] == ["rs", "events", "patch", "event"]

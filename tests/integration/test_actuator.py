@@ -399,6 +399,9 @@ class FailingAborts:
     def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
         return self.api.pause_rollout(namespace, name, resource_version)
 
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        return self.api.replica_set_revision(namespace, name)
+
 
 async def test_no_command_is_lost_when_the_actuator_restarts_mid_retry(
     kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, actuator_api: KubeRolloutApi
@@ -539,6 +542,9 @@ class TemplateChangeBeforePatch:
 
     def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
         return self.api.pause_rollout(namespace, name, resource_version)
+
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        return self.api.replica_set_revision(namespace, name)
 
     def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
         self.patches.append(resource_version)
