@@ -443,7 +443,7 @@ class Bridge:
                     state.canary_weight,
                     " aborted" if state.aborted else "",
                 )
-            if o.change is not Change.OLDER:
+            if o.change not in (Change.OLDER, Change.UNRECONCILED):
                 self._dedupe.record(state, o.version)
             self.metrics.snapshots.labels(o.source, o.change.value).inc()
 

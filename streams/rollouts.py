@@ -274,6 +274,10 @@ class Change(StrEnum):
     NEW = "published"  # a meaningful field changed: publish it
     SAME = "unchanged"  # only observed_at or fields canarywatch does not read changed
     OLDER = "older"  # an older read of the object than the last one: drop it
+    # The release changed but the pod hash did not: the template changed and the controller has
+    # not written the new currentPodHash yet (it writes observedGeneration one status update
+    # earlier), so the spec's release is not this hash's. Dropped; the next update brings both.
+    UNRECONCILED = "unreconciled"
 
 
 class SnapshotDedupe:
@@ -291,6 +295,12 @@ class SnapshotDedupe:
         previous, previous_version = last
         if version and previous_version and not _newer(version, previous_version):
             return Change.OLDER
+        if (
+            state.current_pod_hash == previous.current_pod_hash
+            and state.release != previous.release
+            and not state.ended
+        ):
+            return Change.UNRECONCILED
         return Change.SAME if _meaningful(state) == _meaningful(previous) else Change.NEW
 
     def record(self, state: RolloutState, version: str = "") -> None:

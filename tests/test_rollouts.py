@@ -292,3 +292,20 @@ def test_exporter_event_refused(raw: bytes, reason: str) -> None:
     with pytest.raises(DecodeError) as exc:
         decode_exporter_event(raw)
     assert exc.value.reason == reason
+
+
+def test_a_new_release_under_the_old_pod_hash_is_held_back() -> None:
+    dedupe = SnapshotDedupe()
+    first = rollout_state(rollout(currentStepIndex=1), 1.0)
+    assert first is not None
+    dedupe.record(first, "10")
+    # The template changed (a new image) and observedGeneration caught up, but currentPodHash
+    # is still the previous canary's: the real controller's intermediate status write.
+    obj = rollout(currentStepIndex=1)
+    obj["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example/web:3.0.0"
+    torn = rollout_state(obj, 2.0)
+    assert torn is not None
+    assert dedupe.check(torn, "11") is Change.UNRECONCILED
+    obj["status"]["currentPodHash"] = "7a8b9c0d1e"  # the next write: the new canary
+    whole = rollout_state(obj, 3.0)
+    assert whole is not None and dedupe.check(whole, "12") is Change.NEW

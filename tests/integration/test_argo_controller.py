@@ -34,6 +34,7 @@ from agents.actuator import (
     KubeRolloutApi,
     Outcome,
 )
+from agents.bridge import Bridge, BridgeMetrics, BridgeOptions, RolloutReader
 from agents.processes import poll_until
 from agents.settings import Settings
 from streams.events import AbortCommand, encode_abort_command
@@ -51,6 +52,8 @@ from tests.integration.test_actuator import (
     unique_settings,
     wait_committed,
 )
+from tests.integration.test_bridge import Snapshots
+from tests.integration.test_bridge import running as bridge_running
 from tests.support.argo import ReplicaSetKubelet, RolloutsController, dump
 from tests.support.localkube import REPO_ROOT, LocalKubeAPI, wait_until
 
@@ -319,6 +322,12 @@ class NewTemplateBeforePatch:
     def record_event(self, namespace: str, event: Any) -> bool:
         return self.api.record_event(namespace, event)
 
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        return self.api.replica_set_revision(namespace, name)
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        return self.api.pause_rollout(namespace, name, resource_version)
+
     def _new_canary_paused(self) -> dict[str, Any]:
         obj = read_rollout(self.admin, NAMESPACE, self.name)
         moved = paused_canary(obj) and obj["status"]["currentPodHash"] != self.old
@@ -562,3 +571,55 @@ async def test_the_pause_policy_holds_the_canary_and_never_pauses_it_again_after
     after = read_rollout(admin, NAMESPACE, name)
     assert not after["spec"].get("paused") and paused_canary(after, canary)
     assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 1
+
+
+# --- the bridge on the real controller's Rollouts ---------------------------------------------
+
+
+@pytest.mark.kafka
+async def test_every_snapshot_pairs_the_canary_hash_with_its_own_release(
+    kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, kube_api: LocalKubeAPI
+) -> None:
+    """v1 -> v2 (canary) -> v3 (a new canary over the paused one) -> deleted, with the bridge
+    watching: a spec change is seen by the watch before the controller reconciles it, and a
+    snapshot of that moment would name the old canary's hash with the new release."""
+    settings = unique_settings(kafka_bootstrap, tmp_path, "argo-bridge")
+    await create_topics(settings)
+    registry = CollectorRegistry()
+    with kube_api.client("bridge") as bridge_client:
+        reader = RolloutReader(bridge_client, timeout=(2, 10))
+        bridge = Bridge(settings, reader, BridgeMetrics(registry), BridgeOptions((NAMESPACE,)))
+        async with (
+            Snapshots(kafka_bootstrap, settings.topics.rollouts) as snapshots,
+            bridge_running(bridge, registry),
+        ):
+            name, canary, stable = await canary_in_progress(admin)
+            set_image(admin, name, "3.0.0")
+            third = await wait_for(
+                admin,
+                name,
+                "v3 the new canary",
+                lambda o: paused_canary(o) and o["status"]["currentPodHash"] != canary,
+            )
+            newest = third["status"]["currentPodHash"]
+            k8s.CustomObjectsApi(admin).delete_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, PLURAL, name
+            )
+            key = f"{NAMESPACE}/{name}"
+            states = await snapshots.until(key, 1)
+            while not states[-1].ended:
+                states = await snapshots.until(key, len(states) + 1, within=WITHIN_S)
+
+    release_of_hash = {
+        stable: IMAGE.format("1.0.0"),
+        canary: IMAGE.format("2.0.0"),
+        newest: IMAGE.format("3.0.0"),
+    }
+    pairs = [(s.current_pod_hash, s.release) for s in states]
+    wrong = [s for s in states if release_of_hash[s.current_pod_hash] != s.release]
+    assert not wrong, wrong
+    assert {h for h, _ in pairs} == set(release_of_hash)  # each revision was seen
+    assert [s.ended for s in states].count(True) == 1 and states[-1].current_pod_hash == newest
+    # The watch did see the Rollouts whose spec the controller had not reconciled yet.
+    held = {"source": "watch", "outcome": "unreconciled"}
+    assert count(registry, "canarywatch_bridge_snapshots_total", **held) >= 2
