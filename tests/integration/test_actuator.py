@@ -584,3 +584,52 @@ async def test_a_template_change_the_controller_has_not_seen_defers_the_abort(
     assert "abort" not in after["status"]
     assert count(registry, "canarywatch_actuator_retries_total", status="409") == 1
     assert count(registry, "canarywatch_actuator_retries_total", status="unreconciled") >= 1
+
+
+async def test_a_canary_hash_behind_the_rollouts_revision_defers_the_abort(
+    admin: k8s.ApiClient, actuator_api: KubeRolloutApi
+) -> None:
+    """The real controller's intermediate state after a template change, made by hand:
+    revision 3 on the Rollout, observedGeneration caught up, but currentPodHash still naming the
+    ReplicaSet of revision 2."""
+    rollout, canary = name(), "6f7d9c8b5d"
+    create_rollout(admin, NAMESPACE, rollout, canary_status(canary, "58c9b7d4f6"))
+    revision = "rollout.argoproj.io/revision"
+    objects = k8s.CustomObjectsApi(admin)
+    objects.patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, rollout,
+        {"metadata": {"annotations": {revision: "3"}}}, _content_type=MERGE_PATCH,
+    )  # fmt: skip
+    labels = {"app": rollout, "rollouts-pod-template-hash": canary}
+    replica_set: Any = {
+        "metadata": {
+            "name": f"{rollout}-{canary}",
+            "labels": labels,
+            "annotations": {revision: "2"},
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/web:2.0.0"}]},
+            },
+        },
+    }
+    apps = k8s.AppsV1Api(admin)
+    apps.create_namespaced_replica_set(NAMESPACE, replica_set)
+    registry = CollectorRegistry()
+    policy = dataclasses.replace(FAST, budget_s=1.0)
+    actuator = Actuator(Settings(), actuator_api, ActuatorMetrics(registry), policy=policy)
+    command = command_for(NAMESPACE, rollout, canary)
+
+    result = await actuator.handle(command)
+
+    assert result.outcome is Outcome.DEFERRED and "not caught up" in result.detail, result
+    assert "abort" not in read_rollout(admin, NAMESPACE, rollout)["status"]
+    # The controller's next write would move currentPodHash on; here the revision catches up.
+    apps.patch_namespaced_replica_set(
+        f"{rollout}-{canary}", NAMESPACE, {"metadata": {"annotations": {revision: "3"}}}
+    )
+    assert (await actuator.handle(command)).outcome is Outcome.APPLIED
+    assert read_rollout(admin, NAMESPACE, rollout)["status"]["abort"] is True
