@@ -47,6 +47,12 @@ clean:
 kube-apiserver:
 	scripts/kube/build.sh
 
+# The real Argo Rollouts controller and its five CRDs for the `argo` tests (scripts/argo/go.mod
+# pins the version), cached next to kube-apiserver. The tests build it too; this warms the cache.
+.PHONY: argo-rollouts
+argo-rollouts:
+	scripts/argo/build.sh
+
 # Real single-node Apache Kafka (KRaft) from Maven Central, cached outside the clone; state in
 # $(KAFKA_DIR). `make broker` returns once the broker answers; `make broker-stop` stops it.
 KAFKA_DIR ?= $(CURDIR)/.kafka-data

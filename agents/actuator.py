@@ -4,7 +4,12 @@ Each command is applied as `kubectl argo rollouts abort` applies it: a JSON merg
 `{"status":{"abort":true}}` on the Rollout's `status` subresource, on the main resource only when
 the subresource answers 404 (controllers older than the subresource). Before patching, the
 Rollout is read: a command whose canary is no longer the one in progress (moved on, promoted,
-already aborted) is skipped (`streams.rollouts.judge_abort`). After the patch, a Warning Event
+already aborted) is skipped (`streams.rollouts.judge_abort`), and so is one about a canary that
+was aborted and retried since the decision (its Events, `streams.rollouts.aborted_since`), or one
+older than `Settings.command_ttl_s`. While the controller has not reconciled a spec change
+(`observedGeneration` behind `generation`) the actuator waits. The patch carries the
+`metadata.resourceVersion` the judgement was made on, so it is refused (409) if the Rollout
+changed in between; the actuator then reads and judges again. After the patch, a Warning Event
 `CanarywatchAbort` on the Rollout carries the evidence, so `kubectl describe rollout` says why.
 
 Why aiokafka and not Faust here: the actuator needs commit-after-apply. Faust acknowledges
@@ -26,6 +31,7 @@ import asyncio
 import contextlib
 import email.utils
 import hashlib
+import json
 import logging
 import random
 import signal
@@ -50,20 +56,48 @@ from agents.kafka_admin import ensure_topics
 from agents.settings import Settings
 from agents.unreadable import counting, getmany_skipping, skipped_counter
 from streams.events import AbortCommand, DecodeError, decode_abort_command
-from streams.rollouts import GROUP, KIND, PLURAL, VERSION, AbortVerdict, Rollout, judge_abort
+from streams.rollouts import (
+    GROUP,
+    KIND,
+    PLURAL,
+    REVISION_ANNOTATION,
+    VERSION,
+    AbortVerdict,
+    Rollout,
+    aborted_since,
+    canary_lags_revision,
+    judge_abort,
+    resource_version,
+    revision_of,
+)
 
 log = logging.getLogger("canarywatch.actuator")
 
 EVENT_REASON = "CanarywatchAbort"
+PAUSE_EVENT_REASON = "CanarywatchPause"
 COMPONENT = "canarywatch-actuator"
 MERGE_PATCH = "application/merge-patch+json"
 ABORT_PATCH: Mapping[str, Any] = {"status": {"abort": True}}
+PAUSE_PATCH: Mapping[str, Any] = {"spec": {"paused": True}}  # `kubectl argo rollouts pause`
+
+
+class Action(StrEnum):
+    """What a command does to its Rollout: abort it (the default), or only pause it, leaving
+    the decision to roll back or promote to a person (needs `patch` on `rollouts`)."""
+
+    ABORT = "abort"
+    PAUSE = "pause"
+
+
+CONFLICT = 409
 UNREACHABLE = 0  # KubeError.status when no HTTP answer came back
 
 
 class Outcome(StrEnum):
     APPLIED = "applied"
     STALE = "stale"
+    EXPIRED = "expired"  # decided longer ago than Settings.command_ttl_s: never applied
+    OTHER_CLUSTER = "other_cluster"  # names another cluster than Settings.cluster: not ours
     NOT_FOUND = "not_found"
     DRY_RUN = "dry_run"
     FAILED = "failed"  # a non-retryable answer (403, 422, ...): dead-lettered, committed
@@ -94,8 +128,23 @@ class RolloutApi(Protocol):
         """The Rollout, or None when it does not exist."""
         ...
 
-    def abort_rollout(self, namespace: str, name: str) -> bool:
-        """Merge-patch `{"status":{"abort":true}}`; False when the Rollout does not exist."""
+    def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        """Merge-patch `{"status":{"abort":true}}`, with `metadata.resourceVersion` as a
+        precondition when given (409 if the Rollout changed); False when it does not exist."""
+        ...
+
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        """The `rollout.argoproj.io/revision` annotation of ReplicaSet `name` ("" without it),
+        or None when it does not exist."""
+        ...
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        """Merge-patch `{"spec":{"paused":true}}` on the main resource, with the same
+        precondition; False when the Rollout does not exist."""
+        ...
+
+    def rollout_events(self, namespace: str, name: str, uid: str) -> list[Mapping[str, Any]]:
+        """The core/v1 Events about the Rollout (by uid when known, else by name), as JSON."""
         ...
 
     def record_event(self, namespace: str, event: Mapping[str, Any]) -> bool:
@@ -137,6 +186,7 @@ class KubeRolloutApi:
     ) -> None:
         self._objects = k8s.CustomObjectsApi(api)
         self._core = k8s.CoreV1Api(api)
+        self._apps = k8s.AppsV1Api(api)
         self._group = group
         self._timeout = timeout
 
@@ -152,8 +202,11 @@ class KubeRolloutApi:
                 raise
         return cast(Rollout, obj)
 
-    def abort_rollout(self, namespace: str, name: str) -> bool:
-        args = (self._group, VERSION, namespace, PLURAL, name, dict(ABORT_PATCH))
+    def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        body: dict[str, Any] = dict(ABORT_PATCH)
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        args = (self._group, VERSION, namespace, PLURAL, name, body)
         with _kube_errors():
             try:
                 self._objects.patch_namespaced_custom_object_status(
@@ -173,6 +226,62 @@ class KubeRolloutApi:
                 if exc.status == 404:
                     return False
                 raise
+
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        with _kube_errors():
+            try:
+                rs = self._apps.read_namespaced_replica_set(
+                    name, namespace, _request_timeout=self._timeout
+                )
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        annotations = (rs.metadata and rs.metadata.annotations) or {}
+        return str(annotations.get(REVISION_ANNOTATION, ""))
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        body: dict[str, Any] = dict(PAUSE_PATCH)
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        with _kube_errors():
+            try:
+                self._objects.patch_namespaced_custom_object(
+                    self._group,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    body,
+                    _content_type=MERGE_PATCH,
+                    _request_timeout=self._timeout,
+                )
+                return True
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+
+    def rollout_events(self, namespace: str, name: str, uid: str) -> list[Mapping[str, Any]]:
+        selector = f"involvedObject.uid={uid}" if uid else f"involvedObject.name={name}"
+        with _kube_errors():
+            # Raw JSON: the client's model would reject Events with fields it does not expect.
+            reply = cast(
+                urllib3.BaseHTTPResponse,
+                self._core.list_namespaced_event(
+                    namespace,
+                    field_selector=selector,
+                    _preload_content=False,
+                    _request_timeout=self._timeout,
+                ),
+            )
+            items = json.loads(reply.data).get("items") or []
+        return [
+            item
+            for item in items
+            if isinstance(item, dict)
+            and (item.get("involvedObject") or {}).get("kind", KIND) == KIND
+        ]
 
     def record_event(self, namespace: str, event: Mapping[str, Any]) -> bool:
         with _kube_errors():
@@ -232,19 +341,24 @@ def event_name(command: AbortCommand) -> str:
     return f"{command.rollout}.canarywatch-{digest}"
 
 
-def event_message(command: AbortCommand) -> str:
+def event_message(command: AbortCommand, action: Action = Action.ABORT) -> str:
     release = f" (release {command.release})" if command.release else ""
+    verb = "paused at" if action is Action.PAUSE else "aborted"
     text = (
-        f"canarywatch aborted canary {command.pod_hash}{release}: {command.reason}; "
+        f"canarywatch {verb} canary {command.pod_hash}{release}: {command.reason}; "
         f"{command.evidence.describe()}; decision {command.decision_id}"
     )
     return text[:1024]
 
 
 def abort_event(
-    command: AbortCommand, rollout: Rollout, now: datetime, instance: str
+    command: AbortCommand,
+    rollout: Rollout,
+    now: datetime,
+    instance: str,
+    action: Action = Action.ABORT,
 ) -> dict[str, Any]:
-    """The core/v1 Event recorded on the Rollout after an abort."""
+    """The core/v1 Event recorded on the Rollout after an abort (or a pause)."""
     meta = rollout.get("metadata", {})
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
@@ -260,9 +374,9 @@ def abort_event(
             "resourceVersion": meta.get("resourceVersion", ""),
         },
         "type": "Warning",
-        "reason": EVENT_REASON,
-        "action": "Abort",
-        "message": event_message(command),
+        "reason": PAUSE_EVENT_REASON if action is Action.PAUSE else EVENT_REASON,
+        "action": action.value.capitalize(),
+        "message": event_message(command, action),
         "source": {"component": COMPONENT},
         "reportingComponent": COMPONENT,
         "reportingInstance": instance,
@@ -343,8 +457,10 @@ class Actuator:
         wall_clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         instance: str | None = None,
+        action: Action = Action.ABORT,
     ) -> None:
         self.settings = settings
+        self.action = action
         self.api = api
         self.metrics = metrics
         self._on_skip = counting(metrics.skipped_records)
@@ -362,6 +478,21 @@ class Actuator:
 
     async def handle(self, command: AbortCommand) -> Result:
         """Read, judge, patch, record: retried as a whole on retryable errors."""
+        age = self._wall_clock() - command.decided_at
+        refused: Result | None = None
+        if command.cluster != self.settings.cluster:
+            ours = self.settings.cluster or "(unnamed)"
+            theirs = command.cluster or "(unnamed)"
+            refused = Result(Outcome.OTHER_CLUSTER, f"for cluster {theirs}, this is {ours}")
+        elif age > self.settings.command_ttl_s:
+            refused = Result(
+                Outcome.EXPIRED,
+                f"decided {age:.0f}s ago, more than the TTL of {self.settings.command_ttl_s:g}s",
+            )
+        if refused is not None:
+            self.metrics.commands.labels(refused.outcome.value).inc()
+            self._log(command, refused)
+            return refused
         started = self._clock()
         attempt = 0
         patch_sent = False
@@ -369,20 +500,27 @@ class Actuator:
             try:
                 result = await self._attempt(command, patch_sent)
                 break
+            except _Unreconciled as wait:
+                why, label, retry_after, retryable = wait.why, "unreconciled", None, True
+            except _Conflict as conflict:  # 409: nothing was written; read and judge afresh
+                why, label, retry_after, retryable = str(conflict.error), str(CONFLICT), None, True
             except _PatchSent as sent:
                 patch_sent = True
                 error = sent.error
-            except KubeError as exc:
-                error = exc
-            if not self.policy.retryable(error.status):
-                result = Result(Outcome.FAILED, str(error))
+                why, label, retry_after = str(error), str(error.status), error.retry_after
+                retryable = self.policy.retryable(error.status)
+            except KubeError as error:
+                why, label, retry_after = str(error), str(error.status), error.retry_after
+                retryable = self.policy.retryable(error.status)
+            if not retryable:
+                result = Result(Outcome.FAILED, why)
                 break
-            delay = self.policy.delay(attempt, error.retry_after, self._rand())
+            delay = self.policy.delay(attempt, retry_after, self._rand())
             if self._clock() + delay - started > self.policy.budget_s:
-                result = Result(Outcome.DEFERRED, str(error))
+                result = Result(Outcome.DEFERRED, why)
                 break
-            self.metrics.retries.labels(str(error.status)).inc()
-            log.warning("%s: %s; retry %d in %.2fs", command.decision_id, error, attempt + 1, delay)
+            self.metrics.retries.labels(label).inc()
+            log.warning("%s: %s; retry %d in %.2fs", command.decision_id, why, attempt + 1, delay)
             await self._sleep(delay)
             attempt += 1
         self.metrics.commands.labels(result.outcome.value).inc()
@@ -391,22 +529,36 @@ class Actuator:
 
     async def _attempt(self, command: AbortCommand, patch_sent: bool) -> Result:
         rollout = await asyncio.to_thread(self.api.get_rollout, command.namespace, command.rollout)
-        judgement = judge_abort(command.pod_hash, rollout)
+        judgement = judge_abort(command.pod_hash, rollout, pause=self.action is Action.PAUSE)
         if judgement.verdict is AbortVerdict.NOT_FOUND:
             return Result(Outcome.NOT_FOUND, judgement.why)
+        if judgement.verdict is AbortVerdict.UNRECONCILED:
+            raise _Unreconciled(judgement.why)
         assert rollout is not None
         if judgement.verdict is AbortVerdict.STALE:
             if not (patch_sent and judgement.already_aborted):
                 return Result(Outcome.STALE, judgement.why)
             # Our earlier patch went through but its answer was lost: finish the job.
+        elif lag := await self._canary_lags(command, rollout):
+            raise _Unreconciled(lag)
+        elif retried := await self._aborted_since_decision(command, rollout):
+            return Result(Outcome.STALE, f"{retried}; the canary was retried or resumed since")
         elif self.dry_run:
             return Result(Outcome.DRY_RUN, judgement.why)
         else:
+            patch = (
+                self.api.pause_rollout if self.action is Action.PAUSE else self.api.abort_rollout
+            )
             try:
                 found = await asyncio.to_thread(
-                    self.api.abort_rollout, command.namespace, command.rollout
+                    patch,
+                    command.namespace,
+                    command.rollout,
+                    resource_version(rollout),
                 )
             except KubeError as exc:
+                if exc.status == CONFLICT:
+                    raise _Conflict(exc) from exc
                 raise _PatchSent(exc) from exc
             if not found:
                 return Result(Outcome.NOT_FOUND, "the Rollout disappeared before the patch")
@@ -414,10 +566,27 @@ class Actuator:
         await self._record_event(command, rollout)
         return Result(Outcome.APPLIED, judgement.why)
 
+    async def _canary_lags(self, command: AbortCommand, rollout: Rollout) -> str | None:
+        """Is `currentPodHash` behind the Rollout's revision? (Argo names a Rollout's
+        ReplicaSets `<rollout>-<pod hash>`.)"""
+        if not revision_of(rollout):
+            return None
+        canary = f"{command.rollout}-{command.pod_hash}"
+        revision = await asyncio.to_thread(self.api.replica_set_revision, command.namespace, canary)
+        return canary_lags_revision(rollout, revision)
+
+    async def _aborted_since_decision(self, command: AbortCommand, rollout: Rollout) -> str | None:
+        """An abort of this Rollout after the command was decided (then undone by `retry`)."""
+        uid = rollout.get("metadata", {}).get("uid", "")
+        events = await asyncio.to_thread(
+            self.api.rollout_events, command.namespace, command.rollout, uid
+        )
+        return aborted_since(events, command.decided_at)
+
     async def _record_event(self, command: AbortCommand, rollout: Rollout) -> None:
         """Best effort, retried a few times: the abort is done whatever happens here."""
         now = datetime.fromtimestamp(self._wall_clock(), UTC)
-        event = abort_event(command, rollout, now, self.instance)
+        event = abort_event(command, rollout, now, self.instance, self.action)
         for attempt in range(self.policy.event_attempts):
             try:
                 created = await asyncio.to_thread(self.api.record_event, command.namespace, event)
@@ -435,10 +604,13 @@ class Actuator:
 
     def _log(self, command: AbortCommand, result: Result) -> None:
         where = f"{command.env} canary {command.pod_hash} ({command.decision_id})"
+        verb = "paused" if self.action is Action.PAUSE else "aborted"
         if result.outcome is Outcome.APPLIED:
-            log.warning("aborted %s: %s", where, command.evidence.describe())
+            log.warning("%s %s: %s", verb, where, command.evidence.describe())
         elif result.outcome is Outcome.DRY_RUN:
-            log.warning("dry run: would abort %s: %s", where, command.evidence.describe())
+            log.warning(
+                "dry run: would %s %s: %s", self.action.value, where, command.evidence.describe()
+            )
         elif result.outcome in (Outcome.FAILED, Outcome.DEFERRED):
             log.error("%s %s: %s", result.outcome.value, where, result.detail)
         else:
@@ -526,6 +698,22 @@ class Actuator:
         )
 
 
+class _Unreconciled(Exception):
+    """The controller has not reconciled the Rollout's spec yet: judge again later."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class _Conflict(Exception):
+    """The abort patch was refused (409): the Rollout changed since it was judged."""
+
+    def __init__(self, error: KubeError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _PatchSent(Exception):
     """The abort patch failed after it was sent: it may have been applied."""
 
@@ -535,7 +723,11 @@ class _PatchSent(Exception):
 
 
 def run_actuator(
-    settings: Settings, *, dry_run: bool = False, kubeconfig: str | None = None
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    kubeconfig: str | None = None,
+    action: Action = Action.ABORT,
 ) -> int:
     """`canarywatch actuator`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -543,12 +735,17 @@ def run_actuator(
     start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
     api_client = kube_api_client(kubeconfig)
     actuator = Actuator(
-        settings, KubeRolloutApi(api_client), ActuatorMetrics(registry), dry_run=dry_run
+        settings,
+        KubeRolloutApi(api_client),
+        ActuatorMetrics(registry),
+        dry_run=dry_run,
+        action=action,
     )
     log.info(
-        "actuator: group %s, topic %s%s",
+        "actuator: group %s, topic %s, action %s%s",
         actuator.group_id,
         settings.topics.commands,
+        action.value,
         " (dry run: nothing is patched)" if dry_run else "",
     )
 

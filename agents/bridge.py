@@ -8,7 +8,10 @@ Two sources of changes, one sink:
 - optionally, core/v1 Events as kubernetes-event-exporter's Kafka sink publishes them: an Event
   about a Rollout triggers a GET of that Rollout.
 Snapshots (`streams.rollouts.rollout_state`) go to the rollouts topic keyed `namespace/name`,
-only when a meaningful field changed (`SnapshotDedupe`), never older over newer.
+only when a meaningful field changed (`SnapshotDedupe`), never older over newer, and only once
+the controller has reconciled the Rollout's spec (`status.observedGeneration` equal to
+`metadata.generation`; until then the spec's release and steps are not the canary's). A deleted
+Rollout, or one a relist no longer holds, gets an `ended` snapshot.
 """
 
 from __future__ import annotations
@@ -43,8 +46,10 @@ from streams.rollouts import (
     Rollout,
     SnapshotDedupe,
     decode_exporter_event,
+    ended_state,
     resource_version,
     rollout_state,
+    spec_observed,
 )
 
 log = logging.getLogger("canarywatch.bridge")
@@ -69,7 +74,7 @@ class BridgeMetrics:
         self.snapshots = Counter(
             "canarywatch_bridge_snapshots",
             "Rollouts read, by source (list, watch, event) and outcome "
-            "(published, unchanged, older, incomplete).",
+            "(published, unchanged, older, incomplete, unreconciled, ended).",
             ["source", "outcome"],
             registry=registry,
         )
@@ -335,11 +340,7 @@ class Bridge:
             if kind in ("ADDED", "MODIFIED"):
                 self._submit(loop, self._offer(obj, "watch"))
             elif kind == "DELETED":
-                state_key = env_key(
-                    obj.get("metadata", {}).get("namespace", ""),
-                    obj.get("metadata", {}).get("name", ""),
-                )
-                self._submit(loop, self._forget(state_key))
+                self._submit(loop, self._end(obj))
             version = resource_version(obj) or version  # BOOKMARK carries only this
         if self._stopping.is_set():
             raise _Stopped
@@ -375,7 +376,9 @@ class Bridge:
             # All at once: a fleet's list is tens of thousands of Rollouts, and waiting for each
             # send's acknowledgement in turn took ~2 ms a Rollout.
             await self._publish([self._judge(obj, "list") for obj in items])
-        self._dedupe.retain(keys, namespace)
+            # Deleted while no watch was open (or during a 410 gap): they end here.
+            gone = self._dedupe.retain(keys, namespace)
+            await self._publish_ended(gone, "list")
         self._listed.add(namespace)
         self._update_ready()
 
@@ -387,9 +390,32 @@ class Bridge:
         exporter = not o.events_topic or self._exporter_ready
         self.metrics.ready.set(1 if listed and exporter else 0)
 
-    async def _forget(self, key: str) -> None:
+    async def _end(self, obj: Rollout) -> None:
+        """A DELETED watch event: publish the Rollout's `ended` snapshot."""
+        meta = obj.get("metadata", {})
+        key = env_key(meta.get("namespace", ""), meta.get("name", ""))
         async with self._lock:
-            self._dedupe.forget(key)
+            last = self._dedupe.forget(key)
+            if last is None:  # never published; its final state, if it has one
+                last = rollout_state(obj, self._clock(), self.settings.cluster)
+            await self._publish_ended([last] if last is not None else [], "watch")
+
+    async def _publish_ended(self, states: list[RolloutState], source: str) -> None:
+        assert self._producer is not None
+        now = self._clock()
+        ended = [ended_state(state, now) for state in states]
+        deliveries = [
+            await self._producer.send(
+                self.settings.topics.rollouts,
+                key=state.namespace.encode(),
+                value=encode_rollout_state(state),
+            )
+            for state in ended
+        ]
+        await asyncio.gather(*deliveries)
+        for state in ended:
+            log.info("%s: ended (canary %s)", state.env, state.current_pod_hash)
+            self.metrics.snapshots.labels(source, "ended").inc()
 
     # -- the sink ------------------------------------------------------------------------------
 
@@ -399,9 +425,13 @@ class Bridge:
 
     def _judge(self, obj: Rollout, source: str) -> _Offer | None:
         """The Rollout's snapshot and whether it is new, or None if it has no usable state."""
-        state = rollout_state(obj, self._clock())
+        state = rollout_state(obj, self._clock(), self.settings.cluster)
         if state is None:
             self.metrics.snapshots.labels(source, "incomplete").inc()
+            return None
+        if not spec_observed(obj):
+            # The controller reconciles it within moments, and that change comes as an event.
+            self.metrics.snapshots.labels(source, "unreconciled").inc()
             return None
         version = resource_version(obj)
         return _Offer(state, version, self._dedupe.check(state, version), source)
@@ -434,7 +464,7 @@ class Bridge:
                     state.canary_weight,
                     " aborted" if state.aborted else "",
                 )
-            if o.change is not Change.OLDER:
+            if o.change not in (Change.OLDER, Change.UNRECONCILED):
                 self._dedupe.record(state, o.version)
             self.metrics.snapshots.labels(o.source, o.change.value).inc()
 

@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     actuator = sub.add_parser("actuator", help="apply abort commands to Argo Rollouts")
     actuator.add_argument("--dry-run", action="store_true", help="shadow mode: log, patch nothing")
     actuator.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
+    actuator.add_argument(
+        "--pause",
+        action="store_true",
+        help="pause the Rollout (spec.paused) instead of aborting; needs deploy/overlays/pause",
+    )
     bridge = sub.add_parser("bridge", help="publish Argo Rollout state to Kafka")
     bridge.add_argument("--namespace", action="append", default=[], help="repeat; default: all")
     bridge.add_argument("--events-topic", help="kubernetes-event-exporter's Kafka topic")
@@ -57,9 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(settings_from_env())
         return 0
     if args.command == "actuator":
-        from agents.actuator import run_actuator
+        from agents.actuator import Action, run_actuator
 
-        return run_actuator(settings_from_env(), dry_run=args.dry_run, kubeconfig=args.kubeconfig)
+        action = Action.PAUSE if args.pause else Action.ABORT
+        return run_actuator(
+            settings_from_env(), dry_run=args.dry_run, kubeconfig=args.kubeconfig, action=action
+        )
     if args.command == "bridge":
         from agents.bridge import BridgeOptions, run_bridge
 

@@ -52,6 +52,13 @@ class Settings:
     # Hold request-log ingestion until this file exists: lets several workers join the group
     # and split the partitions before any of them drains a backlog (used by `make bench`).
     ingest_start_file: Path | None = None
+    # The actuator never applies an abort command decided longer ago than this (outcome
+    # `expired`). Keep it under the API server's event TTL (1 h by default): the Events are how
+    # the actuator sees that a canary was aborted and retried after the decision.
+    command_ttl_s: float = 600.0
+    # This cluster's name: the bridge puts it in every snapshot (and so the worker in every
+    # command and decision id); the actuator applies only commands naming it. "" = unnamed.
+    cluster: str = ""
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     window: WindowSettings = field(default_factory=WindowSettings)
     # Floods: canaries tracked per worker, the hold of lines that arrive before their canary's
@@ -134,6 +141,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         max_message_bytes=int(get("MAX_MESSAGE_BYTES") or base.max_message_bytes),
         data_dir=Path(get("DATA_DIR") or base.data_dir),
         ingest_start_file=Path(gate) if (gate := get("INGEST_START_FILE")) else None,
+        command_ttl_s=float(get("COMMAND_TTL_S") or base.command_ttl_s),
+        cluster=get("CLUSTER") or base.cluster,
         decisions=decisions,
         request_session_timeout_ms=int(
             get("REQUEST_SESSION_TIMEOUT_MS") or base.request_session_timeout_ms
@@ -177,6 +186,8 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "EVALUATE_EVERY_S": str(settings.evaluate_every_s),
         ENV_PREFIX + "MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
         ENV_PREFIX + "DATA_DIR": str(settings.data_dir),
+        ENV_PREFIX + "COMMAND_TTL_S": str(settings.command_ttl_s),
+        ENV_PREFIX + "CLUSTER": settings.cluster,
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
         ENV_PREFIX + "REQUEST_SESSION_TIMEOUT_MS": str(settings.request_session_timeout_ms),
         ENV_PREFIX + "REQUEST_HEARTBEAT_INTERVAL_MS": str(settings.request_heartbeat_interval_ms),

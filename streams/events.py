@@ -56,6 +56,9 @@ class RolloutState:
     canary_weight: int | None = None  # percent, when known
     release: str = ""  # image / release version of the canary template
     observed_at: float = 0.0  # epoch seconds the snapshot was taken
+    resource_version: str = ""  # metadata.resourceVersion of the object read ("" if unknown)
+    ended: bool = False  # the Rollout is gone (deleted, or missing from a relist)
+    cluster: str = ""  # the bridge's CANARYWATCH_CLUSTER ("" when unnamed)
 
     @property
     def env(self) -> str:
@@ -68,6 +71,7 @@ class RolloutState:
             and bool(self.stable_hash)
             and self.current_pod_hash != self.stable_hash
             and not self.aborted
+            and not self.ended
         )
 
 
@@ -110,6 +114,7 @@ class AbortCommand:
     release: str = ""
     reason: str = "CanaryRegression"
     extra: dict[str, str] = field(default_factory=dict)
+    cluster: str = ""  # only the actuator of this cluster (CANARYWATCH_CLUSTER) applies it
 
     @property
     def env(self) -> str:
@@ -120,18 +125,24 @@ def env_key(namespace: str, rollout: str) -> str:
     return f"{namespace}/{rollout}"
 
 
-def decision_id_for(namespace: str, rollout: str, pod_hash: str) -> str:
-    """One decision per rollout revision: applying the same id twice is harmless."""
-    return f"{namespace}/{rollout}@{pod_hash}"
+def decision_id_for(namespace: str, rollout: str, pod_hash: str, cluster: str = "") -> str:
+    """One decision per rollout revision: applying the same id twice is harmless. A named
+    cluster prefixes it (`cluster:namespace/rollout@hash`)."""
+    revision = f"{namespace}/{rollout}@{pod_hash}"
+    return f"{cluster}:{revision}" if cluster else revision
 
 
 def check_decision_id(raw: bytes) -> str:
-    """A decision id read back (a table key), or DecodeError unless it is `ns/rollout@hash`."""
+    """A decision id read back (a table key), or DecodeError unless it is
+    `[cluster:]ns/rollout@hash`."""
     try:
         text = raw.decode()
     except UnicodeDecodeError:
         raise DecodeError("bad_format", "decision id is not UTF-8") from None
     env, at, pod = text.rpartition("@")
+    cluster, colon, env = env.rpartition(":")
+    if colon:
+        cluster_name("cluster", cluster)
     namespace, slash, rollout = env.partition("/")
     if not (at and slash):
         raise DecodeError("bad_format", f"decision id {text[:80]!r} is not ns/rollout@hash")
@@ -266,6 +277,8 @@ namespace_name = _matching(DNS1123_LABEL, MAX_NAMESPACE, "a DNS-1123 label")
 rollout_name = _matching(DNS1123_SUBDOMAIN, MAX_NAME, "a DNS-1123 subdomain")
 pod_hash = _matching(LABEL_VALUE, MAX_POD_HASH, "a pod-template hash")
 pod_hash_or_empty = _matching(LABEL_VALUE, MAX_POD_HASH, "a pod-template hash", empty=True)
+# CANARYWATCH_CLUSTER: empty (one cluster) or a DNS-1123 label, as cluster names usually are.
+cluster_name = _matching(DNS1123_LABEL, MAX_NAMESPACE, "a DNS-1123 label", empty=True)
 
 
 def boolean(name: str, value: object) -> bool:
@@ -342,6 +355,9 @@ ROLLOUT_STATE_FIELDS: tuple[FieldRule, ...] = (
     FieldRule("canary_weight", integer(0, 100, optional=True)),
     FieldRule("release", text(MAX_TEXT)),
     FieldRule("observed_at", timestamp),
+    FieldRule("resource_version", text(MAX_SHORT_TEXT)),
+    FieldRule("ended", boolean),
+    FieldRule("cluster", cluster_name),
 )
 
 EVIDENCE_FIELDS: tuple[FieldRule, ...] = (
@@ -359,7 +375,9 @@ EVIDENCE_FIELDS: tuple[FieldRule, ...] = (
 )
 
 ABORT_COMMAND_FIELDS: tuple[FieldRule, ...] = (
-    FieldRule("decision_id", non_empty_text(MAX_NAMESPACE + MAX_NAME + MAX_POD_HASH + 2), True),
+    FieldRule(
+        "decision_id", non_empty_text(2 * MAX_NAMESPACE + MAX_NAME + MAX_POD_HASH + 3), True
+    ),
     FieldRule("namespace", namespace_name, required=True),
     FieldRule("rollout", rollout_name, required=True),
     FieldRule("pod_hash", pod_hash, required=True),
@@ -368,6 +386,7 @@ ABORT_COMMAND_FIELDS: tuple[FieldRule, ...] = (
     FieldRule("release", text(MAX_TEXT)),
     FieldRule("reason", non_empty_text(MAX_SHORT_TEXT)),
     FieldRule("extra", string_map),
+    FieldRule("cluster", cluster_name),
 )
 
 

@@ -256,7 +256,9 @@ class Fleet:
         for row in aborting.tolist():
             state = self.attribution.states[row]
             assert state is not None
-            decision_id = decision_id_for(state.namespace, state.name, state.current_pod_hash)
+            decision_id = decision_id_for(
+                state.namespace, state.name, state.current_pod_hash, state.cluster
+            )
             if decision_id in self.decided:
                 continue
             self.decided.add(decision_id)
@@ -271,6 +273,7 @@ class Fleet:
                     evidence=result.evidence(row, signal),
                     release=state.release,
                     reason=f"Canary{SIGNALS[signal].capitalize()}Regression",
+                    cluster=state.cluster,
                 )
             )
         return result, commands

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypedDict
 
@@ -33,6 +34,10 @@ VERSION = "v1alpha1"
 PLURAL = "rollouts"
 KIND = "Rollout"
 
+# The revision number Argo keeps on a Rollout and on each of its ReplicaSets (the newest one's
+# equals the Rollout's once the controller has caught up).
+REVISION_ANNOTATION = "rollout.argoproj.io/revision"
+
 # Events on a Rollout that cannot change its snapshot; everything else triggers a re-read.
 IGNORED_EVENT_REASONS = frozenset({"ScalingReplicaSet"})
 
@@ -46,6 +51,7 @@ class ObjectMeta(TypedDict, total=False):
     uid: str
     resourceVersion: str
     generation: int
+    annotations: dict[str, str]
 
 
 class Container(TypedDict, total=False):
@@ -94,12 +100,24 @@ class CanaryStatus(TypedDict, total=False):
     weights: TrafficWeights
 
 
+class RolloutCondition(TypedDict, total=False):
+    type: str
+    status: str
+    reason: str
+    message: str
+    lastTransitionTime: str
+    lastUpdateTime: str
+
+
 class RolloutStatus(TypedDict, total=False):
     currentPodHash: str
     stableRS: str
     currentStepIndex: int
     phase: str
     abort: bool
+    abortedAt: str
+    observedGeneration: str  # a string in Argo: the metadata.generation last reconciled
+    conditions: list[RolloutCondition]
     canary: CanaryStatus
 
 
@@ -173,9 +191,48 @@ def release_of(rollout: Rollout) -> str:
     return ""
 
 
-def rollout_state(rollout: Rollout, observed_at: float) -> RolloutState | None:
-    """The snapshot of a Rollout; None while it has no name or no `status.currentPodHash`
-    (the controller has not reconciled it yet)."""
+def spec_observed(rollout: Rollout) -> bool:
+    """Has the controller reconciled the current spec? `status.observedGeneration` (a string in
+    Argo) equals `metadata.generation`. Until then `spec.template` may be newer than
+    `status.currentPodHash`: the spec (the release, the steps) says nothing true about the
+    canary in progress."""
+    generation = _int(_obj(rollout.get("metadata")).get("generation"))
+    observed = _obj(rollout.get("status")).get("observedGeneration")
+    if generation is None or isinstance(observed, bool):
+        return False
+    if isinstance(observed, int):
+        return observed == generation
+    return isinstance(observed, str) and observed.strip() == str(generation)
+
+
+def revision_of(obj: Mapping[str, Any]) -> str:
+    """The `rollout.argoproj.io/revision` annotation of a Rollout or ReplicaSet ("" if none)."""
+    return _text(_obj(_obj(obj.get("metadata")).get("annotations")).get(REVISION_ANNOTATION))
+
+
+def canary_lags_revision(rollout: Rollout, canary_revision: str | None) -> str | None:
+    """Why `status.currentPodHash` may not be the Rollout's newest revision yet, or None.
+
+    Observed with the real controller (v1.10.1): after a template change it creates the new
+    ReplicaSet, writes the Rollout's revision annotation, then writes `observedGeneration`
+    (= generation) in one status update and the new `currentPodHash` only in the next. Between
+    the two, `currentPodHash` names the previous canary although the spec is observed; an abort
+    then would abort the new one. `canary_revision` is the revision annotation of the
+    ReplicaSet `currentPodHash` names (None: it does not exist). A Rollout without the
+    annotation (no controller has handled it) is not checked."""
+    expected = revision_of(rollout)
+    if not expected or canary_revision == expected:
+        return None
+    current = _text(_obj(rollout.get("status")).get("currentPodHash"))
+    return (
+        f"the ReplicaSet of {current} is at revision {canary_revision or 'none'}, "
+        f"the Rollout at {expected}: the controller has not caught up"
+    )
+
+
+def rollout_state(rollout: Rollout, observed_at: float, cluster: str = "") -> RolloutState | None:
+    """The snapshot of a Rollout (in `cluster`); None while it has no name or no
+    `status.currentPodHash` (the controller has not reconciled it yet)."""
     meta = _obj(rollout.get("metadata"))
     status = _obj(rollout.get("status"))
     namespace, name = _text(meta.get("namespace")), _text(meta.get("name"))
@@ -193,7 +250,15 @@ def rollout_state(rollout: Rollout, observed_at: float) -> RolloutState | None:
         canary_weight=current_set_weight(rollout),
         release=release_of(rollout),
         observed_at=observed_at,
+        resource_version=resource_version(rollout),
+        cluster=cluster,
     )
+
+
+def ended_state(last: RolloutState, observed_at: float) -> RolloutState:
+    """The snapshot that says a Rollout is gone (deleted, or missing from a relist): its last
+    known hashes, no canary in progress."""
+    return replace(last, ended=True, canary_weight=None, observed_at=observed_at)
 
 
 def resource_version(rollout: Rollout) -> str:
@@ -211,10 +276,20 @@ def _newer(candidate: str, seen: str) -> bool:
     return True
 
 
+def _meaningful(state: RolloutState) -> RolloutState:
+    """The fields that make a snapshot worth publishing (not when or at which version it was
+    read)."""
+    return replace(state, observed_at=0.0, resource_version="")
+
+
 class Change(StrEnum):
     NEW = "published"  # a meaningful field changed: publish it
     SAME = "unchanged"  # only observed_at or fields canarywatch does not read changed
     OLDER = "older"  # an older read of the object than the last one: drop it
+    # The release changed but the pod hash did not: the template changed and the controller has
+    # not written the new currentPodHash yet (it writes observedGeneration one status update
+    # earlier), so the spec's release is not this hash's. Dropped; the next update brings both.
+    UNRECONCILED = "unreconciled"
 
 
 class SnapshotDedupe:
@@ -232,21 +307,32 @@ class SnapshotDedupe:
         previous, previous_version = last
         if version and previous_version and not _newer(version, previous_version):
             return Change.OLDER
-        return Change.SAME if replace(state, observed_at=0.0) == previous else Change.NEW
+        if (
+            state.current_pod_hash == previous.current_pod_hash
+            and state.release != previous.release
+            and not state.ended
+        ):
+            return Change.UNRECONCILED
+        return Change.SAME if _meaningful(state) == _meaningful(previous) else Change.NEW
 
     def record(self, state: RolloutState, version: str = "") -> None:
-        self._last[state.env] = (replace(state, observed_at=0.0), version)
+        self._last[state.env] = (state, version)
 
-    def forget(self, key: str) -> None:
-        self._last.pop(key, None)
+    def forget(self, key: str) -> RolloutState | None:
+        """Forget `key`; its last published snapshot, if any."""
+        last = self._last.pop(key, None)
+        return None if last is None else last[0]
 
-    def retain(self, keys: Iterable[str], namespace: str | None = None) -> None:
-        """After a relist: forget keys (of `namespace`, or all) that the list no longer holds."""
+    def retain(self, keys: Iterable[str], namespace: str | None = None) -> list[RolloutState]:
+        """After a relist: forget keys (of `namespace`, or all) that the list no longer holds;
+        the last published snapshots of those forgotten."""
         keep = set(keys)
+        gone = []
         for key in list(self._last):
             in_scope = namespace is None or key.startswith(f"{namespace}/")
             if in_scope and key not in keep:
-                del self._last[key]
+                gone.append(self._last.pop(key)[0])
+        return gone
 
     def __len__(self) -> int:
         return len(self._last)
@@ -259,17 +345,19 @@ class AbortVerdict(StrEnum):
     APPLY = "apply"
     STALE = "stale"  # the canary the command names is no longer the one in progress
     NOT_FOUND = "not_found"
+    UNRECONCILED = "unreconciled"  # the spec changed and the controller has not caught up: wait
 
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
     verdict: AbortVerdict
     why: str
-    already_aborted: bool = False
+    already_aborted: bool = False  # already aborted (for a pause: already paused)
 
 
-def judge_abort(pod_hash: str, rollout: Rollout | None) -> Judgement:
+def judge_abort(pod_hash: str, rollout: Rollout | None, *, pause: bool = False) -> Judgement:
     """Should an abort of canary `pod_hash` be applied to `rollout` (None: it does not exist)?
+    With `pause`: a pause (`spec.paused`) instead of the abort.
 
     Applying a command twice, or after the Rollout moved on, must do nothing: only the canary
     the command judged may be aborted, and only once.
@@ -279,14 +367,64 @@ def judge_abort(pod_hash: str, rollout: Rollout | None) -> Judgement:
     status = _obj(rollout.get("status"))
     current, stable = _text(status.get("currentPodHash")), _text(status.get("stableRS"))
     if status.get("abort") is True:
-        return Judgement(AbortVerdict.STALE, "already aborted", already_aborted=True)
+        return Judgement(AbortVerdict.STALE, "already aborted", already_aborted=not pause)
+    if pause and _obj(rollout.get("spec")).get("paused") is True:
+        return Judgement(AbortVerdict.STALE, "already paused", already_aborted=True)
     if not current:
         return Judgement(AbortVerdict.STALE, "the Rollout reports no currentPodHash")
+    if not spec_observed(rollout):
+        # An abort now would be applied by the controller to whatever the new spec makes the
+        # canary, which is not the revision judged: wait until currentPodHash is true again.
+        generation = _obj(rollout.get("metadata")).get("generation")
+        observed = status.get("observedGeneration")
+        return Judgement(
+            AbortVerdict.UNRECONCILED,
+            f"the controller has not observed generation {generation} yet (observed {observed})",
+        )
     if current != pod_hash:
         return Judgement(AbortVerdict.STALE, f"the canary moved on to {current}")
     if current == stable:
         return Judgement(AbortVerdict.STALE, f"{current} was promoted to stable")
     return Judgement(AbortVerdict.APPLY, f"{current} is the canary in progress")
+
+
+# Event reasons that mean "this Rollout was aborted" (or paused by canarywatch): the
+# controller's own, and the actuator's.
+ABORT_EVENT_REASONS = frozenset({"RolloutAborted", "CanarywatchAbort", "CanarywatchPause"})
+# Allowed clock difference between the worker (decided_at) and the cluster (Event times).
+CLOCK_SKEW_S = 5.0
+
+
+def _epoch(value: object) -> float | None:
+    text = _text(value)
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def aborted_since(events: Iterable[Mapping[str, Any]], decided_at: float) -> str | None:
+    """An abort of the Rollout recorded at or after `decided_at` (less `CLOCK_SKEW_S`), from its
+    core/v1 Events: a description of it, or None.
+
+    Argo's `retry` sets `status.abort=false`; the controller then clears `status.abortedAt` and
+    restarts the canary with the same pod hash, so the Rollout itself keeps no trace of the
+    abort. Its Events (`RolloutAborted` from the controller, `CanarywatchAbort` from the actuator)
+    do, for the API server's event TTL (1 h by default). A command decided before such an abort,
+    arriving when the Rollout is no longer aborted, is about a canary that has since been
+    retried: it must not abort the retry."""
+    cutoff = decided_at - CLOCK_SKEW_S
+    for event in events:
+        if _text(event.get("reason")) not in ABORT_EVENT_REASONS:
+            continue
+        times = [_epoch(event.get(k)) for k in ("lastTimestamp", "eventTime", "firstTimestamp")]
+        latest = max((t for t in times if t is not None), default=None)
+        if latest is not None and latest >= cutoff:
+            stamp = datetime.fromtimestamp(latest, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return f"{_text(event.get('reason'))} at {stamp}, after the decision"
+    return None
 
 
 # --- Events from kubernetes-event-exporter's Kafka sink ---------------------------------------

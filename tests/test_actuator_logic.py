@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from agents.actuator import (
     EVENT_REASON,
+    PAUSE_EVENT_REASON,
+    Action,
     Actuator,
     ActuatorMetrics,
     KubeError,
@@ -46,8 +48,19 @@ def make_rollout(**status: Any) -> Rollout:
         {
             "apiVersion": "argoproj.io/v1alpha1",
             "kind": "Rollout",
-            "metadata": {"name": "web", "namespace": "shop-prod", "uid": "uid-1"},
-            "status": {"currentPodHash": CANARY, "stableRS": STABLE, **status},
+            "metadata": {
+                "name": "web",
+                "namespace": "shop-prod",
+                "uid": "uid-1",
+                "generation": 1,
+                "resourceVersion": "41",
+            },
+            "status": {
+                "currentPodHash": CANARY,
+                "stableRS": STABLE,
+                "observedGeneration": "1",
+                **status,
+            },
         },
     )
 
@@ -63,6 +76,10 @@ def make_rollout(**status: Any) -> Rollout:
         ({"stableRS": CANARY}, AbortVerdict.STALE),  # promoted
         ({"abort": True}, AbortVerdict.STALE),  # already aborted
         ({"currentPodHash": ""}, AbortVerdict.STALE),
+        # The spec changed and the controller has not caught up: currentPodHash may be stale.
+        ({"observedGeneration": "0"}, AbortVerdict.UNRECONCILED),
+        ({"observedGeneration": None}, AbortVerdict.UNRECONCILED),
+        ({"observedGeneration": "0", "abort": True}, AbortVerdict.STALE),
     ],
 )
 def test_judge_abort(status: dict[str, Any], verdict: AbortVerdict) -> None:
@@ -125,7 +142,7 @@ def test_abort_event_names_the_rollout_and_carries_the_evidence() -> None:
         "namespace": "shop-prod",
         "name": "web",
         "uid": "uid-1",
-        "resourceVersion": "",
+        "resourceVersion": "41",
     }
     assert EVIDENCE.describe() in event["message"]
     assert COMMAND.decision_id in event["message"]
@@ -150,6 +167,9 @@ class FakeApi:
         self.calls: list[str] = []
         self.events: dict[str, Mapping[str, Any]] = {}
         self.apply_before_failing = False  # the patch lands, then its answer is lost
+        self.preconditions: list[str] = []  # resourceVersion sent with each abort patch
+        self.other_events: list[Mapping[str, Any]] = []  # e.g. the controller's RolloutAborted
+        self.replica_sets: dict[str, str] = {}  # ReplicaSet name -> its revision annotation
 
     def _fail(self, method: str) -> None:
         self.calls.append(method)
@@ -161,7 +181,8 @@ class FakeApi:
         self._fail("get")
         return copy.deepcopy(self.rollout)
 
-    def abort_rollout(self, namespace: str, name: str) -> bool:
+    def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        self.preconditions.append(resource_version)
         if self.apply_before_failing and self.rollout is not None:
             self.rollout["status"]["abort"] = True
         self._fail("patch")
@@ -169,6 +190,22 @@ class FakeApi:
             return False
         self.rollout["status"]["abort"] = True
         return True
+
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        self._fail("rs")
+        return self.replica_sets.get(name)
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        self.preconditions.append(resource_version)
+        self._fail("pause")
+        if self.rollout is None:
+            return False
+        self.rollout.setdefault("spec", {})["paused"] = True
+        return True
+
+    def rollout_events(self, namespace: str, name: str, uid: str) -> list[Mapping[str, Any]]:
+        self._fail("events")
+        return [*self.events.values(), *self.other_events]
 
     def record_event(self, namespace: str, event: Mapping[str, Any]) -> bool:
         self._fail("event")
@@ -220,11 +257,12 @@ async def test_applies_once_and_records_the_event() -> None:
     actuator, registry = make_actuator(api, fake)
     assert (await actuator.handle(COMMAND)).outcome is Outcome.APPLIED
     assert api.rollout is not None and api.rollout["status"]["abort"] is True
-    assert api.calls == ["get", "patch", "event"]
+    assert api.calls == ["get", "events", "patch", "event"]
+    assert api.preconditions == ["41"]  # the resourceVersion it was judged on
     assert len(api.events) == 1
     # The same command again (a redelivery after a crash): read, judged stale, untouched.
     assert (await actuator.handle(COMMAND)).outcome is Outcome.STALE
-    assert api.calls[3:] == ["get"]
+    assert api.calls[4:] == ["get"]
     assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 1
     assert count(registry, "canarywatch_actuator_commands_total", outcome="stale") == 1
     assert count(registry, "canarywatch_actuator_events_total", outcome="recorded") == 1
@@ -243,7 +281,10 @@ async def test_retries_with_exact_backoff_and_honours_retry_after() -> None:
     result = await actuator.handle(COMMAND)
     assert result.outcome is Outcome.APPLIED
     assert fake.sleeps == [0.25, 0.5, 1.0, 7.0]
-    assert api.calls == ["get", "get", "get", "patch", "get", "patch", "get", "patch", "event"]
+    assert api.calls == [
+        *("get", "get", "get", "events", "patch"),
+        *("get", "events", "patch", "get", "events", "patch", "event"),
+    ]
     for status, n in (("503", 1), ("0", 1), ("409", 1), ("429", 1)):
         assert count(registry, "canarywatch_actuator_retries_total", status=status) == n
     assert len(api.events) == 1
@@ -277,7 +318,7 @@ async def test_lost_answer_to_an_applied_patch_still_counts_as_applied() -> None
     api.failures["patch"] = [KubeError(504, "Gateway Timeout")]
     actuator, _ = make_actuator(api, fake)
     assert (await actuator.handle(COMMAND)).outcome is Outcome.APPLIED
-    assert api.calls == ["get", "patch", "get", "event"]  # no second patch
+    assert api.calls == ["get", "events", "patch", "get", "event"]  # no second patch
     assert len(api.events) == 1
 
 
@@ -298,7 +339,7 @@ async def test_dry_run_reads_but_never_writes() -> None:
     api, fake = FakeApi(make_rollout()), FakeTime()
     actuator, registry = make_actuator(api, fake, dry_run=True)
     assert (await actuator.handle(COMMAND)).outcome is Outcome.DRY_RUN
-    assert api.calls == ["get"]
+    assert api.calls == ["get", "events"]
     assert api.rollout == make_rollout()
     assert count(registry, "canarywatch_actuator_commands_total", outcome="dry_run") == 1
 
@@ -310,3 +351,168 @@ async def test_event_failures_do_not_undo_the_abort() -> None:
     assert (await actuator.handle(COMMAND)).outcome is Outcome.APPLIED
     assert fake.sleeps == [0.25, 0.5, 1.0, 2.0]  # five attempts, four pauses
     assert count(registry, "canarywatch_actuator_events_total", outcome="failed") == 1
+
+
+# --- never the wrong revision ----------------------------------------------------------------
+
+
+async def test_a_command_older_than_the_ttl_is_never_applied() -> None:
+    api, fake = FakeApi(make_rollout()), FakeTime()
+    actuator, registry = make_actuator(api, fake)
+    actuator.settings = dataclasses.replace(Settings(), command_ttl_s=2.0)  # 2.5 s old
+    result = await actuator.handle(COMMAND)
+    assert result.outcome is Outcome.EXPIRED
+    assert api.calls == []
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="expired") == 1
+
+
+async def test_a_redelivery_after_retry_does_not_abort_the_retried_canary() -> None:
+    api, fake = FakeApi(make_rollout()), FakeTime()
+    actuator, registry = make_actuator(api, fake)
+    assert (await actuator.handle(COMMAND)).outcome is Outcome.APPLIED
+    # `kubectl argo rollouts retry`: abort back to false, same pod hash, abortedAt cleared.
+    assert api.rollout is not None
+    api.rollout["status"]["abort"] = False
+    result = await actuator.handle(COMMAND)
+    assert result.outcome is Outcome.STALE
+    assert "retried" in result.detail
+    assert api.rollout["status"]["abort"] is False
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 1
+
+
+def controller_event(reason: str, at: str) -> dict[str, Any]:
+    return {"reason": reason, "firstTimestamp": at, "lastTimestamp": at, "type": "Warning"}
+
+
+@pytest.mark.parametrize(
+    ("events", "outcome"),
+    [
+        ([], Outcome.APPLIED),
+        # aborted (by anyone) and retried after the decision at t=1000: stale
+        ([controller_event("RolloutAborted", "1970-01-01T00:16:41Z")], Outcome.STALE),
+        # an abort and retry long before the decision: the decision judged the retried canary
+        ([controller_event("RolloutAborted", "1970-01-01T00:10:00Z")], Outcome.APPLIED),
+        ([controller_event("RolloutPaused", "1970-01-01T00:16:41Z")], Outcome.APPLIED),
+    ],
+)
+async def test_an_abort_recorded_after_the_decision_makes_the_command_stale(
+    events: list[dict[str, Any]], outcome: Outcome
+) -> None:
+    api, fake = FakeApi(make_rollout()), FakeTime()
+    api.other_events = list(events)
+    actuator, _ = make_actuator(api, fake)
+    assert (await actuator.handle(COMMAND)).outcome is outcome
+
+
+class ChangingApi(FakeApi):
+    """The Rollout changes between the read and the patch (a new template, then the controller
+    reconciling it); the patch's precondition must catch it, as the API server does."""
+
+    def __init__(self, rollout: Rollout, then: list[Rollout]) -> None:
+        super().__init__(rollout)
+        self.then = list(then)
+
+    def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        self.calls.append("patch")
+        self.preconditions.append(resource_version)
+        assert self.rollout is not None
+        if self.then:
+            self.rollout = self.then.pop(0)
+        if resource_version != self.rollout["metadata"]["resourceVersion"]:
+            raise KubeError(409, "Conflict")
+        self.rollout["status"]["abort"] = True
+        return True
+
+
+async def test_a_template_change_between_judge_and_patch_never_aborts_the_new_revision() -> None:
+    changed = make_rollout(observedGeneration="1")
+    changed["metadata"] |= {"generation": 2, "resourceVersion": "42"}  # not reconciled yet
+    reconciled = make_rollout(currentPodHash="7a8b9c0d1e", observedGeneration="2")
+    reconciled["metadata"] |= {"generation": 2, "resourceVersion": "43"}
+    api, fake = ChangingApi(make_rollout(), [changed]), FakeTime()
+    actuator, registry = make_actuator(api, fake)
+    api.failures["get"] = []
+
+    real_get = api.get_rollout
+    reads = 0
+
+    def get_rollout(namespace: str, name: str) -> Rollout | None:
+        nonlocal reads
+        reads += 1
+        if reads == 3:  # the controller reconciles while the actuator waits
+            api.rollout = copy.deepcopy(reconciled)
+        return real_get(namespace, name)
+
+    api.get_rollout = get_rollout  # type: ignore[method-assign]
+    result = await actuator.handle(COMMAND)
+    assert result.outcome is Outcome.STALE, result
+    assert "moved on to 7a8b9c0d1e" in result.detail
+    assert api.preconditions == ["41"]  # one patch, refused
+    assert api.rollout is not None and "abort" not in api.rollout["status"]
+    assert count(registry, "canarywatch_actuator_retries_total", status="409") == 1
+    assert count(registry, "canarywatch_actuator_retries_total", status="unreconciled") == 1
+
+
+# --- pause instead of abort -------------------------------------------------------------------
+
+
+async def test_the_pause_policy_pauses_once_and_never_after_a_resume() -> None:
+    api, fake = FakeApi(make_rollout()), FakeTime()
+    registry = CollectorRegistry()
+    actuator = Actuator(
+        Settings(),
+        api,
+        ActuatorMetrics(registry),
+        sleep=fake.sleep,
+        clock=fake.clock,
+        wall_clock=lambda: 1002.5,
+        action=Action.PAUSE,
+    )
+    assert (await actuator.handle(COMMAND)).outcome is Outcome.APPLIED
+    assert api.calls == ["get", "events", "pause", "event"]
+    assert api.rollout is not None and api.rollout["spec"]["paused"] is True
+    assert "abort" not in api.rollout["status"]
+    (event,) = api.events.values()
+    assert (event["reason"], event["action"]) == (PAUSE_EVENT_REASON, "Pause")
+    assert event["message"].startswith(f"canarywatch paused at canary {CANARY}")
+    # Redelivered while paused: already done.
+    assert (await actuator.handle(COMMAND)).detail == "already paused"
+    # A person resumed it (spec.paused false): the command must not pause it again.
+    api.rollout["spec"]["paused"] = False
+    result = await actuator.handle(COMMAND)
+    assert result.outcome is Outcome.STALE and "resumed" in result.detail
+    assert api.calls.count("pause") == 1
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 1
+
+
+async def test_an_actuator_applies_only_its_own_clusters_commands() -> None:
+    for ours, theirs, outcome in (
+        ("eu-1", "eu-2", Outcome.OTHER_CLUSTER),
+        ("eu-1", "", Outcome.OTHER_CLUSTER),  # unnamed: from a bridge without a cluster name
+        ("", "eu-1", Outcome.OTHER_CLUSTER),
+        ("eu-1", "eu-1", Outcome.APPLIED),
+    ):
+        api, fake = FakeApi(make_rollout()), FakeTime()
+        actuator, registry = make_actuator(api, fake)
+        actuator.settings = dataclasses.replace(Settings(), cluster=ours)
+        result = await actuator.handle(dataclasses.replace(COMMAND, cluster=theirs))
+        assert result.outcome is outcome, (ours, theirs, result)
+        if outcome is Outcome.OTHER_CLUSTER:
+            assert api.calls == []
+            assert count(registry, "canarywatch_actuator_commands_total", outcome="other_cluster")
+
+
+async def test_a_canary_hash_behind_the_rollouts_revision_is_waited_for() -> None:
+    # The real controller writes observedGeneration one status update before currentPodHash.
+    rollout = make_rollout()
+    rollout["metadata"]["annotations"] = {"rollout.argoproj.io/revision": "3"}
+    api, fake = FakeApi(rollout), FakeTime()
+    api.replica_sets[f"web-{CANARY}"] = "2"  # currentPodHash still names revision 2
+    actuator, registry = make_actuator(api, fake, budget_s=1.0)
+    result = await actuator.handle(COMMAND)
+    assert result.outcome is Outcome.DEFERRED and "not caught up" in result.detail, result
+    assert "patch" not in api.calls
+    assert count(registry, "canarywatch_actuator_retries_total", status="unreconciled") >= 1
+    api.replica_sets[f"web-{CANARY}"] = "3"
+    assert (await actuator.handle(COMMAND)).outcome is Outcome.APPLIED
+    assert api.calls[-4:] == ["rs", "events", "patch", "event"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -106,3 +108,13 @@ def test_lookup_keys_agrees_with_lookup_through_bursts_of_changes(
             assert attribution.lookup_keys(keys).tolist() == expected
     expected = [attribution.lookup(ns, h) for ns, h in probes]
     assert attribution.lookup_keys(keys).tolist() == expected
+
+
+def test_an_ended_rollout_frees_its_row() -> None:
+    a = Attribution()
+    (row,) = a.apply(canary("shop", "c1")).started
+    gone = dataclasses.replace(canary("shop", "c1"), ended=True)  # deleted, or gone at a relist
+    change = a.apply(gone)
+    assert change.ended == [row] and change.started == []
+    assert a.lookup("shop", "c1") == NOT_ATTRIBUTED
+    assert a.active_rows().tolist() == []

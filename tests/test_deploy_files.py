@@ -93,3 +93,18 @@ def test_compose_and_manifests_run_real_subcommands() -> None:
     assert invocations
     for argv in invocations:
         parser.parse_args(argv)  # exits (fails the test) on an unknown subcommand or flag
+
+
+def test_the_pause_overlay_runs_a_real_subcommand_and_grants_only_patch_on_rollouts() -> None:
+    overlay = ROOT / "deploy/overlays/pause"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../../base", "rbac-pause.yaml"]
+    (patch,) = kustomization["patches"]
+    (op,) = yaml.safe_load(patch["patch"])
+    assert op["value"][:2] == ["canarywatch", "actuator"]
+    _parser().parse_args(op["value"][1:])
+    role, binding = yaml.safe_load_all((overlay / "rbac-pause.yaml").read_text())
+    assert role["rules"] == [
+        {"apiGroups": ["argoproj.io"], "resources": ["rollouts"], "verbs": ["patch"]}
+    ]
+    assert binding["subjects"][0]["name"] == "canarywatch-actuator"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import orjson
@@ -15,6 +16,7 @@ from streams.events import (
     Evidence,
     RequestLine,
     RolloutState,
+    decision_id_for,
     decode_abort_command,
     decode_request_lines,
     decode_rollout_state,
@@ -179,7 +181,7 @@ def test_rollout_state_fields_are_checked_one_by_one(
 
 def test_rollout_state_optional_fields_default_and_unknown_keys_are_ignored() -> None:
     minimal = {"namespace": "shop", "name": "web", "current_pod_hash": "c1"}
-    state = decode_rollout_state(orjson.dumps({**minimal, "resource_version": "12"}))
+    state = decode_rollout_state(orjson.dumps({**minimal, "written_by_a_newer_bridge": "12"}))
     assert state == RolloutState("shop", "web", "c1", "")
     state = decode_rollout_state(
         orjson.dumps({**minimal, "step_index": None, "canary_weight": None})
@@ -414,3 +416,19 @@ def test_exporter_event_decoder_never_raises_anything_else(value: object) -> Non
     except DecodeError:
         return
     assert ref is None or isinstance(ref, RolloutRef)
+
+
+def test_the_cluster_round_trips_and_is_optional() -> None:
+    state = RolloutState("shop", "web", "c4n4ry", "st4bl3", cluster="eu-1")
+    assert decode_rollout_state(encode_rollout_state(state)).cluster == "eu-1"
+    evidence = Evidence("errors", 120, 9, 2280, 2, 5.1, 4.6, 0.05, 31.5, 0.07, 0.001)
+    command = AbortCommand(
+        decision_id_for("shop", "web", "c4n4ry", "eu-1"), "shop", "web", "c4n4ry", 1.5, evidence
+    )
+    command = dataclasses.replace(command, cluster="eu-1")
+    assert command.decision_id == "eu-1:shop/web@c4n4ry"
+    assert decode_abort_command(encode_abort_command(command)) == command
+    unnamed = orjson.loads(encode_abort_command(command))
+    del unnamed["cluster"]
+    assert decode_abort_command(orjson.dumps(unnamed)).cluster == ""
+    assert decision_id_for("shop", "web", "c4n4ry") == "shop/web@c4n4ry"

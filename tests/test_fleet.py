@@ -214,3 +214,16 @@ def test_a_canary_step_starts_a_latency_grace_and_shared_breakage_requests_a_hol
     assert result.verdicts[0, row] == Verdict.HOLD
     assert [h.decision_id for h in holds] == ["shop/web@c1"]
     assert holds[0].reason == "SharedBreakageSuspected"
+
+
+def test_a_named_cluster_is_in_the_command_and_its_decision_id() -> None:
+    fleet = Fleet()
+    state = RolloutState("shop", "web", "c1", "s1", canary_weight=20, cluster="eu-1")
+    fleet.apply_rollout(state, now=0.0)
+    commands = []
+    for t in range(1, 30):
+        fleet.count(lines("shop", "c1", 20, 10, t) + lines("shop", "s1", 80, 0, t), t)
+        if commands := fleet.evaluate(float(t))[1]:
+            break
+    (command,) = commands
+    assert (command.cluster, command.decision_id) == ("eu-1", "eu-1:shop/web@c1")

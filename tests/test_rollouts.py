@@ -10,17 +10,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.events import DecodeError, RolloutState
+from streams.events import (
+    DecodeError,
+    RolloutState,
+    decode_rollout_state,
+    encode_rollout_state,
+)
 from streams.rollouts import (
     Change,
     Rollout,
     RolloutRef,
     SnapshotDedupe,
+    aborted_since,
     current_set_weight,
     decode_exporter_event,
+    ended_state,
     release_of,
     rollout_ref_from_event,
     rollout_state,
+    spec_observed,
 )
 
 STEPS = [{"setWeight": 20}, {"pause": {}}, {"setWeight": 40}, {"pause": {"duration": "1m"}}]
@@ -60,6 +68,7 @@ def test_snapshot_of_a_paused_canary() -> None:
         canary_weight=20,
         release="registry.example/web:2.0.0",
         observed_at=1764150000.0,
+        resource_version="7",
     )
 
 
@@ -168,10 +177,74 @@ def test_dedupe_forgets_what_a_relist_no_longer_holds() -> None:
         state = rollout_state(obj, 0.0)
         assert state is not None
         dedupe.record(state)
-    dedupe.retain([], namespace="a")
+    gone = dedupe.retain([], namespace="a")
+    assert [g.env for g in gone] == ["a/web"]
     assert len(dedupe) == 1
-    dedupe.retain(["x/y"])
+    assert [g.env for g in dedupe.retain(["x/y"])] == ["b/web"]
     assert len(dedupe) == 0
+    assert dedupe.forget("b/web") is None
+
+
+def test_an_ended_snapshot_keeps_the_hashes_and_has_no_canary_in_progress() -> None:
+    state = rollout_state(rollout(currentStepIndex=1), 1.0)
+    assert state is not None and state.canary_in_progress
+    ended = ended_state(state, 5.0)
+    assert ended.ended and not ended.canary_in_progress
+    assert (ended.current_pod_hash, ended.stable_hash, ended.observed_at) == (
+        state.current_pod_hash,
+        state.stable_hash,
+        5.0,
+    )
+    assert decode_rollout_state(encode_rollout_state(ended)) == ended
+    # Snapshots from before the field existed decode as not ended, without a version.
+    old = orjson.loads(encode_rollout_state(state))
+    del old["ended"], old["resource_version"]
+    decoded = decode_rollout_state(orjson.dumps(old))
+    assert (decoded.ended, decoded.resource_version) == (False, "")
+
+
+def test_dedupe_ignores_the_resource_version_itself() -> None:
+    dedupe = SnapshotDedupe()
+    first = rollout_state(rollout(currentStepIndex=0), 1.0)
+    assert first is not None
+    dedupe.record(first, "7")
+    obj = rollout(currentStepIndex=0)
+    obj["metadata"]["resourceVersion"] = "8"  # e.g. availableReplicas changed
+    again = rollout_state(obj, 2.0)
+    assert again is not None and again.resource_version == "8"
+    assert dedupe.check(again, "8") is Change.SAME
+
+
+@pytest.mark.parametrize(
+    ("generation", "observed", "expected"),
+    [(3, "3", True), (3, 3, True), (3, "2", False), (3, None, False), (None, "3", False)],
+)
+def test_spec_observed_compares_observed_generation_with_generation(
+    generation: int | None, observed: object, expected: bool
+) -> None:
+    obj = rollout()
+    if generation is not None:
+        obj["metadata"]["generation"] = generation
+    if observed is not None:
+        obj["status"]["observedGeneration"] = observed  # type: ignore[typeddict-item]
+    assert spec_observed(obj) is expected
+
+
+def test_aborted_since_reads_abort_events_at_or_after_the_decision() -> None:
+    decided = 1795683600.0  # 2026-11-26T09:00:00Z
+    aborted = {"reason": "RolloutAborted", "lastTimestamp": "2026-11-26T09:00:03Z"}
+    ours = {"reason": "CanarywatchAbort", "firstTimestamp": "2026-11-26T09:00:01Z"}
+    before = {"reason": "RolloutAborted", "lastTimestamp": "2026-11-26T08:00:00Z"}
+    other = {"reason": "RolloutStepCompleted", "lastTimestamp": "2026-11-26T09:05:00Z"}
+    assert (
+        aborted_since([aborted], decided)
+        == "RolloutAborted at 2026-11-26T09:00:03Z, after the decision"
+    )
+    assert aborted_since([ours], decided) is not None
+    assert aborted_since([before, other, {"reason": "RolloutAborted"}], decided) is None
+    assert (
+        aborted_since([{"reason": "RolloutAborted", "lastTimestamp": "garbage"}], decided) is None
+    )
 
 
 # kubernetes-event-exporter's Kafka sink without a layout: the Event with involvedObject.
@@ -247,3 +320,20 @@ def test_exporter_event_refused(raw: bytes, reason: str) -> None:
     with pytest.raises(DecodeError) as exc:
         decode_exporter_event(raw)
     assert exc.value.reason == reason
+
+
+def test_a_new_release_under_the_old_pod_hash_is_held_back() -> None:
+    dedupe = SnapshotDedupe()
+    first = rollout_state(rollout(currentStepIndex=1), 1.0)
+    assert first is not None
+    dedupe.record(first, "10")
+    # The template changed (a new image) and observedGeneration caught up, but currentPodHash
+    # is still the previous canary's: the real controller's intermediate status write.
+    obj = rollout(currentStepIndex=1)
+    obj["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example/web:3.0.0"
+    torn = rollout_state(obj, 2.0)
+    assert torn is not None
+    assert dedupe.check(torn, "11") is Change.UNRECONCILED
+    obj["status"]["currentPodHash"] = "7a8b9c0d1e"  # the next write: the new canary
+    whole = rollout_state(obj, 3.0)
+    assert whole is not None and dedupe.check(whole, "12") is Change.NEW

@@ -19,11 +19,13 @@ from aiokafka import AIOKafkaConsumer
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
+from agents.actuator import MERGE_PATCH
 from agents.bridge import Bridge, BridgeMetrics, BridgeOptions, RolloutReader
 from agents.kafka_admin import ensure_topics
 from agents.processes import free_port, poll_until, read_metric
 from agents.settings import Settings, settings_to_env
 from streams.events import RolloutState, decode_rollout_state
+from streams.rollouts import GROUP, PLURAL, VERSION
 from tests.integration.test_actuator import (
     count,
     create_rollout,
@@ -73,7 +75,9 @@ class Snapshots:
 
 
 def meaningful(states: list[RolloutState]) -> list[RolloutState]:
-    return [dataclasses.replace(s, observed_at=0.0) for s in states]
+    """Without when and at which resourceVersion each was read (every snapshot has one)."""
+    assert all(s.resource_version.isdigit() for s in states), states
+    return [dataclasses.replace(s, observed_at=0.0, resource_version="") for s in states]
 
 
 def expected(name: str, **fields: Any) -> RolloutState:
@@ -134,6 +138,7 @@ def status(step: int, **more: Any) -> dict[str, Any]:
         "stableRS": STABLE,
         "currentStepIndex": step,
         "phase": "Progressing",
+        "observedGeneration": "1",  # the controller has reconciled the spec
         **more,
     }
 
@@ -375,3 +380,142 @@ async def test_cli_publishes_with_a_kubeconfig_and_stops_on_sigterm(
             code = await asyncio.wait_for(process.wait(), 30)
     assert code == 0, log_path.read_text()
     assert meaningful(states) == [expected(name)]
+
+
+# --- snapshots that are true ----------------------------------------------------------------
+
+NEW_CANARY, NEW_IMAGE = "7a8b9c0d1e", "registry.example/web:3.0.0"
+
+
+def snapshot_count(registry: CollectorRegistry, source: str, outcome: str) -> float:
+    return count(registry, "canarywatch_bridge_snapshots_total", source=source, outcome=outcome)
+
+
+def set_image(admin: k8s.ApiClient, name: str, image: str) -> None:
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}}
+    k8s.CustomObjectsApi(admin).patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, name, patch, _content_type=MERGE_PATCH
+    )
+
+
+async def test_a_spec_the_controller_has_not_observed_is_not_published(
+    kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, reader: RolloutReader
+) -> None:
+    settings = unique_settings(kafka_bootstrap, tmp_path, "bridge")
+    await topics_for(settings)
+    name = f"web-{uuid.uuid4().hex[:8]}"
+    create_rollout(admin, NAMESPACE, name, status(1, phase="Paused"))
+    registry = CollectorRegistry()
+    bridge = Bridge(settings, reader, BridgeMetrics(registry), BridgeOptions((NAMESPACE,)))
+    key = f"{NAMESPACE}/{name}"
+    async with (
+        Snapshots(kafka_bootstrap, settings.topics.rollouts) as snapshots,
+        running(bridge, registry),
+    ):
+        await snapshots.until(key, 1)
+        # A new template (generation 2): until the controller reconciles it, the status still
+        # describes the old canary, and a snapshot would pair its hash with the new image.
+        set_image(admin, name, NEW_IMAGE)
+        await poll_until(
+            lambda: (
+                count(
+                    registry,
+                    "canarywatch_bridge_snapshots_total",
+                    source="watch",
+                    outcome="unreconciled",
+                )
+                >= 1
+            ),
+            within_s=10,
+            what="the unreconciled Rollout to be read and held back",
+        )
+        # The controller's reconcile: the new canary, generation 2 observed.
+        set_status(
+            admin,
+            NAMESPACE,
+            name,
+            {"currentPodHash": NEW_CANARY, "currentStepIndex": 0, "observedGeneration": "2"},
+        )
+        states = await snapshots.until(key, 2)
+
+    assert meaningful(states) == [
+        expected(name, step_index=1, phase="Paused"),
+        expected(name, current_pod_hash=NEW_CANARY, release=NEW_IMAGE, phase="Paused"),
+    ]
+
+
+async def test_a_deleted_rollout_ends(
+    kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, reader: RolloutReader
+) -> None:
+    settings = dataclasses.replace(
+        unique_settings(kafka_bootstrap, tmp_path, "bridge"), cluster="eu-1"
+    )
+    await topics_for(settings)
+    name = f"web-{uuid.uuid4().hex[:8]}"
+    create_rollout(admin, NAMESPACE, name, status(0))
+    registry = CollectorRegistry()
+    bridge = Bridge(settings, reader, BridgeMetrics(registry), BridgeOptions((NAMESPACE,)))
+    key = f"{NAMESPACE}/{name}"
+    async with (
+        Snapshots(kafka_bootstrap, settings.topics.rollouts) as snapshots,
+        running(bridge, registry),
+    ):
+        await snapshots.until(key, 1)
+        k8s.CustomObjectsApi(admin).delete_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, PLURAL, name
+        )
+        states = await snapshots.until(key, 2)
+
+    ended = states[1]
+    assert [s.cluster for s in states] == ["eu-1", "eu-1"]  # the bridge's cluster name
+    assert ended.ended and not ended.canary_in_progress
+    assert (ended.current_pod_hash, ended.stable_hash) == (CANARY, STABLE)
+    assert ended.observed_at >= states[0].observed_at
+    assert (
+        count(registry, "canarywatch_bridge_snapshots_total", source="watch", outcome="ended") == 1
+    )
+
+
+class DeletedWhileAway(RolloutReader):
+    """The real reader; its first watch finds the Rollout `name` deleted meanwhile (as admin)
+    and the watch expired (410 Gone, from resourceVersion 1), so only the relist can tell."""
+
+    def __init__(self, api: k8s.ApiClient, admin: k8s.ApiClient, name: str) -> None:
+        super().__init__(api, timeout=(2, 10))
+        self.admin, self.name, self.forced = admin, name, False
+
+    def watch(
+        self, namespace: str | None, version: str, timeout_s: int
+    ) -> Iterator[dict[str, Any]]:
+        if not self.forced:
+            self.forced = True
+            k8s.CustomObjectsApi(self.admin).delete_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, PLURAL, self.name
+            )
+            version = "1"
+        return super().watch(namespace, version, timeout_s)
+
+
+async def test_a_rollout_missing_from_a_relist_ends(
+    kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, kube_api: LocalKubeAPI
+) -> None:
+    settings = unique_settings(kafka_bootstrap, tmp_path, "bridge")
+    await topics_for(settings)
+    name = f"web-{uuid.uuid4().hex[:8]}"
+    create_rollout(admin, NAMESPACE, name, status(0))
+    registry = CollectorRegistry()
+    key = f"{NAMESPACE}/{name}"
+    with kube_api.client("bridge") as api:
+        reader = DeletedWhileAway(api, admin, name)
+        bridge = Bridge(settings, reader, BridgeMetrics(registry), BridgeOptions((NAMESPACE,)))
+        async with (
+            Snapshots(kafka_bootstrap, settings.topics.rollouts) as snapshots,
+            running(bridge, registry),
+        ):
+            states = await snapshots.until(key, 2)
+
+    assert reader.forced
+    assert [s.ended for s in states] == [False, True]
+    assert (
+        count(registry, "canarywatch_bridge_snapshots_total", source="list", outcome="ended") == 1
+    )

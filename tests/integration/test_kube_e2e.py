@@ -48,6 +48,7 @@ def canary_status(plan: EnvPlan) -> dict[str, Any]:
         "stableRS": plan.stable_hash,
         "currentStepIndex": 0,
         "phase": "Paused",
+        "observedGeneration": "1",
     }
 
 

@@ -34,7 +34,6 @@ from agents.processes import free_port, poll_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "kube" / "build.sh"
-DEFAULT_ROLLOUT_CRD = REPO_ROOT.parent / "shared" / "argo-rollouts" / "rollout-crd.yaml"
 FIELD_MANAGER = "canarywatch-tests"
 
 T = TypeVar("T")
@@ -69,6 +68,13 @@ DEFAULT_IDENTITIES: Mapping[str, Identity] = {
 
 class LocalKubeError(RuntimeError):
     pass
+
+
+def default_rollout_crd() -> Path:
+    """The Rollout CRD of the pinned Argo Rollouts module (copied by scripts/argo/build.sh)."""
+    from tests.support.argo import rollout_crd_path  # argo.py builds on this module
+
+    return rollout_crd_path()
 
 
 _ensured: tuple[Path, Path] | None = None
@@ -494,8 +500,9 @@ class LocalKubeAPI:
             return result
 
     def install_crd(self, path: str | Path | None = None, timeout: float = 60.0) -> dict[str, Any]:
-        """Apply a CRD (default: the Argo Rollouts Rollout CRD) and wait until Established."""
-        crd_path = Path(path or os.environ.get("CANARYWATCH_ROLLOUT_CRD") or DEFAULT_ROLLOUT_CRD)
+        """Apply a CRD (default: the Rollout CRD of the Argo Rollouts module pinned in
+        scripts/argo/go.mod, or ``CANARYWATCH_ROLLOUT_CRD``) and wait until Established."""
+        crd_path = Path(path or os.environ.get("CANARYWATCH_ROLLOUT_CRD") or default_rollout_crd())
         crd = yaml.safe_load(crd_path.read_text())
         self.apply(crd)
         name = crd["metadata"]["name"]

@@ -1,0 +1,251 @@
+"""The real Argo Rollouts controller, out of cluster, against a LocalKubeAPI.
+
+The controller and its five CRDs come from ``scripts/argo/build.sh`` (built from
+github.com/argoproj/argo-rollouts into a cache outside the clone); set
+``CANARYWATCH_ROLLOUTS_CONTROLLER`` and ``CANARYWATCH_ROLLOUTS_CRDS`` to use others.
+
+There is no kubelet and no kube-controller-manager: ``ReplicaSetKubelet`` watches ReplicaSets
+and writes the status their spec asks for (replicas, ready, available), which is all the
+controller needs to move between canary steps. No Pod ever exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
+
+from agents.processes import free_port
+from tests.support.localkube import REPO_ROOT, LocalKubeAPI, LocalKubeError, _Proc, wait_until
+
+BUILD_SCRIPT = REPO_ROOT / "scripts" / "argo" / "build.sh"
+MERGE_PATCH = "application/merge-patch+json"
+
+_ensured: tuple[Path | None, Path] | None = None
+
+
+def ensure_argo(*, controller: bool = True) -> tuple[Path | None, Path]:
+    """(rollouts-controller, CRD directory), built/copied by build.sh when missing.
+
+    With ``controller=False`` only the CRDs are ensured (the binary is None unless already
+    known). ``CANARYWATCH_ROLLOUTS_CONTROLLER`` / ``CANARYWATCH_ROLLOUTS_CRDS`` override the
+    paths; the result is remembered for the rest of the process."""
+    global _ensured
+    binary = os.environ.get("CANARYWATCH_ROLLOUTS_CONTROLLER")
+    crds = os.environ.get("CANARYWATCH_ROLLOUTS_CRDS")
+    if crds and (binary or not controller):
+        return (Path(binary) if binary else None), Path(crds)
+    if _ensured is not None and (_ensured[0] is not None or not controller):
+        return _ensured
+    argv = ["bash", str(BUILD_SCRIPT), *([] if controller else ["--crds-only"])]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=None, text=True, check=False)
+    if proc.returncode != 0:
+        raise LocalKubeError(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}")
+    found = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    built = binary or found.get("ROLLOUTS_CONTROLLER")
+    _ensured = (Path(built) if built else None), Path(crds or found["ROLLOUTS_CRDS"])
+    return _ensured
+
+
+def install_argo_crds(kube: LocalKubeAPI) -> list[str]:
+    """Apply all five Argo Rollouts CRDs of the pinned module and wait until each is Established."""
+    _, crd_dir = ensure_argo(controller=False)
+    paths = sorted(crd_dir.glob("*-crd.yaml"))
+    if len(paths) != 5:
+        raise LocalKubeError(f"expected five CRDs in {crd_dir}, found {[p.name for p in paths]}")
+    return [kube.install_crd(path)["metadata"]["name"] for path in paths]
+
+
+def rollout_crd_path() -> Path:
+    return ensure_argo(controller=False)[1] / "rollout-crd.yaml"
+
+
+class ReplicaSetKubelet:
+    """Marks every ReplicaSet of `namespace` as running what its spec asks for.
+
+    A watch loop in a thread (list, then watch from the list's resourceVersion; relist on 410):
+    each ReplicaSet whose status differs from spec.replicas gets replicas = readyReplicas =
+    availableReplicas = fullyLabeledReplicas = spec.replicas and observedGeneration, through
+    the status subresource."""
+
+    def __init__(self, api: k8s.ApiClient, namespace: str) -> None:
+        self._apps = k8s.AppsV1Api(api)
+        self.namespace = namespace
+        self.marked = 0
+        self.errors: list[str] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"kubelet-{namespace}", daemon=True)
+
+    def start(self) -> ReplicaSetKubelet:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(15)
+
+    def __enter__(self) -> ReplicaSetKubelet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        version = ""
+        while not self._stopping.is_set():
+            try:
+                if not version:
+                    listed = self._apps.list_namespaced_replica_set(self.namespace)
+                    for rs in listed.items:
+                        self._mark(rs)
+                    version = (listed.metadata and listed.metadata.resource_version) or ""
+                version = self._follow(version)
+            except k8s.ApiException as exc:
+                if exc.status == 410:
+                    version = ""
+                    continue
+                self.errors.append(str(exc))
+                self._stopping.wait(0.2)
+            except Exception as exc:  # connection dropped: resume from `version`
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                self._stopping.wait(0.2)
+
+    def _follow(self, version: str) -> str:
+        # Short server-side timeouts: stop() waits for the open watch to end.
+        # kubernetes.watch is unannotated; stream() yields {"type", "object"} dicts.
+        events: Iterator[dict[str, Any]] = k8s_watch.Watch().stream(  # type: ignore[no-untyped-call]
+            self._apps.list_namespaced_replica_set,
+            self.namespace,
+            resource_version=version,
+            timeout_seconds=3,
+            allow_watch_bookmarks=True,
+        )
+        for event in events:
+            if self._stopping.is_set():
+                break
+            if event["type"] == "ERROR":
+                return ""  # expired: relist
+            if event["type"] == "BOOKMARK":  # left as JSON by the client
+                version = event["raw_object"].get("metadata", {}).get("resourceVersion") or version
+                continue
+            obj = event["object"]
+            version = obj.metadata.resource_version or version
+            if event["type"] in ("ADDED", "MODIFIED"):
+                self._mark(obj)
+        return version
+
+    def _mark(self, rs: k8s.V1ReplicaSet) -> None:
+        if rs.spec is None or rs.metadata is None or rs.metadata.name is None:
+            return
+        want = int(rs.spec.replicas or 0)
+        status = rs.status or k8s.V1ReplicaSetStatus(replicas=0)
+        generation = rs.metadata.generation
+        now = (
+            status.replicas,
+            status.ready_replicas or 0,
+            status.available_replicas or 0,
+            status.fully_labeled_replicas or 0,
+            status.observed_generation,
+        )
+        if now == (want, want, want, want, generation):
+            return
+        body = {
+            "status": {
+                "replicas": want,
+                "readyReplicas": want,
+                "availableReplicas": want,
+                "fullyLabeledReplicas": want,
+                "observedGeneration": generation,
+            }
+        }
+        try:
+            self._apps.patch_namespaced_replica_set_status(
+                rs.metadata.name, self.namespace, body, _content_type=MERGE_PATCH
+            )
+            self.marked += 1
+        except k8s.ApiException as exc:
+            if exc.status not in (404, 409):  # gone, or changed: the watch brings it again
+                raise
+
+
+class RolloutsController:
+    """`rollouts-controller` out of cluster, in namespaced mode: it reconciles only the Rollouts
+    of `namespace` (the namespace of its kubeconfig's context), so the other tests' hand-made
+    Rollout statuses are left alone."""
+
+    def __init__(self, kube: LocalKubeAPI, namespace: str, workdir: Path) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.workdir = workdir
+        self.metrics_port = 0
+        self.healthz_port = 0
+        self._proc: _Proc | None = None
+
+    def start(self, timeout: float = 120.0) -> RolloutsController:
+        binary, _ = ensure_argo()
+        assert binary is not None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.kube.kubeconfig("admin")
+        config["contexts"][0]["context"]["namespace"] = self.namespace
+        kubeconfig = self.workdir / "kubeconfig-controller"
+        kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+        kubeconfig.chmod(0o600)
+        self.metrics_port, self.healthz_port = free_port(), free_port()
+        self._proc = _Proc(
+            "rollouts-controller",
+            [
+                str(binary),
+                f"--kubeconfig={kubeconfig}",
+                "--namespaced",
+                "--leader-elect=false",
+                f"--metricsPort={self.metrics_port}",
+                f"--healthzPort={self.healthz_port}",
+                "--loglevel=info",
+            ],
+            self.workdir / "rollouts-controller.log",
+            10.0,
+        )
+        self._proc.start()
+        wait_until(self._healthy, timeout=timeout, what="rollouts-controller /healthz")
+        return self
+
+    def _healthy(self) -> bool | None:
+        assert self._proc is not None
+        self._proc.check_alive()
+        try:
+            url = f"http://127.0.0.1:{self.healthz_port}/healthz"
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                return True if reply.status == 200 else None
+        except OSError:
+            return None
+
+    def check_alive(self) -> None:
+        assert self._proc is not None
+        self._proc.check_alive()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self._proc.tail(lines) if self._proc else "<not started>"
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.stop()
+
+    def __enter__(self) -> RolloutsController:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def dump(obj: Any) -> str:
+    """Compact JSON of an object for assertion messages."""
+    return json.dumps(obj, default=str)[:4000]
