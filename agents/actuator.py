@@ -754,6 +754,7 @@ def run_actuator(
             settings.bootstrap,
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
+            replication_factor=settings.replication_factor,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -192,14 +192,17 @@ class RequestLogIngest(Service):
                 what = f"{type(exc).__name__}: {exc}"
                 if self._trouble is None:
                     log.warning("ingest: %s; retrying with backoff", what, exc_info=exc)
+                    self.metrics.set_trouble("ingest", True)
                 self._trouble = what
                 self.metrics.ingest_errors.labels(type(exc).__name__).inc()
+                self.metrics.kafka_errors.labels("ingest", type(exc).__name__).inc()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             if self._trouble is not None:
                 log.warning("ingest recovered from %s", self._trouble)
                 self._trouble = None
+                self.metrics.set_trouble("ingest", False)
             backoff = BACKOFF_S
             await asyncio.sleep(0)  # let the evaluation timer in between busy fetches
 

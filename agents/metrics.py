@@ -81,8 +81,25 @@ class WorkerMetrics:
             registry=registry,
         )
         self.ready = Gauge(
-            "canarywatch_ready", "1 once the worker consumes and evaluates.", registry=registry
+            "canarywatch_ready",
+            "1 once the worker consumes and evaluates, 0 while Kafka is in trouble.",
+            registry=registry,
         )
+        self.kafka_errors = Counter(
+            "canarywatch_kafka_errors",
+            "Kafka sends, commits and fetches that failed and are retried, by component and "
+            "exception type.",
+            ["component", "error"],
+            registry=registry,
+        )
+        self.kafka_trouble = Gauge(
+            "canarywatch_kafka_trouble",
+            "1 while a component's Kafka operations fail (an episode), by component.",
+            ["component"],
+            registry=registry,
+        )
+        self._restored = False
+        self._troubled: set[str] = set()
 
         # Every label value an alert's increase() reads exists from the start, at 0: a counter
         # born on its first inc() hides that first event from increase().
@@ -90,6 +107,20 @@ class WorkerMetrics:
             self.lines.labels(outcome)
         for signal in SIGNALS:
             self.aborts.labels(signal)
+
+    def set_ready(self) -> None:
+        """The worker consumes and evaluates (its rollout view is restored)."""
+        self._restored = True
+        self.ready.set(0 if self._troubled else 1)
+
+    def set_trouble(self, component: str, trouble: bool) -> None:
+        """A Kafka trouble episode of `component` starts or ends (agents/episodes.py)."""
+        if trouble:
+            self._troubled.add(component)
+        else:
+            self._troubled.discard(component)
+        self.kafka_trouble.labels(component).set(1 if trouble else 0)
+        self.ready.set(1 if self._restored and not self._troubled else 0)
 
     def count_lines(self, counted: int, unattributed: int, invalid: int) -> None:
         if counted:

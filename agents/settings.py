@@ -42,9 +42,16 @@ class Settings:
     app_id: str = "canarywatch"
     topics: Topics = field(default_factory=Topics)
     partitions: int = 4  # for the topics canarywatch creates
+    # Replication factor of every topic canarywatch creates (its own and Faust's changelogs).
+    # 3 for production; a single-broker development setup (the local broker, demo, bench,
+    # tests) sets 1: CANARYWATCH_REPLICATION_FACTOR=1.
+    replication_factor: int = 3
     metrics_port: int = 9108
     evaluate_every_s: float = 0.25
     commit_every_s: float = 1.0
+    # A command send not acknowledged within this is failed and retried by a later pass
+    # (with backoff); the decision counts as made only once a send is acknowledged.
+    send_timeout_s: float = 10.0
     # The one size setting: the decode limit. Topic, producer, fetch and dead-letter sizes
     # derive from it (streams/sizes.py, docs/events.md).
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -113,6 +120,10 @@ class Settings:
             t.deadletter: 1,
         }
 
+    def topic_config(self) -> dict[str, str]:
+        """Config of canarywatch's own topics."""
+        return {"max.message.bytes": str(self.topic_max_message_bytes)}
+
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
@@ -136,6 +147,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         app_id=get("APP_ID") or base.app_id,
         topics=Topics(get("TOPIC_PREFIX") or base.topics.prefix),
         partitions=int(get("PARTITIONS") or base.partitions),
+        replication_factor=int(get("REPLICATION_FACTOR") or base.replication_factor),
         metrics_port=int(get("METRICS_PORT") or base.metrics_port),
         evaluate_every_s=float(get("EVALUATE_EVERY_S") or base.evaluate_every_s),
         max_message_bytes=int(get("MAX_MESSAGE_BYTES") or base.max_message_bytes),
@@ -182,6 +194,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "APP_ID": settings.app_id,
         ENV_PREFIX + "TOPIC_PREFIX": settings.topics.prefix,
         ENV_PREFIX + "PARTITIONS": str(settings.partitions),
+        ENV_PREFIX + "REPLICATION_FACTOR": str(settings.replication_factor),
         ENV_PREFIX + "METRICS_PORT": str(settings.metrics_port),
         ENV_PREFIX + "EVALUATE_EVERY_S": str(settings.evaluate_every_s),
         ENV_PREFIX + "MAX_MESSAGE_BYTES": str(settings.max_message_bytes),

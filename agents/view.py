@@ -116,6 +116,7 @@ class RolloutView(Service):
             self.settings.bootstrap,
             {self.topic: self.settings.partitions},
             {"cleanup.policy": "compact"},
+            replication_factor=self.settings.replication_factor,
         )
         return [TopicPartition(self.topic, p) for p in range(counts[self.topic])]
 

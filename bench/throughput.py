@@ -171,6 +171,7 @@ async def start_workers(
     workers = []
     for i in range(count):
         settings = Settings(
+            replication_factor=1,
             bootstrap=base.bootstrap,
             app_id=base.app_id,
             topics=base.topics,
@@ -472,7 +473,7 @@ async def best_drain(b: Bench, topics: Topics, count: int, pinned: bool, lines: 
     drains = []
     for repeat in range(b.scale.repeats):
         app_id = f"{topics.prefix}-{count}w{'-pinned' if pinned else ''}-{repeat}"
-        base = Settings(bootstrap=b.bootstrap, app_id=app_id, topics=topics)
+        base = Settings(bootstrap=b.bootstrap, app_id=app_id, topics=topics, replication_factor=1)
         gate = b.work / f"{app_id}.go"
         workers = await start_workers(base, count, b.work, b.canaries, gate, pinned)
         try:
@@ -488,6 +489,7 @@ async def best_drain(b: Bench, topics: Topics, count: int, pinned: bool, lines: 
 def start_worker(bootstrap: str, work: Path, topics: Topics) -> WorkerProcess:
     """One worker process on `topics`, its app id and data under the topics' prefix."""
     settings = Settings(
+        replication_factor=1,
         bootstrap=bootstrap,
         app_id=f"{topics.prefix}-w",
         topics=topics,

@@ -243,8 +243,16 @@ class Fleet:
         self._held = kept
         self._held_lines = sum(len(c) for _, c in kept)
 
-    def evaluate(self, now: float) -> tuple[PassResult, list[AbortCommand]]:
-        """One pass over every row; returns the pass and the abort commands not yet issued."""
+    def evaluate(
+        self, now: float, *, await_delivery: bool = False
+    ) -> tuple[PassResult, list[AbortCommand]]:
+        """One pass over every row; returns the pass and the abort commands not yet issued.
+
+        A decision is made once per rollout revision and epoch (`decision_id_for`). With
+        `await_delivery` it counts as made only when the caller reports its command delivered
+        (`delivered`): until then every pass returns it again (the engine's abort latch holds),
+        so a send that failed is retried by the next pass. Without it, returning is deciding.
+        """
         self.windows.advance(now)
         result = self.engine.evaluate(
             self.windows.take_pending(), self.windows.window_sum, self.attribution.active, now
@@ -257,11 +265,12 @@ class Fleet:
             state = self.attribution.states[row]
             assert state is not None
             decision_id = decision_id_for(
-                state.namespace, state.name, state.current_pod_hash, state.cluster
+                state.namespace, state.name, state.current_pod_hash, state.cluster, state.epoch
             )
             if decision_id in self.decided:
                 continue
-            self.decided.add(decision_id)
+            if not await_delivery:
+                self.decided.add(decision_id)
             signal = int(np.argmax(result.verdicts[:, row] == Verdict.ABORT))
             commands.append(
                 AbortCommand(
@@ -278,13 +287,19 @@ class Fleet:
             )
         return result, commands
 
+    def delivered(self, command: AbortCommand) -> None:
+        """The command was acknowledged by Kafka: its decision is made (see `evaluate`)."""
+        self.decided.add(command.decision_id)
+
     def _holds(self, result: PassResult, now: float) -> list[HoldRequest]:
         holds: list[HoldRequest] = []
         held = np.flatnonzero((result.verdicts == Verdict.HOLD).any(axis=0))
         for row in held.tolist():
             state = self.attribution.states[row]
             assert state is not None
-            decision_id = decision_id_for(state.namespace, state.name, state.current_pod_hash)
+            decision_id = decision_id_for(
+                state.namespace, state.name, state.current_pod_hash, epoch=state.epoch
+            )
             if decision_id in self._hold_issued:
                 continue
             self._hold_issued.add(decision_id)
