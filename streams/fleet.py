@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 from streams.attribution import NOT_ATTRIBUTED, Attribution
 from streams.decisions import SIGNALS, DecisionEngine, DecisionSettings, PassResult, Verdict
@@ -106,8 +107,13 @@ class Fleet:
         # Rows that counted at least one line since their canary started: only those are judged
         # in the metrics (a worker that never saw a line of a canary exports nothing for it).
         self.counted_rows = np.zeros(capacity, dtype=np.bool_)
+        # Where each row's lines come from (the request-log partition, -1: none yet), and
+        # whether it changed since its last checkpoint (agents/evidence.py).
+        self.row_source = np.full(capacity, -1, dtype=np.int64)
+        self.dirty = np.zeros(capacity, dtype=np.bool_)
         self.refused_canaries = 0  # new canaries not tracked because of `max_canaries`
-        self._held: list[tuple[float, Columns]] = []  # (held since, lines), oldest first
+        # (held since, lines, their partition), oldest first
+        self._held: list[tuple[float, Columns, int]] = []
         self._held_lines = 0
         self._started_since_hold = False
 
@@ -141,12 +147,18 @@ class Fleet:
             self.engine.grow(capacity)
             extra = np.zeros(capacity - self.counted_rows.size, dtype=np.bool_)
             self.counted_rows = np.concatenate([self.counted_rows, extra])
+            self.dirty = np.concatenate([self.dirty, extra])
+            self.row_source = np.concatenate(
+                [self.row_source, np.full(extra.size, -1, dtype=np.int64)]
+            )
         for rows in (change.ended, change.started):
             if rows:
                 index = np.asarray(rows, dtype=np.intp)
                 self.windows.clear_rows(index)
                 self.engine.reset(index, now)
                 self.counted_rows[index] = False
+                self.row_source[index] = -1
+                self.dirty[index] = False
         if change.started:
             self._started_since_hold = True
         return True
@@ -159,6 +171,67 @@ class Fleet:
         index = np.asarray([row], dtype=np.intp)
         self.windows.clear_rows(index)
         self.counted_rows[index] = False
+        self.row_source[index] = -1
+        self.dirty[index] = False
+
+    # --- evidence rows: checkpoint and restore (agents/evidence.py) ---------------------------
+
+    @property
+    def row_width(self) -> int:
+        """Floats per exported row: counted flag, windows, engine and test."""
+        return 1 + self.windows.row_width + self.engine.row_width
+
+    def export_rows(self, rows: NDArray[np.intp]) -> tuple[int, NDArray[np.float64]]:
+        """(window head, [rows, row_width]): everything these rows' evidence is."""
+        head = self.windows.head if self.windows.head is not None else 0
+        data = np.concatenate(
+            [
+                self.counted_rows[rows, None].astype(np.float64),
+                self.windows.export_rows(rows),
+                self.engine.export_rows(rows),
+            ],
+            axis=1,
+        )
+        return head, data
+
+    def import_rows(
+        self, rows: NDArray[np.intp], head: int, data: NDArray[np.float64], source: int
+    ) -> None:
+        """Restore `export_rows`'s rows (of the same canary revisions) into these rows."""
+        if data.shape[1] != self.row_width:
+            raise ValueError(f"evidence rows have {data.shape[1]} values, not {self.row_width}")
+        w = self.windows.row_width
+        self.counted_rows[rows] = data[:, 0] > 0
+        self.windows.import_rows(rows, data[:, 1 : 1 + w], head)
+        self.engine.import_rows(rows, data[:, 1 + w :])
+        self.row_source[rows] = source
+        self.dirty[rows] = False
+
+    def checkpoint_rows(self, sources: set[int]) -> NDArray[np.intp]:
+        """Rows of canaries in progress whose lines come from `sources` and whose evidence may
+        have changed since their last checkpoint: counted lines, or an open slice (it closes on
+        a later pass without new lines)."""
+        mine = np.isin(self.row_source, np.fromiter(sources, dtype=np.int64, count=len(sources)))
+        open_slice = (self.engine.test.block[:2].sum(axis=(0, 1)) > 0) | (
+            self.windows.pending.any(axis=0)
+        )
+        rows: NDArray[np.intp] = np.flatnonzero(
+            mine & self.attribution.active & (self.dirty | open_slice)
+        )
+        return rows
+
+    def drop_sources(self, sources: set[int], now: float) -> int:
+        """Forget the evidence of rows whose lines come from `sources` (their partitions moved
+        to another worker, which restores it); returns how many rows."""
+        mine = np.isin(self.row_source, np.fromiter(sources, dtype=np.int64, count=len(sources)))
+        index = np.flatnonzero(mine)
+        if index.size:
+            self.windows.clear_rows(index)
+            self.engine.reset(index, now)
+            self.counted_rows[index] = False
+            self.row_source[index] = -1
+            self.dirty[index] = False
+        return int(index.size)
 
     def release_held(self, now: float) -> IngestReport:
         """Look the held lines up again (call after snapshots started canaries); expire old ones."""
@@ -175,18 +248,23 @@ class Fleet:
         """The stateless half of `count`: safe to run in another thread."""
         return decode_columns(messages, self.max_message_bytes, self.max_bad_lines)
 
-    def count_columns(self, columns: Columns, now: float) -> IngestReport:
-        """Attribute and count decoded lines; hold those no tracked canary has yet."""
+    def count_columns(self, columns: Columns, now: float, source: int = -1) -> IngestReport:
+        """Attribute and count decoded lines; hold those no tracked canary has yet.
+
+        `source` (the request-log partition) is noted for the rows counted (-1: unknown).
+        """
         report = IngestReport(invalid=columns.invalid, flooded=columns.flooded)
         self._count_held(now, report)
         if len(columns):
-            rest = self._count(columns, now, report)
+            rest = self._count(columns, now, report, source)
             if rest is not None:
-                self._hold(rest, now, report)
+                self._hold(rest, now, report, source)
         report.held = self._held_lines
         return report
 
-    def _count(self, columns: Columns, now: float, report: IngestReport) -> Columns | None:
+    def _count(
+        self, columns: Columns, now: float, report: IngestReport, source: int = -1
+    ) -> Columns | None:
         """Count what is attributed; returns the unattributed lines (None when there are none)."""
         codes = self.attribution.lookup_keys(columns.keys)
         for row, (namespace, pod_hash) in columns.overflow.items():
@@ -206,11 +284,14 @@ class Fleet:
                 now,
             )
             self.counted_rows[rows] = True
+            self.dirty[rows] = True
+            if source >= 0:
+                self.row_source[rows] = source
         if counted == len(columns):
             return None
         return columns.select(~attributed) if counted else columns
 
-    def _hold(self, columns: Columns, now: float, report: IngestReport) -> None:
+    def _hold(self, columns: Columns, now: float, report: IngestReport, source: int) -> None:
         room = max(0, self.limits.hold_lines - self._held_lines) if self.limits.hold_s > 0 else 0
         n = len(columns)
         if room < n:
@@ -221,7 +302,7 @@ class Fleet:
             keep[:room] = True
             columns = columns.select(keep)
         columns.invalid, columns.flooded = [], {}  # reported once, with the fetch they came in
-        self._held.append((now, columns))
+        self._held.append((now, columns, source))
         self._held_lines += len(columns)
 
     def _count_held(self, now: float, report: IngestReport) -> None:
@@ -235,13 +316,13 @@ class Fleet:
         if not self._started_since_hold or not self._held:
             return  # no canary started since the last look: nothing new to attribute to
         self._started_since_hold = False
-        kept: list[tuple[float, Columns]] = []
-        for held_at, columns in self._held:
-            rest = self._count(columns, now, report)
+        kept: list[tuple[float, Columns, int]] = []
+        for held_at, columns, source in self._held:
+            rest = self._count(columns, now, report, source)
             if rest is not None:
-                kept.append((held_at, rest))
+                kept.append((held_at, rest, source))
         self._held = kept
-        self._held_lines = sum(len(c) for _, c in kept)
+        self._held_lines = sum(len(c) for _, c, _ in kept)
 
     def evaluate(
         self, now: float, *, await_delivery: bool = False
