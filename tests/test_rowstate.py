@@ -42,7 +42,7 @@ def test_a_restored_fleet_decides_exactly_as_the_one_that_kept_running() -> None
     rows = kept.checkpoint_rows({0, 1})
     assert sorted(rows.tolist()) == [0, 1, 2]
     head, data = kept.export_rows(rows)
-    envs = [kept.attribution.states[r].env for r in rows.tolist()]  # type: ignore[union-attr]
+    envs = [kept.attribution.states[r].env for r in rows.tolist()]
     target = np.asarray([moved.attribution.row_of_env[e] for e in envs], dtype=np.intp)
     moved.import_rows(target, head, data, source=0)
     assert np.array_equal(moved.engine.cumulative[:, target], kept.engine.cumulative[:, rows])
