@@ -35,6 +35,8 @@ from aiokafka.errors import ConsumerStoppedError
 from mode import Service
 
 from agents.deadletter import DeadLetters, Flooded
+from agents.episodes import Episodes
+from agents.evidence import EvidenceStore
 from agents.metrics import WorkerMetrics
 from agents.settings import Settings
 from agents.unreadable import SkipLog, read_alone, unreadable
@@ -58,7 +60,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.ingest.give_up(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.ingest.took(set(assigned))
+        await self.ingest.took(set(assigned))
 
 
 class RequestLogIngest(Service):
@@ -93,9 +95,14 @@ class RequestLogIngest(Service):
         self._batch_lock = asyncio.Lock()
         self._trouble: str | None = None  # the error of the current episode, logged once
         self._skip_log = SkipLog()
+        # Durable evidence: checkpoints with the offsets they cover (agents/evidence.py).
+        self.evidence = EvidenceStore(settings, fleet) if settings.checkpoint else None
+        self._checkpoint_episode = Episodes("checkpoint", metrics)
 
     async def on_start(self) -> None:
         s = self.settings
+        if self.evidence is not None:
+            await self.evidence.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap,
             group_id=f"{s.app_id}-requests",
@@ -117,6 +124,8 @@ class RequestLogIngest(Service):
                 await self._commit()
             await self.deadletters.flush(force=True)
             await self._consumer.stop()
+        if self.evidence is not None:
+            await self.evidence.stop()
         self._decoder.shutdown(wait=False)
 
     async def give_up(self, revoked: set[TopicPartition]) -> None:
@@ -137,28 +146,61 @@ class RequestLogIngest(Service):
                     self._received.pop(tp, None)
                     self._skipped.pop(tp, None)
                 self.assigned -= revoked
+                if self.evidence is not None:
+                    # The next owner restores these canaries from the checkpoint just written
+                    # (or an older one, with the offsets it covers): keeping them here would
+                    # judge the same lines twice.
+                    self.fleet.drop_sources({tp.partition for tp in revoked}, self.clock())
         self.metrics.ingest_partitions.set(len(self.assigned))
         if revoked:
             log.info("ingest gives up request-log partitions %s", sorted(revoked))
 
-    def took(self, assigned: set[TopicPartition]) -> None:
+    async def took(self, assigned: set[TopicPartition]) -> None:
+        """Partitions assigned: restore their canaries' evidence before counting a line."""
+        new = assigned - self.assigned
         self.assigned = assigned
         self.metrics.ingest_partitions.set(len(assigned))
         log.info("ingest reads request-log partitions %s", sorted(tp.partition for tp in assigned))
+        if self.evidence is None or not new:
+            return
+        backoff = BACKOFF_S
+        while not self.should_stop:
+            try:
+                restored = await self.evidence.restore({tp.partition for tp in new})
+                self.metrics.evidence_rows.labels("restored").inc(restored)
+                self._checkpoint_episode.ok()
+                return
+            except Exception as exc:  # counting without the evidence would restart it at zero
+                self._checkpoint_episode.failed(exc, time.monotonic())
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def commit(self) -> None:
         async with self._batch_lock:
             await self._commit()
 
     async def _commit(self) -> None:
-        """Commit what was counted: the next offset after each counted batch."""
+        """Commit what was counted: the next offset after each counted batch (with the
+        evidence it covers, in one transaction, when checkpoints are on)."""
         consumer = self._consumer
-        if consumer is None or not self._next_offset:
+        if consumer is None:
             return
         offsets = {tp: o for tp, o in self._next_offset.items() if tp in self.assigned}
+        if self.evidence is not None:
+            try:
+                written = await self.evidence.checkpoint(
+                    offsets, {tp.partition for tp in self.assigned}
+                )
+            except Exception as exc:
+                self._checkpoint_episode.failed(exc, time.monotonic())
+                raise
+            self._checkpoint_episode.ok()
+            self.metrics.evidence_checkpoints.inc()
+            self.metrics.evidence_rows.labels("written").inc(written)
+        elif offsets:
+            await consumer.commit(offsets)
         if not offsets:
             return
-        await consumer.commit(offsets)
         for tp, offset in offsets.items():
             if self._next_offset.get(tp) == offset:
                 del self._next_offset[tp]
@@ -296,9 +338,16 @@ class RequestLogIngest(Service):
         loop (`_flush`), where rollout states change the attribution.
         """
         parts = list(batches.items())
-        values = [r.value or b"" for _, records in parts for r in records]
+        # One scan per partition: each line's partition is where its canary's evidence is
+        # checkpointed (agents/evidence.py).
+        values = [[r.value or b"" for r in records] for _, records in parts]
+        decode = self.fleet.decode
+
+        def decode_parts() -> list[Columns]:
+            return [decode(v) for v in values]
+
         loop = asyncio.get_running_loop()
-        columns = loop.run_in_executor(self._decoder, self.fleet.decode, values)
+        columns = loop.run_in_executor(self._decoder, decode_parts)
         return _Decoding(parts, self.clock(), columns)
 
     async def _count_pending(self) -> None:
@@ -314,13 +363,18 @@ class RequestLogIngest(Service):
         decoding, self._decoding = self._decoding, None
         if decoding is None:
             return
-        report = self.fleet.count_columns(await decoding.columns, decoding.fetched_at)
-        flooded = flooded_by_source(decoding.parts, report.flooded)
-        for tp, refused in by_source(decoding.parts, report.invalid).items():
-            await self.deadletters.publish(tp.topic, tp.partition, refused, flooded.pop(tp, []))
-        for tp, messages in flooded.items():
-            await self.deadletters.publish(tp.topic, tp.partition, [], messages)
-        self.metrics.count_lines(report.counted, report.unattributed, report.refused)
+        decoded = await decoding.columns
+        reports = [
+            (part, self.fleet.count_columns(columns, decoding.fetched_at, part[0].partition))
+            for part, columns in zip(decoding.parts, decoded, strict=True)
+        ]
+        for part, report in reports:
+            flooded = flooded_by_source([part], report.flooded)
+            for tp, refused in by_source([part], report.invalid).items():
+                await self.deadletters.publish(tp.topic, tp.partition, refused, flooded.pop(tp, []))
+            for tp, messages in flooded.items():
+                await self.deadletters.publish(tp.topic, tp.partition, [], messages)
+            self.metrics.count_lines(report.counted, report.unattributed, report.refused)
         consumer = self._consumer
         assert consumer is not None
         for tp, records in decoding.parts:
@@ -338,7 +392,7 @@ class _Decoding:
 
     parts: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
     fetched_at: float
-    columns: asyncio.Future[Columns]
+    columns: asyncio.Future[list[Columns]]  # one per part
 
 
 Refused = tuple[int, bytes, DecodeError]  # (offset or index, the bytes, why)

@@ -21,7 +21,13 @@ from agents.deadletter import deadletter_counter, suppressed_counter
 from agents.unreadable import skipped_counter
 from streams.decisions import SIGNALS, Verdict, bad_series
 from streams.fleet import Fleet
-from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS
+from streams.windows import (
+    ARM_CANARY,
+    ARM_STABLE,
+    CANARY_REQUESTS,
+    SERIES_NAMES,
+    STABLE_REQUESTS,
+)
 
 
 class WorkerMetrics:
@@ -98,6 +104,19 @@ class WorkerMetrics:
             ["component"],
             registry=registry,
         )
+        self.evidence_checkpoints = Counter(
+            "canarywatch_evidence_checkpoints",
+            "Evidence checkpoints committed (rows and request-log offsets, one transaction).",
+            registry=registry,
+        )
+        self.evidence_rows = Counter(
+            "canarywatch_evidence_rows",
+            "Evidence rows written to or restored from <prefix>.evidence, by direction.",
+            ["direction"],
+            registry=registry,
+        )
+        for direction in ("written", "restored"):
+            self.evidence_rows.labels(direction)
         self._restored = False
         self._troubled: set[str] = set()
 
@@ -199,6 +218,12 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         fleet = self._fleet_source()
         families = self._families()
+        since_start = GaugeMetricFamily(
+            "canarywatch_env_counted",
+            "Requests counted into the test since the canary (epoch) started, per environment "
+            "and series (same selection as canarywatch_env_statistic).",
+            labels=["env", "series"],
+        )
         (
             canaries,
             counted,
@@ -238,6 +263,13 @@ class FleetCollector(Collector):
                     ratio.add_metric(
                         [state.env, arm_name, signal_name], bad / total if total else 0.0
                     )
+        cumulative = fleet.engine.cumulative
+        for row in exported.tolist():
+            state = fleet.attribution.states[row]
+            if state is None or row >= cumulative.shape[1]:
+                continue
+            for series, series_name in enumerate(SERIES_NAMES):
+                since_start.add_metric([state.env, series_name], float(cumulative[series, row]))
         if last is not None and judged.size:
             for signal, signal_name in enumerate(SIGNALS):
                 counts = np.bincount(last.verdicts[signal, judged], minlength=len(Verdict))
@@ -257,6 +289,7 @@ class FleetCollector(Collector):
                         [state.env, signal_name], float(last.statistic[signal, row])
                     )
         yield from families
+        yield since_start
 
     def _most_urgent(self, rows: NDArray[np.intp], fleet: Fleet) -> NDArray[np.intp]:
         """At most `max_series` rows, highest statistic (over signals) first; ties by row."""

@@ -35,6 +35,10 @@ class Topics:
     def deadletter(self) -> str:
         return f"{self.prefix}.deadletter"
 
+    @property
+    def evidence(self) -> str:
+        return f"{self.prefix}.evidence"
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -52,6 +56,12 @@ class Settings:
     # A command send not acknowledged within this is failed and retried by a later pass
     # (with backoff); the decision counts as made only once a send is acknowledged.
     send_timeout_s: float = 10.0
+    # Durable evidence (agents/evidence.py): every commit_every_s the changed rows and the
+    # request-log offsets they cover go to `<prefix>.evidence` in one Kafka transaction. Off:
+    # offsets are committed alone and evidence lives in memory (a restart starts from zero).
+    checkpoint: bool = True
+    # A transaction a killed worker left open is aborted by the broker after this.
+    transaction_timeout_ms: int = 10_000
     # The one size setting: the decode limit. Topic, producer, fetch and dead-letter sizes
     # derive from it (streams/sizes.py, docs/events.md).
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -154,6 +164,9 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         data_dir=Path(get("DATA_DIR") or base.data_dir),
         ingest_start_file=Path(gate) if (gate := get("INGEST_START_FILE")) else None,
         command_ttl_s=float(get("COMMAND_TTL_S") or base.command_ttl_s),
+        checkpoint=(get("CHECKPOINT") or ("1" if base.checkpoint else "0")) not in ("0", "false"),
+        transaction_timeout_ms=int(get("TRANSACTION_TIMEOUT_MS") or base.transaction_timeout_ms),
+        commit_every_s=float(get("COMMIT_EVERY_S") or base.commit_every_s),
         cluster=get("CLUSTER") or base.cluster,
         decisions=decisions,
         request_session_timeout_ms=int(
@@ -200,6 +213,9 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
         ENV_PREFIX + "DATA_DIR": str(settings.data_dir),
         ENV_PREFIX + "COMMAND_TTL_S": str(settings.command_ttl_s),
+        ENV_PREFIX + "CHECKPOINT": "1" if settings.checkpoint else "0",
+        ENV_PREFIX + "TRANSACTION_TIMEOUT_MS": str(settings.transaction_timeout_ms),
+        ENV_PREFIX + "COMMIT_EVERY_S": str(settings.commit_every_s),
         ENV_PREFIX + "CLUSTER": settings.cluster,
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
         ENV_PREFIX + "REQUEST_SESSION_TIMEOUT_MS": str(settings.request_session_timeout_ms),
