@@ -121,15 +121,17 @@ class EvidenceStore:
         self.rows_written = 0
         self.rows_restored = 0
         self.last_restore_s = 0.0
+        self._partitions = settings.partitions
 
     async def start(self) -> None:
         s = self.settings
-        await ensure_topics(
+        counts = await ensure_topics(
             s.bootstrap,
             {self.topic: s.partitions},
             {"cleanup.policy": "compact", "max.message.bytes": str(s.topic_max_message_bytes)},
             replication_factor=s.replication_factor,
         )
+        self._partitions = counts[self.topic]
         await self._new_producer()
 
     async def _new_producer(self) -> None:
@@ -260,11 +262,7 @@ class EvidenceStore:
         )
         await consumer.start()
         try:
-            parts = consumer.partitions_for_topic(self.topic) or set()
-            if not parts:
-                await consumer.topics()  # refresh metadata
-                parts = consumer.partitions_for_topic(self.topic) or set()
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            tps = [TopicPartition(self.topic, p) for p in range(self._partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             end = await consumer.end_offsets(tps)  # read_committed: the last stable offsets

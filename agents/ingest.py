@@ -98,6 +98,7 @@ class RequestLogIngest(Service):
         # Durable evidence: checkpoints with the offsets they cover (agents/evidence.py).
         self.evidence = EvidenceStore(settings, fleet) if settings.checkpoint else None
         self._checkpoint_episode = Episodes("checkpoint", metrics)
+        self._restore_episode = Episodes("restore", metrics)
 
     async def on_start(self) -> None:
         s = self.settings
@@ -168,10 +169,10 @@ class RequestLogIngest(Service):
             try:
                 restored = await self.evidence.restore({tp.partition for tp in new})
                 self.metrics.evidence_rows.labels("restored").inc(restored)
-                self._checkpoint_episode.ok()
+                self._restore_episode.ok()
                 return
             except Exception as exc:  # counting without the evidence would restart it at zero
-                self._checkpoint_episode.failed(exc, time.monotonic())
+                self._restore_episode.failed(exc, time.monotonic())
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 

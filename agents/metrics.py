@@ -160,6 +160,16 @@ class FleetCollector(Collector):
     def describe(self) -> Iterator[GaugeMetricFamily]:
         # Named up front, so a scrape restricted with `?name[]=...` skips this collector.
         yield from self._families()
+        yield self._since_start()
+
+    @staticmethod
+    def _since_start() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "canarywatch_env_counted",
+            "Requests counted into the test since the canary (epoch) started, per environment "
+            "and series (same selection as canarywatch_env_statistic).",
+            labels=["env", "series"],
+        )
 
     def _families(self) -> tuple[GaugeMetricFamily, ...]:
         ratio = GaugeMetricFamily(
@@ -218,12 +228,7 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         fleet = self._fleet_source()
         families = self._families()
-        since_start = GaugeMetricFamily(
-            "canarywatch_env_counted",
-            "Requests counted into the test since the canary (epoch) started, per environment "
-            "and series (same selection as canarywatch_env_statistic).",
-            labels=["env", "series"],
-        )
+        since_start = self._since_start()
         (
             canaries,
             counted,

@@ -167,6 +167,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         checkpoint=(get("CHECKPOINT") or ("1" if base.checkpoint else "0")) not in ("0", "false"),
         transaction_timeout_ms=int(get("TRANSACTION_TIMEOUT_MS") or base.transaction_timeout_ms),
         commit_every_s=float(get("COMMIT_EVERY_S") or base.commit_every_s),
+        send_timeout_s=float(get("SEND_TIMEOUT_S") or base.send_timeout_s),
         cluster=get("CLUSTER") or base.cluster,
         decisions=decisions,
         request_session_timeout_ms=int(
@@ -216,6 +217,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "CHECKPOINT": "1" if settings.checkpoint else "0",
         ENV_PREFIX + "TRANSACTION_TIMEOUT_MS": str(settings.transaction_timeout_ms),
         ENV_PREFIX + "COMMIT_EVERY_S": str(settings.commit_every_s),
+        ENV_PREFIX + "SEND_TIMEOUT_S": str(settings.send_timeout_s),
         ENV_PREFIX + "CLUSTER": settings.cluster,
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
         ENV_PREFIX + "REQUEST_SESSION_TIMEOUT_MS": str(settings.request_session_timeout_ms),

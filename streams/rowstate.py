@@ -25,7 +25,9 @@ def row_width(obj: object, names: Sequence[str]) -> int:
 def export_fields(obj: object, names: Sequence[str], rows: Rows) -> Floats:
     """[rows, width]: the rows of the arrays `names` of `obj` (row axis last)."""
     parts = [
-        np.asarray(getattr(obj, n)[..., rows], dtype=np.float64).reshape(-1, rows.size)
+        np.asarray(getattr(obj, n)[..., rows], dtype=np.float64).reshape(
+            int(np.prod(getattr(obj, n).shape[:-1])), rows.size
+        )
         for n in names
     ]
     if not parts:

@@ -67,7 +67,8 @@ class FleetWindows:
         head = self._head if self._head is not None else 0
         order = np.arange(head - self.buckets + 1, head + 1) % self.buckets
         aged = self.window[:, rows, :][:, :, order]  # [series, rows, age]
-        buckets = aged.transpose(1, 0, 2).reshape(rows.size, -1).astype(np.float64)
+        buckets = aged.transpose(1, 0, 2).reshape(rows.size, N_SERIES * self.buckets)
+        buckets = buckets.astype(np.float64)
         return np.concatenate([buckets, self.pending[:, rows].T.astype(np.float64)], axis=1)
 
     def import_rows(self, rows: NDArray[np.intp], data: NDArray[np.float64], head: int) -> None:

@@ -64,3 +64,9 @@ def test_dropping_a_source_forgets_only_its_rows() -> None:
     assert fleet.drop_sources({1}, 2.0) == 1
     assert fleet.row_source.tolist()[:3] == [0, -1, 0]
     assert fleet.engine.cumulative[:, 1].sum() == 0 and fleet.engine.cumulative[:, 0].sum() > 0
+
+
+def test_no_rows_export_as_an_empty_matrix() -> None:
+    fleet = Fleet()
+    head, data = fleet.export_rows(np.zeros(0, dtype=np.intp))
+    assert data.shape == (0, fleet.row_width)

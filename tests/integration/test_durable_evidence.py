@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from agents.processes import WorkerProcess, poll_until, read_metric
+from agents.processes import WorkerProcess, poll_until, read_metric, scrape
 from agents.settings import Settings
 from streams.events import (
     AbortCommand,
@@ -64,6 +64,13 @@ def counted(port: int, env: str, series: str) -> float:
 
 def counted_is(port: int, env: str, n: int) -> Callable[[], bool]:
     return lambda: counted(port, env, "canary_requests") == n
+
+
+async def wait_counted(port: int, env: str, n: int, within_s: float = 30.0) -> None:
+    try:
+        await poll_until(counted_is(port, env, n), within_s, f"{n} canary requests counted")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; metrics: {sorted(scrape(port).items())}") from None
 
 
 def statistic(port: int, env: str) -> float:
@@ -154,7 +161,7 @@ async def test_kill_9_half_way_to_an_abort_keeps_the_evidence_and_aborts_once(
             for _ in range(200):
                 await p.send_and_wait(settings.topics.requests, value=round_of("shop", 1))
                 sent_canary, sent_bad = sent_canary + 20, sent_bad + 1
-                await poll_until(counted_is(port, env, sent_canary), 30, "counted")
+                await wait_counted(port, env, sent_canary)
                 threshold = read_metric(port, "canarywatch_abort_threshold") or 0.0
                 if threshold and statistic(port, env) >= threshold / 2:
                     break
