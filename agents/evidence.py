@@ -240,7 +240,7 @@ class EvidenceStore:
             restored += index.size
         self.rows_restored += restored
         self.last_restore_s = time.perf_counter() - started
-        log.info(
+        log.warning(
             "evidence: restored %d canaries of partitions %s in %.2fs",
             restored,
             sorted(wanted),

@@ -68,5 +68,5 @@ def test_dropping_a_source_forgets_only_its_rows() -> None:
 
 def test_no_rows_export_as_an_empty_matrix() -> None:
     fleet = Fleet()
-    head, data = fleet.export_rows(np.zeros(0, dtype=np.intp))
+    _head, data = fleet.export_rows(np.zeros(0, dtype=np.intp))
     assert data.shape == (0, fleet.row_width)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from agents.processes import WorkerProcess, poll_until, read_metric, scrape
+from agents.processes import WorkerProcess, free_port, poll_until, read_metric, scrape
 from agents.settings import Settings
 from streams.events import (
     AbortCommand,
@@ -178,9 +178,14 @@ async def test_kill_9_half_way_to_an_abort_keeps_the_evidence_and_aborts_once(
         restarted.start()
         try:
             await restarted.wait_ready()
-            await poll_until(
-                lambda: counted(port, env, "canary_requests") >= sent_canary, 60, "caught up"
-            )
+            try:
+                await poll_until(
+                    lambda: counted(port, env, "canary_requests") >= sent_canary, 60, "caught up"
+                )
+            except TimeoutError as exc:
+                raise TimeoutError(
+                    f"{exc}; {sent_canary}: {sorted(scrape(port).items())}"
+                ) from None
             # Exactly the lines produced: none lost, none counted twice.
             assert counted(port, env, "canary_requests") == sent_canary
             assert counted(port, env, "canary_errors") == sent_bad >= before_bad
@@ -245,3 +250,91 @@ async def test_a_retry_is_a_new_epoch_judged_again_with_one_command_each(
     commands = await read_commands(settings)
     ids = [c.decision_id for c in commands]
     assert ids == ["shop/web@canary1#10", "shop/web@canary1#12"], ids
+
+
+async def test_canaries_that_move_to_the_survivor_of_a_kill_9_keep_their_evidence(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = durable_settings(kafka_bootstrap, tmp_path, "move").with_overrides(partitions=2)
+    await create_topics(settings)
+    a = WorkerProcess(settings, tmp_path / "a.log")
+    b = WorkerProcess(
+        settings.with_overrides(metrics_port=free_port(), data_dir=tmp_path / "b"),
+        tmp_path / "b.log",
+    )
+    ports = [a.settings.metrics_port, b.settings.metrics_port]
+    envs = {0: "p0/web", 1: "p1/web"}  # namespace -> request-log partition, fixed here
+    sent = {0: 0, 1: 0}
+    a.start()
+    b.start()
+    async with kafka_producer(settings) as p:
+        try:
+            await a.wait_ready()
+            await b.wait_ready()
+            await poll_until(
+                lambda: (
+                    [read_metric(port, "canarywatch_ingest_partitions") for port in ports]
+                    == [1.0, 1.0]
+                ),
+                60,
+                "one partition each",
+            )
+            for env in envs.values():
+                namespace = env.split("/")[0]
+                await p.send_and_wait(
+                    settings.topics.rollouts,
+                    key=env.encode(),
+                    value=encode_rollout_state(state(namespace)),
+                )
+            await poll_until(
+                lambda: all(
+                    read_metric(port, "canarywatch_canaries_in_progress") == 2 for port in ports
+                ),
+                30,
+                "both canaries on both workers",
+            )
+            for _ in range(3):
+                for partition, env in envs.items():
+                    await p.send_and_wait(
+                        settings.topics.requests,
+                        value=round_of(env.split("/")[0], 1),
+                        partition=partition,
+                    )
+                    sent[partition] += 20
+
+            def owner(env: str, n: int) -> int | None:
+                for i, port in enumerate(ports):
+                    if counted(port, env, "canary_requests") == n:
+                        return i
+                return None
+
+            owners = await poll_until(
+                lambda: (
+                    [owner(envs[0], sent[0]), owner(envs[1], sent[1])]
+                    if None not in (owner(envs[0], sent[0]), owner(envs[1], sent[1]))
+                    else None
+                ),
+                30,
+                "each canary counted by its partition's worker",
+            )
+            assert owners is not None and sorted(o for o in owners if o is not None) == [0, 1]
+            moved = envs[owners.index(1)]  # b's canary moves to a
+            before = counted(ports[1], moved, "canary_errors")
+            os.killpg(b.pid, signal.SIGKILL)
+            partition = owners.index(1)
+            await p.send_and_wait(
+                settings.topics.requests,
+                value=round_of(moved.split("/")[0], 1),
+                partition=partition,
+            )
+            sent[partition] += 20
+            await poll_until(
+                lambda: counted(ports[0], moved, "canary_requests") >= sent[partition],
+                60,
+                "the survivor restored and counts the moved canary",
+            )
+            assert counted(ports[0], moved, "canary_requests") == sent[partition]
+            assert counted(ports[0], moved, "canary_errors") == before + 1
+        finally:
+            b.stop()
+            a.stop()
