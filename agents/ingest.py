@@ -167,7 +167,10 @@ class RequestLogIngest(Service):
         backoff = BACKOFF_S
         while not self.should_stop:
             try:
-                restored = await self.evidence.restore({tp.partition for tp in new})
+                # Held while restoring: the fetcher may already return lines of the new
+                # partitions, and they must be counted on top of the restored evidence.
+                async with self._batch_lock:
+                    restored = await self.evidence.restore({tp.partition for tp in new})
                 self.metrics.evidence_rows.labels("restored").inc(restored)
                 self._restore_episode.ok()
                 return
