@@ -5,6 +5,7 @@ Real broker, real worker processes; every wait polls (agents.processes.poll_unti
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from agents.localkafka import LocalKafka, free_ports
 from agents.processes import WorkerProcess, free_port, poll_until, read_metric, scrape
 from agents.settings import Settings
 from streams.events import (
@@ -338,3 +340,38 @@ async def test_canaries_that_move_to_the_survivor_of_a_kill_9_keep_their_evidenc
         finally:
             b.stop()
             a.stop()
+
+
+async def test_the_worker_rides_out_a_broker_restart_and_aborts_a_bad_canary_after_it(
+    tmp_path: Path,
+) -> None:
+    port, controller = free_ports(2)
+    broker = LocalKafka(tmp_path / "kafka", port, controller)
+    await asyncio.to_thread(broker.start, 120)
+    worker: WorkerProcess | None = None
+    try:
+        settings = durable_settings(broker.bootstrap, tmp_path, "restart")
+        await create_topics(settings)
+        worker = WorkerProcess(settings, tmp_path / "w.log")
+        worker.start()
+        await worker.wait_ready()
+        await asyncio.to_thread(broker.stop)
+        await asyncio.to_thread(broker.start, 120)
+        assert worker.alive, worker.log_tail()
+        async with kafka_producer(settings) as p:
+            await p.send_and_wait(
+                settings.topics.rollouts, key=b"shop/web", value=encode_rollout_state(state("shop"))
+            )
+            await poll_until(
+                lambda: read_metric(settings.metrics_port, "canarywatch_canaries_in_progress") == 1,
+                90,
+                "the canary seen after the broker restart",
+            )
+            await send_until_abort(p, settings, 1, 4)
+        commands = await read_commands(settings)
+        assert [c.env for c in commands] == ["shop/web"]
+        assert worker.alive and read_metric(settings.metrics_port, "canarywatch_ready") == 1
+    finally:
+        if worker is not None:
+            worker.stop()
+        await asyncio.to_thread(broker.stop)
