@@ -80,6 +80,11 @@ profile: venv
 bench-decisions: venv
 	$(PY) -m bench.decisions
 
+# Evidence across kill -9 on the real local broker (issue 10): kept, lost, double, duplicates.
+.PHONY: bench-faults
+bench-faults: venv
+	$(PY) -m bench.faults
+
 # A hostile corpus (codecs, sizes, bad types, floods, CRC32 placement, kill -9) against two
 # workers on the real local broker (issue 9).
 .PHONY: bench-hostile

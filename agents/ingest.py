@@ -154,14 +154,14 @@ class RequestLogIngest(Service):
                     self.fleet.drop_sources({tp.partition for tp in revoked}, self.clock())
         self.metrics.ingest_partitions.set(len(self.assigned))
         if revoked:
-            log.warning("ingest gives up request-log partitions %s", sorted(revoked))
+            log.info("ingest gives up request-log partitions %s", sorted(revoked))
 
     async def took(self, assigned: set[TopicPartition]) -> None:
         """Partitions assigned: restore their canaries' evidence before counting a line."""
         new = assigned - self.assigned
         self.assigned = assigned
         self.metrics.ingest_partitions.set(len(assigned))
-        log.warning("ingest reads request-log partitions %s", sorted(tp.partition for tp in assigned))
+        log.info("ingest reads request-log partitions %s", sorted(tp.partition for tp in assigned))
         if self.evidence is None or not new:
             return
         backoff = BACKOFF_S
