@@ -44,6 +44,10 @@ from streams.fleet import Fleet
 log = logging.getLogger(__name__)
 
 MAGIC = b"CWE1"
+# Per request-log partition, the next offset the checkpoint covers, in the same transaction as
+# the rows: a reader of a consistent prefix of transactions gets rows and offsets that agree,
+# whether or not the group's (transactional) offset commit is visible yet.
+OFFSET_KEY = b"\x00offset/"
 _LEN = struct.Struct(">I")
 
 
@@ -200,6 +204,8 @@ class EvidenceStore:
                 data[i],
             )
             records.append((state.env.encode(), encode_evidence(record)))
+        for tp, offset in offsets.items():
+            records.append((OFFSET_KEY + str(tp.partition).encode(), str(offset).encode()))
         producer = self._producer
         if producer is None:
             await self._new_producer()
@@ -222,14 +228,22 @@ class EvidenceStore:
         self.rows_written += len(records)
         return len(records)
 
-    async def restore(self, partitions: Iterable[int]) -> int:
+    async def restore(self, partitions: Iterable[int]) -> tuple[int, dict[int, int]]:
         """Import the evidence of the canaries whose lines come from `partitions`; returns the
-        rows restored. Reads the whole (compacted) evidence topic, read_committed."""
+        rows restored and, per partition, the offset that evidence covers (where to resume).
+        Reads the whole (compacted) evidence topic, read_committed."""
         wanted = set(partitions)
         if not wanted:
-            return 0
+            return 0, {}
         started = time.perf_counter()
         latest = await self._read_all()
+        resume: dict[int, int] = {}
+        for key, value in list(latest.items()):
+            if key.startswith(OFFSET_KEY):
+                del latest[key]
+                partition = int(key[len(OFFSET_KEY) :])
+                if value is not None and partition in wanted:
+                    resume[partition] = int(value)
         fleet = self.fleet
         groups: dict[tuple[int, int], list[tuple[int, NDArray[np.float64]]]] = {}
         for raw in latest.values():
@@ -262,7 +276,7 @@ class EvidenceStore:
             sorted(wanted),
             self.last_restore_s,
         )
-        return restored
+        return restored, resume
 
     async def _read_all(self) -> dict[bytes, bytes | None]:
         consumer = self._reader

@@ -99,6 +99,7 @@ class RequestLogIngest(Service):
         self.evidence = EvidenceStore(settings, fleet) if settings.checkpoint else None
         self._checkpoint_episode = Episodes("checkpoint", metrics)
         self._restore_episode = Episodes("restore", metrics)
+        self._floor: dict[TopicPartition, int] = {}  # where counting resumed after a restore
 
     async def on_start(self) -> None:
         s = self.settings
@@ -170,7 +171,15 @@ class RequestLogIngest(Service):
                 # Held while restoring: the fetcher may already return lines of the new
                 # partitions, and they must be counted on top of the restored evidence.
                 async with self._batch_lock:
-                    restored = await self.evidence.restore({tp.partition for tp in new})
+                    restored, resume = await self.evidence.restore({tp.partition for tp in new})
+                    consumer = self._consumer
+                    assert consumer is not None
+                    for tp in new:
+                        if tp.partition in resume:
+                            # Resume exactly where the restored evidence ends; anything fetched
+                            # from another position is dropped (`_flush`).
+                            consumer.seek(tp, resume[tp.partition])
+                            self._floor[tp] = resume[tp.partition]
                 self.metrics.evidence_rows.labels("restored").inc(restored)
                 self._restore_episode.ok()
                 return
@@ -362,15 +371,35 @@ class RequestLogIngest(Service):
             self._decoding = self._decode(pending)
             await self._flush()
 
+    def _current(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        """Are these fetched records to be counted? Not when their partition is no longer
+        ours (the next owner reads them), nor when they were fetched from another position
+        than the one a restore resumed at (the consumer reads again from there)."""
+        if tp not in self.assigned:
+            return False
+        floor = self._floor.get(tp)
+        if floor is None:
+            return True
+        if records[0].offset < floor:
+            return False
+        del self._floor[tp]
+        return True
+
     async def _flush(self) -> None:
         """Count the fetch being decoded, dead-letter what it refused, then note its offsets."""
         decoding, self._decoding = self._decoding, None
         if decoding is None:
             return
         decoded = await decoding.columns
+        kept = [
+            (part, columns)
+            for part, columns in zip(decoding.parts, decoded, strict=True)
+            if self._current(*part)
+        ]
+        decoding.parts = [part for part, _ in kept]
         reports = [
             (part, self.fleet.count_columns(columns, decoding.fetched_at, part[0].partition))
-            for part, columns in zip(decoding.parts, decoded, strict=True)
+            for part, columns in kept
         ]
         for part, report in reports:
             flooded = flooded_by_source([part], report.flooded)
