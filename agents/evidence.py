@@ -48,6 +48,8 @@ MAGIC = b"CWE1"
 # the rows: a reader of a consistent prefix of transactions gets rows and offsets that agree,
 # whether or not the group's (transactional) offset commit is visible yet.
 OFFSET_KEY = b"\x00offset/"
+RESTORE_SETTLE_S = 2.0  # at most this long waiting for the stable end to stop moving
+SETTLE_POLL_S = 0.1
 _LEN = struct.Struct(">I")
 
 
@@ -284,13 +286,24 @@ class EvidenceStore:
         tps = [TopicPartition(self.topic, p) for p in range(self._partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)  # read_committed: the last stable offsets
         latest: dict[bytes, bytes | None] = {}
-        pending = {tp for tp in tps if end[tp] > 0}
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=500, max_records=10_000)
-            for records in batches.values():
-                for r in records:
-                    latest[r.key or b""] = r.value
-            pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
-        return latest
+        # read_committed end offsets are the last stable offsets; a transaction that just
+        # committed (the previous owner's last checkpoint) becomes readable when its markers
+        # are written, a moment later: read until the stable end stops moving.
+        deadline = time.monotonic() + RESTORE_SETTLE_S
+        end = await consumer.end_offsets(tps)
+        while True:
+            pending = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+            while pending:
+                batches = await consumer.getmany(*pending, timeout_ms=500, max_records=10_000)
+                for records in batches.values():
+                    for r in records:
+                        latest[r.key or b""] = r.value
+                pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
+            if time.monotonic() >= deadline:
+                return latest
+            await asyncio.sleep(SETTLE_POLL_S)
+            again = await consumer.end_offsets(tps)
+            if again == end:
+                return latest
+            end = again
