@@ -100,7 +100,6 @@ class RequestLogIngest(Service):
         self._checkpoint_episode = Episodes("checkpoint", metrics)
         self._restore_episode = Episodes("restore", metrics)
         self._floor: dict[TopicPartition, int] = {}  # where counting resumed after a restore
-        self._generation = 0  # assignments so far: a fetch spanning one is dropped
 
     async def on_start(self) -> None:
         s = self.settings
@@ -162,7 +161,6 @@ class RequestLogIngest(Service):
         """Partitions assigned: restore their canaries' evidence before counting a line."""
         new = assigned - self.assigned
         self.assigned = assigned
-        self._generation += 1
         self.metrics.ingest_partitions.set(len(assigned))
         log.info("ingest reads request-log partitions %s", sorted(tp.partition for tp in assigned))
         if self.evidence is None or not new:
@@ -269,7 +267,6 @@ class RequestLogIngest(Service):
         # While the last fetch is decoded in the thread, aiokafka unpacks the next one here:
         # take what is already fetched then, without waiting for more.
         wait_ms = 0 if self._decoding or self._fetched else 100
-        generation = self._generation
         try:
             batches = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_records)
         except Exception as exc:
@@ -282,10 +279,6 @@ class RequestLogIngest(Service):
                 for tp, offset in self._skipped.items():
                     self._next_offset[tp] = max(self._next_offset.get(tp, 0), offset)
                 self._skipped.clear()
-            return
-        if generation != self._generation:
-            # Partitions were assigned while this fetch was in flight: its records come from
-            # the positions before the rebalance; the consumer reads again from the new ones.
             return
         self._stash(batches)  # no await before: a revocation counts it
         async with self._batch_lock:
