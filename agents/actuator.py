@@ -49,9 +49,10 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agents.deadletter import DeadLetters, Headers, deadletter_counter
+from agents.health import Heartbeat, Readiness, ReadyGauge, serve_health
 from agents.kafka_admin import ensure_topics
 from agents.settings import Settings
 from agents.unreadable import counting, getmany_skipping, skipped_counter
@@ -422,10 +423,12 @@ class ActuatorMetrics:
             self.commands.labels(outcome.value)
         for outcome_name in ("recorded", "exists", "failed"):
             self.events.labels(outcome_name)
-        self.ready = Gauge(
+        self.readiness = Readiness("actuator")
+        self.ready = ReadyGauge(
+            self.readiness,
+            registry,
             "canarywatch_actuator_ready",
-            "1 once the actuator consumes commands.",
-            registry=registry,
+            "1 while the actuator is ready: it consumes commands (see /readyz).",
         )
 
 
@@ -732,12 +735,15 @@ def run_actuator(
     """`canarywatch actuator`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     registry = CollectorRegistry()
-    start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
+    metrics = ActuatorMetrics(registry)
+    heartbeat = Heartbeat()
+    # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
+    serve_health(settings.metrics_port, registry, metrics.readiness, heartbeat)
     api_client = kube_api_client(kubeconfig)
     actuator = Actuator(
         settings,
         KubeRolloutApi(api_client),
-        ActuatorMetrics(registry),
+        metrics,
         dry_run=dry_run,
         action=action,
     )
@@ -757,9 +763,11 @@ def run_actuator(
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        pulse = loop.create_task(heartbeat.run())
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         await actuator.run(stop)
+        pulse.cancel()
 
     try:
         asyncio.run(main())

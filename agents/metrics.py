@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agents.deadletter import deadletter_counter, suppressed_counter
+from agents.health import Readiness, ReadyGauge
 from agents.unreadable import skipped_counter
 from streams.decisions import SIGNALS, Verdict, bad_series
 from streams.fleet import Fleet
@@ -80,8 +81,15 @@ class WorkerMetrics:
             "New canaries not tracked because max_canaries was reached.",
             registry=registry,
         )
-        self.ready = Gauge(
-            "canarywatch_ready", "1 once the worker consumes and evaluates.", registry=registry
+        # /readyz and this gauge: the view restored and ingest started (`ready.set(1)`), plus
+        # the probes the worker adds (a fetch answered lately).
+        self.readiness = Readiness("worker")
+        self.ready = ReadyGauge(
+            self.readiness,
+            registry,
+            "canarywatch_ready",
+            "1 while the worker is ready: rollout view restored, request-log partitions "
+            "assigned, fetches answered lately (see /readyz).",
         )
 
         # Every label value an alert's increase() reads exists from the start, at 0: a counter

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import faust
 from faust.types import EventT, StreamT
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from agents.deadletter import DeadLetterLimits, DeadLetters, Headers
+from agents.health import Heartbeat, serve_health
 from agents.ingest import RequestLogIngest
 from agents.kafka_admin import ensure_topics
 from agents.logfilter import quiet_kafka_clients
@@ -53,6 +54,7 @@ class Worker:
     app: faust.App
     fleet: Fleet
     metrics: WorkerMetrics
+    heartbeat: Heartbeat
 
 
 def build_worker(
@@ -115,6 +117,9 @@ def build_worker(
         ),
     )
     ingest = RequestLogIngest(s, fleet, deadletters, metrics, clock=clock, loop=app.loop)
+    metrics.readiness.probe("fetch", ingest.fetch_problem)
+    heartbeat = Heartbeat()
+    app.task(heartbeat.run)  # /healthz: the event loop still turns
 
     async def refuse(event: EventT[bytes], error: DecodeError) -> None:
         message = event.message
@@ -197,7 +202,7 @@ def build_worker(
             )
 
     app.timer(s.evaluate_every_s)(evaluate)
-    return Worker(app=app, fleet=fleet, metrics=metrics)
+    return Worker(app=app, fleet=fleet, metrics=metrics, heartbeat=heartbeat)
 
 
 def run_worker(settings: Settings) -> None:
@@ -212,8 +217,9 @@ def run_worker(settings: Settings) -> None:
         )
     )
     registry = CollectorRegistry()
-    start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
     worker = build_worker(settings, registry)
+    # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
+    serve_health(settings.metrics_port, registry, worker.metrics.readiness, worker.heartbeat)
     quiet_kafka_clients()
     tune_gc()
     faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()

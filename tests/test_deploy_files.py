@@ -108,3 +108,18 @@ def test_the_pause_overlay_runs_a_real_subcommand_and_grants_only_patch_on_rollo
         {"apiGroups": ["argoproj.io"], "resources": ["rollouts"], "verbs": ["patch"]}
     ]
     assert binding["subjects"][0]["name"] == "canarywatch-actuator"
+
+
+def test_probes_use_the_health_endpoints_not_metrics() -> None:
+    """A scrape at thousands of canaries takes seconds; probes must not restart a healthy pod."""
+    probes = []
+    for path in sorted((ROOT / "deploy/base").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for container in (doc or {}).get("spec", {}).get("template", {}).get("spec", {}).get(
+                "containers", []
+            ):
+                for kind, want in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+                    if kind in container:
+                        probes.append((path.name, kind))
+                        assert container[kind]["httpGet"]["path"] == want, (path.name, kind)
+    assert len(probes) >= 6
