@@ -156,33 +156,36 @@ class ReplicaSetKubelet:
         return one_ns(self.namespace, **kwargs)
 
     def _run(self, all_ns: Any, one_ns: Any, mark: Any) -> None:
-        version = ""
+        # `at[0]`: the resourceVersion of the last event handled. It must survive an exception
+        # in the middle of a watch: resuming from an older one would replay old objects and
+        # write their stale statuses back.
+        at = [""]
         while not self._stopping.is_set():
             try:
-                if not version:
+                if not at[0]:
                     listed = self._list(all_ns, one_ns)
                     for obj in listed.items:
                         mark(obj)
-                    version = (listed.metadata and listed.metadata.resource_version) or ""
-                version = self._follow(all_ns, one_ns, mark, version)
+                    at[0] = (listed.metadata and listed.metadata.resource_version) or ""
+                self._follow(all_ns, one_ns, mark, at)
             except k8s.ApiException as exc:
                 if exc.status == 410:
-                    version = ""
+                    at[0] = ""
                     continue
                 self.errors.append(str(exc))
                 self._stopping.wait(0.2)
-            except Exception as exc:  # connection dropped: resume from `version`
+            except Exception as exc:  # connection dropped: resume from `at[0]`
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 self._stopping.wait(0.2)
 
-    def _follow(self, all_ns: Any, one_ns: Any, mark: Any, version: str) -> str:
+    def _follow(self, all_ns: Any, one_ns: Any, mark: Any, at: list[str]) -> None:
         # Short server-side timeouts: stop() waits for the open watch to end.
-        # kubernetes.watch is unannotated; stream() yields {"type", "object"} dicts.
+        # kubernetes.watch is unannotated; stream() yields {"type", "object", "raw_object"}.
         namespaced = () if self.namespace is None else (self.namespace,)
         events: Iterator[dict[str, Any]] = k8s_watch.Watch().stream(  # type: ignore[no-untyped-call]
             all_ns if self.namespace is None else one_ns,
             *namespaced,
-            resource_version=version,
+            resource_version=at[0],
             timeout_seconds=3,
             allow_watch_bookmarks=True,
         )
@@ -190,12 +193,14 @@ class ReplicaSetKubelet:
             if self._stopping.is_set():
                 break
             if event["type"] == "ERROR":
-                return ""  # expired: relist
-            obj = event["object"]
-            version = obj.metadata.resource_version or version
+                at[0] = ""  # expired: relist
+                return
+            raw = event.get("raw_object") or {}
+            version = (raw.get("metadata") or {}).get("resourceVersion")
             if event["type"] in ("ADDED", "MODIFIED"):
-                mark(obj)
-        return version
+                mark(event["object"])
+            if version:  # a BOOKMARK carries only this (its object is a plain dict)
+                at[0] = version
 
     def _mark(self, rs: k8s.V1ReplicaSet) -> None:
         if rs.spec is None or rs.metadata is None or rs.metadata.name is None:
