@@ -51,6 +51,7 @@ from streams.migration import (
     ScaleDown,
     ServicePlan,
     annotations_of,
+    build_rollout,
     key_of,
     namespace_of,
     next_action,
@@ -475,36 +476,43 @@ class Migrator:
         return list(self.options.namespaces) or [""]
 
     def plan(self) -> list[ServicePlan]:
-        plans: list[ServicePlan] = []
+        """Every selected Deployment's plan; the namespaces are read concurrently."""
         now = self.clock()
-        for namespace in self._namespaces():
-            deployments = self.api.deployments(namespace, self.options.selector)
-            if not deployments:
-                continue
-            by_ns: dict[str, dict[str, list[Obj]]] = {}
-            for kind, lister in (
-                ("rollouts", self.api.rollouts),
-                ("hpas", self.api.hpas),
-                ("pdbs", self.api.pdbs),
-                ("services", self.api.services),
-            ):
-                for obj in lister(namespace):
-                    by_ns.setdefault(namespace_of(obj), {}).setdefault(kind, []).append(obj)
-            for dep in deployments:
-                others = by_ns.get(namespace_of(dep), {})
-                plans.append(
-                    plan_service(
-                        dep,
-                        rollouts=others.get("rollouts", []),
-                        hpas=others.get("hpas", []),
-                        pdbs=others.get("pdbs", []),
-                        services=others.get("services", []),
-                        template_spec=self.options.template_spec,
-                        scale_down=self.options.scale_down,
-                        now=now,
-                    )
+        with ThreadPoolExecutor(max(1, min(8, self.options.concurrency)), "plan") as pool:
+            per_namespace = list(
+                pool.map(lambda ns: self._plan_namespace(ns, now), self._namespaces())
+            )
+        return sorted((p for plans in per_namespace for p in plans), key=lambda p: p.key)
+
+    def _plan_namespace(self, namespace: str, now: float) -> list[ServicePlan]:
+        deployments = self.api.deployments(namespace, self.options.selector)
+        if not deployments:
+            return []
+        by_ns: dict[str, dict[str, list[Obj]]] = {}
+        for kind, lister in (
+            ("rollouts", self.api.rollouts),
+            ("hpas", self.api.hpas),
+            ("pdbs", self.api.pdbs),
+            ("services", self.api.services),
+        ):
+            for obj in lister(namespace):
+                by_ns.setdefault(namespace_of(obj), {}).setdefault(kind, []).append(obj)
+        plans = []
+        for dep in deployments:
+            others = by_ns.get(namespace_of(dep), {})
+            plans.append(
+                plan_service(
+                    dep,
+                    rollouts=others.get("rollouts", []),
+                    hpas=others.get("hpas", []),
+                    pdbs=others.get("pdbs", []),
+                    services=others.get("services", []),
+                    template_spec=self.options.template_spec,
+                    scale_down=self.options.scale_down,
+                    now=now,
                 )
-        return sorted(plans, key=lambda p: p.key)
+            )
+        return plans
 
     def deployments(self) -> list[Obj]:
         found: list[Obj] = []
@@ -586,18 +594,10 @@ class Migrator:
                 },
             )
         elif action.act is Act.CREATE_ROLLOUT:
-            body = dict(plan.rollout)
-            fresh = plan_service(
-                deployment,
-                rollouts=[],
-                hpas=[],
-                pdbs=[],
-                services=[],
-                template_spec=self.options.template_spec,
-                scale_down=plan.scale_down,
-                now=self.clock(),
+            # replicas from the annotation written by START; the health gate starts now
+            body = build_rollout(
+                deployment, self.options.template_spec, plan.scale_down, created_at=self.clock()
             )
-            body = dict(fresh.rollout)  # replicas from the annotation, created-at = now
             self.api.create_rollout(ns, body)  # 409: it exists; the next read sees it
         elif action.act is Act.MOVE_HPA:
             assert hpa is not None
