@@ -19,6 +19,7 @@ Rollout and scales no Deployment down twice.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import sys
@@ -188,48 +189,53 @@ class KubeMigrationApi:
         return self._get(self._hpa.read_namespaced_horizontal_pod_autoscaler, name, namespace)
 
     # writes
-    def patch_deployment(self, namespace: str, name: str, body: Obj) -> None:
+    def patch_deployment(self, namespace: str, name: str, body: Obj) -> Obj:
         with _errors():
-            self._apps.patch_namespaced_deployment(
-                name,
-                namespace,
-                body,
-                _content_type=MERGE_PATCH,
-                _preload_content=False,
-                _request_timeout=self._t,
+            return _json(
+                self._apps.patch_namespaced_deployment(
+                    name,
+                    namespace,
+                    body,
+                    _content_type=MERGE_PATCH,
+                    _preload_content=False,
+                    _request_timeout=self._t,
+                )
             )
 
-    def create_rollout(self, namespace: str, body: Obj) -> bool:
-        """False when a Rollout of that name exists already."""
+    def create_rollout(self, namespace: str, body: Obj) -> Obj | None:
+        """The Rollout created; None when one of that name exists already."""
         with _errors():
             try:
-                self._objects.create_namespaced_custom_object(
+                return _json(
+                    self._objects.create_namespaced_custom_object(
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        PLURAL,
+                        body,
+                        _preload_content=False,
+                        _request_timeout=self._t,
+                    )
+                )
+            except k8s.ApiException as exc:
+                if exc.status == 409:
+                    return None
+                raise
+
+    def patch_rollout(self, namespace: str, name: str, body: Obj) -> Obj:
+        with _errors():
+            return _json(
+                self._objects.patch_namespaced_custom_object(
                     GROUP,
                     VERSION,
                     namespace,
                     PLURAL,
+                    name,
                     body,
+                    _content_type=MERGE_PATCH,
                     _preload_content=False,
                     _request_timeout=self._t,
                 )
-                return True
-            except k8s.ApiException as exc:
-                if exc.status == 409:
-                    return False
-                raise
-
-    def patch_rollout(self, namespace: str, name: str, body: Obj) -> None:
-        with _errors():
-            self._objects.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                body,
-                _content_type=MERGE_PATCH,
-                _preload_content=False,
-                _request_timeout=self._t,
             )
 
     def delete_rollout(self, namespace: str, name: str, uid: str) -> None:
@@ -252,41 +258,67 @@ class KubeMigrationApi:
                 if exc.status != 404:
                     raise
 
-    def patch_hpa(self, namespace: str, name: str, body: Obj) -> None:
+    def patch_hpa(self, namespace: str, name: str, body: Obj) -> Obj:
         with _errors():
-            self._hpa.patch_namespaced_horizontal_pod_autoscaler(
-                name,
-                namespace,
-                body,
-                _content_type=MERGE_PATCH,
-                _preload_content=False,
-                _request_timeout=self._t,
+            return _json(
+                self._hpa.patch_namespaced_horizontal_pod_autoscaler(
+                    name,
+                    namespace,
+                    body,
+                    _content_type=MERGE_PATCH,
+                    _preload_content=False,
+                    _request_timeout=self._t,
+                )
             )
 
 
-class ChangeFeed:
-    """Cluster-wide watches of Deployments, Rollouts and HPAs; `wait(key, seen)` returns when
-    an object of service `key` ("namespace/name") changed after `version(key)` was `seen`."""
+def _rv(obj: Mapping[str, Any]) -> int:
+    value = str((obj.get("metadata") or {}).get("resourceVersion") or "0")
+    return int(value) if value.isdigit() else 0
 
-    def __init__(self, api: k8s.ApiClient) -> None:
+
+class ChangeFeed:
+    """Watches of Deployments (of the selector), Rollouts and HPAs in every namespace, kept as
+    an object cache that the service threads decide from, so that waiting costs the API server
+    nothing. `wait(key, seen)` returns when an object of service `key` ("namespace/name")
+    changed after `version(key)` was `seen`.
+
+    A decision made on a cached object that is stale is harmless: every write carries the
+    resourceVersion (or uid) it was decided on and is refused with 409; the migrator then
+    reads the objects afresh and `put`s them here. Writes `put` their answers too. An object is
+    replaced only by a newer one (resourceVersions of one etcd compare as integers)."""
+
+    KINDS = ("deployment", "rollout", "hpa")
+
+    def __init__(self, api: k8s.ApiClient, selector: str = "") -> None:
         apps, objects = k8s.AppsV1Api(api), k8s.CustomObjectsApi(api)
         hpa = k8s.AutoscalingV2Api(api)
         self._cond = threading.Condition()
         self._versions: Tally[str] = Tally()
+        self._objects: dict[tuple[str, str, str], tuple[int, Obj | None]] = {}
         self._stopping = threading.Event()
-        sources: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = [
-            ("deployments", apps.list_deployment_for_all_namespaces, ()),
-            ("rollouts", objects.list_cluster_custom_object, (GROUP, VERSION, PLURAL)),
-            ("hpas", hpa.list_horizontal_pod_autoscaler_for_all_namespaces, ()),
+        deployments: dict[str, Any] = {"label_selector": selector} if selector else {}
+        sources: list[tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = [
+            ("deployment", apps.list_deployment_for_all_namespaces, (), deployments),
+            ("rollout", objects.list_cluster_custom_object, (GROUP, VERSION, PLURAL), {}),
+            ("hpa", hpa.list_horizontal_pod_autoscaler_for_all_namespaces, (), {}),
         ]
+        self._synced = {kind: threading.Event() for kind in self.KINDS}
         self._threads = [
-            threading.Thread(target=self._run, args=(fn, args), name=f"feed-{kind}", daemon=True)
-            for kind, fn, args in sources
+            threading.Thread(
+                target=self._run, args=(kind, fn, args, kw), name=f"feed-{kind}", daemon=True
+            )
+            for kind, fn, args, kw in sources
         ]
 
-    def start(self) -> ChangeFeed:
+    def start(self, timeout: float = 120.0) -> ChangeFeed:
+        """Start the watches; return once each has listed its objects."""
         for thread in self._threads:
             thread.start()
+        deadline = time.monotonic() + timeout
+        for kind, synced in self._synced.items():
+            if not synced.wait(max(0.0, deadline - time.monotonic())):
+                raise KubeError(0, f"could not list {kind}s within {timeout:.0f}s")
         return self
 
     def stop(self) -> None:
@@ -304,6 +336,24 @@ class ChangeFeed:
                 lambda: self._versions[key] != seen or self._stopping.is_set(), timeout
             )
 
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        with self._cond:
+            found = self._objects.get((kind, namespace, name))
+        return copy.deepcopy(found[1]) if found and found[1] is not None else None
+
+    def put(self, kind: str, obj: Mapping[str, Any] | None, *, deleted: bool = False) -> None:
+        if not obj or not obj.get("metadata"):
+            return
+        meta = obj["metadata"]
+        key = (kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
+        rv = _rv(obj)
+        with self._cond:
+            held = self._objects.get(key)
+            if held is not None and rv and held[0] > rv:
+                return  # we hold a newer one
+            self._objects[key] = (rv, None if deleted else dict(obj))
+        self._bump(obj)
+
     def _bump(self, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         keys = {f"{meta.get('namespace')}/{meta.get('name')}"}
@@ -315,15 +365,20 @@ class ChangeFeed:
                 self._versions[key] += 1
             self._cond.notify_all()
 
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def _run(
+        self, kind: str, fn: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> None:
         version = ""
         while not self._stopping.is_set():
             try:
                 if not version:
-                    listed = _json(fn(*args, _preload_content=False, _request_timeout=(5, 60)))
+                    listed = _json(
+                        fn(*args, _preload_content=False, _request_timeout=(5, 120), **kw)
+                    )
                     version = (listed.get("metadata") or {}).get("resourceVersion") or ""
                     for obj in listed.get("items") or []:
-                        self._bump(obj)
+                        self.put(kind, obj)
+                    self._synced[kind].set()
                 stream: Iterator[dict[str, Any]] = k8s_watch.Watch().stream(  # type: ignore[no-untyped-call]
                     fn,
                     *args,
@@ -331,6 +386,7 @@ class ChangeFeed:
                     timeout_seconds=30,
                     allow_watch_bookmarks=True,
                     _preload_content=False,
+                    **kw,
                 )
                 for event in stream:
                     if self._stopping.is_set():
@@ -341,9 +397,9 @@ class ChangeFeed:
                         break
                     version = (raw.get("metadata") or {}).get("resourceVersion") or version
                     if event.get("type") != "BOOKMARK":
-                        self._bump(raw)
-            except Exception as exc:  # expired or dropped: relist (a relist wakes everyone)
-                log.debug("watch %s: %s", fn.__name__, exc)
+                        self.put(kind, raw, deleted=event.get("type") == "DELETED")
+            except Exception as exc:  # expired or dropped: relist
+                log.debug("watch %s: %s", kind, exc)
                 version = ""
                 self._stopping.wait(0.5)
 
@@ -525,6 +581,8 @@ class Migrator:
 
     # one service
     def migrate_service(self, plan: ServicePlan, feed: ChangeFeed) -> ServiceResult:
+        """Decide from the feed's objects, apply, until done. A conflict (409) means a decision
+        was made on a stale object: read the objects afresh into the feed and decide again."""
         started = time.monotonic()
         ns, name = plan.namespace, plan.name
         self.metrics.in_flight.inc()
@@ -532,9 +590,12 @@ class Migrator:
             while not self._stopping.is_set():
                 seen = feed.version(plan.key)
                 try:
-                    deployment = self.api.deployment(ns, name)
-                    rollout = self.api.rollout(ns, name)
-                    hpa = self.api.hpa(ns, plan.hpa) if plan.hpa else None
+                    deployment = feed.get("deployment", ns, name)
+                    rollout = feed.get("rollout", ns, name)
+                    hpa = feed.get("hpa", ns, plan.hpa) if plan.hpa else None
+                    if deployment is None:  # not (yet) in the feed: ask the API server
+                        deployment = self.api.deployment(ns, name)
+                        feed.put("deployment", deployment)
                     action = next_action(
                         deployment,
                         rollout,
@@ -556,18 +617,33 @@ class Migrator:
                         feed.wait(plan.key, seen, self.options.poll_s)
                         continue
                     assert deployment is not None
-                    self._apply(plan, action, deployment, rollout, hpa)
+                    self._apply(plan, action, deployment, rollout, hpa, feed)
                     self.metrics.actions.labels(str(action.act)).inc()
                 except KubeError as exc:
                     if exc.status == 409:
                         self.metrics.conflicts.inc()
-                        continue  # changed under us: read and decide again
-                    log.warning("%s: %s; retrying", plan.key, exc)
-                    feed.wait(plan.key, seen, self.options.poll_s)
+                    else:
+                        log.warning("%s: %s; retrying", plan.key, exc)
+                        feed.wait(plan.key, seen, self.options.poll_s)
+                    self._refresh(plan, feed)
             return ServiceResult(plan.key, "error", "stopped", time.monotonic() - started)
         finally:
             self.metrics.in_flight.dec()
             self.metrics.seconds.observe(time.monotonic() - started)
+
+    def _refresh(self, plan: ServicePlan, feed: ChangeFeed) -> None:
+        """Read the service's objects from the API server into the feed."""
+        ns, name = plan.namespace, plan.name
+        with contextlib.suppress(KubeError):
+            feed.put("deployment", self.api.deployment(ns, name))
+            rollout = self.api.rollout(ns, name)
+            if rollout is None:
+                held = feed.get("rollout", ns, name)
+                feed.put("rollout", held, deleted=True)
+            else:
+                feed.put("rollout", rollout)
+            if plan.hpa:
+                feed.put("hpa", self.api.hpa(ns, plan.hpa))
 
     def _apply(
         self,
@@ -576,11 +652,13 @@ class Migrator:
         deployment: Obj,
         rollout: Obj | None,
         hpa: Obj | None,
+        feed: ChangeFeed,
     ) -> None:
+        """Apply `action`; what the API server answers goes into the feed."""
         ns, name = plan.namespace, plan.name
         rv = str((deployment.get("metadata") or {}).get("resourceVersion", ""))
         if action.act is Act.START:
-            self.api.patch_deployment(
+            written = self.api.patch_deployment(
                 ns,
                 name,
                 {
@@ -593,17 +671,21 @@ class Migrator:
                     }
                 },
             )
+            feed.put("deployment", written)
         elif action.act is Act.CREATE_ROLLOUT:
             # replicas from the annotation written by START; the health gate starts now
             body = build_rollout(
                 deployment, self.options.template_spec, plan.scale_down, created_at=self.clock()
             )
-            self.api.create_rollout(ns, body)  # 409: it exists; the next read sees it
+            created = self.api.create_rollout(ns, body)
+            if created is None:  # it exists (ours from before a crash, or not ours): read it
+                raise KubeError(409, "the Rollout exists")
+            feed.put("rollout", created)
         elif action.act is Act.MOVE_HPA:
             assert hpa is not None
             api_version = "argoproj.io/v1alpha1" if action.target_kind == "Rollout" else "apps/v1"
             hpa_rv = str((hpa.get("metadata") or {}).get("resourceVersion", ""))
-            self.api.patch_hpa(
+            moved = self.api.patch_hpa(
                 ns,
                 plan.hpa,
                 {
@@ -617,9 +699,10 @@ class Migrator:
                     },
                 },
             )
+            feed.put("hpa", moved)
         elif action.act is Act.SCALE_DEPLOYMENT:
             # The scale and the phase in one patch: a crash leaves both or neither.
-            self.api.patch_deployment(
+            written = self.api.patch_deployment(
                 ns,
                 name,
                 {
@@ -627,18 +710,20 @@ class Migrator:
                     "spec": {"replicas": action.replicas},
                 },
             )
+            feed.put("deployment", written)
         elif action.act is Act.SET_PHASE:
             ann = {ANN_PHASE: action.phase}
             if action.phase == Phase.ROLLING_BACK:
                 ann[ANN_REASON] = action.reason
                 log.info("%s: rolling back: %s", plan.key, action.reason)
-            self.api.patch_deployment(
+            written = self.api.patch_deployment(
                 ns, name, {"metadata": {"resourceVersion": rv, "annotations": ann}}
             )
+            feed.put("deployment", written)
         elif action.act is Act.NEVER_SCALE_DOWN:
             assert rollout is not None
             ro_rv = str((rollout.get("metadata") or {}).get("resourceVersion", ""))
-            self.api.patch_rollout(
+            patched = self.api.patch_rollout(
                 ns,
                 name,
                 {
@@ -646,9 +731,11 @@ class Migrator:
                     "spec": {"workloadRef": {"scaleDown": "never"}},
                 },
             )
+            feed.put("rollout", patched)
         elif action.act is Act.DELETE_ROLLOUT:
             assert rollout is not None
             self.api.delete_rollout(ns, name, str((rollout.get("metadata") or {}).get("uid", "")))
+            feed.put("rollout", rollout, deleted=True)
 
     # the waves
     def run(self, plans: list[ServicePlan], feed: ChangeFeed) -> Report:
@@ -845,7 +932,7 @@ def run_migrate(
             else:
                 Console(width=200).print(plan_table(plans, order))
             return 0
-        feed = ChangeFeed(api_client).start()
+        feed = ChangeFeed(api_client, selector).start()
         try:
             report = migrator.run(plans, feed)
         finally:

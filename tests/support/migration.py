@@ -52,7 +52,7 @@ GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "rollouts"
 # The canary strategy every migrated service gets. A Rollout's first revision skips the steps
 # (there is no stable yet); progressDeadlineSeconds makes a never-ready Rollout Degraded soon.
 TEMPLATE: dict[str, Any] = {
-    "progressDeadlineSeconds": 5,
+    "progressDeadlineSeconds": 10,
     "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {"duration": "30s"}}]}},
 }
 FLEET_LABEL = "migrate-test/fleet"
@@ -560,7 +560,8 @@ def run_scenario(
                 def mid_wave() -> tuple[int, int] | None:
                     assert first.popen is not None
                     if first.popen.poll() is not None:
-                        raise AssertionError(f"the migrator ended before the kill; see {log}")
+                        tail = log.read_text(errors="replace")[-3000:]
+                        raise AssertionError(f"the migrator ended before the kill:\n{tail}")
                     deps = cluster.deployments()
                     moving = sum(
                         1 for p in phases(deps).values() if p in ("migrating", "rolling-back")
