@@ -33,6 +33,7 @@ from tests.support.migration import (
     MigrationCluster,
     MigratorProcess,
     ScenarioResult,
+    Service,
     fleet,
     migrator_argv,
     run_scenario,
@@ -249,3 +250,38 @@ def test_running_it_again_changes_nothing(
     final = json.loads(report.read_text())
     assert len(final["migrated"]) == len(SERVICES) - 6 and len(final["rolled_back"]) == 6
     assert FLEET_LABEL  # the selector the runs used
+
+
+def test_a_wave_over_its_failure_budget_stops_the_migration(
+    cluster: MigrationCluster, migrated: ScenarioResult, tmp_path: Path
+) -> None:
+    """Runs after the fleet (its namespace is outside the fleet's): the first wave's two
+    services never get healthy, the budget is 0, so the second wave never starts."""
+    services = [
+        Service("mig-budget", f"b-{i}", 1, False, None, never_ready=i < 2) for i in range(4)
+    ]
+    cluster.create_fleet(services)
+    report = tmp_path / "budget.json"
+    argv = migrator_argv(
+        cluster.write_kubeconfig("migrator"),
+        write_template(tmp_path / "t.yaml"),
+        report,
+        services,
+        wave_size=2,
+        concurrency=2,
+        failure_budget=0,
+        health_timeout=60,
+    )
+    log = tmp_path / "budget.log"
+    assert MigratorProcess(argv, log).start().wait(120) == 1, log.read_text()[-3000:]
+    final = json.loads(report.read_text())
+    assert sorted(final["rolled_back"]) == ["mig-budget/b-0", "mig-budget/b-1"]
+    assert final["not_done"] == ["mig-budget/b-2", "mig-budget/b-3"]
+    assert final["stopped"].startswith("wave 1: 2 of 2 services failed")
+    assert "stopped" in log.read_text()
+    deployments = cluster.deployments()
+    for name in ("b-2", "b-3"):  # never touched
+        dep = deployments[f"mig-budget/{name}"]
+        assert not (dep["metadata"].get("annotations") or {}).get(ANN_PHASE)
+        assert dep["spec"]["replicas"] == 1
+    assert not {k for k in cluster.rollouts() if k.startswith("mig-budget/")}

@@ -220,10 +220,18 @@ class MigrationCluster:
             list(pool.map(self.kube.apply, objects))
         apps = k8s.AppsV1Api(self.admin)
 
+        wanted = {s.key for s in services}
+
         def all_available() -> bool:
             listed = apps.list_deployment_for_all_namespaces(label_selector=f"{FLEET_LABEL}=yes")
-            return len(listed.items) == len(services) and all(
-                (d.status and d.status.available_replicas) == d.spec.replicas for d in listed.items
+            mine = [
+                d
+                for d in listed.items
+                if d.metadata and f"{d.metadata.namespace}/{d.metadata.name}" in wanted
+            ]
+            return len(mine) == len(wanted) and all(
+                d.spec is not None and (d.status and d.status.available_replicas) == d.spec.replicas
+                for d in mine
             )
 
         wait_until(all_available, timeout=timeout, what="every Deployment of the fleet available")
