@@ -285,3 +285,36 @@ def test_a_wave_over_its_failure_budget_stops_the_migration(
         assert not (dep["metadata"].get("annotations") or {}).get(ANN_PHASE)
         assert dep["spec"]["replicas"] == 1
     assert not {k for k in cluster.rollouts() if k.startswith("mig-budget/")}
+
+
+def test_explicit_scale_down_through_a_kill_9_scales_each_deployment_down_once(
+    cluster: MigrationCluster, migrated: ScenarioResult, tmp_path: Path
+) -> None:
+    """`--scale-down explicit`: the migrator scales each Deployment to 0 itself, in the patch
+    that records it; killed mid-wave and restarted, it never does it twice."""
+    services = fleet(namespaces=4, per_namespace=10, never_ready=2, prefix="mx")
+    r = run_scenario(
+        cluster,
+        services,
+        tmp_path,
+        kill_at=15,
+        wave_size=10,
+        concurrency=10,
+        failure_budget=0.3,
+        health_timeout=60,
+        scale_down="explicit",
+    )
+    log = r.log.read_text(errors="replace")[-4000:]
+    assert r.exit_codes == [-9, 0], log
+    failing = sorted(s.key for s in services if s.never_ready)
+    assert r.outcome("rolled-back") == failing, log
+    assert len(r.outcome("migrated")) == len(services) - len(failing), log
+    f = r.findings
+    assert f.unavailable_moments == 0 and f.early_scale_downs == 0, f.examples
+    assert f.duplicate_rollouts == 0, f.rollouts_created
+    for svc in services:
+        expected = 0 if svc.never_ready else 1
+        assert f.scale_downs.get(svc.key, 0) == expected, (svc.key, f.scale_downs.get(svc.key))
+        if not svc.never_ready:
+            ref = r.rollouts[svc.key]["spec"]["workloadRef"]
+            assert ref["scaleDown"] == "never"  # the controller was never asked to scale it

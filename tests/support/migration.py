@@ -77,7 +77,9 @@ class Service:
         return availability_floor(self.replicas, pdb)
 
 
-def fleet(namespaces: int = 20, per_namespace: int = 10, never_ready: int = 6) -> list[Service]:
+def fleet(
+    namespaces: int = 20, per_namespace: int = 10, never_ready: int = 6, prefix: str = "mig"
+) -> list[Service]:
     """`namespaces` x `per_namespace` services: replicas 1..4, an HPA on every third, a PDB on
     every other (maxUnavailable 1 or minAvailable 50 %), `never_ready` spread evenly."""
     total = namespaces * per_namespace
@@ -93,7 +95,7 @@ def fleet(namespaces: int = 20, per_namespace: int = 10, never_ready: int = 6) -
             pdb = {"minAvailable": "50%"}
         services.append(
             Service(
-                namespace=f"mig-{i // per_namespace:02d}",
+                namespace=f"{prefix}-{i // per_namespace:02d}",
                 name=f"svc-{i % per_namespace:02d}",
                 replicas=1 + i % 4,
                 hpa=i % 3 == 0,
@@ -270,6 +272,7 @@ class Findings:
     unavailable_moments: int = 0
     early_scale_downs: int = 0  # a Deployment scaled below what its Rollout could take over
     rollouts_created: dict[str, int] = field(default_factory=dict)
+    scale_downs: dict[str, int] = field(default_factory=dict)  # spec.replicas decreases
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -368,6 +371,8 @@ class Recorder:
                     return key
                 before = deployments.get(key, (want, 0))[0]
                 deployments[key] = (want, min(want, int(status.get("availableReplicas") or 0)))
+                if want < before:
+                    out.scale_downs[key] = out.scale_downs.get(key, 0) + 1
                 if key in wanted and want < before and want + rollout_available(key) < wanted[key]:
                     out.early_scale_downs += 1
                     out.examples.append(f"early scale-down {key}: {before}->{want}")
@@ -520,7 +525,9 @@ class ScenarioResult:
     log: Path
 
     def outcome(self, phase: str) -> list[str]:
-        return sorted(by_outcome(self.deployments).get(phase, []))
+        """This scenario's services (not other runs' in the same cluster) in `phase`."""
+        keys = {s.key for s in self.services}
+        return sorted(k for k in by_outcome(self.deployments).get(phase, []) if k in keys)
 
     @property
     def services_per_min(self) -> float:
