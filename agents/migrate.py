@@ -22,6 +22,7 @@ import contextlib
 import copy
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -784,15 +785,16 @@ class Migrator:
                     f"migrated, {summary.rolled_back} rolled back, {summary.errors} errors, "
                     f"{summary.seconds:.1f}s"
                 )
+                if self._stopping.is_set():
+                    report.stopped = f"interrupted in wave {index}: run again to resume"
+                    progress.console.print(f"[bold red]stopped[/]: {report.stopped}")
+                    break
                 if summary.stopped:
                     report.stopped = (
                         f"wave {index}: {failed} of {len(wave)} services failed their health gate "
                         f"(budget {self.options.failure_budget:g})"
                     )
                     progress.console.print(f"[bold red]stopped[/]: {report.stopped}")
-                    break
-                if self._stopping.is_set():
-                    report.stopped = "interrupted"
                     break
         report.seconds = time.monotonic() - began
         return report
@@ -933,6 +935,10 @@ def run_migrate(
                 Console(width=200).print(plan_table(plans, order))
             return 0
         feed = ChangeFeed(api_client, selector).start()
+        # Ctrl-C / SIGTERM: every service stops at its next step; what was done stays recorded
+        # in the cluster, and the next run resumes from there.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: migrator.stop())
         try:
             report = migrator.run(plans, feed)
         finally:

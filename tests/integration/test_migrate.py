@@ -16,6 +16,7 @@ ServiceAccount's token (so deploy/base's RBAC is enough for it):
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -318,3 +319,41 @@ def test_explicit_scale_down_through_a_kill_9_scales_each_deployment_down_once(
         if not svc.never_ready:
             ref = r.rollouts[svc.key]["spec"]["workloadRef"]
             assert ref["scaleDown"] == "never"  # the controller was never asked to scale it
+
+
+def test_sigterm_stops_at_the_next_step_and_a_rerun_finishes(
+    cluster: MigrationCluster, migrated: ScenarioResult, tmp_path: Path
+) -> None:
+    services = fleet(namespaces=1, per_namespace=8, never_ready=0, prefix="mt")
+    cluster.create_fleet(services)
+    report = tmp_path / "term.json"
+    argv = migrator_argv(
+        cluster.write_kubeconfig("migrator"),
+        write_template(tmp_path / "t.yaml"),
+        report,
+        services,
+        wave_size=2,
+        concurrency=2,
+    )
+    log = tmp_path / "term.log"
+    first = MigratorProcess(argv, log).start()
+    try:
+
+        def some_started() -> bool:
+            deps = cluster.deployments()
+            return sum(1 for s in services if ANN_PHASE in _annotations(deps[s.key])) >= 2
+
+        wait_until(some_started, timeout=60, what="two services started")
+        assert first.popen is not None
+        first.popen.send_signal(signal.SIGTERM)
+        assert first.wait(60) == 1, log.read_text()[-3000:]
+    finally:
+        first.stop()
+    assert "interrupted" in json.loads(report.read_text())["stopped"]
+    assert MigratorProcess(argv, log).start().wait(120) == 0, log.read_text()[-3000:]
+    final = json.loads(report.read_text())
+    assert final["migrated"] == sorted(s.key for s in services) and not final["stopped"]
+
+
+def _annotations(obj: dict[str, Any]) -> dict[str, str]:
+    return dict(obj["metadata"].get("annotations") or {})
