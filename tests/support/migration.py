@@ -52,7 +52,7 @@ GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "rollouts"
 # The canary strategy every migrated service gets. A Rollout's first revision skips the steps
 # (there is no stable yet); progressDeadlineSeconds makes a never-ready Rollout Degraded soon.
 TEMPLATE: dict[str, Any] = {
-    "progressDeadlineSeconds": 10,
+    "progressDeadlineSeconds": 15,
     "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {"duration": "30s"}}]}},
 }
 FLEET_LABEL = "migrate-test/fleet"
