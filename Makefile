@@ -76,6 +76,11 @@ bench-quick: venv
 profile: venv
 	$(PY) -m bench.profile_ingest
 
+# Deployments -> Argo Rollouts in waves, on a real API server and the real controller (issue 15).
+.PHONY: bench-migrate
+bench-migrate: venv
+	$(PY) -m bench.migrate
+
 # Decision statistics: canarywatch against Argo-/Kayenta-style judges and an oracle (issue 3).
 bench-decisions: venv
 	$(PY) -m bench.decisions

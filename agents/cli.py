@@ -47,6 +47,30 @@ def _parser() -> argparse.ArgumentParser:
     bridge.add_argument("--events-topic", help="kubernetes-event-exporter's Kafka topic")
     bridge.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
 
+    migrate = sub.add_parser(
+        "migrate", help="move Deployments to Argo Rollouts in waves, with no downtime"
+    )
+    migrate.add_argument("--template", required=True, help="YAML: the Rollout spec's strategy")
+    migrate.add_argument("--namespace", action="append", default=[], help="repeat; default: all")
+    migrate.add_argument("--selector", default="", help="label selector of the Deployments")
+    migrate.add_argument(
+        "--scale-down", choices=("progressively", "onsuccess", "explicit"), default="progressively"
+    )
+    migrate.add_argument("--wave-size", type=int, default=20)
+    migrate.add_argument("--concurrency", type=int, default=10, help="services at once")
+    migrate.add_argument(
+        "--failure-budget", type=float, default=0.1, help="fraction (<1) or count of a wave"
+    )
+    migrate.add_argument("--health-timeout", type=float, default=600.0, help="seconds")
+    migrate.add_argument(
+        "--canary", action="append", default=[], help="first wave: NAMESPACE or NAMESPACE/NAME"
+    )
+    migrate.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    migrate.add_argument("--output", choices=("table", "json"), default="table")
+    migrate.add_argument("--report", help="write the final report (JSON) here")
+    migrate.add_argument("--metrics-port", type=int, default=0, help="0: no metrics endpoint")
+    migrate.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
+
     broker = sub.add_parser("broker", help="a local single-node Kafka for development")
     broker.add_argument("args", nargs=argparse.REMAINDER, help="start|stop|fetch and options")
     return parser
@@ -73,6 +97,25 @@ def main(argv: list[str] | None = None) -> int:
 
         options = BridgeOptions(tuple(args.namespace), events_topic=args.events_topic)
         return run_bridge(settings_from_env(), options, kubeconfig=args.kubeconfig)
+    if args.command == "migrate":
+        from agents.migrate import run_migrate
+
+        return run_migrate(
+            template=args.template,
+            namespaces=args.namespace,
+            selector=args.selector,
+            scale_down=args.scale_down,
+            wave_size=args.wave_size,
+            concurrency=args.concurrency,
+            failure_budget=args.failure_budget,
+            health_timeout_s=args.health_timeout,
+            canary=args.canary,
+            dry_run=args.dry_run,
+            output=args.output,
+            report_path=args.report,
+            metrics_port=args.metrics_port,
+            kubeconfig=args.kubeconfig,
+        )
     if args.command == "broker":
         from agents.localkafka import main as broker_main
 

@@ -62,6 +62,7 @@ DEFAULT_IDENTITIES: Mapping[str, Identity] = {
     "worker": service_account_identity("canarywatch", "canarywatch-worker"),
     "actuator": service_account_identity("canarywatch", "canarywatch-actuator"),
     "bridge": service_account_identity("canarywatch", "canarywatch-bridge"),
+    "migrator": service_account_identity("canarywatch", "canarywatch-migrator"),
     "nobody": Identity("canarywatch-nobody", (), "nobody"),
 }
 
@@ -540,6 +541,9 @@ _PLURALS = {
     "Secret": "secrets",
     "Event": "events",
     "Rollout": "rollouts",
+    "Service": "services",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "PodDisruptionBudget": "poddisruptionbudgets",
 }
 _CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 
