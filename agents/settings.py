@@ -10,11 +10,12 @@ from pathlib import Path
 from streams.decisions import DecisionSettings
 from streams.events import MAX_MESSAGE_BYTES
 from streams.fleet import WindowSettings
+from streams.promotion import PromotionSettings
 
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """Topic names: `<prefix>.requests`, `.rollouts`, `.commands`, `.deadletter`."""
+    """Topic names: `<prefix>.requests`, `.rollouts`, `.commands`, `.deadletter`, `.verdicts`."""
 
     prefix: str = "canarywatch"
 
@@ -33,6 +34,11 @@ class Topics:
     @property
     def deadletter(self) -> str:
         return f"{self.prefix}.deadletter"
+
+    @property
+    def verdicts(self) -> str:
+        """Compacted, keyed by env: each canary's latest pass/abort/inconclusive snapshot."""
+        return f"{self.prefix}.verdicts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,15 @@ class Settings:
     command_ttl_s: float = 600.0
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     window: WindowSettings = field(default_factory=WindowSettings)
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
+    # Verdict snapshots: a changed verdict goes out at the next pass; unchanged evidence at most
+    # every `verdict_refresh_s` per env. The gate refuses (503) snapshots older than
+    # `gate_max_age_s`: a stopped worker must not keep answering "pass".
+    verdict_refresh_s: float = 5.0
+    gate_port: int = 9110
+    gate_max_age_s: float = 30.0
+    gate_rate_per_s: float = 2.0  # per caller (token), token bucket
+    gate_burst: int = 10
 
     def topic_partitions(self) -> dict[str, int]:
         t = self.topics
@@ -78,6 +93,13 @@ class Settings:
 
 
 ENV_PREFIX = "CANARYWATCH_"
+_PROMOTION_ENV = {
+    "PASS_BETA": "beta",
+    "PASS_TOL_RATIO": "tol_ratio",
+    "PASS_TOL_DIFF": "tol_diff",
+    "PASS_LATENCY_TOL_RATIO": "latency_tol_ratio",
+    "PASS_LATENCY_TOL_DIFF": "latency_tol_diff",
+}
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -91,6 +113,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     decisions = base.decisions
     if (objective := get("LATENCY_OBJECTIVE_MS")) is not None:
         decisions = replace(decisions, latency_objective_ms=float(objective))
+    promotion = base.promotion
+    for name, attr in _PROMOTION_ENV.items():
+        if (value := get(name)) is not None:
+            promotion = replace(promotion, **{attr: float(value)})  # type: ignore[arg-type]
     return Settings(
         bootstrap=get("BOOTSTRAP") or base.bootstrap,
         app_id=get("APP_ID") or base.app_id,
@@ -105,6 +131,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         ingest_start_file=Path(gate) if (gate := get("INGEST_START_FILE")) else None,
         command_ttl_s=float(get("COMMAND_TTL_S") or base.command_ttl_s),
         decisions=decisions,
+        promotion=promotion,
+        verdict_refresh_s=float(get("VERDICT_REFRESH_S") or base.verdict_refresh_s),
+        gate_port=int(get("GATE_PORT") or base.gate_port),
+        gate_max_age_s=float(get("GATE_MAX_AGE_S") or base.gate_max_age_s),
+        gate_rate_per_s=float(get("GATE_RATE_PER_S") or base.gate_rate_per_s),
+        gate_burst=int(get("GATE_BURST") or base.gate_burst),
     )
 
 
@@ -123,7 +155,14 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "DATA_DIR": str(settings.data_dir),
         ENV_PREFIX + "COMMAND_TTL_S": str(settings.command_ttl_s),
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
+        ENV_PREFIX + "VERDICT_REFRESH_S": str(settings.verdict_refresh_s),
+        ENV_PREFIX + "GATE_PORT": str(settings.gate_port),
+        ENV_PREFIX + "GATE_MAX_AGE_S": str(settings.gate_max_age_s),
+        ENV_PREFIX + "GATE_RATE_PER_S": str(settings.gate_rate_per_s),
+        ENV_PREFIX + "GATE_BURST": str(settings.gate_burst),
     }
+    for name, attr in _PROMOTION_ENV.items():
+        env[ENV_PREFIX + name] = repr(getattr(settings.promotion, attr))
     if settings.ingest_start_file is not None:
         env[ENV_PREFIX + "INGEST_START_FILE"] = str(settings.ingest_start_file)
     return env

@@ -27,6 +27,7 @@ from agents.ingest import RequestLogIngest
 from agents.kafka_admin import ensure_topics, partition_for_key
 from agents.metrics import FleetCollector, WorkerMetrics
 from agents.settings import Settings, Topics
+from agents.verdicts import VerdictPublisher
 from streams.events import (
     DecodeError,
     decode_abort_command,
@@ -67,13 +68,16 @@ def build_worker(
         producer_max_request_size=s.topic_max_message_bytes,
         broker_commit_every=100,
     )
-    fleet = Fleet(s.decisions, s.window, max_message_bytes=s.max_message_bytes)
+    fleet = Fleet(
+        s.decisions, s.window, max_message_bytes=s.max_message_bytes, promotion=s.promotion
+    )
     metrics = WorkerMetrics(registry)
     registry.register(FleetCollector(lambda: fleet))
 
     rollouts_topic = app.topic(s.topics.rollouts, key_type=bytes, value_type=bytes)
     commands_topic = app.topic(s.topics.commands, key_type=bytes, value_type=bytes)
     deadletter_topic = app.topic(s.topics.deadletter, key_type=bytes, value_type=bytes)
+    verdicts_topic = app.topic(s.topics.verdicts, key_type=bytes, value_type=bytes)
     rollout_table = app.Table("rollout-state", key_type=bytes, value_type=bytes)
     decision_table = app.Table("abort-decisions", key_type=bytes, value_type=bytes)
 
@@ -156,10 +160,17 @@ def build_worker(
     async def restore_decisions() -> None:
         fleet.decided.update(key.decode() for key in decision_table)
 
+    async def send_verdict(key: bytes, value: bytes) -> object:
+        return await verdicts_topic.send(key=key, value=value)  # not awaited: next pass retries
+
+    verdicts = VerdictPublisher(send_verdict, refresh_s=s.verdict_refresh_s)
+
     async def evaluate() -> None:
         started = time.perf_counter()
-        _, commands = fleet.evaluate(clock())
+        now = clock()
+        _, commands = fleet.evaluate(now)
         metrics.evaluation.observe(time.perf_counter() - started)
+        await verdicts.tick(fleet, now)  # the gate's pass/abort/inconclusive (agents/verdicts.py)
         for command in commands:
             delivery = await commands_topic.send(
                 key=command.namespace.encode(), value=encode_abort_command(command)
@@ -175,6 +186,15 @@ def build_worker(
 
     app.timer(s.evaluate_every_s)(evaluate)
     return Worker(app=app, fleet=fleet, metrics=metrics)
+
+
+async def ensure_verdict_topic(settings: Settings) -> None:
+    """`<prefix>.verdicts`: compacted, the latest snapshot per env (agents/verdicts.py)."""
+    await ensure_topics(
+        settings.bootstrap,
+        {settings.topics.verdicts: settings.partitions},
+        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+    )
 
 
 def check_copartitioned(topics: Topics, partitions: Mapping[str, int]) -> None:
@@ -199,6 +219,7 @@ def run_worker(settings: Settings) -> None:
         )
     )
     check_copartitioned(settings.topics, partitions)
+    asyncio.run(ensure_verdict_topic(settings))
     registry = CollectorRegistry()
     start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
     worker = build_worker(settings, registry)

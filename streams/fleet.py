@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 from streams.attribution import NOT_ATTRIBUTED, Attribution
 from streams.decisions import (
@@ -45,6 +46,7 @@ from streams.promotion import (
 from streams.requestlog import Columns, decode_columns
 from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS, FleetWindows
 
+VERDICT_CODES = (INCONCLUSIVE, PASS, ABORT)
 _CANARY_BAD = slice(bad_series(0, ARM_CANARY), bad_series(len(SIGNALS), ARM_CANARY))
 _STABLE_BAD = slice(bad_series(0, ARM_STABLE), bad_series(len(SIGNALS), ARM_STABLE))
 
@@ -184,16 +186,30 @@ class Fleet:
             )
         return result, commands
 
-    def pass_state(self) -> list[VerdictSnapshot]:
-        """The gate's verdict for every canary in progress, from the last evaluation pass:
-        `abort` once the streaming test aborted (either signal), `pass` once every signal's
-        promotion test passed, `inconclusive` otherwise (with an estimate of the time to a pass).
-        """
+    def verdict_codes(self) -> tuple[NDArray[np.intp], NDArray[np.int8]]:
+        """(active rows, their gate verdict code) from the last pass, vectorised: 0
+        inconclusive, 1 pass, 2 abort (`VERDICT_CODES`)."""
+        result = self.last_pass
+        if result is None:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int8)
+        width = result.verdicts.shape[1]
+        rows = np.flatnonzero(self.attribution.active[:width])
+        passed = self.promotion.passed[:, rows].all(axis=0)
+        aborted = (result.verdicts[:, rows] == Verdict.ABORT).any(axis=0)
+        codes = np.where(aborted, 2, np.where(passed, 1, 0)).astype(np.int8)
+        return rows, codes
+
+    def pass_state(self, rows: Sequence[int] | None = None) -> list[VerdictSnapshot]:
+        """The gate's verdict for canaries in progress (these rows, or all), from the last
+        evaluation pass: `abort` once the streaming test aborted (either signal), `pass` once
+        every signal's promotion test passed, `inconclusive` otherwise (with an estimate of the
+        time to a pass)."""
         result = self.last_pass
         if result is None:
             return []
-        rows = np.flatnonzero(self.attribution.active[: result.verdicts.shape[1]])
-        return [self.verdict_of(int(row), result) for row in rows.tolist()]
+        if rows is None:
+            rows = self.verdict_codes()[0].tolist()
+        return [self.verdict_of(int(row), result) for row in rows]
 
     def verdict_of(self, row: int, result: PassResult) -> VerdictSnapshot:
         state = self.attribution.states[row]
