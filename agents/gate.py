@@ -62,8 +62,14 @@ class VerdictStore:
 
     async def _run(self) -> None:
         while True:
+            # No group: every partition is ours, read from the beginning.
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None
+                self.topic,
+                bootstrap_servers=self.bootstrap,
+                enable_auto_commit=False,
+                group_id=None,
+                auto_offset_reset="earliest",
+                metadata_max_age_ms=5000,
             )
             try:
                 await consumer.start()
@@ -77,35 +83,23 @@ class VerdictStore:
                 await consumer.stop()
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        partitions: set[int] | None = None
-        while not partitions:
-            partitions = consumer.partitions_for_topic(self.topic)
-            if not partitions:
-                await consumer.force_metadata_update()
-                await asyncio.sleep(0.5)
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        pending = {tp: end for tp, end in ends.items() if end > 0}
-        if not pending:
-            self.caught_up.set()
+        pending: dict[TopicPartition, int] | None = None
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-            for tp, records in batches.items():
+            for records in batches.values():
                 for record in records:
                     self._apply(record.key, record.value)
-                    if tp in pending and record.offset + 1 >= pending[tp]:
-                        del pending[tp]
-                        if not pending:
-                            self.caught_up.set()
-            if pending:
-                # Compaction can remove the last offsets: position past them also counts.
-                for tp in list(pending):
-                    if await consumer.position(tp) >= pending[tp]:
-                        del pending[tp]
-                if not pending:
-                    self.caught_up.set()
+            if self.caught_up.is_set():
+                continue
+            assigned = consumer.assignment()
+            if not assigned:
+                continue  # the topic does not exist yet: nothing to answer from
+            if pending is None:
+                pending = await consumer.end_offsets(list(assigned))
+            # Caught up once every partition's position reached its end offset at the start.
+            positions = [await consumer.position(tp) for tp in pending]
+            if all(at >= end for at, end in zip(positions, pending.values(), strict=True)):
+                self.caught_up.set()
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
@@ -380,7 +374,12 @@ class Gate:
         await self.store.start()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:  # an ephemeral port: the one the kernel chose
+            server = site._server
+            assert server is not None
+            self.port = int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._runner is not None:
