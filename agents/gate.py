@@ -378,7 +378,7 @@ class Gate:
         await site.start()
         if self.port == 0:  # an ephemeral port: the one the kernel chose
             server = site._server
-            assert server is not None
+            assert isinstance(server, asyncio.Server)
             self.port = int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
