@@ -73,3 +73,9 @@ profile: venv
 # Decision statistics: canarywatch against Argo-/Kayenta-style judges and an oracle (issue 3).
 bench-decisions: venv
 	$(PY) -m bench.decisions
+
+# The pass verdict (issue 17): time to `pass` for healthy canaries, wrong passes for canaries
+# worse than the tolerance (>= 2,000 each, 95 % intervals); last line `pass-bench: ...`.
+.PHONY: bench-pass
+bench-pass: venv
+	$(PY) -m bench.promotion

@@ -220,11 +220,15 @@ class PromotionTest:
             rows = np.flatnonzero(x_c + x_s)
             if rows.size:
                 self._update_rows(t, rows, n_c[rows], n_s[rows], x_c[rows], x_s[rows])
-                # Only rows whose split evidence moved can change their ratio verdict.
-                self.passed[t, rows] |= self.ratio_pass(t, rows)
+                # Only rows whose split evidence moved can change their ratio verdict, and a
+                # pass is latched: rows already passed need no look.
+                open_rows = rows[~self.passed[t, rows]]
+                if open_rows.size:
+                    self.passed[t, open_rows] |= self.ratio_pass(t, open_rows)
             # The difference evidence moves with every closed block holding canary requests.
-            if closed_rows.size:
-                self.passed[t, closed_rows] |= self.diff_pass(t, closed_rows)
+            open_rows = closed_rows[~self.passed[t, closed_rows]]
+            if open_rows.size:
+                self.passed[t, open_rows] |= self.diff_pass(t, open_rows)
 
     def _update_rows(
         self, t: int, rows: NDArray[np.intp], n_c: Ints, n_s: Ints, x_c: Ints, x_s: Ints
