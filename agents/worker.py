@@ -164,13 +164,22 @@ def build_worker(
         return await verdicts_topic.send(key=key, value=value)  # not awaited: next pass retries
 
     verdicts = VerdictPublisher(send_verdict, refresh_s=s.verdict_refresh_s)
+    publishing: list[asyncio.Task[int]] = []
+
+    def publish_verdicts(now: float) -> None:
+        # Off the evaluation path: the abort must never wait for the verdict topic.
+        if publishing and not publishing[0].done():
+            return
+        if publishing and not publishing[0].cancelled() and publishing[0].exception():
+            log.warning("verdict snapshots: %s", publishing[0].exception())
+        publishing[:] = [asyncio.ensure_future(verdicts.tick(fleet, now))]
 
     async def evaluate() -> None:
         started = time.perf_counter()
         now = clock()
         _, commands = fleet.evaluate(now)
         metrics.evaluation.observe(time.perf_counter() - started)
-        await verdicts.tick(fleet, now)  # the gate's pass/abort/inconclusive (agents/verdicts.py)
+        publish_verdicts(now)  # the gate's pass/abort/inconclusive (agents/verdicts.py)
         for command in commands:
             delivery = await commands_topic.send(
                 key=command.namespace.encode(), value=encode_abort_command(command)
