@@ -14,44 +14,45 @@ rest wait for the next pass.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+
+import numpy as np
 
 from streams.fleet import Fleet
 
 Send = Callable[[bytes, bytes], Awaitable[object]]
 
 
-@dataclass(slots=True)
-class _Sent:
-    pod_hash: str
-    code: int
-    at: float
-
-
 class VerdictPublisher:
+    """Per row (vectorised): the code, revision start and time of the last snapshot sent."""
+
     def __init__(self, send: Send, *, refresh_s: float = 5.0, max_per_tick: int = 500) -> None:
         self._send = send
         self.refresh_s = refresh_s
         self.max_per_tick = max_per_tick
-        self._sent: dict[str, _Sent] = {}
+        self._code = np.zeros(0, dtype=np.int8)
+        self._started = np.zeros(0)
+        self._at = np.zeros(0)
         self.published = 0
 
+    def _grow(self, capacity: int) -> None:
+        extra = capacity - self._code.size
+        if extra > 0:
+            self._code = np.concatenate([self._code, np.full(extra, -1, dtype=np.int8)])
+            self._started = np.concatenate([self._started, np.full(extra, np.nan)])
+            self._at = np.concatenate([self._at, np.full(extra, -np.inf)])
+
     def due(self, fleet: Fleet, now: float) -> list[int]:
-        """Rows whose snapshot should go out now: changed verdicts first, then stale ones."""
+        """Rows whose snapshot should go out now: changed verdicts (or a new revision: its
+        start time differs) first, then those unchanged for `refresh_s`."""
         rows, codes = fleet.verdict_codes()
-        changed: list[int] = []
-        stale: list[int] = []
-        states = fleet.attribution.states
-        for row, code in zip(rows.tolist(), codes.tolist(), strict=True):
-            state = states[row]
-            if state is None:
-                continue
-            last = self._sent.get(state.env)
-            if last is None or last.pod_hash != state.current_pod_hash or last.code != code:
-                changed.append(row)
-            elif now - last.at >= self.refresh_s:
-                stale.append(row)
-        return (changed + stale)[: self.max_per_tick]
+        if not rows.size:
+            return []
+        self._grow(int(rows.max()) + 1)
+        started = fleet.engine.started_at[rows]
+        changed = (self._code[rows] != codes) | (self._started[rows] != started)
+        stale = ~changed & (now - self._at[rows] >= self.refresh_s)
+        out: list[int] = np.concatenate([rows[changed], rows[stale]])[: self.max_per_tick].tolist()
+        return out
 
     async def tick(self, fleet: Fleet, now: float) -> int:
         """Publish what is due after an evaluation pass; returns how many went out."""
@@ -60,12 +61,10 @@ class VerdictPublisher:
             return 0
         all_rows, codes = fleet.verdict_codes()
         code_of = dict(zip(all_rows.tolist(), codes.tolist(), strict=True))
-        for snapshot in fleet.pass_state(rows):
-            row = fleet.attribution.row_of_env[snapshot.env]
+        for row, snapshot in zip(rows, fleet.pass_state(rows), strict=True):
             await self._send(snapshot.env.encode(), snapshot.encode())
-            self._sent[snapshot.env] = _Sent(snapshot.pod_hash, code_of[row], now)
+            self._code[row] = code_of[row]
+            self._started[row] = fleet.engine.started_at[row]
+            self._at[row] = now
             self.published += 1
-        live = set(fleet.attribution.row_of_env)
-        for env in [env for env in self._sent if env not in live]:
-            del self._sent[env]
         return len(rows)

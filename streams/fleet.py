@@ -234,7 +234,7 @@ class Fleet:
                 # Nats still missing for the nearer of the two bounds, at the traffic so far.
                 have = max(
                     float(test.log_e_diff(t, index, tol_diff)[0]),
-                    float(test.log_e_ratio_all(t, index)[test._tol_index[t], 0]),
+                    float(test.log_e_ratio_tol(t, index)[0]),
                 )
                 etas.append(
                     eta_seconds(

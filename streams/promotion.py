@@ -269,9 +269,17 @@ class PromotionTest:
         return np.where(any_rejected, self.grid[first], np.inf)
 
     def ratio_pass(self, t: int, rows: NDArray[np.intp]) -> NDArray[np.bool_]:
-        """The ratio bound is at or below the tolerance: every grid ratio >= tol rejected."""
-        suffix = self.ratio_rejected(t, rows)
-        out: NDArray[np.bool_] = suffix[self._tol_index[t]]
+        """The ratio bound is at or below the tolerance: every grid ratio >= tol rejected.
+        Only the bounds at and above the tolerance are computed."""
+        first = int(self._tol_index[t])
+        loglik = self.loglik[t][:, rows]
+        v = self._log_w_below[first:, :, None] + loglik[None, :, :] - loglik[first:, None, :]
+        out: NDArray[np.bool_] = np.asarray((_lse(v, axis=1) >= self.threshold).all(axis=0))
+        return out
+
+    def log_e_ratio_tol(self, t: int, rows: NDArray[np.intp]) -> Floats:
+        """ln e-value of "ratio >= tol_ratio" for these rows."""
+        out: Floats = self.log_e_ratio_all(t, rows)[self._tol_index[t]]
         return out
 
     # -- the difference confidence sequence --------------------------------------------------
