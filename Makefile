@@ -99,3 +99,9 @@ bench-decisions-tradeoff: venv
 .PHONY: bench-fleet
 bench-fleet: venv
 	$(PY) -m bench.fleet
+
+# The pass verdict (issue 17): time to `pass` for healthy canaries, wrong passes for canaries
+# worse than the tolerance (>= 2,000 each, 95 % intervals); last line `pass-bench: ...`.
+.PHONY: bench-pass
+bench-pass: venv
+	$(PY) -m bench.promotion

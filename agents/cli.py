@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--metrics-port", type=int, default=0, help="0: no metrics endpoint")
     migrate.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
 
+    gate = sub.add_parser("gate", help="serve canary verdicts to Argo's web metric provider")
+    gate.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
+    gate.add_argument("--port", type=int, help="default: CANARYWATCH_GATE_PORT (9110)")
+
     broker = sub.add_parser("broker", help="a local single-node Kafka for development")
     broker.add_argument("args", nargs=argparse.REMAINDER, help="start|stop|fetch and options")
     return parser
@@ -116,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=args.metrics_port,
             kubeconfig=args.kubeconfig,
         )
+
+    if args.command == "gate":
+        from agents.gate import run_gate
+
+        settings = settings_from_env()
+        if args.port is not None:
+            settings = settings.with_overrides(gate_port=args.port)
+        return run_gate(settings, kubeconfig=args.kubeconfig)
     if args.command == "broker":
         from agents.localkafka import main as broker_main
 

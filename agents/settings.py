@@ -10,12 +10,13 @@ from pathlib import Path
 from streams.decisions import DecisionSettings
 from streams.events import MAX_MESSAGE_BYTES
 from streams.fleet import FleetLimits, WindowSettings
+from streams.promotion import PromotionSettings
 from streams.sizes import SizePolicy
 
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """Topic names: `<prefix>.requests`, `.rollouts`, `.commands`, `.deadletter`."""
+    """Topic names: `<prefix>.requests`, `.rollouts`, `.commands`, `.deadletter`, `.verdicts`."""
 
     prefix: str = "canarywatch"
 
@@ -34,6 +35,11 @@ class Topics:
     @property
     def deadletter(self) -> str:
         return f"{self.prefix}.deadletter"
+
+    @property
+    def verdicts(self) -> str:
+        """Compacted, keyed by env: each canary's latest pass/abort/inconclusive snapshot."""
+        return f"{self.prefix}.verdicts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,16 @@ class Settings:
     # Codecs this process pretends not to have (tests: an unreadable batch on a real broker).
     disabled_codecs: tuple[str, ...] = ()
 
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
+    # Verdict snapshots: a changed verdict goes out at the next pass; unchanged evidence at most
+    # every `verdict_refresh_s` per env. The gate refuses (503) snapshots older than
+    # `gate_max_age_s`: a stopped worker must not keep answering "pass".
+    verdict_refresh_s: float = 5.0
+    gate_port: int = 9110
+    gate_max_age_s: float = 30.0
+    gate_rate_per_s: float = 2.0  # per caller (token), token bucket
+    gate_burst: int = 10
+
     @property
     def sizes(self) -> SizePolicy:
         return SizePolicy(self.max_message_bytes)
@@ -118,6 +134,13 @@ class Settings:
 
 
 ENV_PREFIX = "CANARYWATCH_"
+_PROMOTION_ENV = {
+    "PASS_BETA": "beta",
+    "PASS_TOL_RATIO": "tol_ratio",
+    "PASS_TOL_DIFF": "tol_diff",
+    "PASS_LATENCY_TOL_RATIO": "latency_tol_ratio",
+    "PASS_LATENCY_TOL_DIFF": "latency_tol_diff",
+}
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -131,6 +154,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     decisions = base.decisions
     if (objective := get("LATENCY_OBJECTIVE_MS")) is not None:
         decisions = replace(decisions, latency_objective_ms=float(objective))
+    promotion = base.promotion
+    for name, attr in _PROMOTION_ENV.items():
+        if (value := get(name)) is not None:
+            promotion = replace(promotion, **{attr: float(value)})  # type: ignore[arg-type]
     return Settings(
         bootstrap=get("BOOTSTRAP") or base.bootstrap,
         app_id=get("APP_ID") or base.app_id,
@@ -172,6 +199,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         max_env_series=int(get("MAX_ENV_SERIES") or base.max_env_series),
         view_batch=int(get("VIEW_BATCH") or base.view_batch),
+        promotion=promotion,
+        verdict_refresh_s=float(get("VERDICT_REFRESH_S") or base.verdict_refresh_s),
+        gate_port=int(get("GATE_PORT") or base.gate_port),
+        gate_max_age_s=float(get("GATE_MAX_AGE_S") or base.gate_max_age_s),
+        gate_rate_per_s=float(get("GATE_RATE_PER_S") or base.gate_rate_per_s),
+        gate_burst=int(get("GATE_BURST") or base.gate_burst),
     )
 
 
@@ -203,7 +236,14 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "HOLD_LINES": str(settings.limits.hold_lines),
         ENV_PREFIX + "MAX_ENV_SERIES": str(settings.max_env_series),
         ENV_PREFIX + "VIEW_BATCH": str(settings.view_batch),
+        ENV_PREFIX + "VERDICT_REFRESH_S": str(settings.verdict_refresh_s),
+        ENV_PREFIX + "GATE_PORT": str(settings.gate_port),
+        ENV_PREFIX + "GATE_MAX_AGE_S": str(settings.gate_max_age_s),
+        ENV_PREFIX + "GATE_RATE_PER_S": str(settings.gate_rate_per_s),
+        ENV_PREFIX + "GATE_BURST": str(settings.gate_burst),
     }
+    for name, attr in _PROMOTION_ENV.items():
+        env[ENV_PREFIX + name] = repr(getattr(settings.promotion, attr))
     if settings.ingest_start_file is not None:
         env[ENV_PREFIX + "INGEST_START_FILE"] = str(settings.ingest_start_file)
     return env

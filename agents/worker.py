@@ -32,6 +32,7 @@ from agents.logfilter import quiet_kafka_clients
 from agents.metrics import FleetCollector, WorkerMetrics
 from agents.settings import Settings
 from agents.unreadable import counting, guard_faust_fetches
+from agents.verdicts import VerdictPublisher
 from agents.view import RolloutView
 from streams.events import (
     DecodeError,
@@ -86,6 +87,7 @@ def build_worker(
         max_message_bytes=s.max_message_bytes,
         max_bad_lines=s.deadletter_lines_per_message,
         limits=s.limits,
+        promotion=s.promotion,
     )
     metrics = WorkerMetrics(registry)
     registry.register(FleetCollector(lambda: fleet, s.max_env_series))
@@ -95,6 +97,7 @@ def build_worker(
     rollouts_topic = app.topic(s.topics.rollouts, key_type=bytes, value_type=bytes)
     commands_topic = app.topic(s.topics.commands, key_type=bytes, value_type=bytes)
     deadletter_topic = app.topic(s.topics.deadletter, key_type=bytes, value_type=bytes)
+    verdicts_topic = app.topic(s.topics.verdicts, key_type=bytes, value_type=bytes)
     changelog_config = {"max.message.bytes": str(s.topic_max_message_bytes)}
     rollout_table = app.Table(
         "rollout-state", key_type=bytes, value_type=bytes, extra_topic_configs=changelog_config
@@ -181,6 +184,20 @@ def build_worker(
             except DecodeError as error:  # not a decision id a worker wrote: skip and count
                 metrics.restore_refused.labels("abort-decisions", error.reason).inc()
 
+    async def send_verdict(key: bytes, value: bytes) -> object:
+        return await verdicts_topic.send(key=key, value=value)  # not awaited: next pass retries
+
+    verdicts = VerdictPublisher(send_verdict, refresh_s=s.verdict_refresh_s)
+    publishing: list[asyncio.Task[int]] = []
+
+    def publish_verdicts(now: float) -> None:
+        # Off the evaluation path: the abort must never wait for the verdict topic.
+        if publishing and not publishing[0].done():
+            return
+        if publishing and not publishing[0].cancelled() and publishing[0].exception():
+            log.warning("verdict snapshots: %s", publishing[0].exception())
+        publishing[:] = [asyncio.ensure_future(verdicts.tick(fleet, now))]
+
     async def evaluate() -> None:
         started = time.perf_counter()
         now = clock()
@@ -188,6 +205,7 @@ def build_worker(
         metrics.count_lines(released.counted, released.unattributed, 0)
         _, commands = fleet.evaluate(now)
         metrics.evaluation.observe(time.perf_counter() - started)
+        publish_verdicts(now)  # the gate's pass/abort/inconclusive (agents/verdicts.py)
         for command in commands:
             delivery = await commands_topic.send(
                 key=command.namespace.encode(), value=encode_abort_command(command)
@@ -205,6 +223,16 @@ def build_worker(
     return Worker(app=app, fleet=fleet, metrics=metrics, heartbeat=heartbeat)
 
 
+async def ensure_verdict_topic(settings: Settings) -> None:
+    """`<prefix>.verdicts`: compacted, the latest snapshot per env (agents/verdicts.py)."""
+    await ensure_topics(
+        settings.bootstrap,
+        {settings.topics.verdicts: settings.partitions},
+        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+    )
+
+
+
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: metrics on `settings.metrics_port`, Faust worker in front."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -216,6 +244,7 @@ def run_worker(settings: Settings) -> None:
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
         )
     )
+    asyncio.run(ensure_verdict_topic(settings))
     registry = CollectorRegistry()
     worker = build_worker(settings, registry)
     # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
