@@ -34,3 +34,4 @@ def test_settings_survive_the_trip_through_the_environment() -> None:
     )
     back = settings_from_env(settings_to_env(settings))
     assert back == settings
+
