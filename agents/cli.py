@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("worker", help="run the analyzer (settings from CANARYWATCH_* variables)")
+    sub.add_parser("releases", help="run the release agent: pooled release halts and triage")
 
     for name, text in (
         ("demo", "local broker + worker + simulated fleet; prints aborts and a scorecard"),
@@ -54,13 +55,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("worker", "actuator", "bridge"):
+    if args.command in ("worker", "actuator", "bridge", "releases"):
         check_codecs(settings_from_env().disabled_codecs)
     if args.command == "worker":
         from agents.worker import run_worker
 
         run_worker(settings_from_env())
         return 0
+    if args.command == "releases":
+        from agents.releases import run_releases
+
+        return run_releases(settings_from_env())
     if args.command == "actuator":
         from agents.actuator import Action, run_actuator
 

@@ -29,7 +29,9 @@ from agents.ingest import RequestLogIngest
 from agents.kafka_admin import ensure_topics
 from agents.logfilter import quiet_kafka_clients
 from agents.metrics import FleetCollector, WorkerMetrics
+from agents.releases import ensure_release_topics
 from agents.settings import Settings
+from agents.summaries import SummaryPublisher
 from agents.unreadable import counting, guard_faust_fetches
 from agents.view import RolloutView
 from streams.events import (
@@ -114,6 +116,7 @@ def build_worker(
             s.deadletter_rate_per_s, s.deadletter_burst, s.deadletter_summary_every_s
         ),
     )
+    summaries = SummaryPublisher(s, fleet, app)  # release-level analysis (agents/summaries.py)
     ingest = RequestLogIngest(s, fleet, deadletters, metrics, clock=clock, loop=app.loop)
 
     async def refuse(event: EventT[bytes], error: DecodeError) -> None:
@@ -133,6 +136,10 @@ def build_worker(
             # The table keeps only canaries in progress, re-encoded from the validated state:
             # its compacted changelog is the view every worker reads (agents/view.py).
             key = state.env.encode()
+            previous = rollout_table.get(key)
+            await summaries.forward_state(
+                decode_rollout_state(previous) if previous else None, state
+            )
             if state.canary_in_progress:
                 rollout_table[key] = encode_rollout_state(state)
             else:
@@ -183,7 +190,7 @@ def build_worker(
         metrics.count_lines(released.counted, released.unattributed, 0)
         _, commands = fleet.evaluate(now)
         metrics.evaluation.observe(time.perf_counter() - started)
-        for command in commands:
+        for command in filter(summaries.own_abort, commands):
             delivery = await commands_topic.send(
                 key=command.namespace.encode(), value=encode_abort_command(command)
             )
@@ -197,6 +204,11 @@ def build_worker(
             )
 
     app.timer(s.evaluate_every_s)(evaluate)
+
+    async def publish_summaries() -> None:
+        await summaries.publish(clock())
+
+    app.timer(s.summary_every_s)(publish_summaries)
     return Worker(app=app, fleet=fleet, metrics=metrics)
 
 
@@ -211,6 +223,7 @@ def run_worker(settings: Settings) -> None:
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
         )
     )
+    asyncio.run(ensure_release_topics(settings))
     registry = CollectorRegistry()
     start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
     worker = build_worker(settings, registry)
