@@ -148,6 +148,7 @@ class ReleaseAgent:
         self.verdicts: list[ReleaseVerdict] = []  # published by this member (tests, demo)
         self.triaged: list[TriageRecord] = []
         self.commands: list[AbortCommand] = []
+        self.passes = 0  # evaluations of restored partitions
 
     @property
     def group_id(self) -> str:
@@ -291,6 +292,7 @@ class ReleaseAgent:
             if not part.restored:
                 continue  # never judge (or fan out) from half of what the previous owner knew
             result = part.board.evaluate(now)
+            self.passes += 1
             for verdict in result.verdicts:
                 await self._halt(producer, partition, part, verdict)
             for env, pod in result.ebh_aborts:

@@ -52,6 +52,7 @@ class ObjectMeta(TypedDict, total=False):
     resourceVersion: str
     generation: int
     annotations: dict[str, str]
+    labels: dict[str, str]
 
 
 class Container(TypedDict, total=False):

@@ -201,6 +201,21 @@ async def test_a_bad_release_is_halted_in_every_quiet_environment_and_triaged(
                 record = await poll_until(triaged, 60, "the triage of the customer's abort")
                 agents = (first, second)
                 assert all(a.partitions for a in agents), "both agents own partitions"
+            # A release agent started afresh (the same group, after the others left) restores
+            # the latched halt from the releases topic and fans nothing out again.
+            async with release_agent(settings) as again:
+
+                def restored() -> bool:
+                    parts = again.partitions.values()
+                    return (
+                        len(again.partitions) == settings.partitions
+                        and all(p.restored for p in parts)
+                        and again.passes >= 3 * settings.partitions
+                    )
+
+                await poll_until(restored, 60, "a restarted release agent's restore")
+                assert any(bad_release in p.board.halted for p in again.partitions.values())
+                assert again.commands == [] and again.verdicts == []
         finally:
             await producer.stop()
             worker.stop()
