@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--lines-per-message", type=int, default=1, help="NDJSON batch size, as shippers do"
         )
+        if name == "demo":
+            p.add_argument("--no-release", action="store_true", help="skip the release-halt demo")
 
     actuator = sub.add_parser("actuator", help="apply abort commands to Argo Rollouts")
     actuator.add_argument("--dry-run", action="store_true", help="shadow mode: log, patch nothing")
@@ -90,7 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         from agents.demo import demo_main
 
         return asyncio.run(
-            demo_main(args.bootstrap, args.duration, seed, args.lines_per_message, simulation)
+            demo_main(
+                args.bootstrap,
+                args.duration,
+                seed,
+                args.lines_per_message,
+                simulation,
+                release=not args.no_release,
+            )
         )
     if args.command == "simulate":
         from agents.simulator import simulate
