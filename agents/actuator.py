@@ -770,11 +770,22 @@ def run_actuator(
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
         )
+        await ensure_topics(
+            settings.bootstrap,
+            settings.compacted_topic_partitions(),
+            {
+                "max.message.bytes": str(settings.topic_max_message_bytes),
+                "cleanup.policy": "compact",
+            },
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await actuator.run(stop)
+        from agents.triagenotify import TriageNotifier  # imports this module
+
+        notifier = TriageNotifier(settings, actuator.api, registry, actuator.instance)
+        await asyncio.gather(actuator.run(stop), notifier.run(stop))
 
     try:
         asyncio.run(main())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -49,6 +50,7 @@ async def run_release_demo(
     within_s: float = 60.0,
 ) -> ReleaseDemoResult:
     fleet = fleet or ReleaseFleetSettings()
+    logging.getLogger("canarywatch.releases").setLevel(logging.ERROR)  # the demo prints its own
     tag = f"{seed % 100000:05d}"
     bad_release, healthy_release = f"shop:7.3.0-{tag}", f"shop:7.2.9-{tag}"
     envs = plan_release_fleet(

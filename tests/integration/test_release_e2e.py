@@ -30,6 +30,7 @@ from agents.processes import WorkerProcess, free_port, poll_until, read_metric
 from agents.releases import ReleaseAgent, ReleaseMetrics, ensure_release_topics
 from agents.settings import Settings, Topics
 from agents.simulator import producer_for
+from agents.triagenotify import TRIAGE_EVENT_REASON, TriageNotifier
 from streams.events import decode_abort_command, encode_rollout_state
 from streams.release import (
     ReleaseVerdict,
@@ -175,6 +176,10 @@ async def test_a_bad_release_is_halted_in_every_quiet_environment_and_triaged(
             actuator = Actuator(
                 settings, KubeRolloutApi(actuator_client), ActuatorMetrics(registry)
             )
+            notifier = TriageNotifier(
+                settings, KubeRolloutApi(actuator_client), CollectorRegistry(), "test"
+            )
+            notifying = asyncio.create_task(notifier.run(notifier_stop := asyncio.Event()))
             async with (
                 running(actuator),
                 release_agent(settings) as first,
@@ -199,6 +204,18 @@ async def test_a_bad_release_is_halted_in_every_quiet_environment_and_triaged(
                     return None
 
                 record = await poll_until(triaged, 60, "the triage of the customer's abort")
+
+                def triage_events() -> list[k8s.CoreV1Event]:
+                    return [
+                        event
+                        for event in events_about(admin, customer.namespace, customer.rollout)
+                        if event.reason == TRIAGE_EVENT_REASON
+                    ]
+
+                (triage_event,) = await poll_until(triage_events, 60, "the triage Event")
+                assert "environment" in (triage_event.message or ""), triage_event.message
+                notifier_stop.set()
+                await asyncio.wait_for(notifying, 30)
                 agents = (first, second)
                 assert all(a.partitions for a in agents), "both agents own partitions"
             # A release agent started afresh (the same group, after the others left) restores
@@ -253,7 +270,11 @@ async def test_a_bad_release_is_halted_in_every_quiet_environment_and_triaged(
         assert triage[customer.env].category is Triage.ENVIRONMENT
         fanned = [e for e in bad if e.env in targets]
         for e in fanned[:5]:
-            (event,) = events_about(admin, e.namespace, e.rollout)
+            (event,) = [
+                ev
+                for ev in events_about(admin, e.namespace, e.rollout)
+                if ev.reason == "CanarywatchAbort"
+            ]
             assert f"release decision {release_decision_id(bad_release)}" in (event.message or "")
             assert "triage release" in (event.message or "")
         for e in healthy:  # the healthy release: untouched, to the byte
