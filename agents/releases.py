@@ -67,6 +67,7 @@ def release_partition(release: str, partitions: int) -> int:
 
 class ReleaseMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.halts = Counter(
             "canarywatch_release_halts",
             "Releases judged bad (one decision each), by the signal that decided.",

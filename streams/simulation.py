@@ -276,6 +276,7 @@ class ReleaseFleetSettings:
     bad_release_error_rate: float = 0.2
     customer_error_rate: float = 0.5
     rollout_prefix: str = "web"
+    namespaces: int = 1  # per release: environment i is in namespace `<ns>-<i % namespaces>`
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,10 +314,14 @@ def plan_release_fleet(
 ) -> list[ReleaseEnv]:
     """Environments: `bad` and `healthy` are (namespace, release); hashes are unique by `tag`."""
     envs: list[ReleaseEnv] = []
+
+    def ns(base: str, i: int) -> str:
+        return base if s.namespaces <= 1 else f"{base}-{i % s.namespaces}"
+
     for i in range(s.bad_release_envs):
         envs.append(
             ReleaseEnv(
-                bad[0],
+                ns(bad[0], i),
                 f"{s.rollout_prefix}-{i:04d}",
                 bad[1],
                 ReleaseScenario.BAD_RELEASE,
@@ -330,7 +335,7 @@ def plan_release_fleet(
         customer = i < s.bad_customer_envs
         envs.append(
             ReleaseEnv(
-                healthy[0],
+                ns(healthy[0], i),
                 f"{s.rollout_prefix}-{i:04d}",
                 healthy[1],
                 ReleaseScenario.BAD_CUSTOMER if customer else ReleaseScenario.HEALTHY,
