@@ -347,9 +347,22 @@ def event_message(command: AbortCommand, action: Action = Action.ABORT) -> str:
     verb = "paused at" if action is Action.PAUSE else "aborted"
     text = (
         f"canarywatch {verb} canary {command.pod_hash}{release}: {command.reason}; "
-        f"{command.evidence.describe()}; decision {command.decision_id}"
+        f"{command.evidence.describe()}; decision {command.decision_id}{triage_note(command)}"
     )
     return text[:1024]
+
+
+def triage_note(command: AbortCommand) -> str:
+    """What a release agent put in the command: the release decision, the triage."""
+    extra = command.extra
+    note = ""
+    if decision := extra.get("release_decision"):
+        note += f"; release decision {decision}"
+    if triage := extra.get("triage"):
+        note += f"; triage {triage}"
+    if evidence := extra.get("release_evidence"):
+        note += f" ({evidence})"
+    return note
 
 
 def abort_event(
@@ -609,7 +622,9 @@ class Actuator:
         where = f"{command.env} canary {command.pod_hash} ({command.decision_id})"
         verb = "paused" if self.action is Action.PAUSE else "aborted"
         if result.outcome is Outcome.APPLIED:
-            log.warning("%s %s: %s", verb, where, command.evidence.describe())
+            log.warning(
+                "%s %s: %s%s", verb, where, command.evidence.describe(), triage_note(command)
+            )
         elif result.outcome is Outcome.DRY_RUN:
             log.warning(
                 "dry run: would %s %s: %s", self.action.value, where, command.evidence.describe()
@@ -761,12 +776,23 @@ def run_actuator(
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
         )
+        await ensure_topics(
+            settings.bootstrap,
+            settings.compacted_topic_partitions(),
+            {
+                "max.message.bytes": str(settings.topic_max_message_bytes),
+                "cleanup.policy": "compact",
+            },
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         pulse = loop.create_task(heartbeat.run())
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await actuator.run(stop)
+        from agents.triagenotify import TriageNotifier  # imports this module
+
+        notifier = TriageNotifier(settings, actuator.api, registry, actuator.instance)
+        await asyncio.gather(actuator.run(stop), notifier.run(stop))
         pulse.cancel()
 
     try:

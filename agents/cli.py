@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("worker", help="run the analyzer (settings from CANARYWATCH_* variables)")
+    sub.add_parser("releases", help="run the release agent: pooled release halts and triage")
 
     for name, text in (
         ("demo", "local broker + worker + simulated fleet; prints aborts and a scorecard"),
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--lines-per-message", type=int, default=1, help="NDJSON batch size, as shippers do"
         )
+        if name == "demo":
+            p.add_argument("--no-release", action="store_true", help="skip the release-halt demo")
 
     actuator = sub.add_parser("actuator", help="apply abort commands to Argo Rollouts")
     actuator.add_argument("--dry-run", action="store_true", help="shadow mode: log, patch nothing")
@@ -82,13 +85,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("worker", "actuator", "bridge"):
+    if args.command in ("worker", "actuator", "bridge", "releases"):
         check_codecs(settings_from_env().disabled_codecs)
     if args.command == "worker":
         from agents.worker import run_worker
 
         run_worker(settings_from_env())
         return 0
+    if args.command == "releases":
+        from agents.releases import run_releases
+
+        return run_releases(settings_from_env())
     if args.command == "actuator":
         from agents.actuator import Action, run_actuator
 
@@ -140,7 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         from agents.demo import demo_main
 
         return asyncio.run(
-            demo_main(args.bootstrap, args.duration, seed, args.lines_per_message, simulation)
+            demo_main(
+                args.bootstrap,
+                args.duration,
+                seed,
+                args.lines_per_message,
+                simulation,
+                release=not args.no_release,
+            )
         )
     if args.command == "simulate":
         from agents.simulator import simulate

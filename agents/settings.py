@@ -11,6 +11,7 @@ from streams.decisions import DecisionSettings
 from streams.events import MAX_MESSAGE_BYTES
 from streams.fleet import FleetLimits, WindowSettings
 from streams.promotion import PromotionSettings
+from streams.release import FleetControl, ReleaseSettings
 from streams.sizes import SizePolicy
 
 
@@ -40,6 +41,21 @@ class Topics:
     def verdicts(self) -> str:
         """Compacted, keyed by env: each canary's latest pass/abort/inconclusive snapshot."""
         return f"{self.prefix}.verdicts"
+
+    @property
+    def summaries(self) -> str:
+        """Per-environment release evidence and cohort membership, partitioned by release."""
+        return f"{self.prefix}.summaries"
+
+    @property
+    def releases(self) -> str:
+        """Release verdicts (halts), keyed by release: compacted."""
+        return f"{self.prefix}.releases"
+
+    @property
+    def triage(self) -> str:
+        """The triage of every abort, keyed by environment: compacted."""
+        return f"{self.prefix}.triage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +88,14 @@ class Settings:
     limits: FleetLimits = field(default_factory=FleetLimits)
     max_env_series: int = 1000
     view_batch: int = 500  # rollout-view records applied between two yields to the event loop
+    # Release-level analysis (docs/decisions.md, docs/operating.md): the pooled test's settings
+    # (fleet_control "ebh": per-environment aborts only in the e-BH set of the cohort), what a
+    # halted release does ("abort": fan-out aborts; "notify": the verdict only), how often the
+    # worker publishes changed summaries and the release agent evaluates.
+    release: ReleaseSettings = field(default_factory=ReleaseSettings)
+    release_policy: str = "abort"
+    summary_every_s: float = 2.0
+    release_evaluate_every_s: float = 1.0
 
     # The request-log consumer group `<app_id>-requests`: a worker killed with -9 is noticed
     # after the session timeout, then its partitions go to the others (docs/operating.md).
@@ -129,6 +153,12 @@ class Settings:
             t.deadletter: 1,
         }
 
+    def compacted_topic_partitions(self) -> dict[str, int]:
+        """The release agent's topics (cleanup.policy=compact)."""
+        t = self.topics
+        n = self.partitions
+        return {t.summaries: n, t.releases: n, t.triage: n}
+
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
@@ -158,6 +188,14 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     for name, attr in _PROMOTION_ENV.items():
         if (value := get(name)) is not None:
             promotion = replace(promotion, **{attr: float(value)})  # type: ignore[arg-type]
+    release = base.release
+    if (control := get("FLEET_CONTROL")) is not None:
+        release = replace(release, fleet_control=FleetControl(control))
+    if (fdr := get("FDR")) is not None:
+        release = replace(release, fdr=float(fdr))
+    policy = get("RELEASE_POLICY") or base.release_policy
+    if policy not in ("abort", "notify"):
+        raise ValueError(f"CANARYWATCH_RELEASE_POLICY must be abort or notify, not {policy!r}")
     return Settings(
         bootstrap=get("BOOTSTRAP") or base.bootstrap,
         app_id=get("APP_ID") or base.app_id,
@@ -205,6 +243,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         gate_max_age_s=float(get("GATE_MAX_AGE_S") or base.gate_max_age_s),
         gate_rate_per_s=float(get("GATE_RATE_PER_S") or base.gate_rate_per_s),
         gate_burst=int(get("GATE_BURST") or base.gate_burst),
+        release=release,
+        release_policy=policy,
+        summary_every_s=float(get("SUMMARY_EVERY_S") or base.summary_every_s),
+        release_evaluate_every_s=float(
+            get("RELEASE_EVALUATE_EVERY_S") or base.release_evaluate_every_s
+        ),
     )
 
 
@@ -241,6 +285,11 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "GATE_MAX_AGE_S": str(settings.gate_max_age_s),
         ENV_PREFIX + "GATE_RATE_PER_S": str(settings.gate_rate_per_s),
         ENV_PREFIX + "GATE_BURST": str(settings.gate_burst),
+        ENV_PREFIX + "FLEET_CONTROL": settings.release.fleet_control.value,
+        ENV_PREFIX + "FDR": str(settings.release.fdr),
+        ENV_PREFIX + "RELEASE_POLICY": settings.release_policy,
+        ENV_PREFIX + "SUMMARY_EVERY_S": str(settings.summary_every_s),
+        ENV_PREFIX + "RELEASE_EVALUATE_EVERY_S": str(settings.release_evaluate_every_s),
     }
     for name, attr in _PROMOTION_ENV.items():
         env[ENV_PREFIX + name] = repr(getattr(settings.promotion, attr))

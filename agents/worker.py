@@ -30,7 +30,9 @@ from agents.ingest import RequestLogIngest
 from agents.kafka_admin import ensure_topics
 from agents.logfilter import quiet_kafka_clients
 from agents.metrics import FleetCollector, WorkerMetrics
+from agents.releases import ensure_release_topics
 from agents.settings import Settings
+from agents.summaries import SummaryPublisher
 from agents.unreadable import counting, guard_faust_fetches
 from agents.verdicts import VerdictPublisher
 from agents.view import RolloutView
@@ -119,6 +121,7 @@ def build_worker(
             s.deadletter_rate_per_s, s.deadletter_burst, s.deadletter_summary_every_s
         ),
     )
+    summaries = SummaryPublisher(s, fleet, app)  # release-level analysis (agents/summaries.py)
     ingest = RequestLogIngest(s, fleet, deadletters, metrics, clock=clock, loop=app.loop)
     metrics.readiness.probe("fetch", ingest.fetch_problem)
     heartbeat = Heartbeat()
@@ -141,6 +144,10 @@ def build_worker(
             # The table keeps only canaries in progress, re-encoded from the validated state:
             # its compacted changelog is the view every worker reads (agents/view.py).
             key = state.env.encode()
+            previous = rollout_table.get(key)
+            await summaries.forward_state(
+                decode_rollout_state(previous) if previous else None, state
+            )
             if state.canary_in_progress:
                 rollout_table[key] = encode_rollout_state(state)
             else:
@@ -206,7 +213,7 @@ def build_worker(
         _, commands = fleet.evaluate(now)
         metrics.evaluation.observe(time.perf_counter() - started)
         publish_verdicts(now)  # the gate's pass/abort/inconclusive (agents/verdicts.py)
-        for command in commands:
+        for command in filter(summaries.own_abort, commands):
             delivery = await commands_topic.send(
                 key=command.namespace.encode(), value=encode_abort_command(command)
             )
@@ -220,6 +227,11 @@ def build_worker(
             )
 
     app.timer(s.evaluate_every_s)(evaluate)
+
+    async def publish_summaries() -> None:
+        await summaries.publish(clock())
+
+    app.timer(s.summary_every_s)(publish_summaries)
     return Worker(app=app, fleet=fleet, metrics=metrics, heartbeat=heartbeat)
 
 
@@ -245,6 +257,7 @@ def run_worker(settings: Settings) -> None:
         )
     )
     asyncio.run(ensure_verdict_topic(settings))
+    asyncio.run(ensure_release_topics(settings))
     registry = CollectorRegistry()
     worker = build_worker(settings, registry)
     # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
