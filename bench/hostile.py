@@ -354,13 +354,17 @@ class Harness:
         ]
 
     def counted(self, index: int) -> float:
+        """Request lines worker `index` read, whatever became of them (counted, unattributed
+        after the hold, refused): it is reading its partitions."""
         port = self.workers[index].settings.metrics_port
         samples = scrape(port, (COUNTED,))
-        return sum(
-            v
-            for (n, labels), v in samples.items()
-            if n == COUNTED and ("outcome", "counted") in labels
-        )
+        return sum(v for (n, _), v in samples.items() if n == COUNTED)
+
+    def tracked(self, index: int) -> float:
+        """Of the guarded fleet's canaries, how many worker `index` attributes lines to."""
+        port = self.workers[index].settings.metrics_port
+        value = scrape(port, ("canarywatch_canaries_in_progress",))
+        return sum(value.values())
 
     async def send(self, item: Input) -> Sent:
         producer = await self.producer(item.compression)
@@ -725,6 +729,11 @@ async def run(bootstrap: str, work: Path, seed: int) -> Outcome:
                 ok = False
             out.stuck_restarts += not ok
         await h.settled()
+        out.notes.append(
+            "after the restarts each worker attributes lines to "
+            + ", ".join(f"{h.tracked(i):.0f}" for i in range(len(h.workers)))
+            + f" canaries (cap {h.base.limits.max_canaries:,}; {ENVS} guarded + the flood)"
+        )
         out.takeover_s = await takeover(h)
         out.crashes += len(h.crashed())
         await consumer.stop()
