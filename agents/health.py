@@ -191,9 +191,11 @@ def health_app(
     heartbeat: Heartbeat | None = None,
     *,
     loop_stall_s: float = 30.0,
+    metrics: Callable[..., Iterable[bytes]] | None = None,
 ) -> Callable[..., Iterable[bytes]]:
-    """The WSGI app: `/healthz`, `/readyz`, everything else is prometheus-client's `/metrics`."""
-    metrics = make_wsgi_app(registry)
+    """The WSGI app: `/healthz`, `/readyz`, everything else is `/metrics` (`metrics`, a WSGI
+    app; prometheus-client's for the registry by default)."""
+    metrics = metrics or make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -226,13 +228,14 @@ def serve_health(
     heartbeat: Heartbeat | None = None,
     *,
     addr: str = "0.0.0.0",
+    metrics: Callable[..., Iterable[bytes]] | None = None,
 ) -> ThreadingWSGIServer:
     """Serve in a daemon thread; a port in use is one clear line and exit code 2."""
     try:
         server = make_server(
             addr,
             port,
-            health_app(registry, readiness, heartbeat),
+            health_app(registry, readiness, heartbeat, metrics=metrics),
             ThreadingWSGIServer,
             handler_class=_QuietHandler,
         )
