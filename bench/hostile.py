@@ -591,7 +591,10 @@ async def partitions_of(h: Harness, index: int) -> list[int]:
         def moved(before: list[float] = before) -> list[int]:
             return [i for i in range(len(h.workers)) if h.counted(i) > before[i]]
 
-        counters = await poll_until(moved, 30, f"a worker to count partition {partition}")
+        try:
+            counters = await poll_until(moved, 30, f"a worker to count partition {partition}")
+        except TimeoutError:
+            continue  # nobody reads it yet (a restarted worker still catching up): not probed
         if index in counters:
             owned.append(partition)
     return owned
@@ -734,7 +737,10 @@ async def run(bootstrap: str, work: Path, seed: int) -> Outcome:
             + ", ".join(f"{h.tracked(i):.0f}" for i in range(len(h.workers)))
             + f" canaries (cap {h.base.limits.max_canaries:,}; {ENVS} guarded + the flood)"
         )
-        out.takeover_s = await takeover(h)
+        try:
+            out.takeover_s = await takeover(h)
+        except TimeoutError as error:
+            out.notes.append(f"takeover not measured: {error}")
         out.crashes += len(h.crashed())
         await consumer.stop()
     finally:
