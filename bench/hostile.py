@@ -550,22 +550,27 @@ async def flood_snapshots(h: Harness, count: int) -> None:
         await asyncio.gather(*futures)
 
 
+async def probe(h: Harness, env: int, partition: int) -> None:
+    """One healthy line of guarded environment `env`, placed on `partition`."""
+    await h.send(
+        Input(
+            "probe",
+            "requests",
+            lines(env, 1, 4, 0),
+            namespace(env).encode(),
+            partition=partition,
+            refused=False,
+        )
+    )
+
+
 async def probe_counts(h: Harness, index: int, within_s: float = 60.0) -> bool:
     """Does worker `index` count a fresh line on some partition within `within_s`?"""
     before = h.counted(index)
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         for partition in range(PARTITIONS):
-            await h.send(
-                Input(
-                    "probe",
-                    "requests",
-                    lines(5, 1, 4, 0),
-                    b"env-005",
-                    partition=partition,
-                    refused=False,
-                )
-            )
+            await probe(h, 5, partition)
         with contextlib.suppress(TimeoutError):
             await poll_until(lambda: h.counted(index) > before, 2.0, "a probe counted")
             return True
@@ -577,16 +582,7 @@ async def partitions_of(h: Harness, index: int) -> list[int]:
     owned = []
     for partition in range(PARTITIONS):
         before = [h.counted(i) for i in range(len(h.workers))]
-        await h.send(
-            Input(
-                "owner probe",
-                "requests",
-                lines(6, 1, 4, 0),
-                b"env-006",
-                partition=partition,
-                refused=False,
-            )
-        )
+        await probe(h, 6, partition)
 
         def moved(before: list[float] = before) -> list[int]:
             return [i for i in range(len(h.workers)) if h.counted(i) > before[i]]
@@ -611,16 +607,7 @@ async def takeover(h: Harness) -> float:
     h.stopped.add(1)
     while time.monotonic() - killed < 120:
         for partition in dead:
-            await h.send(
-                Input(
-                    "takeover probe",
-                    "requests",
-                    lines(7, 1, 4, 0),
-                    b"env-007",
-                    partition=partition,
-                    refused=False,
-                )
-            )
+            await probe(h, 7, partition)
         if h.counted(0) > before:
             return time.monotonic() - killed
         await asyncio.sleep(0.1)  # the probe's own pace, not a synchronisation
