@@ -13,6 +13,7 @@ from agents.actuator import ActuatorMetrics
 from agents.bridge import BridgeMetrics
 from agents.cli import _parser
 from agents.metrics import FleetCollector, WorkerMetrics
+from agents.releases import ReleaseMetrics
 from streams.events import RolloutState
 from streams.fleet import Fleet
 
@@ -21,17 +22,19 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
 
 
 def exported_names() -> set[str]:
-    """What the worker, actuator and bridge export (each has a registry of its own)."""
+    """What the worker, actuator, bridge and release agent export (a registry each)."""
     worker, actuator, bridge = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
+    releases = CollectorRegistry()
     WorkerMetrics(worker)
     ActuatorMetrics(actuator)
     BridgeMetrics(bridge)
+    ReleaseMetrics(releases)
     fleet = Fleet()
     fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1"), now=0.0)
     fleet.evaluate(1.0)
     worker.register(FleetCollector(lambda: fleet))
     names = set()
-    for registry in (worker, actuator, bridge):
+    for registry in (worker, actuator, bridge, releases):
         for family in registry.collect():
             names.add(family.name)
             names.update(family.name + s for s in SUFFIXES.get(family.type, ()))
