@@ -76,6 +76,11 @@ bench-quick: venv
 profile: venv
 	$(PY) -m bench.profile_ingest
 
+# Deployments -> Argo Rollouts in waves, on a real API server and the real controller (issue 15).
+.PHONY: bench-migrate
+bench-migrate: venv
+	$(PY) -m bench.migrate
+
 # Decision statistics: canarywatch against Argo-/Kayenta-style judges and an oracle (issue 3).
 bench-decisions: venv
 	$(PY) -m bench.decisions
@@ -99,3 +104,9 @@ bench-decisions-tradeoff: venv
 .PHONY: bench-fleet
 bench-fleet: venv
 	$(PY) -m bench.fleet
+
+# The pass verdict (issue 17): time to `pass` for healthy canaries, wrong passes for canaries
+# worse than the tolerance (>= 2,000 each, 95 % intervals); last line `pass-bench: ...`.
+.PHONY: bench-pass
+bench-pass: venv
+	$(PY) -m bench.promotion

@@ -49,9 +49,10 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agents.deadletter import DeadLetters, Headers, deadletter_counter
+from agents.health import Heartbeat, Readiness, ReadyGauge, serve_health
 from agents.kafka_admin import ensure_topics
 from agents.settings import Settings
 from agents.unreadable import counting, getmany_skipping, skipped_counter
@@ -346,9 +347,22 @@ def event_message(command: AbortCommand, action: Action = Action.ABORT) -> str:
     verb = "paused at" if action is Action.PAUSE else "aborted"
     text = (
         f"canarywatch {verb} canary {command.pod_hash}{release}: {command.reason}; "
-        f"{command.evidence.describe()}; decision {command.decision_id}"
+        f"{command.evidence.describe()}; decision {command.decision_id}{triage_note(command)}"
     )
     return text[:1024]
+
+
+def triage_note(command: AbortCommand) -> str:
+    """What a release agent put in the command: the release decision, the triage."""
+    extra = command.extra
+    note = ""
+    if decision := extra.get("release_decision"):
+        note += f"; release decision {decision}"
+    if triage := extra.get("triage"):
+        note += f"; triage {triage}"
+    if evidence := extra.get("release_evidence"):
+        note += f" ({evidence})"
+    return note
 
 
 def abort_event(
@@ -422,10 +436,12 @@ class ActuatorMetrics:
             self.commands.labels(outcome.value)
         for outcome_name in ("recorded", "exists", "failed"):
             self.events.labels(outcome_name)
-        self.ready = Gauge(
+        self.readiness = Readiness("actuator")
+        self.ready = ReadyGauge(
+            self.readiness,
+            registry,
             "canarywatch_actuator_ready",
-            "1 once the actuator consumes commands.",
-            registry=registry,
+            "1 while the actuator is ready: it consumes commands (see /readyz).",
         )
 
 
@@ -606,7 +622,9 @@ class Actuator:
         where = f"{command.env} canary {command.pod_hash} ({command.decision_id})"
         verb = "paused" if self.action is Action.PAUSE else "aborted"
         if result.outcome is Outcome.APPLIED:
-            log.warning("%s %s: %s", verb, where, command.evidence.describe())
+            log.warning(
+                "%s %s: %s%s", verb, where, command.evidence.describe(), triage_note(command)
+            )
         elif result.outcome is Outcome.DRY_RUN:
             log.warning(
                 "dry run: would %s %s: %s", self.action.value, where, command.evidence.describe()
@@ -732,12 +750,15 @@ def run_actuator(
     """`canarywatch actuator`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     registry = CollectorRegistry()
-    start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
+    metrics = ActuatorMetrics(registry)
+    heartbeat = Heartbeat()
+    # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
+    serve_health(settings.metrics_port, registry, metrics.readiness, heartbeat)
     api_client = kube_api_client(kubeconfig)
     actuator = Actuator(
         settings,
         KubeRolloutApi(api_client),
-        ActuatorMetrics(registry),
+        metrics,
         dry_run=dry_run,
         action=action,
     )
@@ -756,11 +777,24 @@ def run_actuator(
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
             replication_factor=settings.replication_factor,
         )
+        await ensure_topics(
+            settings.bootstrap,
+            settings.compacted_topic_partitions(),
+            {
+                "max.message.bytes": str(settings.topic_max_message_bytes),
+                "cleanup.policy": "compact",
+            },
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        pulse = loop.create_task(heartbeat.run())
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await actuator.run(stop)
+        from agents.triagenotify import TriageNotifier  # imports this module
+
+        notifier = TriageNotifier(settings, actuator.api, registry, actuator.instance)
+        await asyncio.gather(actuator.run(stop), notifier.run(stop))
+        pulse.cancel()
 
     try:
         asyncio.run(main())

@@ -30,10 +30,11 @@ from typing import Any, cast
 import urllib3
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kubernetes import client as k8s
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter
 
 from agents.actuator import kube_api_client
 from agents.deadletter import DeadLetters, Headers, deadletter_counter
+from agents.health import Heartbeat, Readiness, ReadyGauge, serve_health
 from agents.kafka_admin import ensure_topics
 from agents.settings import Settings
 from agents.unreadable import counting, getmany_skipping, skipped_counter
@@ -95,8 +96,12 @@ class BridgeMetrics:
             ["outcome"],
             registry=registry,
         )
-        self.ready = Gauge(
-            "canarywatch_bridge_ready", "1 once every watch has listed.", registry=registry
+        self.readiness = Readiness("bridge")
+        self.ready = ReadyGauge(
+            self.readiness,
+            registry,
+            "canarywatch_bridge_ready",
+            "1 while the bridge is ready: every watch has listed (see /readyz).",
         )
         for reason in ("closed", "expired", "error"):  # at 0, for increase() in alerts
             self.watch_restarts.labels(reason)
@@ -541,12 +546,15 @@ def run_bridge(settings: Settings, options: BridgeOptions, *, kubeconfig: str | 
     """`canarywatch bridge`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     registry = CollectorRegistry()
-    start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
+    metrics = BridgeMetrics(registry)
+    heartbeat = Heartbeat()
+    # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
+    serve_health(settings.metrics_port, registry, metrics.readiness, heartbeat)
     api_client = kube_api_client(kubeconfig)
     bridge = Bridge(
         settings,
         RolloutReader(api_client, page=options.list_page),
-        BridgeMetrics(registry),
+        metrics,
         options,
     )
     log.info(
@@ -564,9 +572,11 @@ def run_bridge(settings: Settings, options: BridgeOptions, *, kubeconfig: str | 
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        pulse = loop.create_task(heartbeat.run())
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         await bridge.run(stop)
+        pulse.cancel()
 
     try:
         asyncio.run(main())

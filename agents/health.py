@@ -48,6 +48,9 @@ class Readiness:
         self._clock = clock
         self._lock = threading.Lock()
         self._conditions: dict[str, _Condition] = {}
+        self._probes: dict[str, Callable[[], str | None]] = {}
+        self._probe_failing_since: dict[str, float] = {}
+        self._probe_held: set[str] = set()
 
     def require(self, name: str, within_s: float | None = None) -> None:
         """Declare a condition; it does not hold until `mark`ed."""
@@ -81,10 +84,24 @@ class Readiness:
             condition.met_at = None
             condition.why = why
 
+    def probe(self, name: str, problem: Callable[[], str | None]) -> None:
+        """A condition computed when checked: `problem()` says why it fails, None when it holds.
+        Called from the HTTP thread: it must only read."""
+        with self._lock:
+            self._probes[name] = problem
+
     def check(self) -> tuple[bool, dict[str, str]]:
         """(ready, failing conditions with why)."""
         now = self._clock()
         failing: dict[str, str] = {}
+        for name, problem in list(self._probes.items()):
+            try:
+                why = problem()
+            except Exception as error:  # a probe that breaks says so, it does not crash a scrape
+                why = f"probe failed: {error}"
+            self._episode(name, why, now)
+            if why is not None:
+                failing[name] = why
         with self._lock:
             for name, condition in self._conditions.items():
                 if condition.met_at is None:
@@ -96,11 +113,53 @@ class Readiness:
                         log.warning("%s: not ready: %s: %s", self.component, name, failing[name])
         return not failing, failing
 
+    def _episode(self, name: str, why: str | None, now: float) -> None:
+        """Log a probe's failure once when it starts and once when it ends (not before it
+        first held: starting up is not an episode)."""
+        with self._lock:
+            since = self._probe_failing_since.get(name)
+            if why is None:
+                self._probe_held.add(name)
+            if why is not None and since is None and name in self._probe_held:
+                self._probe_failing_since[name] = now
+                log.warning("%s: not ready: %s: %s", self.component, name, why)
+            elif why is None and since is not None:
+                del self._probe_failing_since[name]
+                log.warning("%s: %s recovered after %.1f s", self.component, name, now - since)
+
     def ready_gauge(self, registry: CollectorRegistry, name: str, documentation: str) -> Gauge:
         """A gauge computed from the conditions at scrape time."""
         gauge = Gauge(name, documentation, registry=registry)
         gauge.set_function(lambda: 1.0 if self.check()[0] else 0.0)
         return gauge
+
+
+class ReadyGauge:
+    """`canarywatch_<component>ready`: 1 when every readiness condition holds.
+
+    `set(1)` / `set(0)` mark the component's own `started` condition (what the gauge alone meant
+    before readiness had conditions), so a component sets it as it did a plain Gauge.
+    """
+
+    def __init__(
+        self,
+        readiness: Readiness,
+        registry: CollectorRegistry,
+        name: str,
+        documentation: str,
+        *,
+        condition: str = "started",
+    ) -> None:
+        self.readiness = readiness
+        self._condition = condition
+        readiness.require(condition)
+        readiness.ready_gauge(registry, name, documentation)
+
+    def set(self, value: float) -> None:
+        if value:
+            self.readiness.mark(self._condition)
+        else:
+            self.readiness.fail(self._condition, "stopped")
 
 
 class Heartbeat:
@@ -132,9 +191,11 @@ def health_app(
     heartbeat: Heartbeat | None = None,
     *,
     loop_stall_s: float = 30.0,
+    metrics: Callable[..., Iterable[bytes]] | None = None,
 ) -> Callable[..., Iterable[bytes]]:
-    """The WSGI app: `/healthz`, `/readyz`, everything else is prometheus-client's `/metrics`."""
-    metrics = make_wsgi_app(registry)
+    """The WSGI app: `/healthz`, `/readyz`, everything else is `/metrics` (`metrics`, a WSGI
+    app; prometheus-client's for the registry by default)."""
+    metrics = metrics or make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -167,13 +228,14 @@ def serve_health(
     heartbeat: Heartbeat | None = None,
     *,
     addr: str = "0.0.0.0",
+    metrics: Callable[..., Iterable[bytes]] | None = None,
 ) -> ThreadingWSGIServer:
     """Serve in a daemon thread; a port in use is one clear line and exit code 2."""
     try:
         server = make_server(
             addr,
             port,
-            health_app(registry, readiness, heartbeat),
+            health_app(registry, readiness, heartbeat, metrics=metrics),
             ThreadingWSGIServer,
             handler_class=_QuietHandler,
         )

@@ -46,6 +46,10 @@ from streams.requestlog import Columns
 
 log = logging.getLogger(__name__)
 
+# Not ready when a request-log partition has had no fetch response for this long: the broker
+# answers an idle fetch within fetch_max_wait_ms (0.5 s), a busy one within a second or two.
+READY_FETCH_WITHIN_S = 5.0
+
 Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 BACKOFF_S = 0.1
@@ -187,6 +191,32 @@ class RequestLogIngest(Service):
                 self._restore_episode.failed(exc, time.monotonic())
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def fetch_problem(self) -> str | None:
+        """Readiness: why the broker is not answering this worker's fetches, or None.
+
+        aiokafka stamps a partition on every fetch response, empty ones too; a broker that is
+        down or unreachable stops the stamps. Read from the HTTP thread: it only reads.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return "not started"
+        assigned = list(self.assigned)
+        if not assigned:
+            return "no request-log partitions assigned"
+        now_ms = time.time() * 1000.0  # aiokafka's stamps are wall-clock milliseconds
+        oldest = 0.0
+        for tp in assigned:
+            try:
+                stamp = consumer.last_poll_timestamp(tp)
+            except (AssertionError, KeyError):  # revoked in between
+                continue
+            oldest = max(oldest, now_ms - stamp if stamp else float("inf"))
+        if oldest > READY_FETCH_WITHIN_S * 1000.0:
+            if oldest == float("inf"):
+                return "no fetch answered yet"
+            return f"no fetch answered for {oldest / 1000.0:.0f} s"
+        return None
 
     async def commit(self) -> None:
         async with self._batch_lock:

@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agents.deadletter import deadletter_counter, suppressed_counter
+from agents.health import Readiness, ReadyGauge
 from agents.unreadable import skipped_counter
 from streams.decisions import SIGNALS, Verdict, bad_series
 from streams.fleet import Fleet
@@ -86,10 +87,15 @@ class WorkerMetrics:
             "New canaries not tracked because max_canaries was reached.",
             registry=registry,
         )
-        self.ready = Gauge(
+        # /readyz and this gauge: the view restored and ingest started (`ready.set(1)`), plus
+        # the probes the worker adds (a fetch answered lately).
+        self.readiness = Readiness("worker")
+        self.ready = ReadyGauge(
+            self.readiness,
+            registry,
             "canarywatch_ready",
-            "1 once the worker consumes and evaluates, 0 while Kafka is in trouble.",
-            registry=registry,
+            "1 while the worker is ready: rollout view restored, request-log partitions "
+            "assigned, fetches answered lately (see /readyz).",
         )
         self.kafka_errors = Counter(
             "canarywatch_kafka_errors",
@@ -117,8 +123,6 @@ class WorkerMetrics:
         )
         for direction in ("written", "restored"):
             self.evidence_rows.labels(direction)
-        self._restored = False
-        self._troubled: set[str] = set()
 
         # Every label value an alert's increase() reads exists from the start, at 0: a counter
         # born on its first inc() hides that first event from increase().
@@ -129,17 +133,17 @@ class WorkerMetrics:
 
     def set_ready(self) -> None:
         """The worker consumes and evaluates (its rollout view is restored)."""
-        self._restored = True
-        self.ready.set(0 if self._troubled else 1)
+        self.ready.set(1)
 
-    def set_trouble(self, component: str, trouble: bool) -> None:
-        """A Kafka trouble episode of `component` starts or ends (agents/episodes.py)."""
+    def set_trouble(self, component: str, trouble: bool, why: str = "failing") -> None:
+        """A Kafka trouble episode of `component` starts or ends (agents/episodes.py); the
+        worker is not ready while one lasts (readiness condition `kafka:<component>`)."""
+        condition = f"kafka:{component}"
         if trouble:
-            self._troubled.add(component)
+            self.readiness.fail(condition, why)
         else:
-            self._troubled.discard(component)
+            self.readiness.mark(condition)
         self.kafka_trouble.labels(component).set(1 if trouble else 0)
-        self.ready.set(1 if self._restored and not self._troubled else 0)
 
     def count_lines(self, counted: int, unattributed: int, invalid: int) -> None:
         if counted:

@@ -10,12 +10,14 @@ from pathlib import Path
 from streams.decisions import DecisionSettings
 from streams.events import MAX_MESSAGE_BYTES
 from streams.fleet import FleetLimits, WindowSettings
+from streams.promotion import PromotionSettings
+from streams.release import FleetControl, ReleaseSettings
 from streams.sizes import SizePolicy
 
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """Topic names: `<prefix>.requests`, `.rollouts`, `.commands`, `.deadletter`."""
+    """Topic names: `<prefix>.requests`, `.rollouts`, `.commands`, `.deadletter`, `.verdicts`."""
 
     prefix: str = "canarywatch"
 
@@ -38,6 +40,26 @@ class Topics:
     @property
     def evidence(self) -> str:
         return f"{self.prefix}.evidence"
+
+    @property
+    def verdicts(self) -> str:
+        """Compacted, keyed by env: each canary's latest pass/abort/inconclusive snapshot."""
+        return f"{self.prefix}.verdicts"
+
+    @property
+    def summaries(self) -> str:
+        """Per-environment release evidence and cohort membership, partitioned by release."""
+        return f"{self.prefix}.summaries"
+
+    @property
+    def releases(self) -> str:
+        """Release verdicts (halts), keyed by release: compacted."""
+        return f"{self.prefix}.releases"
+
+    @property
+    def triage(self) -> str:
+        """The triage of every abort, keyed by environment: compacted."""
+        return f"{self.prefix}.triage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +105,14 @@ class Settings:
     limits: FleetLimits = field(default_factory=FleetLimits)
     max_env_series: int = 1000
     view_batch: int = 500  # rollout-view records applied between two yields to the event loop
+    # Release-level analysis (docs/decisions.md, docs/operating.md): the pooled test's settings
+    # (fleet_control "ebh": per-environment aborts only in the e-BH set of the cohort), what a
+    # halted release does ("abort": fan-out aborts; "notify": the verdict only), how often the
+    # worker publishes changed summaries and the release agent evaluates.
+    release: ReleaseSettings = field(default_factory=ReleaseSettings)
+    release_policy: str = "abort"
+    summary_every_s: float = 2.0
+    release_evaluate_every_s: float = 1.0
 
     # The request-log consumer group `<app_id>-requests`: a worker killed with -9 is noticed
     # after the session timeout, then its partitions go to the others (docs/operating.md).
@@ -100,6 +130,16 @@ class Settings:
     deadletter_lines_per_message: int = 20
     # Codecs this process pretends not to have (tests: an unreadable batch on a real broker).
     disabled_codecs: tuple[str, ...] = ()
+
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
+    # Verdict snapshots: a changed verdict goes out at the next pass; unchanged evidence at most
+    # every `verdict_refresh_s` per env. The gate refuses (503) snapshots older than
+    # `gate_max_age_s`: a stopped worker must not keep answering "pass".
+    verdict_refresh_s: float = 5.0
+    gate_port: int = 9110
+    gate_max_age_s: float = 30.0
+    gate_rate_per_s: float = 2.0  # per caller (token), token bucket
+    gate_burst: int = 10
 
     @property
     def sizes(self) -> SizePolicy:
@@ -134,11 +174,24 @@ class Settings:
         """Config of canarywatch's own topics."""
         return {"max.message.bytes": str(self.topic_max_message_bytes)}
 
+    def compacted_topic_partitions(self) -> dict[str, int]:
+        """The release agent's topics (cleanup.policy=compact)."""
+        t = self.topics
+        n = self.partitions
+        return {t.summaries: n, t.releases: n, t.triage: n}
+
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
 ENV_PREFIX = "CANARYWATCH_"
+_PROMOTION_ENV = {
+    "PASS_BETA": "beta",
+    "PASS_TOL_RATIO": "tol_ratio",
+    "PASS_TOL_DIFF": "tol_diff",
+    "PASS_LATENCY_TOL_RATIO": "latency_tol_ratio",
+    "PASS_LATENCY_TOL_DIFF": "latency_tol_diff",
+}
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -152,6 +205,18 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     decisions = base.decisions
     if (objective := get("LATENCY_OBJECTIVE_MS")) is not None:
         decisions = replace(decisions, latency_objective_ms=float(objective))
+    promotion = base.promotion
+    for name, attr in _PROMOTION_ENV.items():
+        if (value := get(name)) is not None:
+            promotion = replace(promotion, **{attr: float(value)})  # type: ignore[arg-type]
+    release = base.release
+    if (control := get("FLEET_CONTROL")) is not None:
+        release = replace(release, fleet_control=FleetControl(control))
+    if (fdr := get("FDR")) is not None:
+        release = replace(release, fdr=float(fdr))
+    policy = get("RELEASE_POLICY") or base.release_policy
+    if policy not in ("abort", "notify"):
+        raise ValueError(f"CANARYWATCH_RELEASE_POLICY must be abort or notify, not {policy!r}")
     return Settings(
         bootstrap=get("BOOTSTRAP") or base.bootstrap,
         app_id=get("APP_ID") or base.app_id,
@@ -198,6 +263,18 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         max_env_series=int(get("MAX_ENV_SERIES") or base.max_env_series),
         view_batch=int(get("VIEW_BATCH") or base.view_batch),
+        promotion=promotion,
+        verdict_refresh_s=float(get("VERDICT_REFRESH_S") or base.verdict_refresh_s),
+        gate_port=int(get("GATE_PORT") or base.gate_port),
+        gate_max_age_s=float(get("GATE_MAX_AGE_S") or base.gate_max_age_s),
+        gate_rate_per_s=float(get("GATE_RATE_PER_S") or base.gate_rate_per_s),
+        gate_burst=int(get("GATE_BURST") or base.gate_burst),
+        release=release,
+        release_policy=policy,
+        summary_every_s=float(get("SUMMARY_EVERY_S") or base.summary_every_s),
+        release_evaluate_every_s=float(
+            get("RELEASE_EVALUATE_EVERY_S") or base.release_evaluate_every_s
+        ),
     )
 
 
@@ -234,7 +311,19 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "HOLD_LINES": str(settings.limits.hold_lines),
         ENV_PREFIX + "MAX_ENV_SERIES": str(settings.max_env_series),
         ENV_PREFIX + "VIEW_BATCH": str(settings.view_batch),
+        ENV_PREFIX + "VERDICT_REFRESH_S": str(settings.verdict_refresh_s),
+        ENV_PREFIX + "GATE_PORT": str(settings.gate_port),
+        ENV_PREFIX + "GATE_MAX_AGE_S": str(settings.gate_max_age_s),
+        ENV_PREFIX + "GATE_RATE_PER_S": str(settings.gate_rate_per_s),
+        ENV_PREFIX + "GATE_BURST": str(settings.gate_burst),
+        ENV_PREFIX + "FLEET_CONTROL": settings.release.fleet_control.value,
+        ENV_PREFIX + "FDR": str(settings.release.fdr),
+        ENV_PREFIX + "RELEASE_POLICY": settings.release_policy,
+        ENV_PREFIX + "SUMMARY_EVERY_S": str(settings.summary_every_s),
+        ENV_PREFIX + "RELEASE_EVALUATE_EVERY_S": str(settings.release_evaluate_every_s),
     }
+    for name, attr in _PROMOTION_ENV.items():
+        env[ENV_PREFIX + name] = repr(getattr(settings.promotion, attr))
     if settings.ingest_start_file is not None:
         env[ENV_PREFIX + "INGEST_START_FILE"] = str(settings.ingest_start_file)
     return env

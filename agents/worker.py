@@ -22,16 +22,20 @@ from dataclasses import dataclass, replace
 
 import faust
 from faust.types import EventT, StreamT
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from agents.deadletter import DeadLetterLimits, DeadLetters, Headers
 from agents.episodes import Episodes
+from agents.health import Heartbeat, serve_health
 from agents.ingest import RequestLogIngest
 from agents.kafka_admin import ensure_topics
 from agents.logfilter import quiet_kafka_clients
 from agents.metrics import FleetCollector, WorkerMetrics
+from agents.releases import ensure_release_topics
 from agents.settings import Settings
+from agents.summaries import SummaryPublisher
 from agents.unreadable import counting, guard_faust_fetches
+from agents.verdicts import VerdictPublisher
 from agents.view import RolloutView
 from streams.events import (
     DecodeError,
@@ -56,6 +60,7 @@ class Worker:
     app: faust.App
     fleet: Fleet
     metrics: WorkerMetrics
+    heartbeat: Heartbeat
 
 
 def build_worker(
@@ -88,6 +93,7 @@ def build_worker(
         max_message_bytes=s.max_message_bytes,
         max_bad_lines=s.deadletter_lines_per_message,
         limits=s.limits,
+        promotion=s.promotion,
     )
     metrics = WorkerMetrics(registry)
     registry.register(FleetCollector(lambda: fleet, s.max_env_series))
@@ -97,6 +103,7 @@ def build_worker(
     rollouts_topic = app.topic(s.topics.rollouts, key_type=bytes, value_type=bytes)
     commands_topic = app.topic(s.topics.commands, key_type=bytes, value_type=bytes)
     deadletter_topic = app.topic(s.topics.deadletter, key_type=bytes, value_type=bytes)
+    verdicts_topic = app.topic(s.topics.verdicts, key_type=bytes, value_type=bytes)
     changelog_config = {"max.message.bytes": str(s.topic_max_message_bytes)}
     rollout_table = app.Table(
         "rollout-state", key_type=bytes, value_type=bytes, extra_topic_configs=changelog_config
@@ -118,7 +125,11 @@ def build_worker(
             s.deadletter_rate_per_s, s.deadletter_burst, s.deadletter_summary_every_s
         ),
     )
+    summaries = SummaryPublisher(s, fleet, app)  # release-level analysis (agents/summaries.py)
     ingest = RequestLogIngest(s, fleet, deadletters, metrics, clock=clock, loop=app.loop)
+    metrics.readiness.probe("fetch", ingest.fetch_problem)
+    heartbeat = Heartbeat()
+    app.task(heartbeat.run)  # /healthz: the event loop still turns
 
     async def refuse(event: EventT[bytes], error: DecodeError) -> None:
         message = event.message
@@ -137,6 +148,10 @@ def build_worker(
             # The table keeps only canaries in progress, re-encoded from the validated state:
             # its compacted changelog is the view every worker reads (agents/view.py).
             key = state.env.encode()
+            previous = rollout_table.get(key)
+            await summaries.forward_state(
+                decode_rollout_state(previous) if previous else None, state
+            )
             if state.canary_in_progress:
                 state = with_epoch(state, rollout_table.get(key))
                 rollout_table[key] = encode_rollout_state(state)
@@ -183,6 +198,20 @@ def build_worker(
 
     sends = Episodes("commands", metrics)
 
+    async def send_verdict(key: bytes, value: bytes) -> object:
+        return await verdicts_topic.send(key=key, value=value)  # not awaited: next pass retries
+
+    verdicts = VerdictPublisher(send_verdict, refresh_s=s.verdict_refresh_s)
+    publishing: list[asyncio.Task[int]] = []
+
+    def publish_verdicts(now: float) -> None:
+        # Off the evaluation path: the abort must never wait for the verdict topic.
+        if publishing and not publishing[0].done():
+            return
+        if publishing and not publishing[0].cancelled() and publishing[0].exception():
+            log.warning("verdict snapshots: %s", publishing[0].exception())
+        publishing[:] = [asyncio.ensure_future(verdicts.tick(fleet, now))]
+
     async def evaluate() -> None:
         started = time.perf_counter()
         now = clock()
@@ -192,9 +221,13 @@ def build_worker(
         # returns it again, so a send that failed is retried; the worker keeps running.
         _, commands = fleet.evaluate(now, await_delivery=True)
         metrics.evaluation.observe(time.perf_counter() - started)
+        publish_verdicts(now)  # the gate's pass/abort/inconclusive (agents/verdicts.py)
         if commands and not sends.due(time.monotonic()):
             return  # backing off after a failed send
         for command in commands:
+            if not summaries.own_abort(command):
+                fleet.delivered(command)  # the release agent decides it (FLEET_CONTROL=ebh)
+                continue
             try:
                 delivery = await asyncio.wait_for(
                     commands_topic.send(
@@ -219,7 +252,22 @@ def build_worker(
             )
 
     app.timer(s.evaluate_every_s)(evaluate)
-    return Worker(app=app, fleet=fleet, metrics=metrics)
+
+    async def publish_summaries() -> None:
+        await summaries.publish(clock())
+
+    app.timer(s.summary_every_s)(publish_summaries)
+    return Worker(app=app, fleet=fleet, metrics=metrics, heartbeat=heartbeat)
+
+
+async def ensure_verdict_topic(settings: Settings) -> None:
+    """`<prefix>.verdicts`: compacted, the latest snapshot per env (agents/verdicts.py)."""
+    await ensure_topics(
+        settings.bootstrap,
+        {settings.topics.verdicts: settings.partitions},
+        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+    )
+
 
 
 def with_epoch(state: RolloutState, stored: bytes | None) -> RolloutState:
@@ -253,9 +301,12 @@ def run_worker(settings: Settings) -> None:
             replication_factor=settings.replication_factor,
         )
     )
+    asyncio.run(ensure_verdict_topic(settings))
+    asyncio.run(ensure_release_topics(settings))
     registry = CollectorRegistry()
-    start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
     worker = build_worker(settings, registry)
+    # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
+    serve_health(settings.metrics_port, registry, worker.metrics.readiness, worker.heartbeat)
     quiet_kafka_clients()
     tune_gc()
     faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()

@@ -1,8 +1,10 @@
 """The analyzer's pure core in one object: rollout states and request logs in, abort commands out.
 
-`Fleet` composes attribution (hash -> row and arm), the window counters and the decision
-engine. The Faust worker (agents/worker.py) feeds it bytes and the time, and sends what it
-returns; everything here is testable without Kafka.
+`Fleet` composes attribution (hash -> row and arm), the window counters, the decision
+engine and the promotion test (`streams.promotion`: the `pass` verdict, in its own object,
+`Fleet.promotion`, fed the same increments as the engine). The Faust worker
+(agents/worker.py) feeds it bytes and the time, and sends what it returns; everything here is
+testable without Kafka.
 
 Bounds (`FleetLimits`): at most `max_canaries` canaries are tracked (a new canary over the cap
 is refused and counted in `refused_canaries`, until a later snapshot of it finds room); request
@@ -15,6 +17,7 @@ hold, or that find the hold full, are reported `unattributed`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -22,7 +25,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from streams.attribution import NOT_ATTRIBUTED, Attribution
-from streams.decisions import SIGNALS, DecisionEngine, DecisionSettings, PassResult, Verdict
+from streams.decisions import (
+    SIGNALS,
+    DecisionEngine,
+    DecisionSettings,
+    PassResult,
+    Verdict,
+    bad_series,
+)
 from streams.events import (
     MAX_MESSAGE_BYTES,
     AbortCommand,
@@ -31,8 +41,23 @@ from streams.events import (
     RolloutState,
     decision_id_for,
 )
+from streams.promotion import (
+    ABORT,
+    INCONCLUSIVE,
+    PASS,
+    PromotionSettings,
+    PromotionTest,
+    SignalPass,
+    VerdictSnapshot,
+    eta_seconds,
+    finite_or_none,
+)
 from streams.requestlog import MAX_BAD_LINES, Columns, decode_columns
-from streams.windows import FleetWindows
+from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS, FleetWindows
+
+VERDICT_CODES = (INCONCLUSIVE, PASS, ABORT)
+_CANARY_BAD = slice(bad_series(0, ARM_CANARY), bad_series(len(SIGNALS), ARM_CANARY))
+_STABLE_BAD = slice(bad_series(0, ARM_STABLE), bad_series(len(SIGNALS), ARM_STABLE))
 
 
 @dataclass(slots=True)
@@ -90,8 +115,10 @@ class Fleet:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         max_bad_lines: int = MAX_BAD_LINES,
         limits: FleetLimits | None = None,
+        promotion: PromotionSettings | None = None,
     ) -> None:
         self.settings = settings or DecisionSettings()
+        self.promotion_settings = promotion or PromotionSettings()
         window = window or WindowSettings()
         self.limits = limits or FleetLimits()
         self.max_message_bytes = max_message_bytes
@@ -99,6 +126,15 @@ class Fleet:
         self.attribution = Attribution(capacity)
         self.windows = FleetWindows(capacity, bucket_s=window.bucket_s, buckets=window.buckets)
         self.engine = DecisionEngine(self.settings, capacity)
+        p = self.promotion_settings
+        tolerances = p.tolerances()
+        self.promotion = PromotionTest(
+            capacity,
+            tol_ratio=[t[0] for t in tolerances],
+            tol_diff=[t[1] for t in tolerances],
+            beta=p.beta,
+            block_requests=p.block_requests,
+        )
         self.decided: set[str] = set()  # decision ids already issued: one abort per revision
         # Rollouts to pause (verdict HOLD: stable degraded while the canary runs), new this pass.
         self.hold_requests: list[HoldRequest] = []
@@ -151,6 +187,7 @@ class Fleet:
             self.row_source = np.concatenate(
                 [self.row_source, np.full(extra.size, -1, dtype=np.int64)]
             )
+            self.promotion.grow(capacity)
         for rows in (change.ended, change.started):
             if rows:
                 index = np.asarray(rows, dtype=np.intp)
@@ -159,6 +196,7 @@ class Fleet:
                 self.counted_rows[index] = False
                 self.row_source[index] = -1
                 self.dirty[index] = False
+                self.promotion.reset(index)
         if change.started:
             self._started_since_hold = True
         return True
@@ -335,8 +373,15 @@ class Fleet:
         so a send that failed is retried by the next pass. Without it, returning is deciding.
         """
         self.windows.advance(now)
+        increments = self.windows.take_pending()
         result = self.engine.evaluate(
-            self.windows.take_pending(), self.windows.window_sum, self.attribution.active, now
+            increments, self.windows.window_sum, self.attribution.active, now
+        )
+        self.promotion.update(
+            increments[CANARY_REQUESTS],
+            increments[STABLE_REQUESTS],
+            increments[_CANARY_BAD],
+            increments[_STABLE_BAD],
         )
         self.last_pass = result
         self.hold_requests = self._holds(result, now)
@@ -396,3 +441,100 @@ class Fleet:
                 )
             )
         return holds
+
+    def verdict_codes(self) -> tuple[NDArray[np.intp], NDArray[np.int8]]:
+        """(active rows, their gate verdict code) from the last pass, vectorised: 0
+        inconclusive, 1 pass, 2 abort (`VERDICT_CODES`)."""
+        result = self.last_pass
+        if result is None:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int8)
+        width = result.verdicts.shape[1]
+        rows = np.flatnonzero(self.attribution.active[:width])
+        passed = self.promotion.passed[:, rows].all(axis=0)
+        aborted = (result.verdicts[:, rows] == Verdict.ABORT).any(axis=0)
+        codes = np.where(aborted, 2, np.where(passed, 1, 0)).astype(np.int8)
+        return rows, codes
+
+    def pass_state(self, rows: Sequence[int] | None = None) -> list[VerdictSnapshot]:
+        """The gate's verdict for canaries in progress (these rows, or all), from the last
+        evaluation pass: `abort` once the streaming test aborted (either signal), `pass` once
+        every signal's promotion test passed, `inconclusive` otherwise (with an estimate of the
+        time to a pass)."""
+        result = self.last_pass
+        if result is None:
+            return []
+        if rows is None:
+            rows = self.verdict_codes()[0].tolist()
+        return [self.verdict_of(int(row), result) for row in rows]
+
+    def verdict_of(self, row: int, result: PassResult) -> VerdictSnapshot:
+        state = self.attribution.states[row]
+        assert state is not None
+        p = self.promotion_settings
+        test = self.promotion
+        index = np.asarray([row], dtype=np.intp)
+        elapsed = max(0.0, result.now - float(result.started_at[row]))
+        aborted = bool((result.verdicts[:, row] == Verdict.ABORT).any())
+        signals = []
+        etas = []
+        for t, name in enumerate(SIGNALS):
+            evidence = result.evidence(row, t)
+            tol_ratio, tol_diff = p.tolerances()[t]
+            passed = bool(test.passed[t, row])
+            if result.verdicts[t, row] == Verdict.ABORT:
+                verdict = ABORT
+            elif passed:
+                verdict = PASS
+            else:
+                verdict = INCONCLUSIVE
+                # Nats still missing for the nearer of the two bounds, at the traffic so far.
+                have = max(
+                    float(test.log_e_diff(t, index, tol_diff)[0]),
+                    float(test.log_e_ratio_tol(t, index)[0]),
+                )
+                etas.append(
+                    eta_seconds(
+                        test.threshold - have,
+                        evidence.canary_requests / elapsed if elapsed > 0 else 0.0,
+                        evidence.stable_bad / max(evidence.stable_requests, 1),
+                        evidence.canary_share,
+                        tol_ratio,
+                        tol_diff,
+                    )
+                )
+            signals.append(
+                SignalPass(
+                    signal=name,
+                    verdict=verdict,
+                    ratio_bound=finite_or_none(float(test.ratio_bound(t, index)[0]), math.inf),
+                    diff_bound=finite_or_none(float(test.diff_bound(t, index)[0]), 1.0),
+                    tol_ratio=tol_ratio,
+                    tol_diff=tol_diff,
+                    canary_requests=evidence.canary_requests,
+                    canary_bad=evidence.canary_bad,
+                    stable_requests=evidence.stable_requests,
+                    stable_bad=evidence.stable_bad,
+                    abort_statistic=round(evidence.statistic, 6),
+                    abort_threshold=round(evidence.threshold, 6),
+                )
+            )
+        if aborted:
+            verdict, reason = ABORT, "the streaming test aborted this canary"
+        elif all(s.verdict == PASS for s in signals):
+            verdict, reason = PASS, "every signal is shown to be within its tolerance"
+        else:
+            verdict, reason = INCONCLUSIVE, "not yet shown to be within tolerance"
+        eta = max(etas) if etas else None
+        return VerdictSnapshot(
+            namespace=state.namespace,
+            rollout=state.name,
+            pod_hash=state.current_pod_hash,
+            verdict=verdict,
+            decided_at=result.now,
+            since_canary_start_s=round(elapsed, 3),
+            beta=p.beta,
+            signals=tuple(signals),
+            eta_s=round(eta, 1) if eta is not None and math.isfinite(eta) else None,
+            release=state.release,
+            reason=reason,
+        )

@@ -52,6 +52,7 @@ class ObjectMeta(TypedDict, total=False):
     resourceVersion: str
     generation: int
     annotations: dict[str, str]
+    labels: dict[str, str]
 
 
 class Container(TypedDict, total=False):
@@ -182,8 +183,18 @@ def current_set_weight(rollout: Rollout) -> int | None:
     return 0
 
 
+RELEASE_KEY = "canarywatch.io/release"
+
+
 def release_of(rollout: Rollout) -> str:
-    """The image of the first container of the pod template ("" with a workloadRef)."""
+    """The release the canary carries: the Rollout's `canarywatch.io/release` annotation, else
+    its label of that name, else the image of the first container of the pod template ("" with
+    a workloadRef and neither)."""
+    meta = _obj(rollout.get("metadata"))
+    for where in ("annotations", "labels"):
+        named = _text(_obj(meta.get(where)).get(RELEASE_KEY))
+        if named:
+            return named
     template = _obj(_obj(rollout.get("spec")).get("template"))
     containers = _obj(template.get("spec")).get("containers")
     if isinstance(containers, list) and containers:

@@ -227,3 +227,38 @@ def test_a_named_cluster_is_in_the_command_and_its_decision_id() -> None:
             break
     (command,) = commands
     assert (command.cluster, command.decision_id) == ("eu-1", "eu-1:shop/web@c1")
+
+
+def test_pass_state_says_pass_abort_or_inconclusive_per_canary() -> None:
+    """Busy and healthy: pass (both signals shown within tolerance); broken: abort; quiet:
+    inconclusive, with an estimate of how long a pass would take at its traffic."""
+    fleet = Fleet()
+    fleet.apply_rollout(RolloutState("busy", "web", "c1", "s1", canary_weight=20), now=0.0)
+    fleet.apply_rollout(RolloutState("bad", "web", "c2", "s2", canary_weight=20), now=0.0)
+    fleet.apply_rollout(RolloutState("quiet", "web", "c3", "s3", canary_weight=20), now=0.0)
+    verdicts: dict[str, str] = {}
+    for t in range(1, 121):
+        batch = lines("busy", "c1", 40, 0, t) + lines("busy", "s1", 160, 0, t)
+        batch += lines("bad", "c2", 40, 10, t) + lines("bad", "s2", 160, 0, t)
+        if t % 30 == 0:
+            batch += lines("quiet", "c3", 1, 0, t) + lines("quiet", "s3", 4, 0, t)
+        fleet.count(batch, float(t))
+        fleet.evaluate(float(t))
+        verdicts = {s.namespace: s.verdict for s in fleet.pass_state()}
+        if verdicts["busy"] == "pass":
+            break
+    assert verdicts == {"busy": "pass", "bad": "abort", "quiet": "inconclusive"}, verdicts
+    snaps = {s.namespace: s for s in fleet.pass_state()}
+    busy = snaps["busy"]
+    assert busy.pod_hash == "c1" and all(s.verdict == "pass" for s in busy.signals)
+    assert any(
+        (s.diff_bound is not None and s.diff_bound <= s.tol_diff)
+        or (s.ratio_bound is not None and s.ratio_bound <= s.tol_ratio)
+        for s in busy.signals
+    )
+    quiet = snaps["quiet"]
+    assert quiet.eta_s is not None and quiet.eta_s > 3600, quiet
+    # A new revision starts again from nothing.
+    fleet.apply_rollout(RolloutState("busy", "web", "c9", "s1", canary_weight=20), now=200.0)
+    fleet.evaluate(200.0)
+    assert {s.namespace: s.verdict for s in fleet.pass_state()}["busy"] == "inconclusive"

@@ -99,3 +99,24 @@ def test_a_port_in_use_is_one_line_and_exit_code_2(capsys: pytest.CaptureFixture
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"127.0.0.1:{port}" in err
+
+
+def test_a_probe_is_read_when_checked_and_its_episodes_are_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    readiness = Readiness("worker", clock=clock)
+    problem: list[str | None] = [None]
+    readiness.probe("fetch", lambda: problem[0])
+    assert readiness.check() == (True, {})
+    with caplog.at_level(logging.WARNING, logger="canarywatch.health"):
+        problem[0] = "no fetch answered for 6 s"
+        for _ in range(5):
+            assert readiness.check() == (False, {"fetch": "no fetch answered for 6 s"})
+        clock.now += 30.0
+        problem[0] = None
+        assert readiness.check() == (True, {})
+    assert [r.getMessage() for r in caplog.records] == [
+        "worker: not ready: fetch: no fetch answered for 6 s",
+        "worker: fetch recovered after 30.0 s",
+    ]

@@ -337,3 +337,18 @@ def test_a_new_release_under_the_old_pod_hash_is_held_back() -> None:
     obj["status"]["currentPodHash"] = "7a8b9c0d1e"  # the next write: the new canary
     whole = rollout_state(obj, 3.0)
     assert whole is not None and dedupe.check(whole, "12") is Change.NEW
+
+
+def test_release_label_or_annotation_takes_precedence_over_the_image() -> None:
+    labelled = rollout()
+    labelled["metadata"]["labels"] = {"canarywatch.io/release": "payments-7.3"}
+    assert release_of(labelled) == "payments-7.3"
+    annotated = rollout()
+    annotated["metadata"]["labels"] = {"canarywatch.io/release": "from-label"}
+    annotated["metadata"]["annotations"] = {"canarywatch.io/release": "from-annotation"}
+    assert release_of(annotated) == "from-annotation"
+    state = rollout_state(annotated, 0.0)
+    assert state is not None and state.release == "from-annotation"
+    empty = rollout()
+    empty["metadata"]["labels"] = {"canarywatch.io/release": ""}
+    assert release_of(empty) == "registry.example/web:2.0.0"

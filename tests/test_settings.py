@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agents.settings import Settings, Topics, settings_from_env, settings_to_env
 from streams.fleet import FleetLimits
+from streams.release import FleetControl, ReleaseSettings
 
 
 def test_settings_survive_the_trip_through_the_environment() -> None:
@@ -34,3 +37,21 @@ def test_settings_survive_the_trip_through_the_environment() -> None:
     )
     back = settings_from_env(settings_to_env(settings))
     assert back == settings
+
+
+def test_release_settings_survive_the_trip_and_refuse_unknown_policies() -> None:
+    settings = Settings(
+        release=ReleaseSettings(fleet_control=FleetControl.EBH, fdr=0.1),
+        release_policy="notify",
+        summary_every_s=0.5,
+        release_evaluate_every_s=0.25,
+    )
+    back = settings_from_env(settings_to_env(settings))
+    assert back == settings
+    assert back.release.fleet_control is FleetControl.EBH
+    assert settings_from_env({}).release_policy == "abort"
+    assert settings_from_env({}).release.fleet_control is FleetControl.PER_ENV
+    with pytest.raises(ValueError):
+        settings_from_env({"CANARYWATCH_RELEASE_POLICY": "explode"})
+    with pytest.raises(ValueError):
+        settings_from_env({"CANARYWATCH_FLEET_CONTROL": "bonferroni"})

@@ -1,0 +1,52 @@
+"""The verdict publisher: changed verdicts at once, unchanged evidence at most every refresh_s."""
+
+from __future__ import annotations
+
+import itertools
+
+from agents.verdicts import VerdictPublisher
+from streams.events import RequestLine, RolloutState, encode_request_line
+from streams.fleet import Fleet
+from streams.promotion import VerdictSnapshot
+
+
+def lines(ns: str, pod_hash: str, n: int, errors: int, t: float) -> list[bytes]:
+    return [
+        encode_request_line(
+            RequestLine(t, ns, f"web-{pod_hash}", pod_hash, 503 if i < errors else 200, 20.0)
+        )
+        for i in range(n)
+    ]
+
+
+async def test_changed_verdicts_go_out_at_once_and_unchanged_ones_at_most_every_refresh() -> None:
+    sent: list[tuple[bytes, VerdictSnapshot]] = []
+
+    async def send(key: bytes, value: bytes) -> None:
+        sent.append((key, VerdictSnapshot.decode(value)))
+
+    fleet = Fleet()
+    fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=20), now=0.0)
+    publisher = VerdictPublisher(send, refresh_s=5.0)
+    verdicts = []
+    for t in range(1, 200):
+        fleet.count(lines("shop", "c1", 40, 0, t) + lines("shop", "s1", 160, 0, t), float(t))
+        fleet.evaluate(float(t))
+        await publisher.tick(fleet, float(t))
+        verdicts.append(sent[-1][1].verdict)
+        if sent[-1][1].verdict == "pass":
+            break
+    assert sent[0][0] == b"shop/web"
+    first_pass = verdicts.index("pass")
+    # Inconclusive snapshots every 5 s at most (the first at once), then the pass at once.
+    times = [snapshot.decided_at for _, snapshot in sent]
+    assert times[0] == 1.0
+    assert all(b - a >= 5.0 for a, b in itertools.pairwise(times[:-1])), times
+    assert times[-1] == float(first_pass + 1)
+    assert sent[-1][1].pod_hash == "c1"
+    # A new revision is a change: out at the next pass.
+    fleet.apply_rollout(RolloutState("shop", "web", "c2", "s1", canary_weight=20), now=300.0)
+    fleet.evaluate(300.0)
+    assert await publisher.tick(fleet, 300.0) == 1
+    assert (sent[-1][1].pod_hash, sent[-1][1].verdict) == ("c2", "inconclusive")
+    assert await publisher.tick(fleet, 301.0) == 0
