@@ -784,6 +784,7 @@ def run_actuator(
                 "max.message.bytes": str(settings.topic_max_message_bytes),
                 "cleanup.policy": "compact",
             },
+            replication_factor=settings.replication_factor,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

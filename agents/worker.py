@@ -266,6 +266,7 @@ async def ensure_verdict_topic(settings: Settings) -> None:
         settings.bootstrap,
         {settings.topics.verdicts: settings.partitions},
         {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        replication_factor=settings.replication_factor,
     )
 
 
