@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import ConsumerStoppedError
@@ -104,6 +104,10 @@ class RequestLogIngest(Service):
         self._checkpoint_episode = Episodes("checkpoint", metrics)
         self._restore_episode = Episodes("restore", metrics)
         self._floor: dict[TopicPartition, int] = {}  # where counting resumed after a restore
+        # The next offset each partition may contribute: a record below it was fetched
+        # already (a refetch after a seek back), so it is never counted twice.
+        self._expected: dict[TopicPartition, int] = {}
+        self._restoring: set[TopicPartition] = set()  # their fetched records are dropped
 
     async def on_start(self) -> None:
         s = self.settings
@@ -150,6 +154,8 @@ class RequestLogIngest(Service):
                 for tp in revoked:
                     self._next_offset.pop(tp, None)
                     self._received.pop(tp, None)
+                    self._expected.pop(tp, None)
+                    self._floor.pop(tp, None)
                     self._skipped.pop(tp, None)
                 self.assigned -= revoked
                 if self.evidence is not None:
@@ -175,15 +181,27 @@ class RequestLogIngest(Service):
                 # Held while restoring: the fetcher may already return lines of the new
                 # partitions, and they must be counted on top of the restored evidence.
                 async with self._batch_lock:
-                    restored, resume = await self.evidence.restore({tp.partition for tp in new})
-                    consumer = self._consumer
-                    assert consumer is not None
-                    for tp in new:
-                        if tp.partition in resume:
-                            # Resume exactly where the restored evidence ends; anything fetched
-                            # from another position is dropped (`_flush`).
-                            consumer.seek(tp, resume[tp.partition])
-                            self._floor[tp] = resume[tp.partition]
+                    self._restoring |= new
+                    self._forget_fetched(new)
+                    try:
+                        restored, resume = await self.evidence.restore({tp.partition for tp in new})
+                        consumer = self._consumer
+                        assert consumer is not None
+                        for tp in new & self.assigned:
+                            # Resume exactly where the restored evidence ends (no checkpoint
+                            # yet: the group's commit); records fetched before are dropped.
+                            at = resume.get(tp.partition)
+                            if at is None:
+                                at = await consumer.committed(tp)
+                            if at is None:
+                                at = (await consumer.beginning_offsets([tp]))[tp]
+                            consumer.seek(tp, at)
+                            self._floor[tp] = at
+                            self._expected[tp] = at
+                            self._received.pop(tp, None)
+                        self._forget_fetched(new)
+                    finally:
+                        self._restoring -= new
                 self.metrics.evidence_rows.labels("restored").inc(restored)
                 self._restore_episode.ok()
                 return
@@ -191,6 +209,16 @@ class RequestLogIngest(Service):
                 self._restore_episode.failed(exc, time.monotonic())
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _forget_fetched(self, partitions: set[TopicPartition]) -> None:
+        """Records of `partitions` fetched before their restore are not counted: the restore
+        seeks to the offsets its evidence covers and they are read again from there."""
+        for batches in self._fetched:
+            for tp in partitions:
+                batches.pop(tp, None)
+        self._fetched = [b for b in self._fetched if b]
+        if self._decoding is not None:
+            self._decoding.dropped |= partitions
 
     def fetch_problem(self) -> str | None:
         """Readiness: why the broker is not answering this worker's fetches, or None.
@@ -318,10 +346,33 @@ class RequestLogIngest(Service):
                 self._decoding = self._decode(pending)
 
     def _stash(self, batches: Batches) -> None:
+        batches = self._new_records(batches)
         if batches:
             self._fetched.append(batches)
             for tp, records in batches.items():
                 self._received[tp] = records[-1].offset + 1
+
+    def _new_records(self, batches: Batches) -> Batches:
+        """The fetched records not fetched before: after a restore, only those from the
+        offset its evidence covers on (a fetch from elsewhere, before the seek took effect,
+        is dropped: the consumer reads again from there); then never one twice."""
+        fresh: Batches = {}
+        for tp, records in batches.items():
+            if tp in self._restoring:
+                continue  # read again from the restored offsets
+            expected = self._expected.get(tp)
+            if expected is not None and records[0].offset < expected:
+                records = [r for r in records if r.offset >= expected]
+            if not records:
+                continue
+            floor = self._floor.get(tp)
+            if floor is not None:
+                if records[0].offset != floor:
+                    continue  # fetched from another position than the restore resumed at
+                del self._floor[tp]
+            self._expected[tp] = records[-1].offset + 1
+            fresh[tp] = records
+        return fresh
 
     def _take_fetched(self) -> Batches:
         fetched, self._fetched = self._fetched, []
@@ -404,16 +455,8 @@ class RequestLogIngest(Service):
     def _current(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
         """Are these fetched records to be counted? Not when their partition is no longer
         ours (the next owner reads them), nor when they were fetched from another position
-        than the one a restore resumed at (the consumer reads again from there)."""
-        if tp not in self.assigned:
-            return False
-        floor = self._floor.get(tp)
-        if floor is None:
-            return True
-        if records[0].offset < floor:
-            return False
-        del self._floor[tp]
-        return True
+        than the one a restore resumed at (dropped when fetched: `_new_records`)."""
+        return tp in self.assigned
 
     async def _flush(self) -> None:
         """Count the fetch being decoded, dead-letter what it refused, then note its offsets."""
@@ -424,7 +467,7 @@ class RequestLogIngest(Service):
         kept = [
             (part, columns)
             for part, columns in zip(decoding.parts, decoded, strict=True)
-            if self._current(*part)
+            if self._current(*part) and part[0] not in decoding.dropped
         ]
         decoding.parts = [part for part, _ in kept]
         reports = [
@@ -456,6 +499,7 @@ class _Decoding:
     parts: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
     fetched_at: float
     columns: asyncio.Future[list[Columns]]  # one per part
+    dropped: set[TopicPartition] = field(default_factory=set)  # restored meanwhile: not counted
 
 
 Refused = tuple[int, bytes, DecodeError]  # (offset or index, the bytes, why)

@@ -270,7 +270,6 @@ async def ensure_verdict_topic(settings: Settings) -> None:
     )
 
 
-
 def with_epoch(state: RolloutState, stored: bytes | None) -> RolloutState:
     """The snapshot with its decision epoch: the stored canary's, when the same revision is
     still in progress in the table; a new one (`epoch_of`) when the canary starts (again: a
