@@ -212,9 +212,9 @@ async def from_requests(
     admin: k8s.ApiClient,
 ) -> tuple[list[float], ...]:
     """The worker judges each canary from request lines (its Rollout's snapshot as the bridge
-    would publish it, with the real hashes): a broken canary, half its requests failing, a message
-    every 0.25 s, the canary 20 % of the traffic (its weight). Per canary: first bad request -> decision (the worker's
-    `decided_at`) -> status.abort -> RolloutAborted."""
+    would publish it, with the real hashes): a broken canary, half its requests failing, 20 % of
+    the traffic (its weight), a message every 0.25 s. Per canary: first bad request -> decision
+    (the worker's `decided_at`) -> status.abort -> RolloutAborted."""
     stables = await stable_hashes(admin, names)
     now = time.time()
     states = [
