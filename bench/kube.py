@@ -13,9 +13,12 @@ paused at its first step. One actuator per cluster reads one commands topic (own
   patch (the patch carries the judged resourceVersion); the new revision must never be aborted
   (else `wrong_revision_aborts`).
 
-The statistics' part (first bad request -> decision) is not run here: the worker needs as much
-evidence as it needs (docs/performance.md, `make bench`); this bench measures actuation. The last
-line is
+- **From requests** (``--requests``): a worker judges broken canaries of cluster A from request
+  lines and the split first bad request -> decision (the statistics: as much evidence as they
+  need) -> status.abort (actuator) -> RolloutAborted (controller) is printed.
+
+`controller_abort_*` measures actuation (decision -> RolloutAborted over the aborts); the time to
+the decision is the statistics', unchanged here and reported apart. The last line is
 
     kube-e2e: controller_abort_p50_s=A controller_abort_p99_s=B wrong_revision_aborts=0
       cross_cluster_aborts=0   (one line)
