@@ -77,6 +77,12 @@ profile: venv
 	$(PY) -m bench.profile_ingest
 
 # Deployments -> Argo Rollouts in waves, on a real API server and the real controller (issue 15).
+# Actuation on the real controller in two clusters: decision -> RolloutAborted, the race, the
+# cross-cluster case (issue 12); last line `kube-e2e: ...`.
+.PHONY: bench-kube
+bench-kube: venv
+	$(PY) -m bench.kube
+
 .PHONY: bench-migrate
 bench-migrate: venv
 	$(PY) -m bench.migrate

@@ -490,7 +490,11 @@ class Actuator:
 
     @property
     def group_id(self) -> str:
-        return f"{self.settings.app_id}-actuator"
+        """`<app_id>-actuator`, `-<cluster>` appended when the cluster is named: the actuators
+        of two clusters reading one commands topic must not share its partitions (each would
+        commit, as `other_cluster`, commands the other one never saw)."""
+        cluster = self.settings.cluster
+        return f"{self.settings.app_id}-actuator" + (f"-{cluster}" if cluster else "")
 
     async def handle(self, command: AbortCommand) -> Result:
         """Read, judge, patch, record: retried as a whole on retryable errors."""
