@@ -91,6 +91,8 @@ class RolloutView(Service):
         self.restored = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._refused_seen = 0
+        self._evicted_seen = 0
+        self._evict_log = RateLimitedLog(30.0)
         self._cap_log = RateLimitedLog(30.0)
         self._refused_log = RateLimitedLog(30.0)
 
@@ -182,6 +184,15 @@ class RolloutView(Service):
                 "max_canaries=%d reached: %d new canaries not tracked",
                 fleet.limits.max_canaries,
                 refused,
+            )
+        evicted = fleet.evicted_canaries - self._evicted_seen
+        if evicted:
+            self._evicted_seen = fleet.evicted_canaries
+            self.metrics.canaries_evicted.inc(evicted)
+            self._evict_log.warning(
+                "max_canaries=%d reached: %d idle canaries evicted for canaries with traffic",
+                fleet.limits.max_canaries,
+                evicted,
             )
         released = fleet.release_held(now)
         self.metrics.count_lines(released.counted, released.unattributed, 0)
