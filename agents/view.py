@@ -141,6 +141,7 @@ class RolloutView(Service):
                 pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
                 if not pending:
                     await self._restore_done()
+            self.report_evictions()  # ingest admits by traffic between two batches
             await asyncio.sleep(0)  # a burst of snapshots yields to the request-log path
 
     async def _restore_done(self) -> None:
@@ -185,6 +186,13 @@ class RolloutView(Service):
                 fleet.limits.max_canaries,
                 refused,
             )
+        self.report_evictions()
+        released = fleet.release_held(now)
+        self.metrics.count_lines(released.counted, released.unattributed, 0)
+
+    def report_evictions(self) -> None:
+        """Count and log idle canaries the fleet evicted (at the cap) since the last call."""
+        fleet = self.fleet
         evicted = fleet.evicted_canaries - self._evicted_seen
         if evicted:
             self._evicted_seen = fleet.evicted_canaries
@@ -194,5 +202,3 @@ class RolloutView(Service):
                 fleet.limits.max_canaries,
                 evicted,
             )
-        released = fleet.release_held(now)
-        self.metrics.count_lines(released.counted, released.unattributed, 0)
