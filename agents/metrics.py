@@ -87,6 +87,12 @@ class WorkerMetrics:
             "New canaries not tracked because max_canaries was reached.",
             registry=registry,
         )
+        self.canaries_evicted = Counter(
+            "canarywatch_canaries_evicted",
+            "Idle canaries (no line counted since they started) untracked at max_canaries to "
+            "admit a refused canary whose request lines arrived.",
+            registry=registry,
+        )
         # /readyz and this gauge: the view restored and ingest started (`ready.set(1)`), plus
         # the probes the worker adds (a fetch answered lately).
         self.readiness = Readiness("worker")

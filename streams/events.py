@@ -483,7 +483,9 @@ def encode_request_line(line: RequestLine) -> bytes:
 
 
 def encode_rollout_state(state: RolloutState) -> bytes:
-    return orjson.dumps(asdict(state))
+    # orjson serialises the dataclass itself, the same bytes as `asdict` (flat fields) at a
+    # tenth of the cost: every snapshot of a flood is encoded once by the rollout-state agent.
+    return orjson.dumps(state)
 
 
 def rollout_state_from_obj(obj: Any) -> RolloutState:

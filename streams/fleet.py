@@ -7,7 +7,12 @@ engine and the promotion test (`streams.promotion`: the `pass` verdict, in its o
 testable without Kafka.
 
 Bounds (`FleetLimits`): at most `max_canaries` canaries are tracked (a new canary over the cap
-is refused and counted in `refused_canaries`, until a later snapshot of it finds room); request
+is refused and counted in `refused_canaries`, until a later snapshot of it finds room, or until
+its request lines arrive: a refused canary waits (its last snapshot, at most `max_canaries` of
+them), and the first of its lines that no tracked canary claims admits it in place of an idle one,
+a tracked canary that has not counted a line since it started, oldest admitted first
+(`evicted_canaries`; it waits in turn and comes back the same way). A flood of snapshots nobody
+sends traffic for cannot keep a real canary out); request
 lines whose (namespace, hash) no tracked canary has yet are held for up to `hold_s` seconds of
 processing time (the `now` passed in) and at most `hold_lines` lines, and looked up again at
 each count and by `release_held` (after new canaries started): a line that arrives shortly
@@ -52,7 +57,7 @@ from streams.promotion import (
     eta_seconds,
     finite_or_none,
 )
-from streams.requestlog import MAX_BAD_LINES, Columns, decode_columns
+from streams.requestlog import MAX_BAD_LINES, Columns, decode_columns, pack_key
 from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS, FleetWindows
 
 VERDICT_CODES = (INCONCLUSIVE, PASS, ABORT)
@@ -148,6 +153,11 @@ class Fleet:
         self.row_source = np.full(capacity, -1, dtype=np.int64)
         self.dirty = np.zeros(capacity, dtype=np.bool_)
         self.refused_canaries = 0  # new canaries not tracked because of `max_canaries`
+        self.evicted_canaries = 0  # idle canaries untracked to admit one whose lines arrived
+        # Refused canaries by (namespace, hash) key of their pods, and their last snapshots.
+        self._waiting: dict[str, RolloutState] = {}
+        self._waiting_keys: dict[bytes, str] = {}
+        self._admitted: dict[str, None] = {}  # tracked canaries, oldest admitted first
         # (held since, lines, their partition), oldest first
         self._held: list[tuple[float, Columns, int]] = []
         self._held_lines = 0
@@ -166,7 +176,13 @@ class Fleet:
             and len(attribution.row_of_env) >= self.limits.max_canaries
         ):
             self.refused_canaries += 1
+            self._wait(state)
             return False
+        self._unwait(state.env)
+        if state.canary_in_progress:
+            self._admitted.setdefault(state.env, None)
+        else:
+            self._admitted.pop(state.env, None)
         row = attribution.row_of_env.get(state.env)
         old = attribution.states[row] if row is not None else None
         change = attribution.apply(state)
@@ -203,6 +219,8 @@ class Fleet:
 
     def forget(self, env: str) -> None:
         """Stop tracking `env` (its canary ended, or the view dropped it); no-op if untracked."""
+        self._unwait(env)
+        self._admitted.pop(env, None)
         if env not in self.attribution.row_of_env:
             return
         row = self.attribution.remove(env)
@@ -295,6 +313,8 @@ class Fleet:
         self._count_held(now, report)
         if len(columns):
             rest = self._count(columns, now, report, source)
+            if rest is not None and self._waiting and self._admit_by_traffic(rest, now):
+                rest = self._count(rest, now, report, source)
             if rest is not None:
                 self._hold(rest, now, report, source)
         report.held = self._held_lines
@@ -328,6 +348,57 @@ class Fleet:
         if counted == len(columns):
             return None
         return columns.select(~attributed) if counted else columns
+
+    def _wait(self, state: RolloutState) -> None:
+        """Remember a refused canary's last snapshot by its pods' keys, at most `max_canaries`."""
+        self._unwait(state.env)
+        while len(self._waiting) >= max(1, self.limits.max_canaries):
+            self._unwait(next(iter(self._waiting)))  # the oldest waiting canary gives way
+        self._waiting[state.env] = state
+        for pod_hash in {state.current_pod_hash, state.stable_hash}:
+            key = pack_key(state.namespace, pod_hash) if pod_hash else None
+            if key is not None:
+                self._waiting_keys[key.rstrip(b"\0")] = state.env
+
+    def _unwait(self, env: str) -> None:
+        state = self._waiting.pop(env, None)
+        if state is None:
+            return
+        for pod_hash in {state.current_pod_hash, state.stable_hash}:
+            key = pack_key(state.namespace, pod_hash) if pod_hash else None
+            if key is not None and self._waiting_keys.get(key.rstrip(b"\0")) == env:
+                del self._waiting_keys[key.rstrip(b"\0")]
+
+    def _admit_by_traffic(self, columns: Columns, now: float) -> bool:
+        """Admit waiting canaries whose lines are in `columns`, each in place of an idle one."""
+        envs = {
+            env
+            for key in np.unique(columns.keys).tolist()
+            if (env := self._waiting_keys.get(key)) is not None  # numpy drops the NUL padding
+        }
+        admitted = False
+        for env in sorted(envs):
+            state = self._waiting[env]
+            if len(self.attribution.row_of_env) >= self.limits.max_canaries:
+                idle = self._idle_canary()
+                if idle is None:
+                    break  # every tracked canary counts lines: the cap holds
+                idle_state = self.attribution.states[self.attribution.row_of_env[idle]]
+                self.forget(idle)
+                self.evicted_canaries += 1
+                if idle_state is not None:
+                    self._wait(idle_state)
+            admitted = self.apply_rollout(state, now) or admitted
+        return admitted
+
+    def _idle_canary(self) -> str | None:
+        """The oldest admitted canary that has counted no line since it started, if any."""
+        row_of_env = self.attribution.row_of_env
+        for env in self._admitted:
+            row = row_of_env.get(env)
+            if row is not None and not self.counted_rows[row]:
+                return env
+        return None
 
     def _hold(self, columns: Columns, now: float, report: IngestReport, source: int) -> None:
         room = max(0, self.limits.hold_lines - self._held_lines) if self.limits.hold_s > 0 else 0
