@@ -265,11 +265,12 @@ async def wait_for(
 
 
 async def canary_at_analysis(
-    admin: k8s.ApiClient, gate_url: str, consecutive_errors: int = 4
+    admin: k8s.ApiClient, gate_url: str, consecutive_errors: int = 4, name: str | None = None
 ) -> tuple[str, str, str]:
-    """A Rollout with the canarywatch analysis step, Healthy at v1, then at v2 with the
-    controller running the analysis step (index 1); its name, canary and stable hashes."""
-    name = f"web-{uuid.uuid4().hex[:8]}"
+    """A Rollout (`name`, default a fresh one) with the canarywatch analysis step, Healthy at
+    v1, then at v2 with the controller running the analysis step (index 1); its name, canary
+    and stable hashes."""
+    name = name or f"web-{uuid.uuid4().hex[:8]}"
     objects = k8s.CustomObjectsApi(admin)
     template = analysis_template(f"canarywatch-{name}", gate_url, consecutive_errors)
     objects.create_namespaced_custom_object(
