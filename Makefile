@@ -53,6 +53,12 @@ kube-apiserver:
 argo-rollouts:
 	scripts/argo/build.sh
 
+# The promotion gate as Argo shows it (README "Promotion gate in Argo"): a real stack once,
+# `kubectl argo rollouts get rollout` at the analysis step and after promotion.
+.PHONY: show-gate
+show-gate: venv
+	$(PY) -m bench.show_gate
+
 # Real single-node Apache Kafka (KRaft) from Maven Central, cached outside the clone; state in
 # $(KAFKA_DIR). `make broker` returns once the broker answers; `make broker-stop` stops it.
 KAFKA_DIR ?= $(CURDIR)/.kafka-data

@@ -20,8 +20,8 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                     controller.stop()
     finally:
         kafka.stop()
-    print(f"\n(work directory: {work})", file=sys.stderr)
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
