@@ -140,15 +140,14 @@ async def run(bootstrap: str, work: Path) -> str:
     kept = sum(1 for e in produced if after.get(e, 0.0) >= at_kill.get(e, 0.0))
     lost = sum(max(0.0, produced[e] - after.get(e, 0.0)) for e in produced)
     double = sum(max(0.0, after.get(e, 0.0) - produced[e]) for e in produced)
-    await producer.stop()
 
-    async def commands() -> Counter[str]:
+    async def commands(within_s: float = 3.0) -> Counter[str]:
         consumer = AIOKafkaConsumer(
             settings.topics.commands, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
         )
         await consumer.start()
         ids: Counter[str] = Counter()
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=300)).values():
                 for r in records:
@@ -156,11 +155,20 @@ async def run(bootstrap: str, work: Path) -> str:
         await consumer.stop()
         return ids
 
-    # Every bad canary aborts (some before the kill, some after): C counts real commands.
-    deadline = time.monotonic() + 60
-    while len({i.split("@")[0] for i in await commands()}) < BAD and time.monotonic() < deadline:
-        pass
+    # Live rounds, each once the last is counted, until every bad canary has aborted (a
+    # backlog's blocks are as large as the passes that drained it: event time is item 1).
+    deadline = time.monotonic() + 90
+    while len({i.split("@")[0] for i in await commands(1.0)}) < BAD and time.monotonic() < deadline:
+        await send_round()
+        goal = sum(produced.values())
+
+        def caught_up(g: float = goal) -> bool:
+            return sum(counted_by_env(port).values()) >= g
+
+        with contextlib.suppress(TimeoutError):
+            await poll_until(caught_up, 30, "the round counted")
     restarted.stop()
+    await producer.stop()
     ids = await commands()
     duplicates = sum(c - 1 for c in ids.values() if c > 1)
     print("| measure | value |")
