@@ -270,19 +270,23 @@ async def checkpoint_ratio(bootstrap: str, work: Path) -> float:
         canaries=sum(s.canary_in_progress for s in states),
     )
     b.work.mkdir(parents=True, exist_ok=True)
-    topics = Topics(f"ratio-{uuid.uuid4().hex[:6]}")
-    await ensure_topics(
-        bootstrap,
-        {topics.requests: PARTITIONS, topics.rollouts: PARTITIONS},
-        {"max.message.bytes": str(8 << 20)},
-    )
+    # One backlog per round: a checkpointed drain leaves evidence in `<prefix>.evidence`
+    # (named by the topics, not the group), which a later drain of the same topics would restore.
+    rounds = [Topics(f"ratio-{uuid.uuid4().hex[:6]}") for _ in range(RATIO_ROUNDS)]
     lines = request_lines(b.rng, RATIO_SCALE.ndjson_lines, RATIO_SCALE.envs, now)
-    await produce(bootstrap, topics.rollouts, b.states)
-    await produce(bootstrap, topics.requests, batch_by_key(lines, RATIO_SCALE.lines_per_message))
+    batches = batch_by_key(lines, RATIO_SCALE.lines_per_message)
     del lines
+    for topics in rounds:
+        await ensure_topics(
+            bootstrap,
+            {topics.requests: PARTITIONS, topics.rollouts: PARTITIONS},
+            {"max.message.bytes": str(8 << 20)},
+        )
+        await produce(bootstrap, topics.rollouts, b.states)
+        await produce(bootstrap, topics.requests, batches)
     on: list[float] = []
     off: list[float] = []
-    for round_ in range(RATIO_ROUNDS):
+    for round_, topics in enumerate(rounds):
         for checkpoint, out in ((False, off), (True, on)):
             drain = await best_drain(
                 b,
@@ -312,18 +316,30 @@ def main() -> None:
         default=100_000,
         help="environments of the resume measure (S is printed only at 100,000)",
     )
+    parser.add_argument(
+        "--parts", default="kill,resume,ratio", help="comma-separated: kill, resume, ratio"
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="canarywatch-faults-") as tmp:
         work = Path(tmp)
         port, controller = free_ports(2)
         broker = LocalKafka(work / "kafka", port, controller)
         broker.start(timeout=120)
         try:
-            line = asyncio.run(run(broker.bootstrap, work))
-            resume_s = asyncio.run(resume(broker.bootstrap, work, args.resume_envs))
+            line = (
+                asyncio.run(run(broker.bootstrap, work))
+                if "kill" in parts
+                else "faults: resume_s_100k=nan checkpoint_throughput_ratio=nan"
+            )
+            resume_s = float("nan")
+            if "resume" in parts:
+                resume_s = asyncio.run(resume(broker.bootstrap, work, args.resume_envs))
             if args.resume_envs != 100_000:
                 resume_s = float("nan")
-            ratio = asyncio.run(checkpoint_ratio(broker.bootstrap, work))
+            ratio = float("nan")
+            if "ratio" in parts:
+                ratio = asyncio.run(checkpoint_ratio(broker.bootstrap, work))
             line = line.replace("resume_s_100k=nan", f"resume_s_100k={resume_s:.1f}").replace(
                 "checkpoint_throughput_ratio=nan", f"checkpoint_throughput_ratio={ratio:.2f}"
             )
