@@ -2,13 +2,16 @@
 
 Measured here: K/N (canaries whose evidence after a kill -9 and a restart is at least what it
 was at the kill), L and D (request lines lost from / counted twice into the test, against what
-was produced) and C (abort commands sent twice for one decision epoch). Not measured yet (printed
-as nan / 0): resume_s_100k, backlog_decisions_equal (event time is not built: 0) and
-checkpoint_throughput_ratio (`python -m bench.throughput --only checkpoint` measures it).
+was produced), C (abort commands sent twice for one decision id, `ns/rollout@hash#epoch`, across
+the kill; the bad canaries abort, so C counts real commands), S (seconds from starting a
+replacement worker to its first evaluation pass with restored evidence, 100,000 environments,
+5 % in canary) and R (batched lines/s with checkpoints on / off, interleaved drains of one
+backlog). backlog_decisions_equal is printed as 0: event time is another branch's work.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -26,6 +29,17 @@ from agents.kafka_admin import ensure_topics
 from agents.localkafka import LocalKafka, free_ports
 from agents.processes import WorkerProcess, free_port, poll_until, scrape
 from agents.settings import Settings, Topics
+from bench.throughput import (
+    PARTITIONS,
+    Bench,
+    Scale,
+    batch_by_key,
+    best_drain,
+    fleet_states,
+    produce,
+    request_lines,
+    start_workers,
+)
 from streams.events import (
     RequestLine,
     RolloutState,
@@ -35,7 +49,7 @@ from streams.events import (
 )
 
 N_ENVS = 60
-BAD = 10  # the first BAD environments are bad canaries (5 % canary errors vs 0 on stable)
+BAD = 10  # the first BAD environments are bad canaries (25 % canary errors vs 0 on stable)
 SEED = 20261201
 
 
@@ -90,7 +104,7 @@ async def run(bootstrap: str, work: Path) -> str:
         sends = []
         for i, ns in enumerate(envs):
             n_c = 40 if busy[ns] else 2
-            bad_p = 0.05 if i < BAD else 0.0
+            bad_p = 0.25 if i < BAD else 0.0
             lines = [
                 RequestLine(now, ns, "web-c1-0", "c1", 503 if rng.random() < bad_p else 200, 5.0)
                 for _ in range(n_c)
@@ -126,19 +140,36 @@ async def run(bootstrap: str, work: Path) -> str:
     kept = sum(1 for e in produced if after.get(e, 0.0) >= at_kill.get(e, 0.0))
     lost = sum(max(0.0, produced[e] - after.get(e, 0.0)) for e in produced)
     double = sum(max(0.0, after.get(e, 0.0) - produced[e]) for e in produced)
+
+    async def commands(within_s: float = 3.0) -> Counter[str]:
+        consumer = AIOKafkaConsumer(
+            settings.topics.commands, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        ids: Counter[str] = Counter()
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                for r in records:
+                    ids[decode_abort_command(r.value or b"").decision_id] += 1
+        await consumer.stop()
+        return ids
+
+    # Live rounds, each once the last is counted, until every bad canary has aborted (a
+    # backlog's blocks are as large as the passes that drained it: event time is item 1).
+    deadline = time.monotonic() + 90
+    while len({i.split("@")[0] for i in await commands(1.0)}) < BAD and time.monotonic() < deadline:
+        await send_round()
+        goal = sum(produced.values())
+
+        def caught_up(g: float = goal) -> bool:
+            return sum(counted_by_env(port).values()) >= g
+
+        with contextlib.suppress(TimeoutError):
+            await poll_until(caught_up, 30, "the round counted")
     restarted.stop()
     await producer.stop()
-    consumer = AIOKafkaConsumer(
-        settings.topics.commands, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    ids: Counter[str] = Counter()
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        for records in (await consumer.getmany(timeout_ms=300)).values():
-            for r in records:
-                ids[decode_abort_command(r.value or b"").decision_id] += 1
-    await consumer.stop()
+    ids = await commands()
     duplicates = sum(c - 1 for c in ids.values() if c > 1)
     print("| measure | value |")
     print("|---|---|")
@@ -147,6 +178,7 @@ async def run(bootstrap: str, work: Path) -> str:
     print(f"| canary lines produced | {target:.0f} |")
     print(f"| lost / counted twice | {lost:.0f} / {double:.0f} |")
     print(f"| abort commands / decision ids | {sum(ids.values())} / {len(ids)} |")
+    print(f"| bad canaries / aborted | {BAD} / {len({i.split('@')[0] for i in ids})} |")
     print(f"| restart to ready (N={N_ENVS}, not 100k) | {ready_s:.1f} s |")
     return (
         f"faults: evidence_kept={kept}/{N_ENVS} resume_s_100k=nan backlog_decisions_equal=0 "
@@ -155,14 +187,165 @@ async def run(bootstrap: str, work: Path) -> str:
     )
 
 
+RATIO_SCALE = Scale(envs=2_000, ndjson_lines=300_000, repeats=1)
+RATIO_ROUNDS = 2  # off, on, off, on: the broker's and the machine's drift hit both alike
+
+
+def sample(port: int, name: str, labels: frozenset[tuple[str, str]] = frozenset()) -> float:
+    return scrape(port, (name,)).get((name, labels), 0.0)
+
+
+RESTORED = ("canarywatch_evidence_rows_total", frozenset({("direction", "restored")}))
+WRITTEN = ("canarywatch_evidence_rows_total", frozenset({("direction", "written")}))
+PASSES = "canarywatch_evaluation_seconds_count"
+
+
+async def resume(bootstrap: str, work: Path, envs: int) -> float:
+    """S: a worker counts 100k environments' traffic and checkpoints it, is killed -9; seconds
+    from starting its replacement to the first evaluation pass after its evidence is restored."""
+    now = time.time()
+    states = fleet_states(0, envs, now)
+    canaries = sum(s.canary_in_progress for s in states)
+    topics = Topics(f"resume-{uuid.uuid4().hex[:6]}")
+    base = Settings(bootstrap=bootstrap, app_id=topics.prefix, topics=topics, replication_factor=1)
+    await ensure_topics(
+        bootstrap,
+        {topics.requests: PARTITIONS, topics.rollouts: PARTITIONS},
+        {"max.message.bytes": str(8 << 20)},
+    )
+    await produce(
+        bootstrap,
+        topics.rollouts,
+        [(s.namespace.encode(), encode_rollout_state(s)) for s in states],
+    )
+    rng = np.random.default_rng(SEED)
+    lines = request_lines(rng, 10 * canaries * 5, envs, now)  # ~10 canary lines each
+    await produce(bootstrap, topics.requests, batch_by_key(lines, 500))
+    del lines
+    (first,) = await start_workers(base, 1, work / "resume1", canaries, None)
+    port = first.settings.metrics_port
+    await poll_until(lambda: sample(port, *WRITTEN) > 0, 300, "evidence checkpointed")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.stop()
+    settings = Settings(
+        bootstrap=bootstrap,
+        app_id=topics.prefix,
+        topics=topics,
+        replication_factor=1,
+        partitions=PARTITIONS,
+        metrics_port=free_port(),
+        data_dir=work / "resume2",
+    )
+    second = WorkerProcess(settings, work / "resume2.log")
+    started = time.monotonic()
+    second.start()
+    port = settings.metrics_port
+    try:
+        await poll_until(lambda: sample(port, *RESTORED) > 0, 300, "evidence restored")
+        passes = sample(port, PASSES)
+        await poll_until(lambda: sample(port, PASSES) > passes, 60, "an evaluation pass")
+        resume_s = time.monotonic() - started
+        print(
+            f"| resume, {envs:,} environments ({canaries:,} canaries), "
+            f"{sample(port, *RESTORED):,.0f} rows restored | {resume_s:.1f} s |",
+            flush=True,
+        )
+    finally:
+        second.stop()
+    return resume_s
+
+
+async def checkpoint_ratio(bootstrap: str, work: Path) -> float:
+    """R: batched lines/s of one worker draining one backlog with checkpoints on ÷ off,
+    interleaved, medians of RATIO_ROUNDS drains each."""
+    now = time.time()
+    states = fleet_states(0, RATIO_SCALE.envs, now)
+    b = Bench(
+        scale=RATIO_SCALE,
+        bootstrap=bootstrap,
+        work=work / "ratio",
+        rng=np.random.default_rng(SEED),
+        now=now,
+        states=[(s.namespace.encode(), encode_rollout_state(s)) for s in states],
+        canaries=sum(s.canary_in_progress for s in states),
+    )
+    b.work.mkdir(parents=True, exist_ok=True)
+    # One backlog per round: a checkpointed drain leaves evidence in `<prefix>.evidence`
+    # (named by the topics, not the group), which a later drain of the same topics would restore.
+    rounds = [Topics(f"ratio-{uuid.uuid4().hex[:6]}") for _ in range(RATIO_ROUNDS)]
+    lines = request_lines(b.rng, RATIO_SCALE.ndjson_lines, RATIO_SCALE.envs, now)
+    batches = batch_by_key(lines, RATIO_SCALE.lines_per_message)
+    del lines
+    for topics in rounds:
+        await ensure_topics(
+            bootstrap,
+            {topics.requests: PARTITIONS, topics.rollouts: PARTITIONS},
+            {"max.message.bytes": str(8 << 20)},
+        )
+        await produce(bootstrap, topics.rollouts, b.states)
+        await produce(bootstrap, topics.requests, batches)
+    on: list[float] = []
+    off: list[float] = []
+    for round_, topics in enumerate(rounds):
+        for checkpoint, out in ((False, off), (True, on)):
+            drain = await best_drain(
+                b,
+                topics,
+                1,
+                False,
+                RATIO_SCALE.ndjson_lines,
+                checkpoint=checkpoint,
+                tag=f"-r{round_}",
+            )
+            out.append(drain.lines_per_s)
+    ratio = float(np.median(on) / np.median(off))
+    print(
+        f"| batched lines/s, checkpoints on / off ({RATIO_SCALE.ndjson_lines:,} lines, "
+        f"{RATIO_ROUNDS} interleaved drains each) | {', '.join(f'{x:,.0f}' for x in on)} / "
+        f"{', '.join(f'{x:,.0f}' for x in off)} (ratio {ratio:.2f}) |",
+        flush=True,
+    )
+    return ratio
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--resume-envs",
+        type=int,
+        default=100_000,
+        help="environments of the resume measure (S is printed only at 100,000)",
+    )
+    parser.add_argument(
+        "--parts", default="kill,resume,ratio", help="comma-separated: kill, resume, ratio"
+    )
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="canarywatch-faults-") as tmp:
         work = Path(tmp)
         port, controller = free_ports(2)
         broker = LocalKafka(work / "kafka", port, controller)
         broker.start(timeout=120)
         try:
-            line = asyncio.run(run(broker.bootstrap, work))
+            line = (
+                asyncio.run(run(broker.bootstrap, work))
+                if "kill" in parts
+                else "faults: resume_s_100k=nan checkpoint_throughput_ratio=nan"
+            )
+            resume_s = float("nan")
+            if "resume" in parts:
+                try:
+                    resume_s = asyncio.run(resume(broker.bootstrap, work, args.resume_envs))
+                except TimeoutError as exc:  # 100k: the verdict snapshots slow the view's load
+                    print(f"| resume, {args.resume_envs:,} environments | not reached: {exc} |")
+            if args.resume_envs != 100_000:
+                resume_s = float("nan")
+            ratio = float("nan")
+            if "ratio" in parts:
+                ratio = asyncio.run(checkpoint_ratio(broker.bootstrap, work))
+            line = line.replace("resume_s_100k=nan", f"resume_s_100k={resume_s:.1f}").replace(
+                "checkpoint_throughput_ratio=nan", f"checkpoint_throughput_ratio={ratio:.2f}"
+            )
         finally:
             broker.stop()
     print(line)

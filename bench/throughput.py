@@ -494,15 +494,22 @@ async def checkpoint_cost(b: Bench, r: Results) -> None:
 
 
 async def best_drain(
-    b: Bench, topics: Topics, count: int, pinned: bool, lines: int, *, checkpoint: bool = True
+    b: Bench,
+    topics: Topics,
+    count: int,
+    pinned: bool,
+    lines: int,
+    *,
+    checkpoint: bool = True,
+    tag: str = "",
 ) -> Drain:
     """The fastest of `repeats` drains of the topic's backlog, each by new workers in a new
-    group (so each reads from the start)."""
+    group (so each reads from the start); `tag` tells the groups of interleaved calls apart."""
     drains = []
     for repeat in range(b.scale.repeats):
         app_id = (
             f"{topics.prefix}-{count}w{'-pinned' if pinned else ''}"
-            f"{'' if checkpoint else '-nockpt'}-{repeat}"
+            f"{'' if checkpoint else '-nockpt'}{tag}-{repeat}"
         )
         base = Settings(
             bootstrap=b.bootstrap,

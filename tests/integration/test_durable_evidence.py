@@ -170,9 +170,12 @@ async def test_kill_9_half_way_to_an_abort_keeps_the_evidence_and_aborts_once(
             before_bad = counted(port, env, "canary_errors")
             before_stat = statistic(port, env)
             assert 0 < before_stat < threshold, (before_stat, threshold)
-            # A few more lines that may or may not be checkpointed at the kill.
-            await p.send_and_wait(settings.topics.requests, value=round_of("shop", 0))
-            sent_canary += 20
+            # A few more lines that may or may not be checkpointed at the kill (one error: the
+            # statistic only climbs, so "not lower than at the kill" holds for every timing).
+            await p.send_and_wait(settings.topics.requests, value=round_of("shop", 1))
+            sent_canary, sent_bad = sent_canary + 20, sent_bad + 1
+            at_kill_bad = counted(port, env, "canary_errors")
+            at_kill_stat = statistic(port, env)
             os.killpg(worker.pid, signal.SIGKILL)
         finally:
             worker.stop()
@@ -190,8 +193,10 @@ async def test_kill_9_half_way_to_an_abort_keeps_the_evidence_and_aborts_once(
                 ) from None
             # Exactly the lines produced: none lost, none counted twice.
             assert counted(port, env, "canary_requests") == sent_canary
-            assert counted(port, env, "canary_errors") == sent_bad >= before_bad
-            assert statistic(port, env) >= before_stat - 1e-9
+            # The issue's wording: bad counts and the statistic not lower than at the kill.
+            assert counted(port, env, "canary_errors") == sent_bad >= at_kill_bad >= before_bad
+            assert statistic(port, env) >= at_kill_stat - 1e-9
+            assert at_kill_stat >= before_stat - 1e-9
             assert (
                 read_metric(port, "canarywatch_evidence_rows_total", direction="restored") or 0
             ) >= 1
@@ -375,3 +380,84 @@ async def test_the_worker_rides_out_a_broker_restart_and_aborts_a_bad_canary_aft
         if worker is not None:
             worker.stop()
         await asyncio.to_thread(broker.stop)
+
+
+BACKLOG_ROUNDS = 1500  # rounds per environment while the worker is down: 300,000 lines
+BAD_TAIL = BACKLOG_ROUNDS // 2  # the bad canary fails (half its lines) in the second half
+
+
+async def test_kill_9_during_a_backlog_drain_loses_nothing_counts_nothing_twice_aborts_once(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = durable_settings(kafka_bootstrap, tmp_path, "drain")
+    await create_topics(settings)
+    port = settings.metrics_port
+    envs = {"shop/web": "shop", "good/web": "good"}
+    sent = dict.fromkeys(envs, 0)
+    worker = WorkerProcess(settings, tmp_path / "w1.log")
+    worker.start()
+    async with kafka_producer(settings) as p:
+        try:
+            await worker.wait_ready()
+            for env, namespace in envs.items():
+                await p.send_and_wait(
+                    settings.topics.rollouts,
+                    key=env.encode(),
+                    value=encode_rollout_state(state(namespace)),
+                )
+            await poll_until(
+                lambda: read_metric(port, "canarywatch_canaries_in_progress") == 2, 30, "canaries"
+            )
+            for env, namespace in envs.items():
+                await p.send_and_wait(settings.topics.requests, value=round_of(namespace, 0))
+                sent[env] += 20
+                await wait_counted(port, env, sent[env])
+        finally:
+            worker.stop()
+        # The worker is down: a backlog piles up, the bad canary's errors at its end.
+        futures = []
+        for i in range(BACKLOG_ROUNDS):
+            for env, namespace in envs.items():
+                bad = 10 if namespace == "shop" and i >= BACKLOG_ROUNDS - BAD_TAIL else 0
+                futures.append(
+                    await p.send(settings.topics.requests, value=round_of(namespace, bad))
+                )
+                sent[env] += 20
+        await asyncio.gather(*futures)
+        total = sum(sent.values())
+        worker = WorkerProcess(settings, tmp_path / "w2.log")
+        worker.start()
+        try:
+
+            def draining() -> float | None:
+                n = sum(counted(port, env, "canary_requests") for env in envs)
+                return n if n > total * 0.3 or n == total else None
+
+            at_kill = await poll_until(draining, 120, "the drain under way", every_s=0.01)
+            os.killpg(worker.pid, signal.SIGKILL)
+            assert at_kill is not None and at_kill < total, (
+                "the backlog drained before the kill: make it longer"
+            )
+        finally:
+            worker.stop()
+        worker = WorkerProcess(settings, tmp_path / "w3.log")
+        worker.start()
+        try:
+            await worker.wait_ready()
+            await poll_until(
+                lambda: all(counted(port, env, "canary_requests") >= sent[env] for env in envs),
+                120,
+                "the backlog drained",
+            )
+            # Against what was produced: none lost, none counted twice.
+            assert {env: counted(port, env, "canary_requests") for env in envs} == sent
+            assert counted(port, "shop/web", "canary_errors") == 10 * BAD_TAIL
+            assert counted(port, "good/web", "canary_errors") == 0
+            # The backlog's blocks are as large as the passes that drained them (event time is
+            # issue 10 item 1), so the abort may need live rounds on top: one command in all.
+            if not await read_commands(settings, 1.0):
+                await send_until_abort(p, settings, 1, 10)
+        finally:
+            worker.stop()
+    commands = await read_commands(settings)
+    assert [c.env for c in commands] == ["shop/web"], commands
