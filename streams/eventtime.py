@@ -117,10 +117,10 @@ class SliceRing:
             self.first_open = self._slice(float(ts[0]) - s.allowed_lateness_s)
         numbers = np.floor_divide(ts, s.slice_s).astype(np.int64)
         # The watermark before each line: the highest ts read before it, minus the lateness.
-        before = np.maximum.accumulate(np.concatenate([[self.max_ts], ts[:-1]]))
-        floor_before = np.floor_divide(before - s.allowed_lateness_s, s.slice_s)
-        floor_before = np.nan_to_num(floor_before, neginf=float(self.first_open))
-        open_from = np.maximum(floor_before, float(self.first_open))
+        first = self.max_ts if math.isfinite(self.max_ts) else float(ts[0])
+        before = np.maximum.accumulate(np.concatenate([[first], ts[:-1]]))
+        open_from = np.floor_divide(before - s.allowed_lateness_s, s.slice_s)
+        np.maximum(open_from, float(self.first_open), out=open_from)
         ok = numbers >= open_from
         self.dropped[LATE] += int(ok.size - np.count_nonzero(ok))
         if not ok.all():
