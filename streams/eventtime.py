@@ -57,8 +57,6 @@ CloseSlice = Callable[[int, Counts], None]
 class SliceRing:
     """Open event-time slices per row: `ring[series, slot, row]`, slot = number % ring_size."""
 
-    ROW_FIELDS: tuple[str, ...] = ("ring",)
-
     def __init__(self, capacity: int, settings: EventTimeSettings) -> None:
         self.settings = settings
         self.size = settings.ring_size
@@ -85,6 +83,35 @@ class SliceRing:
         """Rows with a line in an open slice."""
         out: NDArray[np.bool_] = np.asarray(self.ring.any(axis=(0, 1)), dtype=np.bool_)
         return out
+
+    @property
+    def row_width(self) -> int:
+        return 1 + N_SERIES * self.size
+
+    def export_rows(self, rows: NDArray[np.intp]) -> NDArray[np.float64]:
+        """[rows, width]: the oldest open slice's number, then each series' open slices,
+        oldest first. `import_rows` puts them where their event time says."""
+        first = self.first_open if self.first_open is not None else 0
+        order = np.arange(first, first + self.size) % self.size
+        aged = self.ring[:, order, :][:, :, rows]  # [series, age, rows]
+        data = aged.transpose(2, 0, 1).reshape(rows.size, N_SERIES * self.size)
+        return np.concatenate([np.full((rows.size, 1), float(first)), data], axis=1)
+
+    def import_rows(self, rows: NDArray[np.intp], data: NDArray[np.float64]) -> None:
+        """Put exported rows back. A slice this ring already closed is folded into its oldest
+        open slice (counted, a little late), one beyond it into its newest."""
+        if data.shape[1] != self.row_width:
+            raise ValueError(f"slice rows have {data.shape[1]} values, expected {self.row_width}")
+        self.ring[:, :, rows] = 0
+        for i, row in enumerate(rows.tolist()):
+            first = int(data[i, 0])
+            if self.first_open is None:
+                self.first_open = first
+                self.max_ts = first * self.settings.slice_s + self.settings.allowed_lateness_s
+            aged = data[i, 1:].reshape(N_SERIES, self.size).astype(np.int64)
+            for age in range(self.size):
+                number = min(max(first + age, self.first_open), self.first_open + self.size - 1)
+                self.ring[:, number % self.size, row] += aged[:, age]
 
     @property
     def watermark(self) -> float:

@@ -60,7 +60,6 @@ from streams.promotion import (
     finite_or_none,
 )
 from streams.requestlog import MAX_BAD_LINES, Columns, decode_columns, pack_key
-from streams.rowstate import export_fields, import_fields, row_width
 from streams.windows import (
     ARM_CANARY,
     ARM_STABLE,
@@ -267,7 +266,7 @@ class Fleet:
 
     @property
     def _slices_width(self) -> int:
-        return row_width(self.slices, SliceRing.ROW_FIELDS) if self.slices is not None else 0
+        return self.slices.row_width if self.slices is not None else 0
 
     def export_rows(self, rows: NDArray[np.intp]) -> tuple[int, NDArray[np.float64]]:
         """(window head, [rows, row_width]): everything these rows' evidence is."""
@@ -277,11 +276,7 @@ class Fleet:
                 self.counted_rows[rows, None].astype(np.float64),
                 self.windows.export_rows(rows),
                 self.engine.export_rows(rows),
-                *(
-                    [export_fields(self.slices, SliceRing.ROW_FIELDS, rows)]
-                    if self.slices is not None
-                    else []
-                ),
+                *([self.slices.export_rows(rows)] if self.slices is not None else []),
             ],
             axis=1,
         )
@@ -299,7 +294,7 @@ class Fleet:
         k = self._slices_width
         self.engine.import_rows(rows, data[:, 1 + w : data.shape[1] - k])
         if self.slices is not None:
-            import_fields(self.slices, SliceRing.ROW_FIELDS, rows, data[:, data.shape[1] - k :])
+            self.slices.import_rows(rows, data[:, data.shape[1] - k :])
         self.row_source[rows] = source
         self.dirty[rows] = False
 

@@ -8,8 +8,7 @@ import pytest
 from streams.events import RequestLine, RolloutState, encode_request_line
 from streams.eventtime import FUTURE, LATE, EventTimeSettings, SliceRing
 from streams.fleet import Fleet
-from streams.rowstate import export_fields, import_fields
-from streams.windows import N_SERIES, Counts
+from streams.windows import Counts
 
 SLICE_S = 0.5
 EVENT = EventTimeSettings(enabled=True, slice_s=SLICE_S, allowed_lateness_s=2.0, clock_skew_s=30.0)
@@ -148,19 +147,32 @@ def test_watermark_closes_slices_in_order_and_drops_late_and_future() -> None:
     assert log[-1] == (500, 1)
 
 
-def test_slices_of_a_row_export_and_import() -> None:
+def test_slices_of_a_row_export_and_import_by_event_time() -> None:
     settings = EventTimeSettings(enabled=True, slice_s=1.0)
     ring = SliceRing(3, settings)
     rows = np.asarray([0, 2, 2], dtype=np.intp)
     arms = np.asarray([0, 1, 0], dtype=np.intp)
     bad = np.asarray([True, False, True])
     ring.add(rows, arms, bad, bad, np.asarray([5.0, 5.5, 6.0]), 6.0, lambda n, c: None)
-    data = export_fields(ring, SliceRing.ROW_FIELDS, np.asarray([2], dtype=np.intp))
-    assert data.shape == (1, N_SERIES * ring.size)
-    other = SliceRing(1, settings)
-    import_fields(other, SliceRing.ROW_FIELDS, np.asarray([0], dtype=np.intp), data)
-    np.testing.assert_array_equal(other.ring[:, :, 0], ring.ring[:, :, 2])
-    assert other.ring.sum() == 4  # two requests, one error and one slow
+    data = ring.export_rows(np.asarray([2], dtype=np.intp))
+    assert data.shape == (1, ring.row_width)
+    fresh = SliceRing(1, settings)  # knows no watermark yet: takes the exporter's
+    fresh.import_rows(np.asarray([0], dtype=np.intp), data)
+    np.testing.assert_array_equal(fresh.ring[:, :, 0], ring.ring[:, :, 2])
+    assert fresh.first_open == ring.first_open
+    ahead = SliceRing(1, settings)  # its watermark passed slice 5: it is folded into slice 6
+    ahead.add(
+        *(np.zeros(1, dtype=np.intp),) * 2,
+        *(np.zeros(1, dtype=np.bool_),) * 2,
+        np.asarray([8.5]),
+        9.0,
+        lambda n, c: None,
+    )
+    assert ahead.first_open == 6
+    ahead.import_rows(np.asarray([0], dtype=np.intp), data)
+    assert ahead.ring[:, 6 % ahead.size, 0].sum() == 4  # two requests, one error, one slow
+    with pytest.raises(ValueError):
+        ahead.import_rows(np.asarray([0], dtype=np.intp), data[:, 1:])
 
 
 def test_settings_are_checked() -> None:
