@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agents.deadletter import deadletter_counter, suppressed_counter
@@ -167,10 +167,24 @@ class FleetCollector(Collector):
         self._fleet_source = fleet_source
         self.max_series = max_series
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
+    def describe(self) -> Iterator[Metric]:
         # Named up front, so a scrape restricted with `?name[]=...` skips this collector.
         yield from self._families()
         yield self._since_start()
+        yield self._outside_event_time(None)
+
+    @staticmethod
+    def _outside_event_time(fleet: Fleet | None) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            "canarywatch_lines_outside_event_time",
+            "Request lines dropped from the test by event time (EVENT_TIME on), by reason: "
+            "late (their slice was closed by the watermark) or future (beyond the clock skew).",
+            labels=["reason"],
+        )
+        if fleet is not None:
+            for reason, n in sorted(fleet.outside_event_time.items()):
+                family.add_metric([reason], float(n))
+        return family
 
     @staticmethod
     def _since_start() -> GaugeMetricFamily:
@@ -235,7 +249,7 @@ class FleetCollector(Collector):
             threshold,
         )
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         fleet = self._fleet_source()
         families = self._families()
         since_start = self._since_start()
@@ -305,6 +319,7 @@ class FleetCollector(Collector):
                     )
         yield from families
         yield since_start
+        yield self._outside_event_time(fleet)
 
     def _most_urgent(self, rows: NDArray[np.intp], fleet: Fleet) -> NDArray[np.intp]:
         """At most `max_series` rows, highest statistic (over signals) first; ties by row."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from streams.decisions import DecisionSettings
 from streams.events import MAX_MESSAGE_BYTES
+from streams.eventtime import EventTimeSettings
 from streams.fleet import FleetLimits, WindowSettings
 from streams.promotion import PromotionSettings
 from streams.release import FleetControl, ReleaseSettings
@@ -103,6 +104,8 @@ class Settings:
     # Floods: canaries tracked per worker, the hold of lines that arrive before their canary's
     # snapshot, per-environment metric series exported (top by urgency; aggregates stay exact).
     limits: FleetLimits = field(default_factory=FleetLimits)
+    # Event time (docs/decisions.md, "Event time"): off keeps the processing-time test.
+    event_time: EventTimeSettings = field(default_factory=EventTimeSettings)
     max_env_series: int = 1000
     view_batch: int = 500  # rollout-view records applied between two yields to the event loop
     # Release-level analysis (docs/decisions.md, docs/operating.md): the pooled test's settings
@@ -261,6 +264,15 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             hold_s=float(get("HOLD_S") or base.limits.hold_s),
             hold_lines=int(get("HOLD_LINES") or base.limits.hold_lines),
         ),
+        event_time=EventTimeSettings(
+            enabled=(get("EVENT_TIME") or ("1" if base.event_time.enabled else "0")) == "1",
+            slice_s=float(get("SLICE_S") or base.event_time.slice_s),
+            allowed_lateness_s=float(
+                get("ALLOWED_LATENESS_S") or base.event_time.allowed_lateness_s
+            ),
+            clock_skew_s=float(get("CLOCK_SKEW_S") or base.event_time.clock_skew_s),
+            idle_s=float(get("EVENT_IDLE_S") or base.event_time.idle_s),
+        ),
         max_env_series=int(get("MAX_ENV_SERIES") or base.max_env_series),
         view_batch=int(get("VIEW_BATCH") or base.view_batch),
         promotion=promotion,
@@ -309,6 +321,11 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "MAX_CANARIES": str(settings.limits.max_canaries),
         ENV_PREFIX + "HOLD_S": str(settings.limits.hold_s),
         ENV_PREFIX + "HOLD_LINES": str(settings.limits.hold_lines),
+        ENV_PREFIX + "EVENT_TIME": "1" if settings.event_time.enabled else "0",
+        ENV_PREFIX + "SLICE_S": str(settings.event_time.slice_s),
+        ENV_PREFIX + "ALLOWED_LATENESS_S": str(settings.event_time.allowed_lateness_s),
+        ENV_PREFIX + "CLOCK_SKEW_S": str(settings.event_time.clock_skew_s),
+        ENV_PREFIX + "EVENT_IDLE_S": str(settings.event_time.idle_s),
         ENV_PREFIX + "MAX_ENV_SERIES": str(settings.max_env_series),
         ENV_PREFIX + "VIEW_BATCH": str(settings.view_batch),
         ENV_PREFIX + "VERDICT_REFRESH_S": str(settings.verdict_refresh_s),

@@ -94,6 +94,7 @@ def build_worker(
         max_bad_lines=s.deadletter_lines_per_message,
         limits=s.limits,
         promotion=s.promotion,
+        event_time=s.event_time,
     )
     metrics = WorkerMetrics(registry)
     registry.register(FleetCollector(lambda: fleet, s.max_env_series))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,6 +47,7 @@ from streams.events import (
     RolloutState,
     decision_id_for,
 )
+from streams.eventtime import REASONS, EventTimeSettings, SliceRing
 from streams.promotion import (
     ABORT,
     INCONCLUSIVE,
@@ -58,7 +60,14 @@ from streams.promotion import (
     finite_or_none,
 )
 from streams.requestlog import MAX_BAD_LINES, Columns, decode_columns, pack_key
-from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS, FleetWindows
+from streams.windows import (
+    ARM_CANARY,
+    ARM_STABLE,
+    CANARY_REQUESTS,
+    STABLE_REQUESTS,
+    Counts,
+    FleetWindows,
+)
 
 VERDICT_CODES = (INCONCLUSIVE, PASS, ABORT)
 _CANARY_BAD = slice(bad_series(0, ARM_CANARY), bad_series(len(SIGNALS), ARM_CANARY))
@@ -121,6 +130,7 @@ class Fleet:
         max_bad_lines: int = MAX_BAD_LINES,
         limits: FleetLimits | None = None,
         promotion: PromotionSettings | None = None,
+        event_time: EventTimeSettings | None = None,
     ) -> None:
         self.settings = settings or DecisionSettings()
         self.promotion_settings = promotion or PromotionSettings()
@@ -131,6 +141,14 @@ class Fleet:
         self.attribution = Attribution(capacity)
         self.windows = FleetWindows(capacity, bucket_s=window.bucket_s, buckets=window.buckets)
         self.engine = DecisionEngine(self.settings, capacity)
+        # Event time (streams.eventtime): when enabled, lines enter the test by their `ts`, in
+        # slices closed by the watermark, and the windows run on event time too.
+        self.event_time = event_time or EventTimeSettings()
+        self.slices = SliceRing(capacity, self.event_time) if self.event_time.enabled else None
+        self._event_clock: float | None = None  # end of the newest closed slice
+        self._last_line_at = -math.inf  # processing time of the last line counted
+        # Event time (slice end) at which each decision id's abort was first reached.
+        self.decision_event_times: dict[str, float] = {}
         p = self.promotion_settings
         tolerances = p.tolerances()
         self.promotion = PromotionTest(
@@ -190,6 +208,8 @@ class Fleet:
             state.canary_weight,
             state.step_index,
         )
+        if self.slices is not None and state.observed_at > 0:
+            now = state.observed_at  # the test runs on event time: the snapshot's own time
         if moved and row is not None and not (change.ended or change.started):
             # A canary step brings new pods: their warm-up must not abort (latency grace).
             self.engine.start_grace(np.asarray([row], dtype=np.intp), now)
@@ -204,6 +224,8 @@ class Fleet:
                 [self.row_source, np.full(extra.size, -1, dtype=np.int64)]
             )
             self.promotion.grow(capacity)
+            if self.slices is not None:
+                self.slices.grow(capacity)
         for rows in (change.ended, change.started):
             if rows:
                 index = np.asarray(rows, dtype=np.intp)
@@ -213,6 +235,8 @@ class Fleet:
                 self.row_source[index] = -1
                 self.dirty[index] = False
                 self.promotion.reset(index)
+                if self.slices is not None:
+                    self.slices.clear_rows(index)
         if change.started:
             self._started_since_hold = True
         return True
@@ -226,6 +250,8 @@ class Fleet:
         row = self.attribution.remove(env)
         index = np.asarray([row], dtype=np.intp)
         self.windows.clear_rows(index)
+        if self.slices is not None:
+            self.slices.clear_rows(index)
         self.counted_rows[index] = False
         self.row_source[index] = -1
         self.dirty[index] = False
@@ -234,8 +260,13 @@ class Fleet:
 
     @property
     def row_width(self) -> int:
-        """Floats per exported row: counted flag, windows, engine and test."""
-        return 1 + self.windows.row_width + self.engine.row_width
+        """Floats per exported row: counted flag, windows, engine and test (and the open
+        event-time slices, when event time is enabled)."""
+        return 1 + self.windows.row_width + self.engine.row_width + self._slices_width
+
+    @property
+    def _slices_width(self) -> int:
+        return self.slices.row_width if self.slices is not None else 0
 
     def export_rows(self, rows: NDArray[np.intp]) -> tuple[int, NDArray[np.float64]]:
         """(window head, [rows, row_width]): everything these rows' evidence is."""
@@ -245,6 +276,7 @@ class Fleet:
                 self.counted_rows[rows, None].astype(np.float64),
                 self.windows.export_rows(rows),
                 self.engine.export_rows(rows),
+                *([self.slices.export_rows(rows)] if self.slices is not None else []),
             ],
             axis=1,
         )
@@ -259,7 +291,10 @@ class Fleet:
         w = self.windows.row_width
         self.counted_rows[rows] = data[:, 0] > 0
         self.windows.import_rows(rows, data[:, 1 : 1 + w], head)
-        self.engine.import_rows(rows, data[:, 1 + w :])
+        k = self._slices_width
+        self.engine.import_rows(rows, data[:, 1 + w : data.shape[1] - k])
+        if self.slices is not None:
+            self.slices.import_rows(rows, data[:, data.shape[1] - k :])
         self.row_source[rows] = source
         self.dirty[rows] = False
 
@@ -271,6 +306,8 @@ class Fleet:
         open_slice = (self.engine.test.block[:2].sum(axis=(0, 1)) > 0) | (
             self.windows.pending.any(axis=0)
         )
+        if self.slices is not None:
+            open_slice |= self.slices.open_rows()
         rows: NDArray[np.intp] = np.flatnonzero(
             mine & self.attribution.active & (self.dirty | open_slice)
         )
@@ -282,6 +319,8 @@ class Fleet:
         mine = np.isin(self.row_source, np.fromiter(sources, dtype=np.int64, count=len(sources)))
         index = np.flatnonzero(mine)
         if index.size:
+            if self.slices is not None:
+                self.slices.clear_rows(index)
             self.windows.clear_rows(index)
             self.engine.reset(index, now)
             self.counted_rows[index] = False
@@ -333,7 +372,12 @@ class Fleet:
         if counted:
             codes = codes[attributed]
             rows = codes >> 1
-            self.windows.add(
+            add = (
+                self.windows.add
+                if self.slices is None
+                else partial(self.slices.add, close=self._close_slice)
+            )
+            add(
                 rows,
                 codes & 1,
                 columns.status[attributed] >= 500,
@@ -341,6 +385,7 @@ class Fleet:
                 columns.ts[attributed],
                 now,
             )
+            self._last_line_at = now
             self.counted_rows[rows] = True
             self.dirty[rows] = True
             if source >= 0:
@@ -443,17 +488,20 @@ class Fleet:
         (`delivered`): until then every pass returns it again (the engine's abort latch holds),
         so a send that failed is retried by the next pass. Without it, returning is deciding.
         """
-        self.windows.advance(now)
-        increments = self.windows.take_pending()
-        result = self.engine.evaluate(
-            increments, self.windows.window_sum, self.attribution.active, now
-        )
-        self.promotion.update(
-            increments[CANARY_REQUESTS],
-            increments[STABLE_REQUESTS],
-            increments[_CANARY_BAD],
-            increments[_STABLE_BAD],
-        )
+        if self.slices is not None:
+            result = self._event_pass(now)
+        else:
+            self.windows.advance(now)
+            increments = self.windows.take_pending()
+            result = self.engine.evaluate(
+                increments, self.windows.window_sum, self.attribution.active, now
+            )
+            self.promotion.update(
+                increments[CANARY_REQUESTS],
+                increments[STABLE_REQUESTS],
+                increments[_CANARY_BAD],
+                increments[_STABLE_BAD],
+            )
         self.last_pass = result
         self.hold_requests = self._holds(result, now)
         commands: list[AbortCommand] = []
@@ -483,6 +531,46 @@ class Fleet:
                 )
             )
         return result, commands
+
+    @property
+    def outside_event_time(self) -> dict[str, int]:
+        """Lines dropped from the test by event time, by reason (`late`, `future`)."""
+        if self.slices is None:
+            return {reason: 0 for reason in REASONS}
+        return dict(self.slices.dropped)
+
+    def _close_slice(self, number: int, counts: Counts) -> None:
+        """One closed event-time slice: into the windows, the test and the promotion test."""
+        start = number * self.event_time.slice_s
+        end = start + self.event_time.slice_s
+        self.windows.add_counts(counts, start)
+        before = self.engine.aborted.any(axis=0)
+        self.engine.evaluate(counts, self.windows.window_sum, self.attribution.active, end)
+        self.promotion.update(
+            counts[CANARY_REQUESTS],
+            counts[STABLE_REQUESTS],
+            counts[_CANARY_BAD],
+            counts[_STABLE_BAD],
+        )
+        self._event_clock = end
+        for row in np.flatnonzero(self.engine.aborted.any(axis=0) & ~before).tolist():
+            state = self.attribution.states[row]
+            if state is not None:
+                decision_id = decision_id_for(
+                    state.namespace, state.name, state.current_pod_hash, state.cluster, state.epoch
+                )
+                self.decision_event_times.setdefault(decision_id, end)
+
+    def _event_pass(self, now: float) -> PassResult:
+        """The verdicts at the watermark: the slices closed since the last pass went into the
+        test as they closed; this judges every row again at the newest slice's end (no new
+        counts). With no line for `idle_s`, the open slices close first."""
+        assert self.slices is not None
+        if now - self._last_line_at >= self.event_time.idle_s:
+            self.slices.close_all(self._close_slice)
+        clock = self._event_clock if self._event_clock is not None else now
+        zero = np.zeros_like(self.engine.cumulative)
+        return self.engine.evaluate(zero, self.windows.window_sum, self.attribution.active, clock)
 
     def delivered(self, command: AbortCommand) -> None:
         """The command was acknowledged by Kafka: its decision is made (see `evaluate`)."""

@@ -155,6 +155,17 @@ class FleetWindows:
             np.add.at(self.window_sum, (s, r), 1)
             np.add.at(self.pending, (s, r), 1)
 
+    def add_counts(self, counts: Counts, t: float) -> None:
+        """Count a closed event-time slice [series, rows] at time `t` (its start), moving the
+        ring to `t` first; counts older than the window are not kept."""
+        self.advance(t)
+        assert self._head is not None
+        number = int(t // self.bucket_s)
+        if number <= self._head - self.buckets:
+            return
+        self.window[:, :, min(number, self._head) % self.buckets] += counts.astype(np.uint32)
+        self.window_sum += counts
+
     def take_pending(self) -> Counts:
         """Counts since the previous call; resets them."""
         taken = self.pending

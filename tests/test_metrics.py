@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry
 
 from agents.metrics import FleetCollector
 from streams.events import RequestLine, RolloutState, encode_request_line
+from streams.eventtime import EventTimeSettings
 from streams.fleet import Fleet
 
 
@@ -79,3 +80,15 @@ def test_series_are_capped_to_the_most_urgent_and_aggregates_stay_exact() -> Non
         if s.labels["signal"] == "errors"
     )
     assert total == 10.0
+
+
+def test_lines_outside_event_time_are_counted_by_reason() -> None:
+    fleet = Fleet(event_time=EventTimeSettings(enabled=True, allowed_lateness_s=2.0))
+    fleet.apply_rollout(RolloutState("ns-0", "web", "c", "s", canary_weight=50), 0.0)
+    fleet.count(lines("ns-0", "c", 10, 0, 100.0), 100.0)
+    fleet.count(lines("ns-0", "c", 3, 0, 90.0) + lines("ns-0", "s", 2, 0, 500.0), 101.0)
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(lambda: fleet))
+    name = "canarywatch_lines_outside_event_time_total"
+    assert registry.get_sample_value(name, {"reason": "late"}) == 3.0
+    assert registry.get_sample_value(name, {"reason": "future"}) == 2.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from streams.events import RequestLine, RolloutState, encode_request_line
+from streams.eventtime import EventTimeSettings
 from streams.fleet import Fleet
 
 
@@ -70,3 +71,28 @@ def test_no_rows_export_as_an_empty_matrix() -> None:
     fleet = Fleet()
     _head, data = fleet.export_rows(np.zeros(0, dtype=np.intp))
     assert data.shape == (0, fleet.row_width)
+
+
+def test_open_event_time_slices_move_with_their_rows() -> None:
+    event = EventTimeSettings(enabled=True, slice_s=0.5, allowed_lateness_s=2.0)
+    kept, moved = Fleet(event_time=event), Fleet(event_time=event)
+    for s in reversed(STATES):
+        moved.apply_rollout(s, 0.0)
+    for s in STATES:
+        kept.apply_rollout(s, 0.0)
+    for t in range(1, 4):
+        assert step(kept, float(t)) == []
+    assert kept.slices is not None and kept.slices.open_rows()[:3].all()  # lines in open slices
+    rows = kept.checkpoint_rows({0, 1})
+    head, data = kept.export_rows(rows)
+    assert data.shape[1] == moved.row_width
+    envs = [kept.attribution.states[r].env for r in rows.tolist()]
+    target = np.asarray([moved.attribution.row_of_env[e] for e in envs], dtype=np.intp)
+    moved.import_rows(target, head, data, source=0)
+    a, b = [], []
+    for t in range(4, 60):
+        a += step(kept, float(t))
+        b += step(moved, float(t))
+    assert a == b == ["ns0/web@c1#1"]
+    assert kept.decision_event_times == moved.decision_event_times
+    assert np.array_equal(moved.engine.cumulative[:, target], kept.engine.cumulative[:, rows])
