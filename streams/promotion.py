@@ -377,8 +377,17 @@ class VerdictSnapshot:
     @staticmethod
     def decode(raw: bytes) -> VerdictSnapshot:
         data = json.loads(raw)
-        signals = tuple(SignalPass(**s) for s in data.pop("signals"))
-        return VerdictSnapshot(signals=signals, **data)
+        # Fields this codec does not know (a newer writer's) are ignored: compatible both ways.
+        signals = tuple(
+            SignalPass(**{k: v for k, v in s.items() if k in _SIGNAL_FIELDS})
+            for s in data.pop("signals")
+        )
+        known = {k: v for k, v in data.items() if k in _SNAPSHOT_FIELDS}
+        return VerdictSnapshot(signals=signals, **known)
+
+
+_SIGNAL_FIELDS = frozenset(SignalPass.__dataclass_fields__)
+_SNAPSHOT_FIELDS = frozenset(VerdictSnapshot.__dataclass_fields__) - {"signals"}
 
 
 def finite_or_none(value: float, ceiling: float) -> float | None:
