@@ -7,17 +7,31 @@ canaries, not the size of the fleet, and nothing is paid on the hot path.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from numpy.typing import NDArray
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from agents.deadletter import deadletter_counter
 from streams.decisions import SIGNALS, Verdict, bad_series
 from streams.fleet import Fleet
-from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS
+from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS, Counts
 
 
 class WorkerMetrics:
@@ -69,25 +83,81 @@ class WorkerMetrics:
             self.lines.labels("invalid").inc(invalid)
 
 
-class FleetCollector(Collector):
-    """Window ratios and verdicts of the environments in canary, read at scrape time."""
+PER_ENV = (
+    "canarywatch_window_bad_ratio",
+    "canarywatch_window_requests",
+    "canarywatch_env_verdict",
+    "canarywatch_env_statistic",
+)
+_HELP = {
+    "canarywatch_window_bad_ratio": (
+        "Bad requests / requests over the sliding window, per canary environment."
+    ),
+    "canarywatch_window_requests": (
+        "Requests over the sliding window, per canary environment and arm."
+    ),
+    "canarywatch_env_verdict": "1 for each canary environment's current verdict, per signal.",
+    "canarywatch_env_statistic": (
+        "The sequential test's statistic (log e-value) per canary environment and signal; "
+        "abort at canarywatch_abort_threshold."
+    ),
+}
+_VERDICT_NAMES = [v.name.lower() for v in sorted(Verdict, key=lambda v: v.value)]
 
-    def __init__(self, fleet_source: Callable[[], Fleet | None]) -> None:
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _values(array: np.ndarray[Any, Any]) -> list[str]:
+    """Sample values as the text format writes them (Go's +Inf, -Inf, NaN)."""
+    values: list[float] = array.astype(np.float64).tolist()
+    if np.isfinite(array).all():
+        return list(map(repr, values))
+    return [floatToGoString(v) for v in values]  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """A consistent copy of what a scrape reads: each array copied by one numpy operation
+    (under the GIL, so never half-updated and never an array while it grows)."""
+
+    envs: list[str]  # escaped label values, one per row below
+    window: Counts  # [series, rows]
+    verdicts: NDArray[np.int8] | None  # [signal, rows] (None: no pass yet)
+    statistic: NDArray[np.float64] | None
+    threshold: float | None
+    rows: int  # canaries in progress
+
+
+class FleetCollector(Collector):
+    """Window ratios and verdicts of the environments in canary, read at scrape time.
+
+    `text=True` (the worker's `serve_metrics`): the per-environment families are rendered as
+    text straight from the arrays (`render_text`), and `collect` yields only the fleet-wide
+    ones; otherwise `collect` yields every family through prometheus_client (slower: a Python
+    object per sample).
+    """
+
+    def __init__(self, fleet_source: Callable[[], Fleet | None], *, text: bool = False) -> None:
         self._fleet_source = fleet_source
+        self.text = text
+        self._labels: dict[str, str] = {}
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         # Named up front, so a scrape restricted with `?name[]=...` skips this collector.
-        yield from self._families()
+        families = self._families()
+        yield from (f for f in families if not self.text or f.name not in PER_ENV)
 
     def _families(self) -> tuple[GaugeMetricFamily, ...]:
         ratio = GaugeMetricFamily(
             "canarywatch_window_bad_ratio",
-            "Bad requests / requests over the sliding window, per canary environment.",
+            _HELP["canarywatch_window_bad_ratio"],
             labels=["env", "arm", "signal"],
         )
         requests = GaugeMetricFamily(
             "canarywatch_window_requests",
-            "Requests over the sliding window, per canary environment and arm.",
+            _HELP["canarywatch_window_requests"],
             labels=["env", "arm"],
         )
         verdicts = GaugeMetricFamily(
@@ -100,13 +170,12 @@ class FleetCollector(Collector):
         )
         env_verdict = GaugeMetricFamily(
             "canarywatch_env_verdict",
-            "1 for each canary environment's current verdict, per signal.",
+            _HELP["canarywatch_env_verdict"],
             labels=["env", "signal", "verdict"],
         )
         env_statistic = GaugeMetricFamily(
             "canarywatch_env_statistic",
-            "The sequential test's statistic (log e-value) per canary environment and signal; "
-            "abort at canarywatch_abort_threshold.",
+            _HELP["canarywatch_env_statistic"],
             labels=["env", "signal"],
         )
         threshold = GaugeMetricFamily(
@@ -114,51 +183,158 @@ class FleetCollector(Collector):
         )
         return canaries, ratio, requests, verdicts, env_verdict, env_statistic, threshold
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def view(self) -> FleetView | None:
         fleet = self._fleet_source()
+        if fleet is None:
+            return None
+        states = list(fleet.attribution.states)  # one copy; the list may grow meanwhile
+        window = fleet.windows.window_sum  # a reference: growing replaces, never resizes it
+        last = fleet.last_pass
+        width = min(len(states), window.shape[1])
+        rows = np.flatnonzero(fleet.attribution.active[:width])
+        kept = [(row, states[row]) for row in rows.tolist() if states[row] is not None]
+        index = np.asarray([row for row, _ in kept], dtype=np.intp)
+        labels = self._labels
+        if len(labels) > 4 * max(len(kept), 1024):
+            labels.clear()
+        envs = []
+        for _, state in kept:
+            assert state is not None
+            env = state.env
+            label = labels.get(env)
+            if label is None:
+                label = labels[env] = _escape(env)
+            envs.append(label)
+        verdicts = statistic = None
+        threshold = None
+        if last is not None:
+            index = index[index < last.verdicts.shape[1]] if index.size else index
+            if index.size < len(envs):  # rows added since the last pass have no verdict yet
+                envs = envs[: index.size]
+            verdicts = last.verdicts[:, index]
+            statistic = last.statistic[:, index]
+            threshold = last.threshold
+        return FleetView(envs, window[:, index], verdicts, statistic, threshold, int(rows.size))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         families = self._families()
         canaries, ratio, requests, verdicts, env_verdict, env_statistic, threshold = families
-        if fleet is None:
+        view = self.view()
+        if view is None:
             yield canaries
             return
-        rows = fleet.attribution.active_rows()
-        canaries.add_metric([], float(rows.size))
-        window = fleet.windows.window_sum
-        for row in rows.tolist():
-            state = fleet.attribution.states[row]
-            if state is None:
-                continue
-            for arm, arm_name, total_series in (
-                (ARM_CANARY, "canary", CANARY_REQUESTS),
-                (ARM_STABLE, "stable", STABLE_REQUESTS),
-            ):
-                total = int(window[total_series, row])
-                requests.add_metric([state.env, arm_name], float(total))
-                for signal, signal_name in enumerate(SIGNALS):
-                    bad = int(window[bad_series(signal, arm), row])
-                    ratio.add_metric(
-                        [state.env, arm_name, signal_name], bad / total if total else 0.0
-                    )
-        last = fleet.last_pass
-        if last is not None:
-            # Rows added since the last pass have no verdict yet.
-            rows = rows[rows < last.verdicts.shape[1]]
-        if last is not None and rows.size:
+        canaries.add_metric([], float(view.rows))
+        if view.verdicts is not None and view.threshold is not None:
+            threshold.add_metric([], view.threshold)
             for signal, signal_name in enumerate(SIGNALS):
-                counts = np.bincount(last.verdicts[signal, rows], minlength=len(Verdict))
+                counts = np.bincount(view.verdicts[signal], minlength=len(Verdict))
                 for verdict in Verdict:
                     verdicts.add_metric(
                         [verdict.name.lower(), signal_name], float(counts[verdict.value])
                     )
-            threshold.add_metric([], last.threshold)
-            for row in rows.tolist():
-                state = fleet.attribution.states[row]
-                if state is None:
-                    continue
+        if self.text:
+            yield from (f for f in families if f.name not in PER_ENV)
+            return
+        # The slow path: one prometheus_client sample per series (tests, other registries).
+        window = view.window
+        for i, env in enumerate(view.envs):
+            for arm, arm_name, total_series in (
+                (ARM_CANARY, "canary", CANARY_REQUESTS),
+                (ARM_STABLE, "stable", STABLE_REQUESTS),
+            ):
+                total = int(window[total_series, i])
+                requests.add_metric([env, arm_name], float(total))
                 for signal, signal_name in enumerate(SIGNALS):
-                    name = Verdict(int(last.verdicts[signal, row])).name.lower()
-                    env_verdict.add_metric([state.env, signal_name, name], 1.0)
-                    env_statistic.add_metric(
-                        [state.env, signal_name], float(last.statistic[signal, row])
-                    )
+                    bad = int(window[bad_series(signal, arm), i])
+                    ratio.add_metric([env, arm_name, signal_name], bad / total if total else 0.0)
+            if view.verdicts is not None and view.statistic is not None:
+                for signal, signal_name in enumerate(SIGNALS):
+                    name = _VERDICT_NAMES[int(view.verdicts[signal, i])]
+                    env_verdict.add_metric([env, signal_name, name], 1.0)
+                    env_statistic.add_metric([env, signal_name], float(view.statistic[signal, i]))
         yield from families
+
+    def render_text(self, names: set[str] | None = None) -> str:
+        """The per-environment families in the text format, from the arrays: one pass of
+        string joins per series kind, no Python object per sample."""
+        view = self.view()
+        if view is None or not view.envs:
+            return ""
+        wanted = [n for n in PER_ENV if names is None or n in names]
+        out: list[str] = []
+        envs = view.envs
+        window = view.window
+        for name in wanted:
+            out.append(f"# HELP {name} {_HELP[name]}\n# TYPE {name} gauge\n")
+            if name == "canarywatch_window_requests":
+                for arm_name, series in (("canary", CANARY_REQUESTS), ("stable", STABLE_REQUESTS)):
+                    head = f'{name}{{arm="{arm_name}",env="'
+                    out.extend(
+                        f'{head}{e}"}} {v}\n'
+                        for e, v in zip(envs, _values(window[series]), strict=True)
+                    )
+            elif name == "canarywatch_window_bad_ratio":
+                for arm, arm_name, series in (
+                    (ARM_CANARY, "canary", CANARY_REQUESTS),
+                    (ARM_STABLE, "stable", STABLE_REQUESTS),
+                ):
+                    total = window[series]
+                    for signal, signal_name in enumerate(SIGNALS):
+                        bad = window[bad_series(signal, arm)]
+                        ratio = np.divide(bad, total, out=np.zeros(total.shape), where=total > 0)
+                        head = f'{name}{{arm="{arm_name}",env="'
+                        tail = f'",signal="{signal_name}"}} '
+                        out.extend(
+                            f"{head}{e}{tail}{v}\n"
+                            for e, v in zip(envs, _values(ratio), strict=True)
+                        )
+            elif view.verdicts is not None and view.statistic is not None:
+                for signal, signal_name in enumerate(SIGNALS):
+                    if name == "canarywatch_env_statistic":
+                        head, tail = f'{name}{{env="', f'",signal="{signal_name}"}} '
+                        values = _values(view.statistic[signal])
+                        out.extend(
+                            f"{head}{e}{tail}{v}\n" for e, v in zip(envs, values, strict=True)
+                        )
+                    else:
+                        head = f'{name}{{env="'
+                        tails = [f'",signal="{signal_name}",verdict="{v}"}} 1.0\n'
+                                 for v in _VERDICT_NAMES]  # fmt: skip
+                        codes = view.verdicts[signal].tolist()
+                        out.extend(f"{head}{e}{tails[c]}" for e, c in zip(envs, codes, strict=True))
+        return "".join(out)
+
+
+def serve_metrics(
+    port: int, registry: CollectorRegistry, fleet: FleetCollector | None = None
+) -> ThreadingHTTPServer:
+    """/metrics on `port` (all addresses), in a daemon thread: the registry through
+    prometheus_client, then the fleet's per-environment families as text from its arrays.
+    `?name[]=...` restricts both, as prometheus_client's own server does."""
+    if fleet is not None:
+        fleet.text = True
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            if url.path not in ("/metrics", "/"):
+                self.send_error(404)
+                return
+            names = set(parse_qs(url.query).get("name[]", [])) or None
+            source = registry.restricted_registry(list(names)) if names else registry
+            body = generate_latest(source)
+            if fleet is not None:
+                body += fleet.render_text(names).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -20,12 +20,12 @@ from typing import Any
 import faust
 from faust.types import EventT, StreamT
 from mode.types.signals import BaseSignalT
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from agents.deadletter import DeadLetters, Headers
 from agents.ingest import RequestLogIngest
 from agents.kafka_admin import ensure_topics, partition_for_key
-from agents.metrics import FleetCollector, WorkerMetrics
+from agents.metrics import FleetCollector, WorkerMetrics, serve_metrics
 from agents.settings import Settings, Topics
 from agents.verdicts import VerdictPublisher
 from streams.events import (
@@ -47,6 +47,7 @@ class Worker:
     app: faust.App
     fleet: Fleet
     metrics: WorkerMetrics
+    collector: FleetCollector | None = None
 
 
 def build_worker(
@@ -72,7 +73,8 @@ def build_worker(
         s.decisions, s.window, max_message_bytes=s.max_message_bytes, promotion=s.promotion
     )
     metrics = WorkerMetrics(registry)
-    registry.register(FleetCollector(lambda: fleet))
+    collector = FleetCollector(lambda: fleet, text=True)  # per-env series: serve_metrics
+    registry.register(collector)
 
     rollouts_topic = app.topic(s.topics.rollouts, key_type=bytes, value_type=bytes)
     commands_topic = app.topic(s.topics.commands, key_type=bytes, value_type=bytes)
@@ -194,7 +196,7 @@ def build_worker(
             )
 
     app.timer(s.evaluate_every_s)(evaluate)
-    return Worker(app=app, fleet=fleet, metrics=metrics)
+    return Worker(app=app, fleet=fleet, metrics=metrics, collector=collector)
 
 
 async def ensure_verdict_topic(settings: Settings) -> None:
@@ -230,8 +232,8 @@ def run_worker(settings: Settings) -> None:
     check_copartitioned(settings.topics, partitions)
     asyncio.run(ensure_verdict_topic(settings))
     registry = CollectorRegistry()
-    start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
     worker = build_worker(settings, registry)
+    serve_metrics(settings.metrics_port, registry, worker.collector)
     tune_gc()
     faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()
 

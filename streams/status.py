@@ -152,7 +152,7 @@ def row_of(snapshot: VerdictSnapshot, now: float, *, stale_after_s: float = 30.0
         signals=tuple(signals),
         age_s=snapshot.since_canary_start_s,
         seen_s=seen,
-        eta_s=snapshot.eta_s,
+        eta_s=snapshot.eta_s if verdict in (INCONCLUSIVE, STALE) else None,
         triage=str(triage) if triage else "",
     )
 
