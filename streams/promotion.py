@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
 Floats = NDArray[np.float64]
@@ -376,13 +377,19 @@ class VerdictSnapshot:
 
     @staticmethod
     def decode(raw: bytes) -> VerdictSnapshot:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         # Fields this codec does not know (a newer writer's) are ignored: compatible both ways.
         signals = tuple(
-            SignalPass(**{k: v for k, v in s.items() if k in _SIGNAL_FIELDS})
+            SignalPass(**s)
+            if s.keys() <= _SIGNAL_FIELDS
+            else SignalPass(**{k: v for k, v in s.items() if k in _SIGNAL_FIELDS})
             for s in data.pop("signals")
         )
-        known = {k: v for k, v in data.items() if k in _SNAPSHOT_FIELDS}
+        known = (
+            data
+            if data.keys() <= _SNAPSHOT_FIELDS
+            else {k: v for k, v in data.items() if k in _SNAPSHOT_FIELDS}
+        )
         return VerdictSnapshot(signals=signals, **known)
 
 

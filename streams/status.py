@@ -21,7 +21,7 @@ STALE = "stale"
 URGENCY = {ABORT: 0, PLATFORM: 1, STALE: 2, INCONCLUSIVE: 3, PASS: 4}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: status builds 20,000 of these per read
 class SignalRow:
     signal: str
     verdict: str  # pass | inconclusive | abort | platform | continue
@@ -38,7 +38,7 @@ class SignalRow:
     needed_bad: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StatusRow:
     cluster: str
     namespace: str
