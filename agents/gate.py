@@ -30,6 +30,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from kubernetes import client as k8s
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from agents.settings import Settings
 from streams.promotion import INCONCLUSIVE, VerdictSnapshot
@@ -273,13 +274,20 @@ def answer(snapshot: VerdictSnapshot | None, pod_hash: str, now: float) -> dict[
     return body
 
 
-@dataclass(slots=True)
 class GateMetrics:
-    answers: dict[tuple[int, str], int] = field(default_factory=dict)
+    """`canarywatch_gate_answers_total{status,verdict}` on the gate's own `/metrics`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.answers = Counter(
+            "canarywatch_gate_answers_total",
+            "Gate answers by HTTP status and, for 200, the verdict",
+            ["status", "verdict"],
+            registry=self.registry,
+        )
 
     def count(self, status: int, verdict: str = "") -> None:
-        key = (status, verdict)
-        self.answers[key] = self.answers.get(key, 0) + 1
+        self.answers.labels(str(status), verdict).inc()
 
 
 def build_app(
@@ -337,9 +345,13 @@ def build_app(
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok" if store.caught_up.is_set() else "catching up")
 
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), content_type="text/plain")
+
     app = web.Application()
     app.router.add_get("/v1/verdict/{namespace}/{rollout}", verdict)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", prometheus)
     return app
 
 

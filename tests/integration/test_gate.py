@@ -154,6 +154,11 @@ async def test_only_callers_who_may_get_the_rollout_are_answered_and_at_a_limite
                 session, f"{base}/v1/verdict/{NAMESPACE}/web", kube_api.token("admin")
             )
             assert status == 200
+            async with session.get(f"{base}/metrics") as reply:
+                exposition = await reply.text()
+            for status_code in ("401", "403", "429", "503"):
+                assert f'status="{status_code}"' in exposition, exposition
+            assert 'canarywatch_gate_answers_total{status="200",verdict="pass"}' in exposition
 
 
 async def test_a_gate_that_has_not_read_the_topic_refuses(
