@@ -8,11 +8,11 @@ canaries, not the size of the fleet, and nothing is paid on the hot path.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,6 +25,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -305,36 +306,37 @@ class FleetCollector(Collector):
         return "".join(out)
 
 
-def serve_metrics(
-    port: int, registry: CollectorRegistry, fleet: FleetCollector | None = None
-) -> ThreadingHTTPServer:
-    """/metrics on `port` (all addresses), in a daemon thread: the registry through
-    prometheus_client, then the fleet's per-environment families as text from its arrays.
-    `?name[]=...` restricts both, as prometheus_client's own server does."""
+def metrics_app(
+    registry: CollectorRegistry, fleet: FleetCollector | None = None
+) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app for /metrics: the registry through prometheus_client, then the fleet's
+    per-environment families as text from its arrays (`fleet.text` is set). `?name[]=...`
+    restricts both, as prometheus_client's own app does. A drop-in for `make_wsgi_app`."""
     if fleet is not None:
         fleet.text = True
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            url = urlparse(self.path)
-            if url.path not in ("/metrics", "/"):
-                self.send_error(404)
-                return
-            names = set(parse_qs(url.query).get("name[]", [])) or None
-            source = registry.restricted_registry(list(names)) if names else registry
-            body = generate_latest(source)
-            if fleet is not None:
-                body += fleet.render_text(names).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def app(environ: dict[str, Any], start: Callable[..., Any]) -> Iterable[bytes]:
+        names = set(parse_qs(environ.get("QUERY_STRING", "")).get("name[]", [])) or None
+        source = registry.restricted_registry(list(names)) if names else registry
+        body = generate_latest(source)
+        if fleet is not None:
+            body += fleet.render_text(names).encode()
+        start("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    return app
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
-    server.daemon_threads = True
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve_metrics(
+    port: int, registry: CollectorRegistry, fleet: FleetCollector | None = None
+) -> WSGIServer:
+    """`metrics_app` on `port` (all addresses) in a daemon thread."""
+    server = make_server("0.0.0.0", port, metrics_app(registry, fleet), ThreadingWSGIServer,
+                         handler_class=_QuietHandler)  # fmt: skip
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
