@@ -210,6 +210,9 @@ def bound_text(s: SignalRow) -> str:
     return " ".join(parts) or "-"
 
 
+BAD = {"errors": "errors (5xx)", "latency": "slow requests"}
+
+
 def explain(snapshot: VerdictSnapshot, now: float, *, stale_after_s: float = 30.0) -> list[str]:
     """Why the verdict is what it is, and what would change it, in sentences."""
     row = row_of(snapshot, now, stale_after_s=stale_after_s)
@@ -219,7 +222,7 @@ def explain(snapshot: VerdictSnapshot, now: float, *, stale_after_s: float = 30.
         f"{row.env} (release {row.release or '?'}, canary {row.pod_hash}, {step}, weight "
         f"{weight}): {row.verdict.upper()}, {duration(row.age_s)} into the canary, reported "
         f"{duration(row.seen_s)} ago.",
-        f"Why: {snapshot.reason}." if snapshot.reason else "",
+        f"Why: {_why(row, snapshot.reason)}.",
     ]
     if row.verdict == STALE:
         lines.append(
@@ -232,7 +235,8 @@ def explain(snapshot: VerdictSnapshot, now: float, *, stale_after_s: float = 30.
             f"{ratio_text(s.stable_bad, s.stable_requests)} bad; statistic {s.statistic:.2f} of "
             f"threshold {s.threshold:.2f}."
         )
-        lines.extend("  " + text for text in _explain_signal(s, row))
+        if row.verdict != ABORT or s.verdict == ABORT:  # after an abort, the rest is moot
+            lines.extend("  " + text for text in _explain_signal(s, row))
     if row.verdict == INCONCLUSIVE and row.eta_s is not None:
         lines.append(
             f"At this traffic, a canary as good as stable passes in about {duration(row.eta_s)}."
@@ -242,10 +246,18 @@ def explain(snapshot: VerdictSnapshot, now: float, *, stale_after_s: float = 30.
     return [line for line in lines if line]
 
 
+def _why(row: StatusRow, reason: str) -> str:
+    if row.verdict == PLATFORM:
+        return "stable is failing about as much as the canary (platform): not the canary's fault"
+    if row.verdict == STALE:
+        return f"its last snapshot is {duration(row.seen_s)} old"
+    return reason or "-"
+
+
 def _explain_signal(s: SignalRow, row: StatusRow) -> list[str]:
     if s.verdict == ABORT:
         return [
-            f"Aborted: the canary's {s.signal} are worse than stable's beyond the minimum "
+            f"Aborted: the canary's {BAD.get(s.signal, s.signal)} are worse than stable's beyond the minimum "
             f"regression (statistic {s.statistic:.2f} >= {s.threshold:.2f}). A new revision "
             "starts from zero."
         ]
@@ -265,14 +277,14 @@ def _explain_signal(s: SignalRow, row: StatusRow) -> list[str]:
     if more:
         rate = s.canary_requests / row.age_s if row.age_s > 0 else 0.0
         out.append(
-            f"An abort needs >= {more} more canary {s.signal} (at least {s.needed_bad} in all "
-            f"at this canary share)"
-            + (f", at about {rate:.1f} canary requests/s." if rate > 0 else ".")
+            f"An abort needs >= {more} more canary {BAD.get(s.signal, s.signal)} (at least "
+            f"{s.needed_bad} in all at this canary share)"
+            + (f"; the canary serves about {rate:.1f} requests/s." if rate > 0 else ".")
         )
     else:
         out.append(
             f"An abort needs the statistic to rise by {max(0.0, s.threshold - s.statistic):.2f} "
-            "more: more canary errors than stable's share would explain."
+            f"more: more canary {BAD.get(s.signal, s.signal)} than stable's share would explain."
         )
     out.append(
         f"A pass needs the bound ({bound_text(s)}) below {s.tol_ratio:g}x or +"
