@@ -288,7 +288,8 @@ def _explain_signal(s: SignalRow, row: StatusRow) -> list[str]:
         )
     out.append(
         f"A pass needs the bound ({bound_text(s)}) below {s.tol_ratio:g}x or +"
-        f"{s.tol_diff * 100:.2f} points: more canary traffic without errors."
+        f"{s.tol_diff * 100:.2f} points: more canary traffic without "
+        f"{BAD.get(s.signal, s.signal)}."
     )
     return out
 
