@@ -68,7 +68,8 @@ def test_explain_says_why_and_what_would_change_it() -> None:
     snaps = {s.namespace: s for s in judged_fleet().pass_state()}
     now = snaps["busy"].decided_at
     text = "\n".join(explain(snaps["quiet"], now))
-    assert "INCONCLUSIVE" in text and "An abort needs >= " in text and "more canary errors (5xx)" in text
+    assert "INCONCLUSIVE" in text and "An abort needs >= " in text
+    assert "more canary errors (5xx)" in text and "without slow requests" in text
     assert "passes in about" in text
     assert "Aborted:" in "\n".join(explain(snaps["bad"], now))
     assert "Platform:" in "\n".join(explain(snaps["plat"], now))
