@@ -16,9 +16,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 
 from agents.settings import Settings
+from agents.status import partitions_of
 from streams.fleet import Fleet
 from streams.replay import REQUEST, ROLLOUT, Record, ReplayResult, classify, replay
 
@@ -47,11 +47,7 @@ async def topic_records(settings: Settings, since: float | None) -> list[Record]
     out: list[Record] = []
     try:
         kinds = {settings.topics.requests: REQUEST, settings.topics.rollouts: ROLLOUT}
-        tps = [
-            TopicPartition(topic, p)
-            for topic in kinds
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        tps = [tp for topic in kinds for tp in await partitions_of(consumer, topic)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         if since is None:

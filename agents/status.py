@@ -50,6 +50,15 @@ class TopicRead:
     records: int = 0
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The topic's partitions (none when it does not exist), metadata fetched if need be."""
+    parts = consumer.partitions_for_topic(topic)
+    if parts is None:
+        await consumer._client.force_metadata_update()  # a consumer without subscriptions
+        parts = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
 async def read_verdicts(
     bootstrap: str, topic: str, *, keep_history_of: str | None = None, timeout_s: float = 30.0
 ) -> TopicRead:
@@ -67,11 +76,7 @@ async def read_verdicts(
     )
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if parts is None:
-            await consumer._client.force_metadata_update()  # the topic may be new to us
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await partitions_of(consumer, topic)
         if not tps:
             return out
         consumer.assign(tps)
@@ -97,9 +102,7 @@ async def read_verdicts(
                     latest[key] = record.value or b""
                     if key == history_key and record.value:
                         with contextlib.suppress(ValueError, TypeError, KeyError):
-                            kept[keep_history_of or ""].append(
-                                VerdictSnapshot.decode(record.value)
-                            )
+                            kept[keep_history_of or ""].append(VerdictSnapshot.decode(record.value))
             for tp in list(todo):
                 if await consumer.position(tp) >= ends[tp]:
                     todo.discard(tp)

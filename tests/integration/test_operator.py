@@ -294,3 +294,20 @@ async def test_the_notifier_posted_each_abort_and_platform_hold_once(system: Sys
     async with aiohttp.ClientSession() as session, session.get(aborts[0]["explain"]) as reply:
         assert reply.status == 200
         assert "Aborted:" in "\n".join((await reply.json())["lines"])
+
+
+async def test_replay_of_the_topics_decides_what_the_workers_decided(system: System) -> None:
+    """`canarywatch replay --from-topic`: the recorded topics through the engine, offline,
+    abort the canaries the live workers aborted, and only those."""
+    bad = system.envs(Scenario.BAD)
+    await poll_until(
+        lambda: (
+            {r["namespace"] + "/" + r["rollout"] for r in system.board.board_json()["aborts"]}
+            == bad
+        ),
+        60,
+        "the workers to abort every bad canary",
+    )
+    out = json.loads(await asyncio.to_thread(system.cli, "replay", "--from-topic", "-o", "json"))
+    assert {a["env"] for a in out["aborts"]} == bad, out["aborts"]
+    assert out["requests"] > 1000 and out["states"] >= len(system.plans)
