@@ -258,8 +258,8 @@ def _explain_signal(s: SignalRow, row: StatusRow) -> list[str]:
     if s.verdict == ABORT:
         return [
             f"Aborted: the canary's {BAD.get(s.signal, s.signal)} are worse than stable's "
-            f"beyond the minimum regression (statistic {s.statistic:.2f} >= {s.threshold:.2f}). A new revision "
-            "starts from zero."
+            f"beyond the minimum regression (statistic {s.statistic:.2f} >= "
+            f"{s.threshold:.2f}). A new revision starts from zero."
         ]
     if s.verdict == PLATFORM:
         return [
