@@ -3,6 +3,7 @@ board are, prints its seed, explains `inconclusive` and ends with `canarywatch s
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ def test_demo_prints_where_things_are_its_seed_and_ends_with_status(
         [sys.executable, "-m", "agents.cli", "demo", "--bootstrap", kafka_bootstrap,
          "--duration", "20", "--seed", "424242", "--environments", "30", "--healthy", "10",
          "--bad", "2", "--platform", "1"],
-        capture_output=True, text=True, timeout=240, env={"COLUMNS": "200", "PATH": ""},
+        capture_output=True, text=True, timeout=240, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
     out = done.stdout
     assert done.returncode == 0, done.stderr + out
