@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -311,3 +312,25 @@ async def test_replay_of_the_topics_decides_what_the_workers_decided(system: Sys
     out = json.loads(await asyncio.to_thread(system.cli, "replay", "--from-topic", "-o", "json"))
     assert {a["env"] for a in out["aborts"]} == bad, out["aborts"]
     assert out["requests"] > 1000 and out["states"] >= len(system.plans)
+
+
+def watch_twice(system: System) -> tuple[list[dict[str, Any]], int]:
+    """`status --watch -o json`: two refreshes read from its output, then Ctrl-C."""
+    env = {**os.environ, **settings_to_env(system.settings)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agents.cli", "status", "--watch", "-o", "json", "--every", "0.3"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    docs = [json.loads(process.stdout.readline()) for _ in range(2)]
+    process.send_signal(signal.SIGINT)
+    return docs, process.wait(30)
+
+
+async def test_status_watch_refreshes_until_interrupted(system: System) -> None:
+    docs, code = await asyncio.to_thread(watch_twice, system)
+    assert code == 0
+    assert all(doc["items"] for doc in docs)
+    # Refreshed: the workers' snapshots moved on between the two reads.
+    seen = [{i["namespace"]: i["seenSecondsAgo"] for i in doc["items"]} for doc in docs]
+    assert seen[0] != seen[1]
