@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.command == "explain":
                 return asyncio.run(run_explain(settings_from_env(), args.env, console, args.plot))
+            settings = settings_from_env()
             status_options = StatusOptions(
                 tuple(args.namespace),
                 tuple(args.release),
@@ -123,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                 output=args.output,
                 watch=args.watch,
                 every_s=args.every,
+                stale_after_s=settings.gate_max_age_s,
             )
-            return asyncio.run(run_status(settings_from_env(), status_options, console))
+            return asyncio.run(run_status(settings, status_options, console))
         except KeyboardInterrupt:
             return 0
     if args.command == "ui":

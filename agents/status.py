@@ -198,8 +198,10 @@ async def run_status(settings: Settings, options: StatusOptions, console: Consol
             if options.watch:
                 console.clear()
             counts = {v: sum(r.verdict == v for r in rows) for v in (ABORT, PLATFORM, STALE)}
-            title = f"{len(rows)} canaries in progress" + "".join(
-                f", {n} {v}" for v, n in counts.items() if n
+            filtered = options.namespaces or options.releases or options.verdicts
+            title = (
+                f"{len(rows)} canaries in progress{' (filtered)' if filtered else ''}"
+                + "".join(f", {n} {v}" for v, n in counts.items() if n)
             )
             render_table(rows, console, title=title)
         if not options.watch:
