@@ -47,6 +47,12 @@ clean:
 kube-apiserver:
 	scripts/kube/build.sh
 
+# The real Argo Rollouts controller and its five CRDs for the `argo` tests (scripts/argo/go.mod
+# pins the version), cached next to kube-apiserver. The tests build it too; this warms the cache.
+.PHONY: argo-rollouts
+argo-rollouts:
+	scripts/argo/build.sh
+
 # Real single-node Apache Kafka (KRaft) from Maven Central, cached outside the clone; state in
 # $(KAFKA_DIR). `make broker` returns once the broker answers; `make broker-stop` stops it.
 KAFKA_DIR ?= $(CURDIR)/.kafka-data
@@ -70,9 +76,29 @@ bench-quick: venv
 profile: venv
 	$(PY) -m bench.profile_ingest
 
+# Deployments -> Argo Rollouts in waves, on a real API server and the real controller (issue 15).
+.PHONY: bench-migrate
+bench-migrate: venv
+	$(PY) -m bench.migrate
+
 # Decision statistics: canarywatch against Argo-/Kayenta-style judges and an oracle (issue 3).
 bench-decisions: venv
 	$(PY) -m bench.decisions
+
+# A hostile corpus (codecs, sizes, bad types, floods, CRC32 placement, kill -9) against two
+# workers on the real local broker (issue 9).
+.PHONY: bench-hostile
+bench-hostile: venv
+	$(PY) -m bench.hostile
+
+# The burst-absorption / detection-speed trade-off table of docs/decisions.md (issue 11).
+.PHONY: bench-decisions-tradeoff
+bench-decisions-tradeoff: venv
+	$(PY) -m bench.decisions --tradeoff
+# Release-level analysis: pooled release test, fleet-wide halt, triage (issue 13). In process.
+.PHONY: bench-fleet
+bench-fleet: venv
+	$(PY) -m bench.fleet
 
 # The pass verdict (issue 17): time to `pass` for healthy canaries, wrong passes for canaries
 # worse than the tolerance (>= 2,000 each, 95 % intervals); last line `pass-bench: ...`.

@@ -49,30 +49,47 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agents.deadletter import DeadLetters, Headers, deadletter_counter
+from agents.health import Heartbeat, Readiness, ReadyGauge, serve_health
 from agents.kafka_admin import ensure_topics
 from agents.settings import Settings
+from agents.unreadable import counting, getmany_skipping, skipped_counter
 from streams.events import AbortCommand, DecodeError, decode_abort_command
 from streams.rollouts import (
     GROUP,
     KIND,
     PLURAL,
+    REVISION_ANNOTATION,
     VERSION,
     AbortVerdict,
     Rollout,
     aborted_since,
+    canary_lags_revision,
     judge_abort,
     resource_version,
+    revision_of,
 )
 
 log = logging.getLogger("canarywatch.actuator")
 
 EVENT_REASON = "CanarywatchAbort"
+PAUSE_EVENT_REASON = "CanarywatchPause"
 COMPONENT = "canarywatch-actuator"
 MERGE_PATCH = "application/merge-patch+json"
 ABORT_PATCH: Mapping[str, Any] = {"status": {"abort": True}}
+PAUSE_PATCH: Mapping[str, Any] = {"spec": {"paused": True}}  # `kubectl argo rollouts pause`
+
+
+class Action(StrEnum):
+    """What a command does to its Rollout: abort it (the default), or only pause it, leaving
+    the decision to roll back or promote to a person (needs `patch` on `rollouts`)."""
+
+    ABORT = "abort"
+    PAUSE = "pause"
+
+
 CONFLICT = 409
 UNREACHABLE = 0  # KubeError.status when no HTTP answer came back
 
@@ -81,6 +98,7 @@ class Outcome(StrEnum):
     APPLIED = "applied"
     STALE = "stale"
     EXPIRED = "expired"  # decided longer ago than Settings.command_ttl_s: never applied
+    OTHER_CLUSTER = "other_cluster"  # names another cluster than Settings.cluster: not ours
     NOT_FOUND = "not_found"
     DRY_RUN = "dry_run"
     FAILED = "failed"  # a non-retryable answer (403, 422, ...): dead-lettered, committed
@@ -114,6 +132,16 @@ class RolloutApi(Protocol):
     def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
         """Merge-patch `{"status":{"abort":true}}`, with `metadata.resourceVersion` as a
         precondition when given (409 if the Rollout changed); False when it does not exist."""
+        ...
+
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        """The `rollout.argoproj.io/revision` annotation of ReplicaSet `name` ("" without it),
+        or None when it does not exist."""
+        ...
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        """Merge-patch `{"spec":{"paused":true}}` on the main resource, with the same
+        precondition; False when the Rollout does not exist."""
         ...
 
     def rollout_events(self, namespace: str, name: str, uid: str) -> list[Mapping[str, Any]]:
@@ -159,6 +187,7 @@ class KubeRolloutApi:
     ) -> None:
         self._objects = k8s.CustomObjectsApi(api)
         self._core = k8s.CoreV1Api(api)
+        self._apps = k8s.AppsV1Api(api)
         self._group = group
         self._timeout = timeout
 
@@ -192,6 +221,41 @@ class KubeRolloutApi:
             try:
                 self._objects.patch_namespaced_custom_object(
                     *args, _content_type=MERGE_PATCH, _request_timeout=self._timeout
+                )
+                return True
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        with _kube_errors():
+            try:
+                rs = self._apps.read_namespaced_replica_set(
+                    name, namespace, _request_timeout=self._timeout
+                )
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        annotations = (rs.metadata and rs.metadata.annotations) or {}
+        return str(annotations.get(REVISION_ANNOTATION, ""))
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        body: dict[str, Any] = dict(PAUSE_PATCH)
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        with _kube_errors():
+            try:
+                self._objects.patch_namespaced_custom_object(
+                    self._group,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    body,
+                    _content_type=MERGE_PATCH,
+                    _request_timeout=self._timeout,
                 )
                 return True
             except k8s.ApiException as exc:
@@ -278,19 +342,37 @@ def event_name(command: AbortCommand) -> str:
     return f"{command.rollout}.canarywatch-{digest}"
 
 
-def event_message(command: AbortCommand) -> str:
+def event_message(command: AbortCommand, action: Action = Action.ABORT) -> str:
     release = f" (release {command.release})" if command.release else ""
+    verb = "paused at" if action is Action.PAUSE else "aborted"
     text = (
-        f"canarywatch aborted canary {command.pod_hash}{release}: {command.reason}; "
-        f"{command.evidence.describe()}; decision {command.decision_id}"
+        f"canarywatch {verb} canary {command.pod_hash}{release}: {command.reason}; "
+        f"{command.evidence.describe()}; decision {command.decision_id}{triage_note(command)}"
     )
     return text[:1024]
 
 
+def triage_note(command: AbortCommand) -> str:
+    """What a release agent put in the command: the release decision, the triage."""
+    extra = command.extra
+    note = ""
+    if decision := extra.get("release_decision"):
+        note += f"; release decision {decision}"
+    if triage := extra.get("triage"):
+        note += f"; triage {triage}"
+    if evidence := extra.get("release_evidence"):
+        note += f" ({evidence})"
+    return note
+
+
 def abort_event(
-    command: AbortCommand, rollout: Rollout, now: datetime, instance: str
+    command: AbortCommand,
+    rollout: Rollout,
+    now: datetime,
+    instance: str,
+    action: Action = Action.ABORT,
 ) -> dict[str, Any]:
-    """The core/v1 Event recorded on the Rollout after an abort."""
+    """The core/v1 Event recorded on the Rollout after an abort (or a pause)."""
     meta = rollout.get("metadata", {})
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
@@ -306,9 +388,9 @@ def abort_event(
             "resourceVersion": meta.get("resourceVersion", ""),
         },
         "type": "Warning",
-        "reason": EVENT_REASON,
-        "action": "Abort",
-        "message": event_message(command),
+        "reason": PAUSE_EVENT_REASON if action is Action.PAUSE else EVENT_REASON,
+        "action": action.value.capitalize(),
+        "message": event_message(command, action),
         "source": {"component": COMPONENT},
         "reportingComponent": COMPONENT,
         "reportingInstance": instance,
@@ -323,6 +405,7 @@ def abort_event(
 
 class ActuatorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.skipped_records = skipped_counter(registry)
         self.commands = Counter(
             "canarywatch_actuator_commands",
             "Abort commands handled, by outcome.",
@@ -348,10 +431,17 @@ class ActuatorMetrics:
             registry=registry,
         )
         self.deadletters = deadletter_counter(registry)
-        self.ready = Gauge(
+        # At 0 from the start, so that increase() sees the first failure after a restart.
+        for outcome in Outcome:
+            self.commands.labels(outcome.value)
+        for outcome_name in ("recorded", "exists", "failed"):
+            self.events.labels(outcome_name)
+        self.readiness = Readiness("actuator")
+        self.ready = ReadyGauge(
+            self.readiness,
+            registry,
             "canarywatch_actuator_ready",
-            "1 once the actuator consumes commands.",
-            registry=registry,
+            "1 while the actuator is ready: it consumes commands (see /readyz).",
         )
 
 
@@ -383,10 +473,13 @@ class Actuator:
         wall_clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         instance: str | None = None,
+        action: Action = Action.ABORT,
     ) -> None:
         self.settings = settings
+        self.action = action
         self.api = api
         self.metrics = metrics
+        self._on_skip = counting(metrics.skipped_records)
         self.dry_run = dry_run
         self.policy = policy or RetryPolicy()
         self._sleep = sleep
@@ -402,14 +495,20 @@ class Actuator:
     async def handle(self, command: AbortCommand) -> Result:
         """Read, judge, patch, record: retried as a whole on retryable errors."""
         age = self._wall_clock() - command.decided_at
-        if age > self.settings.command_ttl_s:
-            result = Result(
+        refused: Result | None = None
+        if command.cluster != self.settings.cluster:
+            ours = self.settings.cluster or "(unnamed)"
+            theirs = command.cluster or "(unnamed)"
+            refused = Result(Outcome.OTHER_CLUSTER, f"for cluster {theirs}, this is {ours}")
+        elif age > self.settings.command_ttl_s:
+            refused = Result(
                 Outcome.EXPIRED,
                 f"decided {age:.0f}s ago, more than the TTL of {self.settings.command_ttl_s:g}s",
             )
-            self.metrics.commands.labels(result.outcome.value).inc()
-            self._log(command, result)
-            return result
+        if refused is not None:
+            self.metrics.commands.labels(refused.outcome.value).inc()
+            self._log(command, refused)
+            return refused
         started = self._clock()
         attempt = 0
         patch_sent = False
@@ -446,7 +545,7 @@ class Actuator:
 
     async def _attempt(self, command: AbortCommand, patch_sent: bool) -> Result:
         rollout = await asyncio.to_thread(self.api.get_rollout, command.namespace, command.rollout)
-        judgement = judge_abort(command.pod_hash, rollout)
+        judgement = judge_abort(command.pod_hash, rollout, pause=self.action is Action.PAUSE)
         if judgement.verdict is AbortVerdict.NOT_FOUND:
             return Result(Outcome.NOT_FOUND, judgement.why)
         if judgement.verdict is AbortVerdict.UNRECONCILED:
@@ -456,14 +555,19 @@ class Actuator:
             if not (patch_sent and judgement.already_aborted):
                 return Result(Outcome.STALE, judgement.why)
             # Our earlier patch went through but its answer was lost: finish the job.
+        elif lag := await self._canary_lags(command, rollout):
+            raise _Unreconciled(lag)
         elif retried := await self._aborted_since_decision(command, rollout):
-            return Result(Outcome.STALE, f"{retried}; the canary was retried since")
+            return Result(Outcome.STALE, f"{retried}; the canary was retried or resumed since")
         elif self.dry_run:
             return Result(Outcome.DRY_RUN, judgement.why)
         else:
+            patch = (
+                self.api.pause_rollout if self.action is Action.PAUSE else self.api.abort_rollout
+            )
             try:
                 found = await asyncio.to_thread(
-                    self.api.abort_rollout,
+                    patch,
                     command.namespace,
                     command.rollout,
                     resource_version(rollout),
@@ -478,6 +582,15 @@ class Actuator:
         await self._record_event(command, rollout)
         return Result(Outcome.APPLIED, judgement.why)
 
+    async def _canary_lags(self, command: AbortCommand, rollout: Rollout) -> str | None:
+        """Is `currentPodHash` behind the Rollout's revision? (Argo names a Rollout's
+        ReplicaSets `<rollout>-<pod hash>`.)"""
+        if not revision_of(rollout):
+            return None
+        canary = f"{command.rollout}-{command.pod_hash}"
+        revision = await asyncio.to_thread(self.api.replica_set_revision, command.namespace, canary)
+        return canary_lags_revision(rollout, revision)
+
     async def _aborted_since_decision(self, command: AbortCommand, rollout: Rollout) -> str | None:
         """An abort of this Rollout after the command was decided (then undone by `retry`)."""
         uid = rollout.get("metadata", {}).get("uid", "")
@@ -489,7 +602,7 @@ class Actuator:
     async def _record_event(self, command: AbortCommand, rollout: Rollout) -> None:
         """Best effort, retried a few times: the abort is done whatever happens here."""
         now = datetime.fromtimestamp(self._wall_clock(), UTC)
-        event = abort_event(command, rollout, now, self.instance)
+        event = abort_event(command, rollout, now, self.instance, self.action)
         for attempt in range(self.policy.event_attempts):
             try:
                 created = await asyncio.to_thread(self.api.record_event, command.namespace, event)
@@ -507,10 +620,15 @@ class Actuator:
 
     def _log(self, command: AbortCommand, result: Result) -> None:
         where = f"{command.env} canary {command.pod_hash} ({command.decision_id})"
+        verb = "paused" if self.action is Action.PAUSE else "aborted"
         if result.outcome is Outcome.APPLIED:
-            log.warning("aborted %s: %s", where, command.evidence.describe())
+            log.warning(
+                "%s %s: %s%s", verb, where, command.evidence.describe(), triage_note(command)
+            )
         elif result.outcome is Outcome.DRY_RUN:
-            log.warning("dry run: would abort %s: %s", where, command.evidence.describe())
+            log.warning(
+                "dry run: would %s %s: %s", self.action.value, where, command.evidence.describe()
+            )
         elif result.outcome in (Outcome.FAILED, Outcome.DEFERRED):
             log.error("%s %s: %s", result.outcome.value, where, result.detail)
         else:
@@ -530,7 +648,7 @@ class Actuator:
             max_partition_fetch_bytes=s.topic_max_message_bytes,
         )
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap, acks="all", max_request_size=s.topic_max_message_bytes
+            bootstrap_servers=s.bootstrap, acks="all", max_request_size=s.producer_max_request_size
         )
         await producer.start()
         try:
@@ -538,7 +656,9 @@ class Actuator:
             try:
                 self.metrics.ready.set(1)
                 while stop is None or not stop.is_set():
-                    batch = await consumer.getmany(timeout_ms=200, max_records=200)
+                    batch = await getmany_skipping(
+                        consumer, self._on_skip, timeout_ms=200, max_records=200
+                    )
                     await asyncio.gather(
                         *(
                             self._consume_partition(consumer, producer, tp, records)
@@ -591,7 +711,7 @@ class Actuator:
                 self.settings.topics.deadletter, key=key, value=value, headers=headers
             )
 
-        await DeadLetters(send, self.metrics.deadletters).publish(
+        await DeadLetters(send, self.metrics.deadletters, sizes=self.settings.sizes).publish(
             record.topic, record.partition, [(record.offset, record.value or b"", error)]
         )
 
@@ -621,20 +741,32 @@ class _PatchSent(Exception):
 
 
 def run_actuator(
-    settings: Settings, *, dry_run: bool = False, kubeconfig: str | None = None
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    kubeconfig: str | None = None,
+    action: Action = Action.ABORT,
 ) -> int:
     """`canarywatch actuator`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     registry = CollectorRegistry()
-    start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
+    metrics = ActuatorMetrics(registry)
+    heartbeat = Heartbeat()
+    # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
+    serve_health(settings.metrics_port, registry, metrics.readiness, heartbeat)
     api_client = kube_api_client(kubeconfig)
     actuator = Actuator(
-        settings, KubeRolloutApi(api_client), ActuatorMetrics(registry), dry_run=dry_run
+        settings,
+        KubeRolloutApi(api_client),
+        metrics,
+        dry_run=dry_run,
+        action=action,
     )
     log.info(
-        "actuator: group %s, topic %s%s",
+        "actuator: group %s, topic %s, action %s%s",
         actuator.group_id,
         settings.topics.commands,
+        action.value,
         " (dry run: nothing is patched)" if dry_run else "",
     )
 
@@ -644,11 +776,24 @@ def run_actuator(
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
         )
+        await ensure_topics(
+            settings.bootstrap,
+            settings.compacted_topic_partitions(),
+            {
+                "max.message.bytes": str(settings.topic_max_message_bytes),
+                "cleanup.policy": "compact",
+            },
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        pulse = loop.create_task(heartbeat.run())
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await actuator.run(stop)
+        from agents.triagenotify import TriageNotifier  # imports this module
+
+        notifier = TriageNotifier(settings, actuator.api, registry, actuator.instance)
+        await asyncio.gather(actuator.run(stop), notifier.run(stop))
+        pulse.cancel()
 
     try:
         asyncio.run(main())

@@ -28,13 +28,16 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import urllib3
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kubernetes import client as k8s
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter
 
 from agents.actuator import kube_api_client
+from agents.deadletter import DeadLetters, Headers, deadletter_counter
+from agents.health import Heartbeat, Readiness, ReadyGauge, serve_health
 from agents.kafka_admin import ensure_topics
 from agents.settings import Settings
+from agents.unreadable import counting, getmany_skipping, skipped_counter
 from streams.events import DecodeError, RolloutState, encode_rollout_state, env_key
 from streams.rollouts import (
     GROUP,
@@ -68,6 +71,7 @@ class BridgeOptions:
 
 class BridgeMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.skipped_records = skipped_counter(registry)
         self.snapshots = Counter(
             "canarywatch_bridge_snapshots",
             "Rollouts read, by source (list, watch, event) and outcome "
@@ -92,9 +96,16 @@ class BridgeMetrics:
             ["outcome"],
             registry=registry,
         )
-        self.ready = Gauge(
-            "canarywatch_bridge_ready", "1 once every watch has listed.", registry=registry
+        self.readiness = Readiness("bridge")
+        self.ready = ReadyGauge(
+            self.readiness,
+            registry,
+            "canarywatch_bridge_ready",
+            "1 while the bridge is ready: every watch has listed (see /readyz).",
         )
+        for reason in ("closed", "expired", "error"):  # at 0, for increase() in alerts
+            self.watch_restarts.labels(reason)
+        self.deadletters = deadletter_counter(registry)
 
 
 class RolloutReader:
@@ -223,6 +234,7 @@ class Bridge:
         self.settings = settings
         self.reader = reader
         self.metrics = metrics
+        self._on_skip = counting(metrics.skipped_records)
         self.options = options or BridgeOptions()
         self._clock = clock
         self._dedupe = SnapshotDedupe()
@@ -236,9 +248,23 @@ class Bridge:
     def group_id(self) -> str:
         return f"{self.settings.app_id}-bridge"
 
+    def _deadletters(self) -> DeadLetters:
+        producer = self._producer
+        assert producer is not None
+        topic = self.settings.topics.deadletter
+
+        async def send(key: bytes, value: bytes, headers: Headers) -> object:
+            return await producer.send_and_wait(topic, key=key, value=value, headers=headers)
+
+        return DeadLetters(send, self.metrics.deadletters, sizes=self.settings.sizes)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Publish until `stop` is set or the task is cancelled."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap,
+            acks="all",
+            max_request_size=self.settings.producer_max_request_size,
+        )
         await producer.start()
         self._producer = producer
         self._stopping.clear()
@@ -376,7 +402,7 @@ class Bridge:
         async with self._lock:
             last = self._dedupe.forget(key)
             if last is None:  # never published; its final state, if it has one
-                last = rollout_state(obj, self._clock())
+                last = rollout_state(obj, self._clock(), self.settings.cluster)
             await self._publish_ended([last] if last is not None else [], "watch")
 
     async def _publish_ended(self, states: list[RolloutState], source: str) -> None:
@@ -404,7 +430,7 @@ class Bridge:
 
     def _judge(self, obj: Rollout, source: str) -> _Offer | None:
         """The Rollout's snapshot and whether it is new, or None if it has no usable state."""
-        state = rollout_state(obj, self._clock())
+        state = rollout_state(obj, self._clock(), self.settings.cluster)
         if state is None:
             self.metrics.snapshots.labels(source, "incomplete").inc()
             return None
@@ -443,7 +469,7 @@ class Bridge:
                     state.canary_weight,
                     " aborted" if state.aborted else "",
                 )
-            if o.change is not Change.OLDER:
+            if o.change not in (Change.OLDER, Change.UNRECONCILED):
                 self._dedupe.record(state, o.version)
             self.metrics.snapshots.labels(o.source, o.change.value).inc()
 
@@ -460,10 +486,12 @@ class Bridge:
         await consumer.start()
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=200, max_records=500)
+                batch = await getmany_skipping(
+                    consumer, self._on_skip, timeout_ms=200, max_records=500
+                )
                 for tp, records in batch.items():
                     for record in records:
-                        await self._on_exporter_event(record.value or b"")
+                        await self._on_exporter_event(record.value or b"", record.offset, tp)
                     await consumer.commit({tp: records[-1].offset + 1})
                 if not self._exporter_ready and consumer.assignment():
                     for tp in consumer.assignment():
@@ -473,12 +501,17 @@ class Bridge:
         finally:
             await consumer.stop()
 
-    async def _on_exporter_event(self, raw: bytes) -> None:
+    async def _on_exporter_event(
+        self, raw: bytes, offset: int = -1, source: TopicPartition | None = None
+    ) -> None:
         try:
             ref = decode_exporter_event(raw)
         except DecodeError as exc:
             self.metrics.exporter_events.labels("invalid").inc()
-            log.debug("exporter event refused: %s", exc)
+            if source is not None:
+                await self._deadletters().publish(
+                    source.topic, source.partition, [(offset, raw, exc)]
+                )
             return
         if ref is None:
             self.metrics.exporter_events.labels("ignored").inc()
@@ -513,12 +546,15 @@ def run_bridge(settings: Settings, options: BridgeOptions, *, kubeconfig: str | 
     """`canarywatch bridge`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     registry = CollectorRegistry()
-    start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
+    metrics = BridgeMetrics(registry)
+    heartbeat = Heartbeat()
+    # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
+    serve_health(settings.metrics_port, registry, metrics.readiness, heartbeat)
     api_client = kube_api_client(kubeconfig)
     bridge = Bridge(
         settings,
         RolloutReader(api_client, page=options.list_page),
-        BridgeMetrics(registry),
+        metrics,
         options,
     )
     log.info(
@@ -529,12 +565,17 @@ def run_bridge(settings: Settings, options: BridgeOptions, *, kubeconfig: str | 
     )
 
     async def main() -> None:
-        await ensure_topics(settings.bootstrap, {settings.topics.rollouts: settings.partitions})
+        await ensure_topics(
+            settings.bootstrap,
+            {settings.topics.rollouts: settings.partitions, settings.topics.deadletter: 1},
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        pulse = loop.create_task(heartbeat.run())
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         await bridge.run(stop)
+        pulse.cancel()
 
     try:
         asyncio.run(main())

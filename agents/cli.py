@@ -8,6 +8,7 @@ import random
 import sys
 from pathlib import Path
 
+from agents.codecs import check_codecs
 from agents.settings import settings_from_env
 from streams.simulation import SimulationSettings
 
@@ -17,6 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("worker", help="run the analyzer (settings from CANARYWATCH_* variables)")
+    sub.add_parser("releases", help="run the release agent: pooled release halts and triage")
 
     for name, text in (
         ("demo", "local broker + worker + simulated fleet; prints aborts and a scorecard"),
@@ -33,14 +35,45 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--lines-per-message", type=int, default=1, help="NDJSON batch size, as shippers do"
         )
+        if name == "demo":
+            p.add_argument("--no-release", action="store_true", help="skip the release-halt demo")
 
     actuator = sub.add_parser("actuator", help="apply abort commands to Argo Rollouts")
     actuator.add_argument("--dry-run", action="store_true", help="shadow mode: log, patch nothing")
     actuator.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
+    actuator.add_argument(
+        "--pause",
+        action="store_true",
+        help="pause the Rollout (spec.paused) instead of aborting; needs deploy/overlays/pause",
+    )
     bridge = sub.add_parser("bridge", help="publish Argo Rollout state to Kafka")
     bridge.add_argument("--namespace", action="append", default=[], help="repeat; default: all")
     bridge.add_argument("--events-topic", help="kubernetes-event-exporter's Kafka topic")
     bridge.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
+
+    migrate = sub.add_parser(
+        "migrate", help="move Deployments to Argo Rollouts in waves, with no downtime"
+    )
+    migrate.add_argument("--template", required=True, help="YAML: the Rollout spec's strategy")
+    migrate.add_argument("--namespace", action="append", default=[], help="repeat; default: all")
+    migrate.add_argument("--selector", default="", help="label selector of the Deployments")
+    migrate.add_argument(
+        "--scale-down", choices=("progressively", "onsuccess", "explicit"), default="progressively"
+    )
+    migrate.add_argument("--wave-size", type=int, default=20)
+    migrate.add_argument("--concurrency", type=int, default=10, help="services at once")
+    migrate.add_argument(
+        "--failure-budget", type=float, default=0.1, help="fraction (<1) or count of a wave"
+    )
+    migrate.add_argument("--health-timeout", type=float, default=600.0, help="seconds")
+    migrate.add_argument(
+        "--canary", action="append", default=[], help="first wave: NAMESPACE or NAMESPACE/NAME"
+    )
+    migrate.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    migrate.add_argument("--output", choices=("table", "json"), default="table")
+    migrate.add_argument("--report", help="write the final report (JSON) here")
+    migrate.add_argument("--metrics-port", type=int, default=0, help="0: no metrics endpoint")
+    migrate.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
 
     gate = sub.add_parser("gate", help="serve canary verdicts to Argo's web metric provider")
     gate.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
@@ -86,20 +119,49 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("worker", "actuator", "bridge", "releases"):
+        check_codecs(settings_from_env().disabled_codecs)
     if args.command == "worker":
         from agents.worker import run_worker
 
         run_worker(settings_from_env())
         return 0
-    if args.command == "actuator":
-        from agents.actuator import run_actuator
+    if args.command == "releases":
+        from agents.releases import run_releases
 
-        return run_actuator(settings_from_env(), dry_run=args.dry_run, kubeconfig=args.kubeconfig)
+        return run_releases(settings_from_env())
+    if args.command == "actuator":
+        from agents.actuator import Action, run_actuator
+
+        action = Action.PAUSE if args.pause else Action.ABORT
+        return run_actuator(
+            settings_from_env(), dry_run=args.dry_run, kubeconfig=args.kubeconfig, action=action
+        )
     if args.command == "bridge":
         from agents.bridge import BridgeOptions, run_bridge
 
         options = BridgeOptions(tuple(args.namespace), events_topic=args.events_topic)
         return run_bridge(settings_from_env(), options, kubeconfig=args.kubeconfig)
+    if args.command == "migrate":
+        from agents.migrate import run_migrate
+
+        return run_migrate(
+            template=args.template,
+            namespaces=args.namespace,
+            selector=args.selector,
+            scale_down=args.scale_down,
+            wave_size=args.wave_size,
+            concurrency=args.concurrency,
+            failure_budget=args.failure_budget,
+            health_timeout_s=args.health_timeout,
+            canary=args.canary,
+            dry_run=args.dry_run,
+            output=args.output,
+            report_path=args.report,
+            metrics_port=args.metrics_port,
+            kubeconfig=args.kubeconfig,
+        )
+
     if args.command == "gate":
         from agents.gate import run_gate
 
@@ -156,7 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         from agents.demo import demo_main
 
         return asyncio.run(
-            demo_main(args.bootstrap, args.duration, seed, args.lines_per_message, simulation)
+            demo_main(
+                args.bootstrap,
+                args.duration,
+                seed,
+                args.lines_per_message,
+                simulation,
+                release=not args.no_release,
+            )
         )
     if args.command == "simulate":
         from agents.simulator import simulate

@@ -2,7 +2,9 @@
 
 Starts a local Kafka broker (unless given one), creates the topics, starts the worker as a child
 process, plays the simulated fleet, prints every abort with its evidence as it arrives, and ends
-with the scorecard. The end-to-end test runs the same `run_demo`.
+with the scorecard. The end-to-end test runs the same `run_demo`. Then the release demo
+(agents/releasedemo.py): one release halted across 200 quiet environments, and the triage of
+its aborts (`--no-release` skips it).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agents.kafka_admin import ensure_topics
 from agents.processes import WorkerProcess, free_port, scrape
-from agents.settings import Settings
+from agents.settings import Settings, Topics
 from agents.simulator import SimulationRun, producer_for
 from agents.status import StatusOptions, render_table, status_once
 from agents.ui import Board
@@ -214,7 +216,10 @@ async def demo_main(
     seed: int,
     lines_per_message: int,
     simulation: SimulationSettings,
+    release: bool = True,
 ) -> int:
+    """The classic demo, then (unless `release` is False) the release demo on the same broker
+    (agents/releasedemo.py)."""
     from agents.localkafka import LocalKafka
 
     stop = asyncio.Event()
@@ -248,16 +253,33 @@ async def demo_main(
                 board_port=free_port(),
                 progress=sys.stderr.isatty(),
             )
+            for line in format_scorecard(result):
+                print(line, flush=True)
+            print("demo: canarywatch status, as the run ended:", flush=True)
+            render_table(
+                result.status, Console(), title=f"{len(result.status)} canaries in progress"
+            )
+            if release and not stop.is_set():
+                from agents.releasedemo import run_release_demo
+
+                await run_release_demo(
+                    Settings(
+                        bootstrap=bootstrap,
+                        app_id=f"canarywatch-demo-release-{seed}",
+                        topics=Topics(f"canarywatch-demo-release-{seed}"),
+                        metrics_port=free_port(),
+                        data_dir=work_dir / "release-worker",
+                    ),
+                    work_dir,
+                    seed=seed,
+                    out=lambda text: print(text, flush=True),
+                )
         finally:
             if broker is not None:
                 await asyncio.to_thread(broker.stop)
             kept = keep_worker_log(work_dir / "worker.log", seed)
             if kept is not None:
                 print(f"demo: worker log kept in {kept}", flush=True)
-    for line in format_scorecard(result):
-        print(line, flush=True)
-    print("demo: canarywatch status, as the run ended:", flush=True)
-    render_table(result.status, Console(), title=f"{len(result.status)} canaries in progress")
     return 0
 
 

@@ -343,7 +343,12 @@ def build_app(
         return web.json_response(body)
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok" if store.caught_up.is_set() else "catching up")
+        return web.Response(text="ok")  # the loop answers
+
+    async def readyz(request: web.Request) -> web.Response:
+        if store.caught_up.is_set():
+            return web.Response(text="ok")
+        return web.Response(status=503, text="catching up with the verdicts topic")
 
     async def prometheus(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), content_type="text/plain")
@@ -351,6 +356,7 @@ def build_app(
     app = web.Application()
     app.router.add_get("/v1/verdict/{namespace}/{rollout}", verdict)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)
     return app
 

@@ -4,12 +4,19 @@ A Faust service (started and stopped with the worker) that owns one aiokafka con
 request-log topic. Faust's per-event stream machinery costs ~25-30 us a message; this path hands
 whole fetched batches to `Fleet.count` instead.
 
-Partitions follow Faust's own rebalancing: the request-log topic is co-partitioned with the
-rollout-state topic (same partition count, both keyed by namespace), and this consumer reads
-exactly the request-log partitions whose rollout-state partitions Faust assigned to this worker,
-once their table is recovered. So each worker counts the lines of the environments whose state
-it holds. Offsets are committed (in the consumer group `<app_id>-requests`) only after the lines
-they cover were counted or dead-lettered: on a timer and before partitions are given up.
+Partitions: the consumer subscribes to the request-log topic in its own consumer group
+`<app_id>-requests` (aiokafka group management, short session timeout), independent of Faust's
+group: every worker holds the rollout state of every canary in progress (agents/view.py, and the
+worker starts this service once that view is restored), so how the log shipper partitions does
+not matter, and a worker killed with -9 loses its partitions to the others within seconds.
+Offsets are committed only after the lines they cover were counted or dead-lettered: on a timer,
+and before partitions are given up (the rebalance listener counts the fetch in flight, then
+commits).
+
+Nothing Kafka raises ends the service: a record batch the consumer cannot read (unknown codec,
+bad CRC, a decompression error) is found, skipped, logged, counted in
+`canarywatch_skipped_records_total` and committed past; other errors are retried with backoff,
+logged once per episode.
 """
 
 from __future__ import annotations
@@ -23,17 +30,39 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import ConsumerStoppedError
 from mode import Service
 
-from agents.deadletter import DeadLetters
+from agents.deadletter import DeadLetters, Flooded
 from agents.metrics import WorkerMetrics
 from agents.settings import Settings
+from agents.unreadable import SkipLog, read_alone, unreadable
 from streams.events import DecodeError
 from streams.fleet import Fleet
 from streams.requestlog import Columns
 
 log = logging.getLogger(__name__)
+
+# Not ready when a request-log partition has had no fetch response for this long: the broker
+# answers an idle fetch within fetch_max_wait_ms (0.5 s), a busy one within a second or two.
+READY_FETCH_WITHIN_S = 5.0
+
+Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+BACKOFF_S = 0.1
+BACKOFF_MAX_S = 5.0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, ingest: RequestLogIngest) -> None:
+        self.ingest = ingest
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.ingest.give_up(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.ingest.took(set(assigned))
 
 
 class RequestLogIngest(Service):
@@ -56,14 +85,18 @@ class RequestLogIngest(Service):
         self.clock = clock
         self.max_records = max_records
         self.assigned: set[TopicPartition] = set()
-        self._has_partitions = asyncio.Event()
-        self._next_offset: dict[TopicPartition, int] = {}
+        self._next_offset: dict[TopicPartition, int] = {}  # to commit: after counted lines
+        self._received: dict[TopicPartition, int] = {}  # after the last record fetched
+        self._skipped: dict[TopicPartition, int] = {}  # after the last unreadable record
+        self._fetched: list[Batches] = []  # fetched, not yet decoding
         self._consumer: AIOKafkaConsumer | None = None
         # One decode thread: batches stay in order and the process keeps one malloc arena more.
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         self._decoding: _Decoding | None = None
-        # Held from a fetch to its counting, so that a rebalance falls between two batches.
+        # Held while a fetch is counted, so that a rebalance falls between two batches.
         self._batch_lock = asyncio.Lock()
+        self._trouble: str | None = None  # the error of the current episode, logged once
+        self._skip_log = SkipLog()
 
     async def on_start(self) -> None:
         s = self.settings
@@ -75,44 +108,90 @@ class RequestLogIngest(Service):
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=s.fetch_partition_bytes,
             fetch_max_bytes=s.fetch_max_bytes,
+            session_timeout_ms=s.request_session_timeout_ms,
+            heartbeat_interval_ms=s.request_heartbeat_interval_ms,
         )
         await self._consumer.start()
+        self._consumer.subscribe([s.topics.requests], listener=_Rebalance(self))
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
-            await self.commit()
+            async with self._batch_lock:
+                await self._count_pending()
+                await self._commit()
+            await self.deadletters.flush(force=True)
             await self._consumer.stop()
         self._decoder.shutdown(wait=False)
 
-    async def follow(self, partitions: set[int]) -> None:
-        """Read these request-log partitions from now on (counts and commits what was fetched).
+    async def give_up(self, revoked: set[TopicPartition]) -> None:
+        """Before partitions go: count what was fetched, commit it, forget those partitions.
 
-        Counting the fetch in flight first matters: assigning resets the positions to the
-        committed offsets, so a batch counted after that would be fetched and counted again.
+        Counting the fetch in flight first matters: the next owner starts at the committed
+        offsets, so a batch counted after that would be counted twice.
+        """
+        async with self._batch_lock:
+            try:
+                await self._count_pending()
+                await self._commit()
+            except Exception as exc:  # the next owner reads again from the last commit
+                log.warning("ingest: counting before giving up %s failed: %s", sorted(revoked), exc)
+            finally:
+                for tp in revoked:
+                    self._next_offset.pop(tp, None)
+                    self._received.pop(tp, None)
+                    self._skipped.pop(tp, None)
+                self.assigned -= revoked
+        self.metrics.ingest_partitions.set(len(self.assigned))
+        if revoked:
+            log.info("ingest gives up request-log partitions %s", sorted(revoked))
+
+    def took(self, assigned: set[TopicPartition]) -> None:
+        self.assigned = assigned
+        self.metrics.ingest_partitions.set(len(assigned))
+        log.info("ingest reads request-log partitions %s", sorted(tp.partition for tp in assigned))
+
+    def fetch_problem(self) -> str | None:
+        """Readiness: why the broker is not answering this worker's fetches, or None.
+
+        aiokafka stamps a partition on every fetch response, empty ones too; a broker that is
+        down or unreachable stops the stamps. Read from the HTTP thread: it only reads.
         """
         consumer = self._consumer
-        assert consumer is not None
-        async with self._batch_lock:
-            await self._flush()
-            await self.commit()
-            topic = self.settings.topics.requests
-            self.assigned = {TopicPartition(topic, p) for p in partitions}
-            consumer.assign(sorted(self.assigned))
-        self.metrics.ingest_partitions.set(len(self.assigned))
-        if self.assigned:
-            self._has_partitions.set()
-        else:
-            self._has_partitions.clear()
-        log.info("ingest follows request-log partitions %s", sorted(partitions))
+        if consumer is None:
+            return "not started"
+        assigned = list(self.assigned)
+        if not assigned:
+            return "no request-log partitions assigned"
+        now_ms = time.time() * 1000.0  # aiokafka's stamps are wall-clock milliseconds
+        oldest = 0.0
+        for tp in assigned:
+            try:
+                stamp = consumer.last_poll_timestamp(tp)
+            except (AssertionError, KeyError):  # revoked in between
+                continue
+            oldest = max(oldest, now_ms - stamp if stamp else float("inf"))
+        if oldest > READY_FETCH_WITHIN_S * 1000.0:
+            if oldest == float("inf"):
+                return "no fetch answered yet"
+            return f"no fetch answered for {oldest / 1000.0:.0f} s"
+        return None
 
     async def commit(self) -> None:
+        async with self._batch_lock:
+            await self._commit()
+
+    async def _commit(self) -> None:
         """Commit what was counted: the next offset after each counted batch."""
-        if self._consumer is None or not self._next_offset:
+        consumer = self._consumer
+        if consumer is None or not self._next_offset:
             return
         offsets = {tp: o for tp, o in self._next_offset.items() if tp in self.assigned}
-        self._next_offset.clear()
-        if offsets:
-            await self._consumer.commit(offsets)
+        if not offsets:
+            return
+        await consumer.commit(offsets)
+        for tp, offset in offsets.items():
+            if self._next_offset.get(tp) == offset:
+                del self._next_offset[tp]
 
     async def _wait_for_start_file(self) -> None:
         gate = self.settings.ingest_start_file
@@ -124,28 +203,120 @@ class RequestLogIngest(Service):
 
     @Service.task
     async def _consume(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
         await self._wait_for_start_file()
+        backoff = BACKOFF_S
         last_commit = self.clock()
         while not self.should_stop:
-            if self._decoding is None:
-                await self._has_partitions.wait()
-            async with self._batch_lock:
-                # While the last fetch is decoded in the thread, aiokafka unpacks the next one
-                # here: take what is already fetched then, without waiting for more.
-                wait_ms = 0 if self._decoding else 100
-                batches = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_records)
-                await self._flush()
-                if batches:
-                    self._decoding = self._decode(batches)
-            now = self.clock()
-            if now - last_commit >= self.settings.commit_every_s:
-                await self.commit()
-                last_commit = now
+            try:
+                await self._step()
+                now = self.clock()
+                if now - last_commit >= self.settings.commit_every_s:
+                    await self.commit()
+                    await self.deadletters.flush()
+                    last_commit = now
+            except (asyncio.CancelledError, ConsumerStoppedError):
+                raise
+            except Exception as exc:
+                if self.should_stop:
+                    return
+                what = f"{type(exc).__name__}: {exc}"
+                if self._trouble is None:
+                    log.warning("ingest: %s; retrying with backoff", what, exc_info=exc)
+                self._trouble = what
+                self.metrics.ingest_errors.labels(type(exc).__name__).inc()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            if self._trouble is not None:
+                log.warning("ingest recovered from %s", self._trouble)
+                self._trouble = None
+            backoff = BACKOFF_S
             await asyncio.sleep(0)  # let the evaluation timer in between busy fetches
 
-    def _decode(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> _Decoding:
+    async def _step(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        # While the last fetch is decoded in the thread, aiokafka unpacks the next one here:
+        # take what is already fetched then, without waiting for more.
+        wait_ms = 0 if self._decoding or self._fetched else 100
+        try:
+            batches = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_records)
+        except Exception as exc:
+            if not unreadable(exc):
+                raise
+            await self._isolate()
+            async with self._batch_lock:
+                # Count what was read around the unreadable records, then commit past them.
+                await self._count_pending()
+                for tp, offset in self._skipped.items():
+                    self._next_offset[tp] = max(self._next_offset.get(tp, 0), offset)
+                self._skipped.clear()
+            return
+        self._stash(batches)  # no await before: a revocation counts it
+        async with self._batch_lock:
+            await self._flush()
+            pending = self._take_fetched()
+            if pending:
+                self._decoding = self._decode(pending)
+
+    def _stash(self, batches: Batches) -> None:
+        if batches:
+            self._fetched.append(batches)
+            for tp, records in batches.items():
+                self._received[tp] = records[-1].offset + 1
+
+    def _take_fetched(self) -> Batches:
+        fetched, self._fetched = self._fetched, []
+        if len(fetched) == 1:
+            return fetched[0]
+        merged: Batches = {}
+        for batches in fetched:
+            for tp, records in batches.items():
+                merged.setdefault(tp, []).extend(records)
+        return merged
+
+    async def _isolate(self) -> None:
+        """`getmany` failed on records it could not read: find them, partition by partition.
+
+        The failed call may have taken good records of other partitions with it (their
+        positions moved on): every partition goes back to after its last record received. Then
+        each is read alone (agents/unreadable.py): a record in a batch that cannot be read is
+        skipped, counted, logged and committed past.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        for tp in sorted(consumer.assignment()):
+            back = self._received.get(tp)
+            if back is None:
+                committed = await consumer.committed(tp)
+                back = (
+                    committed
+                    if committed is not None
+                    else (await consumer.beginning_offsets([tp]))[tp]
+                )
+            consumer.seek(tp, back)
+        for tp in sorted(consumer.assignment()):
+            await self._read_alone(tp)
+
+    async def _read_alone(self, tp: TopicPartition) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+
+        async def fetch(part: TopicPartition, n: int) -> Batches:
+            got: Batches = await consumer.getmany(part, timeout_ms=200, max_records=n)
+            return got
+
+        for batches in await read_alone(consumer, tp, fetch, self._skip, limit=self.max_records):
+            self._stash(batches)
+
+    def _skip(self, tp: TopicPartition, offset: int, exc: BaseException) -> None:
+        self.metrics.skipped_records.labels(tp.topic, type(exc).__name__).inc()
+        # Its lines are lost: commit past it (once what came before is counted).
+        self._skipped[tp] = offset + 1
+        self._received[tp] = offset + 1
+        self._skip_log.skipped(tp, offset, exc)
+
+    def _decode(self, batches: Batches) -> _Decoding:
         """Start decoding every partition's records of a fetch in one scan, in the thread.
 
         The scan releases the GIL, so it runs beside the event loop. Counting waits for the
@@ -157,20 +328,31 @@ class RequestLogIngest(Service):
         columns = loop.run_in_executor(self._decoder, self.fleet.decode, values)
         return _Decoding(parts, self.clock(), columns)
 
+    async def _count_pending(self) -> None:
+        """Count the fetch being decoded and what was fetched after it (the lock is held)."""
+        await self._flush()
+        pending = self._take_fetched()
+        if pending:
+            self._decoding = self._decode(pending)
+            await self._flush()
+
     async def _flush(self) -> None:
         """Count the fetch being decoded, dead-letter what it refused, then note its offsets."""
         decoding, self._decoding = self._decoding, None
         if decoding is None:
             return
         report = self.fleet.count_columns(await decoding.columns, decoding.fetched_at)
+        flooded = flooded_by_source(decoding.parts, report.flooded)
         for tp, refused in by_source(decoding.parts, report.invalid).items():
-            await self.deadletters.publish(tp.topic, tp.partition, refused)
-        self.metrics.count_lines(report.counted, report.unattributed, len(report.invalid))
+            await self.deadletters.publish(tp.topic, tp.partition, refused, flooded.pop(tp, []))
+        for tp, messages in flooded.items():
+            await self.deadletters.publish(tp.topic, tp.partition, [], messages)
+        self.metrics.count_lines(report.counted, report.unattributed, report.refused)
         consumer = self._consumer
         assert consumer is not None
         for tp, records in decoding.parts:
             last = records[-1].offset
-            self._next_offset[tp] = last + 1
+            self._next_offset[tp] = max(self._next_offset.get(tp, 0), last + 1)
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 lag = max(0, highwater - last - 1)
@@ -181,7 +363,7 @@ class RequestLogIngest(Service):
 class _Decoding:
     """A fetch whose messages the decode thread is turning into columns."""
 
-    parts: list[tuple[TopicPartition, list[ConsumerRecord]]]
+    parts: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
     fetched_at: float
     columns: asyncio.Future[Columns]
 
@@ -189,17 +371,43 @@ class _Decoding:
 Refused = tuple[int, bytes, DecodeError]  # (offset or index, the bytes, why)
 
 
+def _locate(
+    parts: Sequence[tuple[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]],
+) -> Callable[[int], tuple[TopicPartition, ConsumerRecord[bytes, bytes]]]:
+    firsts = list(itertools.accumulate((len(records) for _, records in parts), initial=0))
+
+    def locate(index: int) -> tuple[TopicPartition, ConsumerRecord[bytes, bytes]]:
+        part = bisect.bisect_right(firsts, index) - 1
+        tp, records = parts[part]
+        return tp, records[index - firsts[part]]
+
+    return locate
+
+
 def by_source(
-    parts: Sequence[tuple[TopicPartition, Sequence[ConsumerRecord]]], refused: Iterable[Refused]
+    parts: Sequence[tuple[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]],
+    refused: Iterable[Refused],
 ) -> dict[TopicPartition, list[Refused]]:
     """Refused messages by partition, with their offsets.
 
     `refused` indexes the messages of all `parts` in order, as they were decoded together.
     """
-    firsts = list(itertools.accumulate((len(records) for _, records in parts), initial=0))
+    locate = _locate(parts)
     out: dict[TopicPartition, list[Refused]] = {}
     for index, raw, error in refused:
-        part = bisect.bisect_right(firsts, index) - 1
-        tp, records = parts[part]
-        out.setdefault(tp, []).append((records[index - firsts[part]].offset, raw, error))
+        tp, record = locate(index)
+        out.setdefault(tp, []).append((record.offset, raw, error))
+    return out
+
+
+def flooded_by_source(
+    parts: Sequence[tuple[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]],
+    flooded: dict[int, dict[str, int]],
+) -> dict[TopicPartition, list[Flooded]]:
+    """Messages with too many bad lines by partition: (offset, the whole message, tallies)."""
+    locate = _locate(parts)
+    out: dict[TopicPartition, list[Flooded]] = {}
+    for index in sorted(flooded):
+        tp, record = locate(index)
+        out.setdefault(tp, []).append((record.offset, record.value or b"", flooded[index]))
     return out

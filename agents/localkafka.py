@@ -368,6 +368,12 @@ def _class_archive(libs: Path, java: str) -> Path | None:
 # ---------------------------------------------------------------------------------- LocalKafka
 
 
+def storage_format_args(cluster_id: str, properties: Path) -> list[str]:
+    """StorageTool's `format` arguments. A base64 cluster id starts with `-` one time in 64:
+    as a separate argument it would read as an option, so it is joined to its flag."""
+    return ["format", f"--cluster-id={cluster_id}", f"--config={properties}"]
+
+
 class LocalKafka:
     """A single-node KRaft Kafka (broker + controller) on 127.0.0.1, state kept in `data_dir`.
 
@@ -615,11 +621,7 @@ class LocalKafka:
         cmd = [
             *base,
             "kafka.tools.StorageTool",
-            "format",
-            "-t",
-            cluster_id,
-            "-c",
-            str(self.properties_path),
+            *storage_format_args(cluster_id, self.properties_path),
         ]
         proc = subprocess.run(
             cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True

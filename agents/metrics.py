@@ -1,18 +1,18 @@
 """Prometheus metrics of the worker; the registry is passed in, never the global one.
 
 Per-environment ratios are computed at scrape time from the fleet's arrays (a custom collector),
-for environments with a canary in progress only, so label cardinality follows the number of
-canaries, not the size of the fleet, and nothing is paid on the hot path.
+for environments with a canary in progress whose lines this worker counted (every worker knows
+every canary, agents/view.py; only the one reading an environment's lines judges it), at most
+`max_series` of them, the most urgent first (highest statistic): label cardinality is bounded,
+and nothing is paid on the hot path. The aggregate gauges cover every such environment.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,11 +25,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from agents.deadletter import deadletter_counter
+from agents.deadletter import deadletter_counter, suppressed_counter
+from agents.health import Readiness, ReadyGauge
+from agents.unreadable import skipped_counter
 from streams.decisions import SIGNALS, Verdict, bad_series
 from streams.fleet import Fleet
 from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS, Counts
@@ -45,6 +46,14 @@ class WorkerMetrics:
             registry=registry,
         )
         self.deadletters = deadletter_counter(registry)
+        self.deadletters_suppressed = suppressed_counter(registry)
+        self.skipped_records = skipped_counter(registry)
+        self.ingest_errors = Counter(
+            "canarywatch_ingest_errors",
+            "Errors of the request-log consumer, retried with backoff, by exception type.",
+            ["error"],
+            registry=registry,
+        )
         self.rollout_states = Counter(
             "canarywatch_rollout_states", "Rollout-state snapshots applied.", registry=registry
         )
@@ -68,12 +77,38 @@ class WorkerMetrics:
         )
         self.ingest_partitions = Gauge(
             "canarywatch_ingest_partitions",
-            "Request-log partitions this worker reads (those of its rollout-state partitions).",
+            "Request-log partitions assigned to this worker in the group <app_id>-requests.",
             registry=registry,
         )
-        self.ready = Gauge(
-            "canarywatch_ready", "1 once the worker consumes and evaluates.", registry=registry
+        self.restore_refused = Counter(
+            "canarywatch_restore_refused",
+            "Table records skipped on restore (or in the rollout view) because validation "
+            "refused them, by table and reason.",
+            ["table", "reason"],
+            registry=registry,
         )
+        self.canaries_refused = Counter(
+            "canarywatch_canaries_refused",
+            "New canaries not tracked because max_canaries was reached.",
+            registry=registry,
+        )
+        # /readyz and this gauge: the view restored and ingest started (`ready.set(1)`), plus
+        # the probes the worker adds (a fetch answered lately).
+        self.readiness = Readiness("worker")
+        self.ready = ReadyGauge(
+            self.readiness,
+            registry,
+            "canarywatch_ready",
+            "1 while the worker is ready: rollout view restored, request-log partitions "
+            "assigned, fetches answered lately (see /readyz).",
+        )
+
+        # Every label value an alert's increase() reads exists from the start, at 0: a counter
+        # born on its first inc() hides that first event from increase().
+        for outcome in ("counted", "unattributed", "invalid"):
+            self.lines.labels(outcome)
+        for signal in SIGNALS:
+            self.aborts.labels(signal)
 
     def count_lines(self, counted: int, unattributed: int, invalid: int) -> None:
         if counted:
@@ -120,28 +155,40 @@ def _values(array: np.ndarray[Any, Any]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class FleetView:
-    """A consistent copy of what a scrape reads: each array copied by one numpy operation
-    (under the GIL, so never half-updated and never an array while it grows)."""
+    """A consistent copy of what a scrape reads. The fleet's arrays are read once each, by
+    reference (growing one replaces it, never resizes it in place), and cut to the narrowest
+    of them: a scrape while rollout states arrive and the arrays grow one after another sees
+    the rows every array already has, never an index past one of them."""
 
-    envs: list[str]  # escaped label values, one per row below
-    window: Counts  # [series, rows]
-    verdicts: NDArray[np.int8] | None  # [signal, rows] (None: no pass yet)
+    envs: list[str]  # escaped label values of the exported rows, one per column below
+    window: Counts  # [series, exported rows]
+    verdicts: NDArray[np.int8] | None  # [signal, exported rows] (None: no pass yet)
     statistic: NDArray[np.float64] | None
     threshold: float | None
     rows: int  # canaries in progress
+    counted: int  # of those, the ones this worker counted lines for (judges)
+    unexported: int  # counted rows beyond max_series
+    verdict_counts: NDArray[np.int64] | None  # [signal, verdict] over every judged row
 
 
 class FleetCollector(Collector):
     """Window ratios and verdicts of the environments in canary, read at scrape time.
 
-    `text=True` (the worker's `serve_metrics`): the per-environment families are rendered as
-    text straight from the arrays (`render_text`), and `collect` yields only the fleet-wide
-    ones; otherwise `collect` yields every family through prometheus_client (slower: a Python
-    object per sample).
+    `text=True` (set by `metrics_app`): the per-environment families are rendered as text
+    straight from the arrays (`render_text`), and `collect` yields only the fleet-wide ones;
+    otherwise `collect` yields every family through prometheus_client (slower: a Python object
+    per sample). Either way at most `max_series` environments, the most urgent first.
     """
 
-    def __init__(self, fleet_source: Callable[[], Fleet | None], *, text: bool = False) -> None:
+    def __init__(
+        self,
+        fleet_source: Callable[[], Fleet | None],
+        max_series: int = 1000,
+        *,
+        text: bool = False,
+    ) -> None:
         self._fleet_source = fleet_source
+        self.max_series = max_series
         self.text = text
         self._labels: dict[str, str] = {}
 
@@ -167,7 +214,16 @@ class FleetCollector(Collector):
             labels=["verdict", "signal"],
         )
         canaries = GaugeMetricFamily(
-            "canarywatch_canaries_in_progress", "Environments with a canary in progress."
+            "canarywatch_canaries_in_progress",
+            "Environments with a canary in progress this worker tracks (every worker: all).",
+        )
+        counted = GaugeMetricFamily(
+            "canarywatch_canaries_counted",
+            "Canaries in progress this worker counted request lines for (those it judges).",
+        )
+        unexported = GaugeMetricFamily(
+            "canarywatch_env_series_unexported",
+            "Counted canaries whose per-environment series are not exported (max_env_series).",
         )
         env_verdict = GaugeMetricFamily(
             "canarywatch_env_verdict",
@@ -182,56 +238,111 @@ class FleetCollector(Collector):
         threshold = GaugeMetricFamily(
             "canarywatch_abort_threshold", "The statistic at which a canary is aborted."
         )
-        return canaries, ratio, requests, verdicts, env_verdict, env_statistic, threshold
+        return (
+            canaries,
+            counted,
+            unexported,
+            ratio,
+            requests,
+            verdicts,
+            env_verdict,
+            env_statistic,
+            threshold,
+        )
 
     def view(self) -> FleetView | None:
         fleet = self._fleet_source()
         if fleet is None:
             return None
-        states = list(fleet.attribution.states)  # one copy; the list may grow meanwhile
-        window = fleet.windows.window_sum  # a reference: growing replaces, never resizes it
+        attribution = fleet.attribution
+        # Each read once; the worker's loop may replace any of them between two reads.
+        states = list(attribution.states)
+        active = attribution.active
+        counted_rows = fleet.counted_rows
+        window = fleet.windows.window_sum
         last = fleet.last_pass
-        width = min(len(states), window.shape[1])
-        rows = np.flatnonzero(fleet.attribution.active[:width])
-        kept = [(row, states[row]) for row in rows.tolist() if states[row] is not None]
-        index = np.asarray([row for row, _ in kept], dtype=np.intp)
-        labels = self._labels
-        if len(labels) > 4 * max(len(kept), 1024):
-            labels.clear()
-        envs = []
-        for _, state in kept:
-            assert state is not None
-            env = state.env
-            label = labels.get(env)
-            if label is None:
-                label = labels[env] = _escape(env)
-            envs.append(label)
-        verdicts = statistic = None
+        width = min(len(states), active.size, counted_rows.size, window.shape[1])
+        in_progress = int(np.count_nonzero(active))
+        judged = np.flatnonzero(active[:width] & counted_rows[:width])
+        judged = judged[[states[row] is not None for row in judged.tolist()]]
+        counted = int(judged.size)
+        verdicts = statistic = verdict_counts = None
         threshold = None
         if last is not None:
-            index = index[index < last.verdicts.shape[1]] if index.size else index
-            if index.size < len(envs):  # rows added since the last pass have no verdict yet
-                envs = envs[: index.size]
-            verdicts = last.verdicts[:, index]
-            statistic = last.statistic[:, index]
+            judged = judged[judged < last.verdicts.shape[1]]  # rows since the pass: no verdict
+            verdict_counts = np.stack(
+                [
+                    np.bincount(last.verdicts[signal, judged], minlength=len(Verdict))
+                    for signal in range(len(SIGNALS))
+                ]
+            )
+        exported = self._most_urgent(judged, last.statistic if last is not None else None)
+        if last is not None:
+            verdicts = last.verdicts[:, exported]
+            statistic = last.statistic[:, exported]
             threshold = last.threshold
-        return FleetView(envs, window[:, index], verdicts, statistic, threshold, int(rows.size))
+        labels = self._labels
+        if len(labels) > 4 * max(exported.size, 1024):
+            labels.clear()
+        envs = []
+        for row in exported.tolist():
+            state = states[row]
+            assert state is not None
+            label = labels.get(state.env)
+            if label is None:
+                label = labels[state.env] = _escape(state.env)
+            envs.append(label)
+        return FleetView(
+            envs,
+            window[:, exported],
+            verdicts,
+            statistic,
+            threshold,
+            in_progress,
+            counted,
+            int(judged.size - exported.size),
+            verdict_counts,
+        )
+
+    def _most_urgent(
+        self, rows: NDArray[np.intp], statistic: NDArray[np.float64] | None
+    ) -> NDArray[np.intp]:
+        """At most `max_series` rows, highest statistic (over signals) first; ties by row."""
+        if rows.size <= self.max_series:
+            return rows
+        if statistic is None:
+            return rows[: self.max_series]
+        urgency = statistic[:, rows].max(axis=0)
+        order = np.lexsort((rows, -urgency))
+        return np.sort(rows[order[: self.max_series]])
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         families = self._families()
-        canaries, ratio, requests, verdicts, env_verdict, env_statistic, threshold = families
+        (
+            canaries,
+            counted,
+            unexported,
+            ratio,
+            requests,
+            verdicts,
+            env_verdict,
+            env_statistic,
+            threshold,
+        ) = families
         view = self.view()
         if view is None:
             yield canaries
             return
         canaries.add_metric([], float(view.rows))
-        if view.verdicts is not None and view.threshold is not None:
+        counted.add_metric([], float(view.counted))
+        unexported.add_metric([], float(view.unexported))
+        if view.verdict_counts is not None and view.threshold is not None and view.counted:
             threshold.add_metric([], view.threshold)
             for signal, signal_name in enumerate(SIGNALS):
-                counts = np.bincount(view.verdicts[signal], minlength=len(Verdict))
                 for verdict in Verdict:
                     verdicts.add_metric(
-                        [verdict.name.lower(), signal_name], float(counts[verdict.value])
+                        [verdict.name.lower(), signal_name],
+                        float(view.verdict_counts[signal, verdict.value]),
                     )
         if self.text:
             yield from (f for f in families if f.name not in PER_ENV)
@@ -325,18 +436,3 @@ def metrics_app(
         return [body]
 
     return app
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def serve_metrics(
-    port: int, registry: CollectorRegistry, fleet: FleetCollector | None = None
-) -> WSGIServer:
-    """`metrics_app` on `port` (all addresses) in a daemon thread."""
-    server = make_server("0.0.0.0", port, metrics_app(registry, fleet), ThreadingWSGIServer,
-                         handler_class=_QuietHandler)  # fmt: skip
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server

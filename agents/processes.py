@@ -103,9 +103,17 @@ class WorkerProcess:
         raise TimeoutError(f"worker not ready after {within_s}s; log:\n{self.log_tail()}")
 
     @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
     def pid(self) -> int:
         assert self._process is not None
         return self._process.pid
+
+    def returncode(self) -> int | None:
+        """The exit code once the process has ended, else None."""
+        return None if self._process is None else self._process.poll()
 
     def log_tail(self, lines: int = 40) -> str:
         try:

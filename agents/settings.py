@@ -9,8 +9,10 @@ from pathlib import Path
 
 from streams.decisions import DecisionSettings
 from streams.events import MAX_MESSAGE_BYTES
-from streams.fleet import WindowSettings
+from streams.fleet import FleetLimits, WindowSettings
 from streams.promotion import PromotionSettings
+from streams.release import FleetControl, ReleaseSettings
+from streams.sizes import SizePolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,21 @@ class Topics:
         """Compacted, keyed by env: each canary's latest pass/abort/inconclusive snapshot."""
         return f"{self.prefix}.verdicts"
 
+    @property
+    def summaries(self) -> str:
+        """Per-environment release evidence and cohort membership, partitioned by release."""
+        return f"{self.prefix}.summaries"
+
+    @property
+    def releases(self) -> str:
+        """Release verdicts (halts), keyed by release: compacted."""
+        return f"{self.prefix}.releases"
+
+    @property
+    def triage(self) -> str:
+        """The triage of every abort, keyed by environment: compacted."""
+        return f"{self.prefix}.triage"
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -50,15 +67,9 @@ class Settings:
     metrics_port: int = 9108
     evaluate_every_s: float = 0.25
     commit_every_s: float = 1.0
+    # The one size setting: the decode limit. Topic, producer, fetch and dead-letter sizes
+    # derive from it (streams/sizes.py, docs/events.md).
     max_message_bytes: int = MAX_MESSAGE_BYTES
-    # The request-log topic and dead-letter topic accept messages over the decode limit, so an
-    # oversized message reaches canarywatch, is refused with a reason, and is kept.
-    topic_max_message_bytes: int = 8 * MAX_MESSAGE_BYTES
-    # Request-log fetch sizes. `make bench` on 2 cores: 4 MiB / 16 MiB cost the broker ~0.1 us
-    # of CPU per NDJSON line against ~0.25 us with 1 MiB / 4 MiB (more fetch requests), and
-    # drained faster than 8 MiB / 64 MiB. A bigger message still comes whole (Kafka's KIP-74).
-    fetch_partition_bytes: int = 4 * MAX_MESSAGE_BYTES
-    fetch_max_bytes: int = 16 * MAX_MESSAGE_BYTES
     data_dir: Path = Path("/tmp/canarywatch")
     # Hold request-log ingestion until this file exists: lets several workers join the group
     # and split the partitions before any of them drains a backlog (used by `make bench`).
@@ -67,8 +78,42 @@ class Settings:
     # `expired`). Keep it under the API server's event TTL (1 h by default): the Events are how
     # the actuator sees that a canary was aborted and retried after the decision.
     command_ttl_s: float = 600.0
+    # This cluster's name: the bridge puts it in every snapshot (and so the worker in every
+    # command and decision id); the actuator applies only commands naming it. "" = unnamed.
+    cluster: str = ""
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     window: WindowSettings = field(default_factory=WindowSettings)
+    # Floods: canaries tracked per worker, the hold of lines that arrive before their canary's
+    # snapshot, per-environment metric series exported (top by urgency; aggregates stay exact).
+    limits: FleetLimits = field(default_factory=FleetLimits)
+    max_env_series: int = 1000
+    view_batch: int = 500  # rollout-view records applied between two yields to the event loop
+    # Release-level analysis (docs/decisions.md, docs/operating.md): the pooled test's settings
+    # (fleet_control "ebh": per-environment aborts only in the e-BH set of the cohort), what a
+    # halted release does ("abort": fan-out aborts; "notify": the verdict only), how often the
+    # worker publishes changed summaries and the release agent evaluates.
+    release: ReleaseSettings = field(default_factory=ReleaseSettings)
+    release_policy: str = "abort"
+    summary_every_s: float = 2.0
+    release_evaluate_every_s: float = 1.0
+
+    # The request-log consumer group `<app_id>-requests`: a worker killed with -9 is noticed
+    # after the session timeout, then its partitions go to the others (docs/operating.md).
+    request_session_timeout_ms: int = 6000
+    request_heartbeat_interval_ms: int = 1500
+    # Faust's own consumer group `<app_id>` (rollout states, commands).
+    broker_session_timeout_s: float = 6.0
+    broker_heartbeat_interval_s: float = 1.5
+    # Dead letters per source topic: a token bucket (records a second, burst); past it, one
+    # summary record per interval. At most this many bad lines of one message get records of
+    # their own; the rest are counted and the whole message is kept as one record.
+    deadletter_rate_per_s: float = 100.0
+    deadletter_burst: int = 500
+    deadletter_summary_every_s: float = 10.0
+    deadletter_lines_per_message: int = 20
+    # Codecs this process pretends not to have (tests: an unreadable batch on a real broker).
+    disabled_codecs: tuple[str, ...] = ()
+
     promotion: PromotionSettings = field(default_factory=PromotionSettings)
     # Verdict snapshots: a changed verdict goes out at the next pass; unchanged evidence at most
     # every `verdict_refresh_s` per env. The gate refuses (503) snapshots older than
@@ -79,6 +124,26 @@ class Settings:
     gate_rate_per_s: float = 2.0  # per caller (token), token bucket
     gate_burst: int = 10
 
+    @property
+    def sizes(self) -> SizePolicy:
+        return SizePolicy(self.max_message_bytes)
+
+    @property
+    def topic_max_message_bytes(self) -> int:
+        return self.sizes.topic_max_message_bytes
+
+    @property
+    def producer_max_request_size(self) -> int:
+        return self.sizes.producer_max_request_size
+
+    @property
+    def fetch_partition_bytes(self) -> int:
+        return self.sizes.fetch_partition_bytes
+
+    @property
+    def fetch_max_bytes(self) -> int:
+        return self.sizes.fetch_max_bytes
+
     def topic_partitions(self) -> dict[str, int]:
         t = self.topics
         return {
@@ -87,6 +152,12 @@ class Settings:
             t.commands: self.partitions,
             t.deadletter: 1,
         }
+
+    def compacted_topic_partitions(self) -> dict[str, int]:
+        """The release agent's topics (cleanup.policy=compact)."""
+        t = self.topics
+        n = self.partitions
+        return {t.summaries: n, t.releases: n, t.triage: n}
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -117,6 +188,14 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     for name, attr in _PROMOTION_ENV.items():
         if (value := get(name)) is not None:
             promotion = replace(promotion, **{attr: float(value)})  # type: ignore[arg-type]
+    release = base.release
+    if (control := get("FLEET_CONTROL")) is not None:
+        release = replace(release, fleet_control=FleetControl(control))
+    if (fdr := get("FDR")) is not None:
+        release = replace(release, fdr=float(fdr))
+    policy = get("RELEASE_POLICY") or base.release_policy
+    if policy not in ("abort", "notify"):
+        raise ValueError(f"CANARYWATCH_RELEASE_POLICY must be abort or notify, not {policy!r}")
     return Settings(
         bootstrap=get("BOOTSTRAP") or base.bootstrap,
         app_id=get("APP_ID") or base.app_id,
@@ -125,18 +204,51 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_port=int(get("METRICS_PORT") or base.metrics_port),
         evaluate_every_s=float(get("EVALUATE_EVERY_S") or base.evaluate_every_s),
         max_message_bytes=int(get("MAX_MESSAGE_BYTES") or base.max_message_bytes),
-        fetch_partition_bytes=int(get("FETCH_PARTITION_BYTES") or base.fetch_partition_bytes),
-        fetch_max_bytes=int(get("FETCH_MAX_BYTES") or base.fetch_max_bytes),
         data_dir=Path(get("DATA_DIR") or base.data_dir),
         ingest_start_file=Path(gate) if (gate := get("INGEST_START_FILE")) else None,
         command_ttl_s=float(get("COMMAND_TTL_S") or base.command_ttl_s),
+        cluster=get("CLUSTER") or base.cluster,
         decisions=decisions,
+        request_session_timeout_ms=int(
+            get("REQUEST_SESSION_TIMEOUT_MS") or base.request_session_timeout_ms
+        ),
+        request_heartbeat_interval_ms=int(
+            get("REQUEST_HEARTBEAT_INTERVAL_MS") or base.request_heartbeat_interval_ms
+        ),
+        broker_session_timeout_s=float(
+            get("BROKER_SESSION_TIMEOUT_S") or base.broker_session_timeout_s
+        ),
+        broker_heartbeat_interval_s=float(
+            get("BROKER_HEARTBEAT_INTERVAL_S") or base.broker_heartbeat_interval_s
+        ),
+        deadletter_rate_per_s=float(get("DEADLETTER_RATE_PER_S") or base.deadletter_rate_per_s),
+        deadletter_burst=int(get("DEADLETTER_BURST") or base.deadletter_burst),
+        deadletter_summary_every_s=float(
+            get("DEADLETTER_SUMMARY_EVERY_S") or base.deadletter_summary_every_s
+        ),
+        deadletter_lines_per_message=int(
+            get("DEADLETTER_LINES_PER_MESSAGE") or base.deadletter_lines_per_message
+        ),
+        disabled_codecs=tuple(c for c in (get("DISABLED_CODECS") or "").split(",") if c),
+        limits=FleetLimits(
+            max_canaries=int(get("MAX_CANARIES") or base.limits.max_canaries),
+            hold_s=float(get("HOLD_S") or base.limits.hold_s),
+            hold_lines=int(get("HOLD_LINES") or base.limits.hold_lines),
+        ),
+        max_env_series=int(get("MAX_ENV_SERIES") or base.max_env_series),
+        view_batch=int(get("VIEW_BATCH") or base.view_batch),
         promotion=promotion,
         verdict_refresh_s=float(get("VERDICT_REFRESH_S") or base.verdict_refresh_s),
         gate_port=int(get("GATE_PORT") or base.gate_port),
         gate_max_age_s=float(get("GATE_MAX_AGE_S") or base.gate_max_age_s),
         gate_rate_per_s=float(get("GATE_RATE_PER_S") or base.gate_rate_per_s),
         gate_burst=int(get("GATE_BURST") or base.gate_burst),
+        release=release,
+        release_policy=policy,
+        summary_every_s=float(get("SUMMARY_EVERY_S") or base.summary_every_s),
+        release_evaluate_every_s=float(
+            get("RELEASE_EVALUATE_EVERY_S") or base.release_evaluate_every_s
+        ),
     )
 
 
@@ -150,16 +262,34 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "METRICS_PORT": str(settings.metrics_port),
         ENV_PREFIX + "EVALUATE_EVERY_S": str(settings.evaluate_every_s),
         ENV_PREFIX + "MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
-        ENV_PREFIX + "FETCH_PARTITION_BYTES": str(settings.fetch_partition_bytes),
-        ENV_PREFIX + "FETCH_MAX_BYTES": str(settings.fetch_max_bytes),
         ENV_PREFIX + "DATA_DIR": str(settings.data_dir),
         ENV_PREFIX + "COMMAND_TTL_S": str(settings.command_ttl_s),
+        ENV_PREFIX + "CLUSTER": settings.cluster,
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
+        ENV_PREFIX + "REQUEST_SESSION_TIMEOUT_MS": str(settings.request_session_timeout_ms),
+        ENV_PREFIX + "REQUEST_HEARTBEAT_INTERVAL_MS": str(settings.request_heartbeat_interval_ms),
+        ENV_PREFIX + "BROKER_SESSION_TIMEOUT_S": str(settings.broker_session_timeout_s),
+        ENV_PREFIX + "BROKER_HEARTBEAT_INTERVAL_S": str(settings.broker_heartbeat_interval_s),
+        ENV_PREFIX + "DEADLETTER_RATE_PER_S": str(settings.deadletter_rate_per_s),
+        ENV_PREFIX + "DEADLETTER_BURST": str(settings.deadletter_burst),
+        ENV_PREFIX + "DEADLETTER_SUMMARY_EVERY_S": str(settings.deadletter_summary_every_s),
+        ENV_PREFIX + "DEADLETTER_LINES_PER_MESSAGE": str(settings.deadletter_lines_per_message),
+        ENV_PREFIX + "DISABLED_CODECS": ",".join(settings.disabled_codecs),
+        ENV_PREFIX + "MAX_CANARIES": str(settings.limits.max_canaries),
+        ENV_PREFIX + "HOLD_S": str(settings.limits.hold_s),
+        ENV_PREFIX + "HOLD_LINES": str(settings.limits.hold_lines),
+        ENV_PREFIX + "MAX_ENV_SERIES": str(settings.max_env_series),
+        ENV_PREFIX + "VIEW_BATCH": str(settings.view_batch),
         ENV_PREFIX + "VERDICT_REFRESH_S": str(settings.verdict_refresh_s),
         ENV_PREFIX + "GATE_PORT": str(settings.gate_port),
         ENV_PREFIX + "GATE_MAX_AGE_S": str(settings.gate_max_age_s),
         ENV_PREFIX + "GATE_RATE_PER_S": str(settings.gate_rate_per_s),
         ENV_PREFIX + "GATE_BURST": str(settings.gate_burst),
+        ENV_PREFIX + "FLEET_CONTROL": settings.release.fleet_control.value,
+        ENV_PREFIX + "FDR": str(settings.release.fdr),
+        ENV_PREFIX + "RELEASE_POLICY": settings.release_policy,
+        ENV_PREFIX + "SUMMARY_EVERY_S": str(settings.summary_every_s),
+        ENV_PREFIX + "RELEASE_EVALUATE_EVERY_S": str(settings.release_evaluate_every_s),
     }
     for name, attr in _PROMOTION_ENV.items():
         env[ENV_PREFIX + name] = repr(getattr(settings.promotion, attr))

@@ -20,7 +20,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agents.settings import Topics
 from streams.events import encode_rollout_state
-from streams.simulation import EnvPlan, FleetSimulator, SimulationSettings, plan_fleet, to_messages
+from streams.simulation import (
+    EnvPlan,
+    FleetSimulator,
+    ReleaseEnv,
+    ReleaseFleetSettings,
+    SimulationSettings,
+    plan_fleet,
+    release_fleet_lines,
+    to_messages,
+)
 
 
 class SimulationRun:
@@ -55,8 +64,12 @@ class SimulationRun:
         until: float,
         clock: Callable[[], float] = time.time,
         stop: asyncio.Event | None = None,
+        request_partition: Callable[[bytes], int] | None = None,
     ) -> None:
-        """Publish states and request lines tick by tick until `until` (epoch seconds) or `stop`."""
+        """Publish states and request lines tick by tick until `until` (epoch seconds) or `stop`.
+
+        `request_partition` picks each request-log message's partition from its key, as a log
+        shipper's partitioner would (default: the producer's, murmur2 like the bridge's)."""
         previous = clock()
         while True:
             now = clock()
@@ -73,7 +86,12 @@ class SimulationRun:
                     self.on_behind(skipped)
             lines = self.simulator.requests(previous, now)
             deliveries = [
-                await producer.send(topics.requests, key=key, value=value)
+                await producer.send(
+                    topics.requests,
+                    key=key,
+                    value=value,
+                    partition=None if request_partition is None else request_partition(key),
+                )
                 for key, value in to_messages(lines, self.lines_per_message)
             ]
             if deliveries:
@@ -153,3 +171,36 @@ async def simulate(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     return run
+
+
+async def play_release_fleet(
+    producer: AIOKafkaProducer,
+    topics: Topics,
+    envs: list[ReleaseEnv],
+    settings: ReleaseFleetSettings,
+    start: float,
+    *,
+    seed: int,
+    rounds: int = 20,
+    round_s: float = 0.75,
+) -> int:
+    """A release fleet's rollout states, then its requests timestamped over rounds x round_s
+    seconds from `start`, each round published when its time comes (the per-environment test
+    reads a burst as one slice, so a broken customer canary needs its traffic spread in
+    processing time). Returns the number of lines."""
+    for e in envs:
+        await producer.send(
+            topics.rollouts, key=e.namespace.encode(), value=encode_rollout_state(e.state(start))
+        )
+    await producer.flush()
+    rng = np.random.default_rng(seed)
+    lines = release_fleet_lines(envs, settings, rng, start, rounds * round_s)
+    for k in range(rounds):
+        lo, hi = start + k * round_s, start + (k + 1) * round_s
+        batch = [line for line in lines if lo <= line.ts < hi]
+        for key, value in to_messages(batch, 50):
+            await producer.send(topics.requests, key=key, value=value)
+        await producer.flush()
+        # Pacing the playback in real time is the simulator's job, not a synchronisation.
+        await asyncio.sleep(max(0.0, hi - time.time()))
+    return len(lines)

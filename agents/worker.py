@@ -1,7 +1,11 @@
 """The Faust worker: rollout states into a table, request logs into counters, verdicts out.
 
-- agent `track_rollouts`: rollout-state topic -> table `rollout-state` and the fleet's attribution;
-- service `RequestLogIngest`: request-log topic -> the fleet's numpy counters (agents/ingest.py);
+- agent `track_rollouts`: rollout-state topic -> validated -> table `rollout-state` (only
+  canaries in progress; bad snapshots are dead-lettered, never stored);
+- service `RolloutView`: the table's changelog, every partition -> the fleet's attribution, so
+  every worker knows every canary in progress (agents/view.py); ready once it is restored;
+- service `RequestLogIngest`: request-log topic (its own consumer group, any partitioner) ->
+  the fleet's numpy counters (agents/ingest.py), started once the view is restored;
 - timer `evaluate`: every `evaluate_every_s`, one vectorised pass; abort commands go out;
 - agent `remember_decisions`: commands topic -> table `abort-decisions`, so that a restarted
   worker does not abort the same rollout revision twice.
@@ -13,26 +17,32 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import faust
 from faust.types import EventT, StreamT
-from mode.types.signals import BaseSignalT
 from prometheus_client import CollectorRegistry
 
-from agents.deadletter import DeadLetters, Headers
+from agents.deadletter import DeadLetterLimits, DeadLetters, Headers
+from agents.health import Heartbeat, serve_health
 from agents.ingest import RequestLogIngest
-from agents.kafka_admin import ensure_topics, partition_for_key
-from agents.metrics import FleetCollector, WorkerMetrics, serve_metrics
-from agents.settings import Settings, Topics
+from agents.kafka_admin import ensure_topics
+from agents.logfilter import quiet_kafka_clients
+from agents.metrics import FleetCollector, WorkerMetrics, metrics_app
+from agents.releases import ensure_release_topics
+from agents.settings import Settings
+from agents.summaries import SummaryPublisher
+from agents.unreadable import counting, guard_faust_fetches
 from agents.verdicts import VerdictPublisher
+from agents.view import RolloutView
 from streams.events import (
     DecodeError,
+    check_decision_id,
     decode_abort_command,
     decode_rollout_state,
     encode_abort_command,
+    encode_rollout_state,
 )
 from streams.fleet import Fleet
 
@@ -47,6 +57,7 @@ class Worker:
     app: faust.App
     fleet: Fleet
     metrics: WorkerMetrics
+    heartbeat: Heartbeat
     collector: FleetCollector | None = None
 
 
@@ -66,29 +77,57 @@ def build_worker(
         topic_partitions=s.partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
-        producer_max_request_size=s.topic_max_message_bytes,
+        # Dead letters and changelog writes fit their topics (streams/sizes.py).
+        producer_max_request_size=s.producer_max_request_size,
         broker_commit_every=100,
+        # A worker killed with -9 gives its partitions up after this (docs/operating.md).
+        broker_session_timeout=s.broker_session_timeout_s,
+        broker_heartbeat_interval=s.broker_heartbeat_interval_s,
     )
     fleet = Fleet(
-        s.decisions, s.window, max_message_bytes=s.max_message_bytes, promotion=s.promotion
+        s.decisions,
+        s.window,
+        max_message_bytes=s.max_message_bytes,
+        max_bad_lines=s.deadletter_lines_per_message,
+        limits=s.limits,
+        promotion=s.promotion,
     )
     metrics = WorkerMetrics(registry)
-    collector = FleetCollector(lambda: fleet, text=True)  # per-env series: serve_metrics
+    collector = FleetCollector(lambda: fleet, s.max_env_series)  # text: metrics_app
     registry.register(collector)
+    # A record Faust's consumer cannot read is skipped, not the end of its Fetcher.
+    guard_faust_fetches(counting(metrics.skipped_records))
 
     rollouts_topic = app.topic(s.topics.rollouts, key_type=bytes, value_type=bytes)
     commands_topic = app.topic(s.topics.commands, key_type=bytes, value_type=bytes)
     deadletter_topic = app.topic(s.topics.deadletter, key_type=bytes, value_type=bytes)
     verdicts_topic = app.topic(s.topics.verdicts, key_type=bytes, value_type=bytes)
-    rollout_table = app.Table("rollout-state", key_type=bytes, value_type=bytes)
-    decision_table = app.Table("abort-decisions", key_type=bytes, value_type=bytes)
+    changelog_config = {"max.message.bytes": str(s.topic_max_message_bytes)}
+    rollout_table = app.Table(
+        "rollout-state", key_type=bytes, value_type=bytes, extra_topic_configs=changelog_config
+    )
+    decision_table = app.Table(
+        "abort-decisions", key_type=bytes, value_type=bytes, extra_topic_configs=changelog_config
+    )
 
     async def send_deadletter(key: bytes, value: bytes, headers: Headers) -> object:
-        delivery = await deadletter_topic.send(key=key, value=value, headers=headers)
-        return await delivery
+        # Queued in the producer; DeadLetters awaits the deliveries of a batch together.
+        return await deadletter_topic.send(key=key, value=value, headers=headers)
 
-    deadletters = DeadLetters(send_deadletter, metrics.deadletters)
+    deadletters = DeadLetters(
+        send_deadletter,
+        metrics.deadletters,
+        suppressed=metrics.deadletters_suppressed,
+        sizes=s.sizes,
+        limits=DeadLetterLimits(
+            s.deadletter_rate_per_s, s.deadletter_burst, s.deadletter_summary_every_s
+        ),
+    )
+    summaries = SummaryPublisher(s, fleet, app)  # release-level analysis (agents/summaries.py)
     ingest = RequestLogIngest(s, fleet, deadletters, metrics, clock=clock, loop=app.loop)
+    metrics.readiness.probe("fetch", ingest.fetch_problem)
+    heartbeat = Heartbeat()
+    app.task(heartbeat.run)  # /healthz: the event loop still turns
 
     async def refuse(event: EventT[bytes], error: DecodeError) -> None:
         message = event.message
@@ -102,50 +141,38 @@ def build_worker(
             try:
                 state = decode_rollout_state(event.value or b"")
             except DecodeError as error:
-                await refuse(event, error)
+                await refuse(event, error)  # never stored: the view never sees it
                 continue
-            # The table keeps only canaries in progress: all that attribution needs after a
-            # restart or rebalance, so memory follows the canaries, not the fleet.
+            # The table keeps only canaries in progress, re-encoded from the validated state:
+            # its compacted changelog is the view every worker reads (agents/view.py).
+            key = state.env.encode()
+            previous = rollout_table.get(key)
+            await summaries.forward_state(
+                decode_rollout_state(previous) if previous else None, state
+            )
             if state.canary_in_progress:
-                rollout_table[state.env.encode()] = event.value
+                rollout_table[key] = encode_rollout_state(state)
             else:
-                rollout_table.pop(state.env.encode(), None)
-            fleet.apply_rollout(state, clock())
-            metrics.rollout_states.inc()
+                rollout_table.pop(key, None)  # a tombstone on the changelog
 
-    ingest_started = asyncio.Event()
-
-    @rollout_table.on_recover
-    async def follow_assignment() -> None:
-        # After each rebalance: keep the environments of our rollout-state partitions (the
-        # table may still hold keys written before a revocation), drop the others, then read
-        # the request-log partitions that go with them.
-        now = clock()
-        partitions = {
-            tp.partition for tp in app.consumer.assignment() if tp.topic == s.topics.rollouts
-        }
-        count = app.consumer.topic_partitions(s.topics.rollouts) or s.partitions
-        states = [
-            state
-            for state in map(decode_rollout_state, rollout_table.values())
-            if partition_for_key(state.namespace.encode(), count) in partitions
-        ]
-        fleet.retain({state.env for state in states})
-        for state in states:
-            fleet.apply_rollout(state, now)
-        if not ingest_started.is_set():
-            await app.add_runtime_dependency(ingest)  # stops with the app
-            ingest_started.set()
-        await ingest.follow(partitions)
+    async def view_restored() -> None:
+        await app.add_runtime_dependency(ingest)  # stops with the app
         metrics.ready.set(1)
 
-    async def pause_ingest(
-        sender: object, /, *args: object, signal: BaseSignalT[Any], **kwargs: object
-    ) -> None:
-        if ingest_started.is_set():
-            await ingest.follow(set())
+    view = RolloutView(
+        s,
+        fleet,
+        metrics,
+        rollout_table.changelog_topic.get_topic_name(),
+        on_restored=view_restored,
+        clock=clock,
+        loop=app.loop,
+    )
 
-    app.on_partitions_revoked.connect(pause_ingest)
+    async def start_view() -> None:
+        await app.add_runtime_dependency(view)
+
+    app.task(start_view)
 
     @app.agent(commands_topic)
     async def remember_decisions(stream: StreamT[bytes]) -> None:
@@ -160,7 +187,11 @@ def build_worker(
 
     @decision_table.on_recover
     async def restore_decisions() -> None:
-        fleet.decided.update(key.decode() for key in decision_table)
+        for key in decision_table:
+            try:
+                fleet.decided.add(check_decision_id(key))
+            except DecodeError as error:  # not a decision id a worker wrote: skip and count
+                metrics.restore_refused.labels("abort-decisions", error.reason).inc()
 
     async def send_verdict(key: bytes, value: bytes) -> object:
         return await verdicts_topic.send(key=key, value=value)  # not awaited: next pass retries
@@ -179,10 +210,12 @@ def build_worker(
     async def evaluate() -> None:
         started = time.perf_counter()
         now = clock()
+        released = fleet.release_held(now)  # lines whose hold ran out are counted unattributed
+        metrics.count_lines(released.counted, released.unattributed, 0)
         _, commands = fleet.evaluate(now)
         metrics.evaluation.observe(time.perf_counter() - started)
         publish_verdicts(now)  # the gate's pass/abort/inconclusive (agents/verdicts.py)
-        for command in commands:
+        for command in filter(summaries.own_abort, commands):
             delivery = await commands_topic.send(
                 key=command.namespace.encode(), value=encode_abort_command(command)
             )
@@ -196,7 +229,14 @@ def build_worker(
             )
 
     app.timer(s.evaluate_every_s)(evaluate)
-    return Worker(app=app, fleet=fleet, metrics=metrics, collector=collector)
+
+    async def publish_summaries() -> None:
+        await summaries.publish(clock())
+
+    app.timer(s.summary_every_s)(publish_summaries)
+    return Worker(
+        app=app, fleet=fleet, metrics=metrics, heartbeat=heartbeat, collector=collector
+    )
 
 
 async def ensure_verdict_topic(settings: Settings) -> None:
@@ -208,32 +248,32 @@ async def ensure_verdict_topic(settings: Settings) -> None:
     )
 
 
-def check_copartitioned(topics: Topics, partitions: Mapping[str, int]) -> None:
-    """Each worker reads the request-log partitions matching its rollout-state partitions."""
-    requests, rollouts = partitions[topics.requests], partitions[topics.rollouts]
-    if requests != rollouts:
-        raise SystemExit(
-            f"canarywatch: {topics.requests} has {requests} partitions and {topics.rollouts} "
-            f"{rollouts}; they must match (both keyed by namespace), see docs/events.md"
-        )
-
 
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: metrics on `settings.metrics_port`, Faust worker in front."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # canarywatch's own topics; Faust declares its changelog topics itself.
-    partitions = asyncio.run(
+    asyncio.run(
         ensure_topics(
             settings.bootstrap,
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
         )
     )
-    check_copartitioned(settings.topics, partitions)
     asyncio.run(ensure_verdict_topic(settings))
+    asyncio.run(ensure_release_topics(settings))
     registry = CollectorRegistry()
     worker = build_worker(settings, registry)
-    serve_metrics(settings.metrics_port, registry, worker.collector)
+    # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two); the
+    # per-canary series rendered as text from the arrays (metrics_app).
+    serve_health(
+        settings.metrics_port,
+        registry,
+        worker.metrics.readiness,
+        worker.heartbeat,
+        metrics=metrics_app(registry, worker.collector),
+    )
+    quiet_kafka_clients()
     tune_gc()
     faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()
 

@@ -515,7 +515,8 @@ async def memory_per_env(
         await produce(bootstrap, topics.requests, [(key_of(x), x) for x in warm_up])
         await poll_until(
             lambda: sum_metric([port], "canarywatch_request_lines_total") >= len(warm_up),
-            300, "the warm-up lines",
+            300,
+            "the warm-up lines",
         )
         baseline = rss_bytes(worker.pid)
         loaded = 0

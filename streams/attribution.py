@@ -30,16 +30,23 @@ class RowChange:
 
 
 class Attribution:
-    def __init__(self, capacity: int = 64) -> None:
+    def __init__(self, capacity: int = 64, *, rebuild_after: int = 1024) -> None:
         self.capacity = capacity
+        self.rebuild_after = rebuild_after  # changes before the large index is rebuilt
         self.active = np.zeros(capacity, dtype=np.bool_)
         self.states: list[RolloutState | None] = [None] * capacity
         self.row_of_env: dict[str, int] = {}
         # (namespace, pod hash) -> row * 2 + arm: one dict probe per request line.
         self.code_of_hash: dict[tuple[str, str], int] = {}
         self._free: list[int] = list(range(capacity - 1, -1, -1))
-        # The same map by packed key, for `lookup_keys`; None when stale.
+        # The same map by packed key, for `lookup_keys`: a large index built now and then, plus
+        # small ones of what changed since (keys set, keys deleted), so that a burst of new
+        # canaries costs O(changes) per lookup batch, not a rebuild of everything each time.
+        self._packed: dict[bytes, int] = {}
         self._index: linescan.KeyIndex | None = None
+        self._added: dict[bytes, int] = {}
+        self._removed: set[bytes] = set()
+        self._delta: tuple[linescan.KeyIndex, linescan.KeyIndex] | None = None
 
     def lookup(self, namespace: str, pod_hash: str) -> int:
         """row * 2 + arm, or NOT_ATTRIBUTED when no canary of this namespace has that hash."""
@@ -47,14 +54,48 @@ class Attribution:
 
     def lookup_keys(self, keys: NDArray[np.bytes_]) -> NDArray[np.int64]:
         """`lookup` for many keys packed by `streams.requestlog.pack_key` (one hash probe each)."""
-        if self._index is None:
-            packed = {
-                key: code
-                for (namespace, pod_hash), code in self.code_of_hash.items()
-                if (key := pack_key(namespace, pod_hash)) is not None
-            }
-            self._index = linescan.KeyIndex(b"".join(packed), list(packed.values()))
-        return np.frombuffer(self._index.lookup(keys.view(np.uint8)), np.int64)
+        changes = len(self._added) + len(self._removed)
+        if self._index is None or changes > max(self.rebuild_after, len(self._packed) // 8):
+            self._index = linescan.KeyIndex(b"".join(self._packed), list(self._packed.values()))
+            self._added.clear()
+            self._removed.clear()
+            self._delta = None
+            changes = 0
+        raw = keys.view(np.uint8)
+        codes = np.frombuffer(self._index.lookup(raw), np.int64)
+        if not changes:
+            return codes
+        if self._delta is None:
+            self._delta = (
+                linescan.KeyIndex(b"".join(self._added), list(self._added.values())),
+                linescan.KeyIndex(b"".join(self._removed), [0] * len(self._removed)),
+            )
+        added, removed = self._delta
+        if self._removed:
+            codes[np.frombuffer(removed.lookup(raw), np.int64) != NOT_ATTRIBUTED] = NOT_ATTRIBUTED
+        if self._added:
+            newer = np.frombuffer(added.lookup(raw), np.int64)
+            found = newer != NOT_ATTRIBUTED
+            codes[found] = newer[found]
+        return codes
+
+    def _set_code(self, namespace: str, pod_hash: str, code: int) -> None:
+        self.code_of_hash[(namespace, pod_hash)] = code
+        key = pack_key(namespace, pod_hash)
+        if key is not None:
+            self._packed[key] = code
+            self._added[key] = code
+            self._removed.discard(key)
+            self._delta = None
+
+    def _delete_code(self, namespace: str, pod_hash: str) -> None:
+        del self.code_of_hash[(namespace, pod_hash)]
+        key = pack_key(namespace, pod_hash)
+        if key is not None:
+            del self._packed[key]
+            self._added.pop(key, None)
+            self._removed.add(key)
+            self._delta = None
 
     def apply(self, state: RolloutState) -> RowChange:
         """Take a new snapshot of one Rollout into account."""
@@ -79,9 +120,8 @@ class Attribution:
             self.row_of_env[env] = row
             self.states[row] = state
             self.active[row] = True
-            self.code_of_hash[(state.namespace, state.current_pod_hash)] = row * 2 + ARM_CANARY
-            self.code_of_hash[(state.namespace, state.stable_hash)] = row * 2 + ARM_STABLE
-            self._index = None
+            self._set_code(state.namespace, state.current_pod_hash, row * 2 + ARM_CANARY)
+            self._set_code(state.namespace, state.stable_hash, row * 2 + ARM_STABLE)
             change.started.append(row)
         return change
 
@@ -109,8 +149,7 @@ class Attribution:
         for pod_hash in (state.current_pod_hash, state.stable_hash):
             key = (state.namespace, pod_hash)
             if self.code_of_hash.get(key, NOT_ATTRIBUTED) // 2 == row:
-                del self.code_of_hash[key]
-                self._index = None
+                self._delete_code(*key)
         del self.row_of_env[state.env]
         self.states[row] = None
         self.active[row] = False

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from streams.events import Evidence
-from streams.sequential import DEFAULT_RATIOS, DEFAULT_WEIGHTS, Mixture, SplitTest
+from streams.sequential import DEFAULT_RATIOS, DEFAULT_WEIGHTS, ChangePrior, Mixture, SplitTest
 from streams.windows import (
     ARM_CANARY,
     ARM_STABLE,
@@ -37,6 +37,7 @@ class Verdict(IntEnum):
     INCONCLUSIVE = 1  # too little traffic to tell yet; never an abort
     PLATFORM = 2  # stable fails as much as the canary: not the canary's fault
     ABORT = 3
+    HOLD = 4  # stable degraded while the canary runs: shared breakage or an outage; pause
 
 
 def bad_series(signal: int, arm: int) -> int:
@@ -60,8 +61,17 @@ class DecisionSettings:
     latency_min_ratio, latency_min_diff: the same for the share of requests slower than
         `latency_objective_ms`, whose base rate is higher.
     mixture_ratios, mixture_weights: the alternatives the sequential test bets on.
-    block_requests: the test reads the canary share over blocks of at least this many requests
-        (a block closes at the end of a pass); a quiet environment's block spans minutes.
+    block_requests: the test reads the canary share over slices of at least this many requests
+        (a slice closes at the end of a pass); a quiet environment's slice spans minutes.
+    quiet_s, max_slice_s: a slice holding bad requests closes once its last bad request is
+        quiet_s old (bursts stay in one slice: the test counts a burst once), or at max_slice_s.
+    max_bet: what one slice can contribute: at most 1 + max_bet*(1-theta0)/theta0 (< 1/theta0).
+    change_start, change_scale_s, change_tail: prior of when a regression begins (mass
+        change_start at the canary's start, survival (1-start)(1+t/scale)^-tail after it).
+    latency_grace_s: after a canary starts or steps (new pods), this long the latency test
+        counts nothing on either arm: warm-ups do not abort.
+    shared_policy: "hold" (stable degraded while the canary runs: verdict HOLD, a pause is
+        requested and no abort is issued) or "platform" (verdict PLATFORM, as before).
     clear_ratio, clear_diff: a "clear regression" (rate max(clear_ratio x stable's, stable's +
         clear_diff)): while even one of those could not yet have produced the canary bad
         requests the test needs, the verdict is INCONCLUSIVE rather than CONTINUE.
@@ -80,7 +90,15 @@ class DecisionSettings:
     latency_objective_ms: float = 1000.0
     mixture_ratios: tuple[float, ...] = DEFAULT_RATIOS
     mixture_weights: tuple[float, ...] = DEFAULT_WEIGHTS
-    block_requests: int = 50
+    block_requests: int = 20
+    quiet_s: float = 1.0
+    max_slice_s: float = 2.0
+    max_bet: float = 0.9
+    change_start: float = 0.5
+    change_scale_s: float = 600.0
+    change_tail: float = 0.5
+    latency_grace_s: float = 60.0
+    shared_policy: str = "hold"
     clear_ratio: float = 10.0
     clear_diff: float = 0.01
     platform_ratio: float = 0.05
@@ -95,6 +113,9 @@ class DecisionSettings:
         if not 0.0 < self.alpha < 1.0:
             raise ValueError("alpha must be in (0, 1)")
         Mixture(self.mixture_ratios, self.mixture_weights)  # validates
+        ChangePrior(self.change_start, self.change_scale_s, self.change_tail)
+        if self.shared_policy not in ("hold", "platform"):
+            raise ValueError("shared_policy must be 'hold' or 'platform'")
 
     @property
     def threshold(self) -> float:
@@ -192,7 +213,15 @@ class DecisionEngine:
             min_diff=diffs,
             mixture=Mixture(settings.mixture_ratios, settings.mixture_weights),
             block_requests=settings.block_requests,
+            quiet_s=settings.quiet_s,
+            max_slice_s=settings.max_slice_s,
+            max_bet=settings.max_bet,
+            change=ChangePrior(
+                settings.change_start, settings.change_scale_s, settings.change_tail
+            ),
         )
+        self.grace_until = np.zeros(capacity, dtype=np.float64)
+        self.held = np.zeros(capacity, dtype=np.bool_)
         self.cumulative: Counts = np.zeros((N_SERIES, capacity), dtype=np.int64)
         self.started_at = np.zeros(capacity, dtype=np.float64)
         # An abort is a decision: once taken for a revision it stays, until `reset`.
@@ -217,6 +246,8 @@ class DecisionEngine:
         self.aborted = np.concatenate(
             [self.aborted, np.zeros((len(SIGNALS), extra), dtype=np.bool_)], axis=1
         )
+        self.grace_until = np.concatenate([self.grace_until, np.zeros(extra)])
+        self.held = np.concatenate([self.held, np.zeros(extra, dtype=np.bool_)])
         self.test.grow(capacity)
 
     def reset(self, rows: NDArray[np.intp], now: float) -> None:
@@ -224,7 +255,14 @@ class DecisionEngine:
         self.cumulative[:, rows] = 0
         self.started_at[rows] = now
         self.aborted[:, rows] = False
-        self.test.reset(rows)
+        self.held[rows] = False
+        self.test.reset(rows, now)
+        self.start_grace(rows, now)
+
+    def start_grace(self, rows: NDArray[np.intp], now: float) -> None:
+        """New pods in these rows (a canary start or step): the latency test counts nothing on
+        either arm for `latency_grace_s`."""
+        self.grace_until[rows] = now + self.settings.latency_grace_s
 
     def evaluate(
         self, increments: Counts, window: Counts, active: NDArray[np.bool_], now: float
@@ -233,18 +271,29 @@ class DecisionEngine:
         s = self.settings
         cum = self.cumulative
         cum += increments
-        self.test.update(
-            increments[CANARY_REQUESTS],
-            increments[STABLE_REQUESTS],
-            increments[_CANARY_BAD],
-            increments[_STABLE_BAD],
-        )
+        canary_bad = increments[_CANARY_BAD]
+        stable_bad = increments[_STABLE_BAD]
+        canary_req: NDArray[np.int64] = increments[CANARY_REQUESTS]
+        stable_req: NDArray[np.int64] = increments[STABLE_REQUESTS]
+        grace = self.grace_until > now
+        if grace.any():
+            # Warm-up: the latency test sees neither requests nor slow ones of these rows.
+            keep = ~grace
+            canary_req = np.stack([canary_req, canary_req * keep])
+            stable_req = np.stack([stable_req, stable_req * keep])
+            canary_bad = canary_bad.copy()
+            stable_bad = stable_bad.copy()
+            canary_bad[1] *= keep
+            stable_bad[1] *= keep
+        self.test.update(canary_req, stable_req, canary_bad, stable_bad, now)
         threshold = s.threshold
         canary_n = cum[CANARY_REQUESTS]
         stable_n = cum[STABLE_REQUESTS]
         share = canary_n / np.maximum(canary_n + stable_n, 1)
         statistic = self.test.log_e_ratio.copy()
-        platform = self._platform(window)
+        platform, degraded = self._platform(window)
+        if s.shared_policy == "hold":
+            self.held |= (degraded & platform).any(axis=0) & active
         for signal in range(len(SIGNALS)):
             # Both nulls must be rejected; the difference null is computed only where the
             # ratio null already is (rare), and an abort is a decision: it stays.
@@ -257,10 +306,16 @@ class DecisionEngine:
                 self.aborted[signal, new] = True
         needed = self._needed(share)
         inconclusive = self._inconclusive(needed, canary_n, stable_n)
+        # CONTINUE only when the evidence says so: none of the canary's bad requests waits in
+        # an open slice, and the e-value does not lean towards a regression (ln e <= 0).
+        inconclusive |= self.test.open_canary_bad() > 0
+        inconclusive |= statistic > 0.0
         # Verdict values order their precedence: ABORT > PLATFORM > INCONCLUSIVE > CONTINUE.
         verdicts = inconclusive.view(np.int8).copy()
         np.maximum(verdicts, platform.view(np.int8) * np.int8(Verdict.PLATFORM), out=verdicts)
         np.maximum(verdicts, self.aborted.view(np.int8) * np.int8(Verdict.ABORT), out=verdicts)
+        held = self.held & ~self.aborted.any(axis=0)
+        verdicts[:, held] = np.int8(Verdict.HOLD)
         verdicts *= active
         return PassResult(
             verdicts=verdicts,
@@ -306,8 +361,10 @@ class DecisionEngine:
         inconclusive &= clear < needed
         return inconclusive
 
-    def _platform(self, window: Counts) -> NDArray[np.bool_]:
-        """Stable failing in the sliding window, and the canary not clearly worse [signal, row].
+    def _platform(self, window: Counts) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+        """Stable failing in the sliding window, and the canary not clearly worse [signal, row];
+        and whether stable degraded while the canary runs (above its own level since the canary
+        started, on platform_baseline_requests): not a platform that was failing already.
 
         Failing: at least platform_min_bad bad requests in the window, and a window ratio
         >= platform_ratio, or >= platform_factor x stable's level since the canary started
@@ -324,9 +381,10 @@ class DecisionEngine:
         bar = before_bad * s.platform_factor
         bar += before_n * s.platform_min_diff
         bar *= w_n
-        elevated: NDArray[np.bool_] = w_bad * before_n.astype(np.float64) >= bar
-        elevated &= before_n >= s.platform_baseline_requests
-        elevated |= w_bad >= s.platform_ratio * w_n
+        degraded: NDArray[np.bool_] = w_bad * before_n.astype(np.float64) >= bar
+        degraded &= before_n >= s.platform_baseline_requests
+        degraded &= w_bad >= s.platform_min_bad
+        elevated = degraded | (w_bad >= s.platform_ratio * w_n)
         elevated &= w_bad >= s.platform_min_bad
         # The canary is not clearly worse: its window bad count is within
         # platform_canary_factor x stable's window ratio (plus a few requests of slack).
@@ -334,4 +392,4 @@ class DecisionEngine:
         canary_bar /= np.maximum(w_n, 1)
         canary_bar += s.platform_canary_slack
         elevated &= window[_CANARY_BAD] <= canary_bar
-        return elevated
+        return elevated, degraded

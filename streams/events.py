@@ -6,6 +6,9 @@ The wire formats are documented in docs/events.md; keep the two in step.
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,6 +58,7 @@ class RolloutState:
     observed_at: float = 0.0  # epoch seconds the snapshot was taken
     resource_version: str = ""  # metadata.resourceVersion of the object read ("" if unknown)
     ended: bool = False  # the Rollout is gone (deleted, or missing from a relist)
+    cluster: str = ""  # the bridge's CANARYWATCH_CLUSTER ("" when unnamed)
 
     @property
     def env(self) -> str:
@@ -91,7 +95,8 @@ class Evidence:
         return (
             f"{self.signal}: canary {self.canary_bad}/{self.canary_requests} bad, "
             f"stable {self.stable_bad}/{self.stable_requests} bad, "
-            f"canary share {self.canary_share:.1%}, statistic {self.statistic:.2f} >= "
+            f"canary share {self.canary_share:.1%}, statistic {self.statistic:.2f} "
+            f"{'>=' if self.statistic >= self.threshold else '<'} "
             f"threshold {self.threshold:.2f}, {self.since_canary_start_s:.1f}s into the canary"
         )
 
@@ -109,6 +114,7 @@ class AbortCommand:
     release: str = ""
     reason: str = "CanaryRegression"
     extra: dict[str, str] = field(default_factory=dict)
+    cluster: str = ""  # only the actuator of this cluster (CANARYWATCH_CLUSTER) applies it
 
     @property
     def env(self) -> str:
@@ -119,9 +125,31 @@ def env_key(namespace: str, rollout: str) -> str:
     return f"{namespace}/{rollout}"
 
 
-def decision_id_for(namespace: str, rollout: str, pod_hash: str) -> str:
-    """One decision per rollout revision: applying the same id twice is harmless."""
-    return f"{namespace}/{rollout}@{pod_hash}"
+def decision_id_for(namespace: str, rollout: str, pod_hash: str, cluster: str = "") -> str:
+    """One decision per rollout revision: applying the same id twice is harmless. A named
+    cluster prefixes it (`cluster:namespace/rollout@hash`)."""
+    revision = f"{namespace}/{rollout}@{pod_hash}"
+    return f"{cluster}:{revision}" if cluster else revision
+
+
+def check_decision_id(raw: bytes) -> str:
+    """A decision id read back (a table key), or DecodeError unless it is
+    `[cluster:]ns/rollout@hash`."""
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise DecodeError("bad_format", "decision id is not UTF-8") from None
+    env, at, pod = text.rpartition("@")
+    cluster, colon, env = env.rpartition(":")
+    if colon:
+        cluster_name("cluster", cluster)
+    namespace, slash, rollout = env.partition("/")
+    if not (at and slash):
+        raise DecodeError("bad_format", f"decision id {text[:80]!r} is not ns/rollout@hash")
+    namespace_name("namespace", namespace)
+    rollout_name("rollout", rollout)
+    pod_hash("pod_hash", pod)
+    return text
 
 
 # --- codecs -----------------------------------------------------------------------------------
@@ -156,6 +184,210 @@ def _number(obj: dict[str, Any], *names: str) -> float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     raise DecodeError("missing_field", f"need a number in one of {', '.join(names)}")
+
+
+# --- field-by-field validation ----------------------------------------------------------------
+#
+# Every field of a rollout state, an abort command and its evidence has one entry in a table
+# below: its name, how to check it, and whether it may be missing (then its default applies).
+# A new optional field is one entry. Checks are strict: a string is a `str`, an integer an `int`
+# and not a `bool`, a boolean a `bool` (`"false"` is refused, not read as true). Unknown keys are
+# ignored, so a newer writer can add fields. Reasons (stable, for metrics and dead letters):
+# `missing_field`, `wrong_type`, `out_of_range`, `bad_format`.
+
+# Kubernetes names: a namespace is a DNS-1123 label (<= 63), a Rollout name a DNS-1123
+# subdomain (<= 253); a pod-template hash a label value, short (Argo's are <= 10 characters).
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+MAX_NAMESPACE = 63
+MAX_NAME = 253
+MAX_POD_HASH = 32
+MAX_TEXT = 1024  # release (an image reference), detail-like strings
+MAX_SHORT_TEXT = 64  # phase, reason
+MAX_STEP_INDEX = 10_000
+MAX_COUNT = 2**53  # exact in a double
+# Epoch seconds: 0 (unknown) up to 2100-01-01.
+MAX_TIMESTAMP = 4_102_444_800.0
+MAX_EXTRA_ENTRIES = 32
+SIGNAL_NAMES = ("errors", "latency")  # streams.decisions.SIGNALS (a test keeps them equal)
+
+Check = Callable[[str, Any], Any]  # (field name, raw value) -> the value, or DecodeError
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    name: str
+    check: Check
+    required: bool = False  # else a missing key takes `default`, or the dataclass's default
+    default: object = None
+    has_default: bool = False
+
+
+def validate_fields(
+    obj: dict[str, Any], rules: tuple[FieldRule, ...], *, prefix: str = ""
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for rule in rules:
+        if rule.name not in obj:
+            if rule.required:
+                raise DecodeError("missing_field", f"need {prefix}{rule.name}")
+            if rule.has_default:
+                out[rule.name] = rule.default
+            continue
+        out[rule.name] = rule.check(prefix + rule.name, obj[rule.name])
+    return out
+
+
+def _wrong(name: str, want: str, value: object) -> DecodeError:
+    return DecodeError("wrong_type", f"{name} must be {want}, not {type(value).__name__}")
+
+
+def _text_of(name: str, value: object, max_len: int, *, empty: bool = True) -> str:
+    if not isinstance(value, str):
+        raise _wrong(name, "a string", value)
+    if len(value) > max_len:
+        raise DecodeError("bad_format", f"{name} is {len(value)} characters > {max_len}")
+    if not value and not empty:
+        raise DecodeError("bad_format", f"{name} must not be empty")
+    if not value.isprintable():
+        raise DecodeError("bad_format", f"{name} holds control characters")
+    return value
+
+
+def _matching(pattern: re.Pattern[str], max_len: int, what: str, *, empty: bool = False) -> Check:
+    def check(name: str, value: object) -> str:
+        text = _text_of(name, value, max_len, empty=empty)
+        if text and not pattern.fullmatch(text):
+            raise DecodeError("bad_format", f"{name} {text[:80]!r} is not {what}")
+        return text
+
+    return check
+
+
+def text(max_len: int = MAX_TEXT) -> Check:
+    return lambda name, value: _text_of(name, value, max_len)
+
+
+def non_empty_text(max_len: int = MAX_TEXT) -> Check:
+    return lambda name, value: _text_of(name, value, max_len, empty=False)
+
+
+namespace_name = _matching(DNS1123_LABEL, MAX_NAMESPACE, "a DNS-1123 label")
+rollout_name = _matching(DNS1123_SUBDOMAIN, MAX_NAME, "a DNS-1123 subdomain")
+pod_hash = _matching(LABEL_VALUE, MAX_POD_HASH, "a pod-template hash")
+pod_hash_or_empty = _matching(LABEL_VALUE, MAX_POD_HASH, "a pod-template hash", empty=True)
+# CANARYWATCH_CLUSTER: empty (one cluster) or a DNS-1123 label, as cluster names usually are.
+cluster_name = _matching(DNS1123_LABEL, MAX_NAMESPACE, "a DNS-1123 label", empty=True)
+
+
+def boolean(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _wrong(name, "true or false", value)
+    return value
+
+
+def integer(lo: int, hi: int, *, optional: bool = False) -> Check:
+    def check(name: str, value: object) -> int | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _wrong(name, "an integer", value)
+        if not lo <= value <= hi:
+            raise DecodeError("out_of_range", f"{name} {value} is not in {lo}..{hi}")
+        return value
+
+    return check
+
+
+def number(lo: float, hi: float) -> Check:
+    def check(name: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _wrong(name, "a number", value)
+        result = float(value)
+        if not (math.isfinite(result) and lo <= result <= hi):
+            raise DecodeError("out_of_range", f"{name} {result!r} is not in {lo:g}..{hi:g}")
+        return result
+
+    return check
+
+
+timestamp = number(0.0, MAX_TIMESTAMP)
+
+
+def one_of(*choices: str) -> Check:
+    def check(name: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise _wrong(name, "a string", value)
+        if value not in choices:
+            raise DecodeError("bad_format", f"{name} {value[:80]!r} is not one of {choices}")
+        return value
+
+    return check
+
+
+def json_object(name: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _wrong(name, "an object", value)
+    return value
+
+
+def string_map(name: str, value: object) -> dict[str, str]:
+    mapping = json_object(name, value)
+    if len(mapping) > MAX_EXTRA_ENTRIES:
+        raise DecodeError(
+            "out_of_range", f"{name} has {len(mapping)} entries > {MAX_EXTRA_ENTRIES}"
+        )
+    return {
+        _text_of(f"{name} key", k, MAX_SHORT_TEXT): _text_of(f"{name}.{k}", v, MAX_TEXT)
+        for k, v in mapping.items()
+    }
+
+
+ROLLOUT_STATE_FIELDS: tuple[FieldRule, ...] = (
+    FieldRule("namespace", namespace_name, required=True),
+    FieldRule("name", rollout_name, required=True),
+    FieldRule("current_pod_hash", pod_hash, required=True),
+    FieldRule("stable_hash", pod_hash_or_empty, default="", has_default=True),
+    FieldRule("step_index", integer(0, MAX_STEP_INDEX, optional=True)),
+    FieldRule("phase", text(MAX_SHORT_TEXT)),
+    FieldRule("aborted", boolean),
+    FieldRule("canary_weight", integer(0, 100, optional=True)),
+    FieldRule("release", text(MAX_TEXT)),
+    FieldRule("observed_at", timestamp),
+    FieldRule("resource_version", text(MAX_SHORT_TEXT)),
+    FieldRule("ended", boolean),
+    FieldRule("cluster", cluster_name),
+)
+
+EVIDENCE_FIELDS: tuple[FieldRule, ...] = (
+    FieldRule("signal", one_of(*SIGNAL_NAMES), required=True),
+    FieldRule("canary_requests", integer(0, MAX_COUNT), required=True),
+    FieldRule("canary_bad", integer(0, MAX_COUNT), required=True),
+    FieldRule("stable_requests", integer(0, MAX_COUNT), required=True),
+    FieldRule("stable_bad", integer(0, MAX_COUNT), required=True),
+    FieldRule("statistic", number(-1e300, 1e300), required=True),
+    FieldRule("threshold", number(-1e300, 1e300), required=True),
+    FieldRule("canary_share", number(0.0, 1.0), required=True),
+    FieldRule("since_canary_start_s", number(0.0, MAX_TIMESTAMP), required=True),
+    FieldRule("canary_window_ratio", number(0.0, 1.0)),
+    FieldRule("stable_window_ratio", number(0.0, 1.0)),
+)
+
+ABORT_COMMAND_FIELDS: tuple[FieldRule, ...] = (
+    FieldRule(
+        "decision_id", non_empty_text(2 * MAX_NAMESPACE + MAX_NAME + MAX_POD_HASH + 3), True
+    ),
+    FieldRule("namespace", namespace_name, required=True),
+    FieldRule("rollout", rollout_name, required=True),
+    FieldRule("pod_hash", pod_hash, required=True),
+    FieldRule("decided_at", timestamp, required=True),
+    FieldRule("evidence", json_object, required=True),
+    FieldRule("release", text(MAX_TEXT)),
+    FieldRule("reason", non_empty_text(MAX_SHORT_TEXT)),
+    FieldRule("extra", string_map),
+    FieldRule("cluster", cluster_name),
+)
 
 
 def request_line_from_obj(obj: Any) -> RequestLine:
@@ -221,24 +453,14 @@ def encode_rollout_state(state: RolloutState) -> bytes:
     return orjson.dumps(asdict(state))
 
 
+def rollout_state_from_obj(obj: Any) -> RolloutState:
+    """Validate a decoded JSON value field by field (`ROLLOUT_STATE_FIELDS`)."""
+    return RolloutState(**validate_fields(_require_object(obj), ROLLOUT_STATE_FIELDS))
+
+
 def decode_rollout_state(raw: bytes) -> RolloutState:
-    o = _require_object(_loads(raw))
-    weight = o.get("canary_weight")
-    step = o.get("step_index")
-    return RolloutState(
-        namespace=_str(o, "namespace"),
-        name=_str(o, "name"),
-        current_pod_hash=_str(o, "current_pod_hash"),
-        stable_hash=o.get("stable_hash") or "",
-        step_index=int(step) if isinstance(step, int) else None,
-        phase=str(o.get("phase") or ""),
-        aborted=bool(o.get("aborted", False)),
-        canary_weight=int(weight) if isinstance(weight, (int, float)) else None,
-        release=str(o.get("release") or ""),
-        observed_at=float(o.get("observed_at") or 0.0),
-        resource_version=str(o.get("resource_version") or ""),
-        ended=o.get("ended") is True,
-    )
+    """A rollout-state snapshot, or DecodeError: never a value validation would refuse."""
+    return rollout_state_from_obj(_loads(raw))
 
 
 def encode_abort_command(command: AbortCommand) -> bytes:
@@ -246,23 +468,9 @@ def encode_abort_command(command: AbortCommand) -> bytes:
 
 
 def decode_abort_command(raw: bytes) -> AbortCommand:
+    """An abort command, or DecodeError (`ABORT_COMMAND_FIELDS`, `EVIDENCE_FIELDS`)."""
     o = _require_object(_loads(raw))
-    ev = o.get("evidence")
-    if not isinstance(ev, dict):
-        raise DecodeError("missing_field", "need an evidence object")
-    try:
-        evidence = Evidence(**ev)
-    except TypeError as exc:
-        raise DecodeError("bad_field", f"evidence: {exc}") from None
-    extra = o.get("extra") or {}
-    return AbortCommand(
-        decision_id=_str(o, "decision_id"),
-        namespace=_str(o, "namespace"),
-        rollout=_str(o, "rollout"),
-        pod_hash=_str(o, "pod_hash"),
-        decided_at=_number(o, "decided_at"),
-        evidence=evidence,
-        release=str(o.get("release") or ""),
-        reason=str(o.get("reason") or "CanaryRegression"),
-        extra={str(k): str(v) for k, v in extra.items()} if isinstance(extra, dict) else {},
-    )
+    values = validate_fields(o, ABORT_COMMAND_FIELDS)
+    ev = values["evidence"]
+    values["evidence"] = Evidence(**validate_fields(ev, EVIDENCE_FIELDS, prefix="evidence."))
+    return AbortCommand(**values)

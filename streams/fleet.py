@@ -5,6 +5,14 @@ engine and the promotion test (`streams.promotion`: the `pass` verdict, in its o
 `Fleet.promotion`, fed the same increments as the engine). The Faust worker
 (agents/worker.py) feeds it bytes and the time, and sends what it returns; everything here is
 testable without Kafka.
+
+Bounds (`FleetLimits`): at most `max_canaries` canaries are tracked (a new canary over the cap
+is refused and counted in `refused_canaries`, until a later snapshot of it finds room); request
+lines whose (namespace, hash) no tracked canary has yet are held for up to `hold_s` seconds of
+processing time (the `now` passed in) and at most `hold_lines` lines, and looked up again at
+each count and by `release_held` (after new canaries started): a line that arrives shortly
+before its canary's snapshot is counted, not thrown away. Lines still unattributed after the
+hold, or that find the hold full, are reported `unattributed`.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from streams.events import (
     MAX_MESSAGE_BYTES,
     AbortCommand,
     DecodeError,
+    Evidence,
     RolloutState,
     decision_id_for,
 )
@@ -43,7 +52,7 @@ from streams.promotion import (
     eta_seconds,
     finite_or_none,
 )
-from streams.requestlog import Columns, decode_columns
+from streams.requestlog import MAX_BAD_LINES, Columns, decode_columns
 from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS, FleetWindows
 
 VERDICT_CODES = (INCONCLUSIVE, PASS, ABORT)
@@ -55,16 +64,45 @@ _STABLE_BAD = slice(bad_series(0, ARM_STABLE), bad_series(len(SIGNALS), ARM_STAB
 class IngestReport:
     """What one batch of request-log messages became."""
 
-    counted: int = 0  # attributed to a canary or stable arm and counted
-    unattributed: int = 0  # valid, but no canary in progress has that pod hash
+    counted: int = 0  # attributed to a canary or stable arm and counted (held ones included)
+    unattributed: int = 0  # valid, but no canary in progress has that pod hash (after the hold)
+    held: int = 0  # lines in the hold after this call
     # (index of the message in the batch, the refused bytes, why)
     invalid: list[tuple[int, bytes, DecodeError]] = field(default_factory=list)
+    # index of a message with too many bad lines -> reason -> bad lines not in `invalid`
+    flooded: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def refused(self) -> int:
+        """Refused messages and lines, listed or only tallied."""
+        return len(self.invalid) + sum(sum(t.values()) for t in self.flooded.values())
 
 
 @dataclass(frozen=True, slots=True)
 class WindowSettings:
     bucket_s: float = 2.0
     buckets: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class FleetLimits:
+    max_canaries: int = 50_000  # canaries tracked at once; a new one over the cap is refused
+    hold_s: float = 5.0  # how long an unattributed line waits for its canary's snapshot
+    hold_lines: int = 100_000  # at most this many lines wait
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    """Pause this canary revision: stable degraded while it runs (shared breakage or an outage),
+    so it must not promote on its own schedule. Issued once per revision."""
+
+    decision_id: str
+    namespace: str
+    rollout: str
+    pod_hash: str
+    decided_at: float
+    evidence: Evidence
+    reason: str = "SharedBreakageSuspected"
 
 
 class Fleet:
@@ -75,12 +113,16 @@ class Fleet:
         *,
         capacity: int = 64,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_bad_lines: int = MAX_BAD_LINES,
+        limits: FleetLimits | None = None,
         promotion: PromotionSettings | None = None,
     ) -> None:
         self.settings = settings or DecisionSettings()
         self.promotion_settings = promotion or PromotionSettings()
         window = window or WindowSettings()
+        self.limits = limits or FleetLimits()
         self.max_message_bytes = max_message_bytes
+        self.max_bad_lines = max_bad_lines
         self.attribution = Attribution(capacity)
         self.windows = FleetWindows(capacity, bucket_s=window.bucket_s, buckets=window.buckets)
         self.engine = DecisionEngine(self.settings, capacity)
@@ -94,28 +136,75 @@ class Fleet:
             block_requests=p.block_requests,
         )
         self.decided: set[str] = set()  # decision ids already issued: one abort per revision
+        # Rollouts to pause (verdict HOLD: stable degraded while the canary runs), new this pass.
+        self.hold_requests: list[HoldRequest] = []
+        self._hold_issued: set[str] = set()  # decision ids of HoldRequests already issued
         self.last_pass: PassResult | None = None
+        # Rows that counted at least one line since their canary started: only those are judged
+        # in the metrics (a worker that never saw a line of a canary exports nothing for it).
+        self.counted_rows = np.zeros(capacity, dtype=np.bool_)
+        self.refused_canaries = 0  # new canaries not tracked because of `max_canaries`
+        self._held: list[tuple[float, Columns]] = []  # (held since, lines), oldest first
+        self._held_lines = 0
+        self._started_since_hold = False
 
-    def apply_rollout(self, state: RolloutState, now: float) -> None:
-        change = self.attribution.apply(state)
-        capacity = self.attribution.capacity
+    @property
+    def held_lines(self) -> int:
+        return self._held_lines
+
+    def apply_rollout(self, state: RolloutState, now: float) -> bool:
+        """Take a snapshot into account; False when it is a new canary refused by the cap."""
+        attribution = self.attribution
+        if (
+            state.canary_in_progress
+            and state.env not in attribution.row_of_env
+            and len(attribution.row_of_env) >= self.limits.max_canaries
+        ):
+            self.refused_canaries += 1
+            return False
+        row = attribution.row_of_env.get(state.env)
+        old = attribution.states[row] if row is not None else None
+        change = attribution.apply(state)
+        moved = old is not None and (old.canary_weight, old.step_index) != (
+            state.canary_weight,
+            state.step_index,
+        )
+        if moved and row is not None and not (change.ended or change.started):
+            # A canary step brings new pods: their warm-up must not abort (latency grace).
+            self.engine.start_grace(np.asarray([row], dtype=np.intp), now)
+        capacity = attribution.capacity
         if capacity > self.windows.capacity:
             self.windows.grow(capacity)
             self.engine.grow(capacity)
+            extra = np.zeros(capacity - self.counted_rows.size, dtype=np.bool_)
+            self.counted_rows = np.concatenate([self.counted_rows, extra])
             self.promotion.grow(capacity)
         for rows in (change.ended, change.started):
             if rows:
                 index = np.asarray(rows, dtype=np.intp)
                 self.windows.clear_rows(index)
                 self.engine.reset(index, now)
+                self.counted_rows[index] = False
                 self.promotion.reset(index)
+        if change.started:
+            self._started_since_hold = True
+        return True
 
-    def retain(self, envs: set[str]) -> None:
-        """Forget the environments not in `envs` (their partitions went to another worker)."""
-        for env in [env for env in self.attribution.row_of_env if env not in envs]:
-            row = self.attribution.remove(env)
-            index = np.asarray([row], dtype=np.intp)
-            self.windows.clear_rows(index)
+    def forget(self, env: str) -> None:
+        """Stop tracking `env` (its canary ended, or the view dropped it); no-op if untracked."""
+        if env not in self.attribution.row_of_env:
+            return
+        row = self.attribution.remove(env)
+        index = np.asarray([row], dtype=np.intp)
+        self.windows.clear_rows(index)
+        self.counted_rows[index] = False
+
+    def release_held(self, now: float) -> IngestReport:
+        """Look the held lines up again (call after snapshots started canaries); expire old ones."""
+        report = IngestReport()
+        self._count_held(now, report)
+        report.held = self._held_lines
+        return report
 
     def count(self, messages: Sequence[bytes], now: float) -> IngestReport:
         """Decode, attribute and count a batch of request-log messages (JSON or NDJSON each)."""
@@ -123,30 +212,75 @@ class Fleet:
 
     def decode(self, messages: Sequence[bytes]) -> Columns:
         """The stateless half of `count`: safe to run in another thread."""
-        return decode_columns(messages, self.max_message_bytes)
+        return decode_columns(messages, self.max_message_bytes, self.max_bad_lines)
 
     def count_columns(self, columns: Columns, now: float) -> IngestReport:
-        """Attribute and count decoded lines."""
-        report = IngestReport(invalid=columns.invalid)
-        if not len(columns):
-            return report
+        """Attribute and count decoded lines; hold those no tracked canary has yet."""
+        report = IngestReport(invalid=columns.invalid, flooded=columns.flooded)
+        self._count_held(now, report)
+        if len(columns):
+            rest = self._count(columns, now, report)
+            if rest is not None:
+                self._hold(rest, now, report)
+        report.held = self._held_lines
+        return report
+
+    def _count(self, columns: Columns, now: float, report: IngestReport) -> Columns | None:
+        """Count what is attributed; returns the unattributed lines (None when there are none)."""
         codes = self.attribution.lookup_keys(columns.keys)
         for row, (namespace, pod_hash) in columns.overflow.items():
             codes[row] = self.attribution.lookup(namespace, pod_hash)
         attributed = codes != NOT_ATTRIBUTED
-        report.counted = int(np.count_nonzero(attributed))
-        report.unattributed = len(columns) - report.counted
-        if report.counted:
+        counted = int(np.count_nonzero(attributed))
+        report.counted += counted
+        if counted:
             codes = codes[attributed]
+            rows = codes >> 1
             self.windows.add(
-                codes >> 1,
+                rows,
                 codes & 1,
                 columns.status[attributed] >= 500,
                 columns.duration_ms[attributed] > self.settings.latency_objective_ms,
                 columns.ts[attributed],
                 now,
             )
-        return report
+            self.counted_rows[rows] = True
+        if counted == len(columns):
+            return None
+        return columns.select(~attributed) if counted else columns
+
+    def _hold(self, columns: Columns, now: float, report: IngestReport) -> None:
+        room = max(0, self.limits.hold_lines - self._held_lines) if self.limits.hold_s > 0 else 0
+        n = len(columns)
+        if room < n:
+            report.unattributed += n - room
+            if not room:
+                return
+            keep = np.zeros(n, dtype=np.bool_)
+            keep[:room] = True
+            columns = columns.select(keep)
+        columns.invalid, columns.flooded = [], {}  # reported once, with the fetch they came in
+        self._held.append((now, columns))
+        self._held_lines += len(columns)
+
+    def _count_held(self, now: float, report: IngestReport) -> None:
+        if not self._held:
+            return
+        expired = 0
+        while self._held and now - self._held[0][0] > self.limits.hold_s:
+            expired += len(self._held.pop(0)[1])
+        report.unattributed += expired
+        self._held_lines -= expired
+        if not self._started_since_hold or not self._held:
+            return  # no canary started since the last look: nothing new to attribute to
+        self._started_since_hold = False
+        kept: list[tuple[float, Columns]] = []
+        for held_at, columns in self._held:
+            rest = self._count(columns, now, report)
+            if rest is not None:
+                kept.append((held_at, rest))
+        self._held = kept
+        self._held_lines = sum(len(c) for _, c in kept)
 
     def evaluate(self, now: float) -> tuple[PassResult, list[AbortCommand]]:
         """One pass over every row; returns the pass and the abort commands not yet issued."""
@@ -162,12 +296,15 @@ class Fleet:
             increments[_STABLE_BAD],
         )
         self.last_pass = result
+        self.hold_requests = self._holds(result, now)
         commands: list[AbortCommand] = []
         aborting = np.flatnonzero((result.verdicts == Verdict.ABORT).any(axis=0))
         for row in aborting.tolist():
             state = self.attribution.states[row]
             assert state is not None
-            decision_id = decision_id_for(state.namespace, state.name, state.current_pod_hash)
+            decision_id = decision_id_for(
+                state.namespace, state.name, state.current_pod_hash, state.cluster
+            )
             if decision_id in self.decided:
                 continue
             self.decided.add(decision_id)
@@ -182,9 +319,33 @@ class Fleet:
                     evidence=result.evidence(row, signal),
                     release=state.release,
                     reason=f"Canary{SIGNALS[signal].capitalize()}Regression",
+                    cluster=state.cluster,
                 )
             )
         return result, commands
+
+    def _holds(self, result: PassResult, now: float) -> list[HoldRequest]:
+        holds: list[HoldRequest] = []
+        held = np.flatnonzero((result.verdicts == Verdict.HOLD).any(axis=0))
+        for row in held.tolist():
+            state = self.attribution.states[row]
+            assert state is not None
+            decision_id = decision_id_for(state.namespace, state.name, state.current_pod_hash)
+            if decision_id in self._hold_issued:
+                continue
+            self._hold_issued.add(decision_id)
+            signal = int(np.argmax(result.verdicts[:, row] == Verdict.HOLD))
+            holds.append(
+                HoldRequest(
+                    decision_id,
+                    state.namespace,
+                    state.name,
+                    state.current_pod_hash,
+                    now,
+                    result.evidence(row, signal),
+                )
+            )
+        return holds
 
     def verdict_codes(self) -> tuple[NDArray[np.intp], NDArray[np.int8]]:
         """(active rows, their gate verdict code) from the last pass, vectorised: 0

@@ -47,6 +47,9 @@ class Columns:
     overflow: dict[int, tuple[str, str]] = field(default_factory=dict)
     # (index of the message in the batch, the refused bytes, why)
     invalid: list[tuple[int, bytes, DecodeError]] = field(default_factory=list)
+    # index of a message with more bad lines than `max_bad_lines` -> reason -> how many of its
+    # bad lines are not in `invalid` (only counted: the message is kept whole instead)
+    flooded: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -88,7 +91,19 @@ class Columns:
             ts=self.ts[rows],
             overflow={int(new_row[r]): pair for r, pair in self.overflow.items() if rows[r]},
             invalid=self.invalid,
+            flooded=self.flooded,
         )
+
+
+def _writable(columns: Columns) -> Columns:
+    return Columns(
+        keys=columns.keys.copy(),
+        status=columns.status.copy(),
+        duration_ms=columns.duration_ms.copy(),
+        ts=columns.ts.copy(),
+        invalid=columns.invalid,
+        flooded=columns.flooded,
+    )
 
 
 def _message_error(state: int, raw: bytes, limit: int) -> DecodeError:
@@ -97,8 +112,26 @@ def _message_error(state: int, raw: bytes, limit: int) -> DecodeError:
     return DecodeError("empty", "message holds no request line")
 
 
-def decode_columns(messages: Sequence[bytes], max_bytes: int = MAX_MESSAGE_BYTES) -> Columns:
-    """Decode a batch of request-log messages into columns; bad input is reported, not raised."""
+# Bad lines of one message listed one by one in `Columns.invalid`; the others are only counted.
+MAX_BAD_LINES = 20
+# The bytes a JSON text can start with (after whitespace): a line starting otherwise is
+# `not_json` without asking orjson, whose error costs ~2 us (a flood of garbage lines).
+_JSON_START = frozenset(b'{["-0123456789tfn')
+_NOT_JSON = "not_json"
+SLOW_CHUNK = 65_536
+
+
+def decode_columns(
+    messages: Sequence[bytes],
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    max_bad_lines: int = MAX_BAD_LINES,
+) -> Columns:
+    """Decode a batch of request-log messages into columns; bad input is reported, not raised.
+
+    A message of half a million bad lines must not become half a million byte strings, errors
+    and dead letters: past `max_bad_lines` of one message, its bad lines are tallied by reason
+    in `Columns.flooded`, and the caller keeps the message whole instead.
+    """
     batch = messages if isinstance(messages, list) else list(messages)
     message, start, end, kind, keys, status, duration_ms, ts, states = linescan.scan(
         batch, max_bytes, MAX_MESSAGE_BYTES
@@ -116,24 +149,45 @@ def decode_columns(messages: Sequence[bytes], max_bytes: int = MAX_MESSAGE_BYTES
     slow = np.flatnonzero(np.frombuffer(kind, np.uint8) == linescan.OTHER)
     if not slow.size:
         return columns
-    # The other lines, one by one, exactly as the line decoder sees them.
-    columns = Columns(
-        keys=columns.keys.copy(),
-        status=columns.status.copy(),
-        duration_ms=columns.duration_ms.copy(),
-        ts=columns.ts.copy(),
-        invalid=columns.invalid,
-    )
+    # The other lines, one by one, exactly as the line decoder sees them. The scanner's buffers
+    # are read-only: copied when the first such line decodes (a flood of bad lines needs none).
+    writable = False
+    bad_lines: dict[int, int] = {}
     decoded = np.ones(len(columns), dtype=np.bool_)
-    line_message = np.frombuffer(message, np.int64)[slow].tolist()
-    starts = np.frombuffer(start, np.int64)[slow].tolist()
-    ends = np.frombuffer(end, np.int64)[slow].tolist()
-    for row, index, a, b in zip(slow.tolist(), line_message, starts, ends, strict=True):
-        lines, bad = decode_request_lines(batch[index][a:b], max_bytes)
-        if lines:
-            columns.fill(row, lines[0])
-        else:
-            decoded[row] = False
-            columns.invalid.extend((index, raw, error) for raw, error in bad)
+    message_of = np.frombuffer(message, np.int64)
+    start_of = np.frombuffer(start, np.int64)
+    end_of = np.frombuffer(end, np.int64)
+    # In chunks: a flood of bad lines must not become millions of Python ints at once.
+    for first in range(0, slow.size, SLOW_CHUNK):
+        rows = slow[first : first + SLOW_CHUNK]
+        line_message = message_of[rows].tolist()
+        starts = start_of[rows].tolist()
+        ends = end_of[rows].tolist()
+        for row, index, a, b in zip(rows.tolist(), line_message, starts, ends, strict=True):
+            seen = bad_lines.get(index, 0)
+            if seen >= max_bad_lines:
+                head = batch[index][a : min(b, a + 64)].lstrip(b" \t\r")
+                if head and head[0] not in _JSON_START:
+                    decoded[row] = False
+                    bad_lines[index] = seen + 1
+                    tally = columns.flooded.setdefault(index, {})
+                    tally[_NOT_JSON] = tally.get(_NOT_JSON, 0) + 1
+                    continue
+            lines, bad = decode_request_lines(batch[index][a:b], max_bytes)
+            if lines:
+                if not writable:
+                    columns = _writable(columns)
+                    writable = True
+                columns.fill(row, lines[0])
+            else:
+                decoded[row] = False
+                for raw, error in bad:
+                    seen = bad_lines.get(index, 0)
+                    bad_lines[index] = seen + 1
+                    if seen < max_bad_lines:
+                        columns.invalid.append((index, raw, error))
+                    else:
+                        tally = columns.flooded.setdefault(index, {})
+                        tally[error.reason] = tally.get(error.reason, 0) + 1
     columns.invalid.sort(key=lambda refused: refused[0])  # stable: lines stay in order
     return columns if decoded.all() else columns.select(decoded)

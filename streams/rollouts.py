@@ -15,12 +15,28 @@ from typing import Any, TypedDict
 
 import orjson
 
-from streams.events import MAX_MESSAGE_BYTES, DecodeError, RolloutState, env_key
+from streams.events import (
+    MAX_MESSAGE_BYTES,
+    MAX_TEXT,
+    DecodeError,
+    FieldRule,
+    RolloutState,
+    env_key,
+    json_object,
+    namespace_name,
+    rollout_name,
+    text,
+    validate_fields,
+)
 
 GROUP = "argoproj.io"
 VERSION = "v1alpha1"
 PLURAL = "rollouts"
 KIND = "Rollout"
+
+# The revision number Argo keeps on a Rollout and on each of its ReplicaSets (the newest one's
+# equals the Rollout's once the controller has caught up).
+REVISION_ANNOTATION = "rollout.argoproj.io/revision"
 
 # Events on a Rollout that cannot change its snapshot; everything else triggers a re-read.
 IGNORED_EVENT_REASONS = frozenset({"ScalingReplicaSet"})
@@ -35,6 +51,8 @@ class ObjectMeta(TypedDict, total=False):
     uid: str
     resourceVersion: str
     generation: int
+    annotations: dict[str, str]
+    labels: dict[str, str]
 
 
 class Container(TypedDict, total=False):
@@ -165,8 +183,18 @@ def current_set_weight(rollout: Rollout) -> int | None:
     return 0
 
 
+RELEASE_KEY = "canarywatch.io/release"
+
+
 def release_of(rollout: Rollout) -> str:
-    """The image of the first container of the pod template ("" with a workloadRef)."""
+    """The release the canary carries: the Rollout's `canarywatch.io/release` annotation, else
+    its label of that name, else the image of the first container of the pod template ("" with
+    a workloadRef and neither)."""
+    meta = _obj(rollout.get("metadata"))
+    for where in ("annotations", "labels"):
+        named = _text(_obj(meta.get(where)).get(RELEASE_KEY))
+        if named:
+            return named
     template = _obj(_obj(rollout.get("spec")).get("template"))
     containers = _obj(template.get("spec")).get("containers")
     if isinstance(containers, list) and containers:
@@ -188,9 +216,34 @@ def spec_observed(rollout: Rollout) -> bool:
     return isinstance(observed, str) and observed.strip() == str(generation)
 
 
-def rollout_state(rollout: Rollout, observed_at: float) -> RolloutState | None:
-    """The snapshot of a Rollout; None while it has no name or no `status.currentPodHash`
-    (the controller has not reconciled it yet)."""
+def revision_of(obj: Mapping[str, Any]) -> str:
+    """The `rollout.argoproj.io/revision` annotation of a Rollout or ReplicaSet ("" if none)."""
+    return _text(_obj(_obj(obj.get("metadata")).get("annotations")).get(REVISION_ANNOTATION))
+
+
+def canary_lags_revision(rollout: Rollout, canary_revision: str | None) -> str | None:
+    """Why `status.currentPodHash` may not be the Rollout's newest revision yet, or None.
+
+    Observed with the real controller (v1.10.1): after a template change it creates the new
+    ReplicaSet, writes the Rollout's revision annotation, then writes `observedGeneration`
+    (= generation) in one status update and the new `currentPodHash` only in the next. Between
+    the two, `currentPodHash` names the previous canary although the spec is observed; an abort
+    then would abort the new one. `canary_revision` is the revision annotation of the
+    ReplicaSet `currentPodHash` names (None: it does not exist). A Rollout without the
+    annotation (no controller has handled it) is not checked."""
+    expected = revision_of(rollout)
+    if not expected or canary_revision == expected:
+        return None
+    current = _text(_obj(rollout.get("status")).get("currentPodHash"))
+    return (
+        f"the ReplicaSet of {current} is at revision {canary_revision or 'none'}, "
+        f"the Rollout at {expected}: the controller has not caught up"
+    )
+
+
+def rollout_state(rollout: Rollout, observed_at: float, cluster: str = "") -> RolloutState | None:
+    """The snapshot of a Rollout (in `cluster`); None while it has no name or no
+    `status.currentPodHash` (the controller has not reconciled it yet)."""
     meta = _obj(rollout.get("metadata"))
     status = _obj(rollout.get("status"))
     namespace, name = _text(meta.get("namespace")), _text(meta.get("name"))
@@ -209,6 +262,7 @@ def rollout_state(rollout: Rollout, observed_at: float) -> RolloutState | None:
         release=release_of(rollout),
         observed_at=observed_at,
         resource_version=resource_version(rollout),
+        cluster=cluster,
     )
 
 
@@ -243,6 +297,10 @@ class Change(StrEnum):
     NEW = "published"  # a meaningful field changed: publish it
     SAME = "unchanged"  # only observed_at or fields canarywatch does not read changed
     OLDER = "older"  # an older read of the object than the last one: drop it
+    # The release changed but the pod hash did not: the template changed and the controller has
+    # not written the new currentPodHash yet (it writes observedGeneration one status update
+    # earlier), so the spec's release is not this hash's. Dropped; the next update brings both.
+    UNRECONCILED = "unreconciled"
 
 
 class SnapshotDedupe:
@@ -260,6 +318,12 @@ class SnapshotDedupe:
         previous, previous_version = last
         if version and previous_version and not _newer(version, previous_version):
             return Change.OLDER
+        if (
+            state.current_pod_hash == previous.current_pod_hash
+            and state.release != previous.release
+            and not state.ended
+        ):
+            return Change.UNRECONCILED
         return Change.SAME if _meaningful(state) == _meaningful(previous) else Change.NEW
 
     def record(self, state: RolloutState, version: str = "") -> None:
@@ -299,11 +363,12 @@ class AbortVerdict(StrEnum):
 class Judgement:
     verdict: AbortVerdict
     why: str
-    already_aborted: bool = False
+    already_aborted: bool = False  # already aborted (for a pause: already paused)
 
 
-def judge_abort(pod_hash: str, rollout: Rollout | None) -> Judgement:
+def judge_abort(pod_hash: str, rollout: Rollout | None, *, pause: bool = False) -> Judgement:
     """Should an abort of canary `pod_hash` be applied to `rollout` (None: it does not exist)?
+    With `pause`: a pause (`spec.paused`) instead of the abort.
 
     Applying a command twice, or after the Rollout moved on, must do nothing: only the canary
     the command judged may be aborted, and only once.
@@ -313,7 +378,9 @@ def judge_abort(pod_hash: str, rollout: Rollout | None) -> Judgement:
     status = _obj(rollout.get("status"))
     current, stable = _text(status.get("currentPodHash")), _text(status.get("stableRS"))
     if status.get("abort") is True:
-        return Judgement(AbortVerdict.STALE, "already aborted", already_aborted=True)
+        return Judgement(AbortVerdict.STALE, "already aborted", already_aborted=not pause)
+    if pause and _obj(rollout.get("spec")).get("paused") is True:
+        return Judgement(AbortVerdict.STALE, "already paused", already_aborted=True)
     if not current:
         return Judgement(AbortVerdict.STALE, "the Rollout reports no currentPodHash")
     if not spec_observed(rollout):
@@ -332,8 +399,9 @@ def judge_abort(pod_hash: str, rollout: Rollout | None) -> Judgement:
     return Judgement(AbortVerdict.APPLY, f"{current} is the canary in progress")
 
 
-# Event reasons that mean "this Rollout was aborted": the controller's own, and the actuator's.
-ABORT_EVENT_REASONS = frozenset({"RolloutAborted", "CanarywatchAbort"})
+# Event reasons that mean "this Rollout was aborted" (or paused by canarywatch): the
+# controller's own, and the actuator's.
+ABORT_EVENT_REASONS = frozenset({"RolloutAborted", "CanarywatchAbort", "CanarywatchPause"})
 # Allowed clock difference between the worker (decided_at) and the cluster (Event times).
 CLOCK_SKEW_S = 5.0
 
@@ -388,34 +456,54 @@ def rollout_ref_from_event(event: object) -> RolloutRef | None:
 
     kubernetes-event-exporter's Kafka sink (no `layout`) publishes the Event's JSON with
     `involvedObject` (plus labels/annotations and `clusterName`). None for Events about other
-    kinds, or with a reason in `IGNORED_EVENT_REASONS`.
+    kinds, or with a reason in `IGNORED_EVENT_REASONS`. Fields are typed as for rollout states
+    (`EXPORTER_EVENT_FIELDS`, `INVOLVED_OBJECT_FIELDS`): a wrong type, or a Rollout's namespace
+    or name that is not a Kubernetes name, is a DecodeError, not a guess.
     """
-    obj = _obj(event)
-    involved = _obj(obj.get("involvedObject"))
-    if _text(involved.get("kind")) != KIND:
+    if not isinstance(event, dict):
+        raise DecodeError("not_object", f"expected a JSON object, got {type(event).__name__}")
+    obj = validate_fields(event, EXPORTER_EVENT_FIELDS)
+    involved = validate_fields(
+        obj.get("involvedObject", {}), INVOLVED_OBJECT_FIELDS, prefix="involvedObject."
+    )
+    if involved.get("kind", "") != KIND:
         return None
-    api_version = _text(involved.get("apiVersion"))
+    api_version = involved.get("apiVersion", "")
     if api_version and not api_version.startswith(f"{GROUP}/"):
         return None
-    if _text(obj.get("reason")) in IGNORED_EVENT_REASONS:
+    if obj.get("reason", "") in IGNORED_EVENT_REASONS:
         return None
-    namespace = _text(involved.get("namespace")) or _text(
-        _obj(obj.get("metadata")).get("namespace")
-    )
-    name = _text(involved.get("name"))
+    meta = validate_fields(obj.get("metadata", {}), EVENT_METADATA_FIELDS, prefix="metadata.")
+    namespace = involved.get("namespace", "") or meta.get("namespace", "")
+    name = involved.get("name", "")
     if not (namespace and name):
-        return None
-    return RolloutRef(namespace, name)
+        raise DecodeError("missing_field", "need involvedObject.name and a namespace")
+    return RolloutRef(
+        namespace_name("involvedObject.namespace", namespace),
+        rollout_name("involvedObject.name", name),
+    )
+
+
+EXPORTER_EVENT_FIELDS: tuple[FieldRule, ...] = (
+    FieldRule("involvedObject", json_object),
+    FieldRule("reason", text(MAX_TEXT)),
+    FieldRule("metadata", json_object),
+)
+INVOLVED_OBJECT_FIELDS: tuple[FieldRule, ...] = (
+    FieldRule("kind", text(MAX_TEXT)),
+    FieldRule("apiVersion", text(MAX_TEXT)),
+    FieldRule("namespace", text(MAX_TEXT)),  # checked as a Kubernetes name for Rollouts
+    FieldRule("name", text(MAX_TEXT)),
+)
+EVENT_METADATA_FIELDS: tuple[FieldRule, ...] = (FieldRule("namespace", text(MAX_TEXT)),)
 
 
 def decode_exporter_event(raw: bytes) -> RolloutRef | None:
-    """`rollout_ref_from_event` of one Kafka message; DecodeError when it is not a JSON object."""
+    """`rollout_ref_from_event` of one Kafka message; DecodeError when it cannot be used."""
     if len(raw) > MAX_MESSAGE_BYTES:
         raise DecodeError("oversized", f"{len(raw)} bytes > limit {MAX_MESSAGE_BYTES}")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise DecodeError("not_json", str(exc)) from None
-    if not isinstance(obj, dict):
-        raise DecodeError("not_object", f"expected a JSON object, got {type(obj).__name__}")
     return rollout_ref_from_event(obj)

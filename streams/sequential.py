@@ -3,48 +3,46 @@
 Pure numpy; one instance holds the state of every row for several independent tests (one per
 signal: 5xx errors, slow requests). docs/decisions.md explains it for operators; in short:
 
-**Blocks.** Evaluation passes add their counts to an open block per row; a block closes at the
-end of the first pass that brings it to `block_requests` requests (both arms together). Block
-boundaries depend on request counts only, never on which requests were bad. In a busy
-environment a block is a pass or two; in a quiet one it gathers minutes of traffic, so that
-its canary share means something (a pass holding one request says nothing about the split).
+**Slices.** Evaluation passes add their counts to an open slice per row and test; a slice closes
+at the end of a pass that brings it to `block_requests` requests (both arms together), once it
+holds no bad request, or its last bad request is `quiet_s` old, or it is `max_slice_s` old. The
+closing rule reads request counts and *when* bad requests came, never *which arm* they came
+from, so a burst of bad requests (a retry storm, one user's broken session) stays in one slice.
 
-**The split of bad requests.** Say a closed block holds `n_c` canary and `n_s` stable requests,
-a canary share rho = n_c / (n_c + n_s). If the canary's bad rate is `r` times stable's, each
-bad request of the block is the canary's with probability
+**The split of bad requests.** In a closed slice with canary share rho = n_c / (n_c + n_s), a
+canary `r` times worse than stable puts each bad request in the canary with probability
+theta(r) = rho*r / (rho*r + 1 - rho), whatever stable's own rate is; so does each *cluster* of
+bad requests when clusters (of any size, the same size law on both arms) arrive independently.
+Either way the canary's fraction f = x_c / (x_c + x_s) of the slice's B bad requests has
+E[f | B] = theta(r) <= theta(r0) under the null "r <= r0".
 
-    theta(r) = rho*r / (rho*r + 1 - rho),
+**Ratio test (cluster-robust).** Each slice multiplies the evidence for grid entry g by
 
-whatever stable's own rate is (Poisson thinning; conditioning on the block's request counts
-removes the nuisance). For a ratio `r` the block's likelihood ratio against `r0` is
-(theta(r)/theta(r0))^x_c * ((1-theta(r))/(1-theta(r0)))^x_s. Products over blocks are test
-martingales under the null whatever rho does from block to block (canary steps, noise). We
-keep, per row and grid ratio r_g,
+    F_g = 1 + lambda_g * (f - theta0),  lambda_g = min(B * l_g, c_max / theta0),
+    l_g = (theta(r_g) - theta0) / (theta0 * (1 - theta0)),
 
-    loglik[r_g] = sum over blocks of  x_c*ln(r_g) - (x_c + x_s)*ln(1 + rho*(r_g - 1)),
+a bet on f. With one bad request F_g is exactly the likelihood ratio theta_g/theta0 (or
+(1-theta_g)/(1-theta0)); with several it bets as much as B independent requests would, but one
+slice never multiplies the evidence by more than 1 + c_max*(1-theta0)/theta0 < 1/theta0, however
+many bad requests a burst puts in it. E[F_g] <= 1 under the null: a test supermartingale.
 
-the log likelihood ratio of r_g against r = 1. Grid entry 0 holds the null ratio `min_ratio`.
+**Change points (no evidence debt).** The e-value mixes over the time the regression began:
+e = sum_g w_g * sum_k m_k * prod_{slices j >= k} F_g,j + (prior mass not yet started), with a
+prior of mass p0 at the canary's start and a tail (1 - p0) * (1 + t/t0)^-a after it, each mass
+entering at the first slice after its time. Each term is a test supermartingale from its start
+(1 before it), so the sum is one; recursively S_g <- (S_g + m) * F_g per closed slice.
 
-**Two nulls, both must be rejected** (an intersection-union test, valid at level alpha for
-the union): the canary is no worse than stable by more than the minimum regression when its
-rate is at most `min_ratio` times stable's, *or* at most stable's plus `min_diff`.
+**Difference test** ("canary <= stable + min_diff"): min_diff * n_s pseudo bad requests join
+stable in every slice (their expectation; conservative by Jensen), the request-level likelihood
+ratio x_c*ln(r_g) - (B + D)*ln(1 + rho*(r_g - 1)) against r = 1, with the same change-point
+mixture. Pseudo counts of slices without bad requests are pooled (two running sums per row,
+concavity: conservative) and applied at the next slice with bad requests. It keeps the
+request-independence assumption; the abort needs both tests, and a canary as good as stable
+lies in the ratio null, where the ratio test alone carries the guarantee.
 
-- Ratio test: e_ratio = sum_g w_g * exp(loglik[r_g] - loglik[min_ratio]) over r_g > min_ratio.
-- Difference test: add min_diff * n_s pseudo bad requests to stable in every block; under
-  "p_c <= p_s + min_diff" the inflated split is a ratio-1 null. The pseudo counts are
-  replaced by their expectation (the e-value is convex in them, so this is conservative by
-  Jensen), and their per-block shares are pooled into one weighted mean share (concavity of
-  ln(1 + rho*(r-1)), conservative again). That costs two running sums per row:
-  e_diff = sum_g w_g * exp(loglik[r_g] - D*S*ln(1 + rbar*(r_g-1))), S = sum n_s,
-  rbar = sum(n_s*rho)/S.
-
-By Ville's inequality each of e_ratio and e_diff exceeds 1/alpha with probability at most
-alpha under its null, however often it is looked at. Only rows with a bad request in a closed
-block change `loglik`, so a pass costs O(rows) plus O(rows with bad requests x grid).
-
-Assumptions (docs/decisions.md): given the request counts, requests are bad independently
-with their arm's rate (Poisson/binomial thinning), and rates do not move together with the
-split inside one block.
+By Ville's inequality each e-value exceeds 1/alpha with probability at most alpha under its
+null, however often it is looked at. Only rows with a bad request in a closed slice touch the
+[grid, rows] state, so a pass costs O(rows) plus O(rows with bad requests x grid).
 """
 
 from __future__ import annotations
@@ -59,12 +57,32 @@ from numpy.typing import NDArray
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
 
-# Alternatives: rate ratios the mixture bets on. The weights favour 4x-16x, where a handful of
-# bad requests must suffice (a weight's cost, ln(1/w), is a large share of the little evidence a
-# big regression needs); 2x keeps a fifth (it needs hundreds of bad requests, so the cost is
-# relatively small); 32x-64x serve broken canaries. Chosen by simulation: docs/decisions.md.
-DEFAULT_RATIOS: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-DEFAULT_WEIGHTS: tuple[float, ...] = (0.20, 0.15, 0.30, 0.15, 0.10, 0.10)
+# Alternatives: rate ratios the mixture bets on. 1.5x-2x hold a quarter (a 1.5x regression needs
+# thousands of bad requests, so a weight's cost, ln(1/w), is small beside its evidence); 8x
+# holds the most, where a handful of bad requests must suffice and the cost matters; 32x-64x
+# serve broken canaries. Chosen by simulation: docs/decisions.md.
+DEFAULT_RATIOS: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+DEFAULT_WEIGHTS: tuple[float, ...] = (0.12, 0.12, 0.08, 0.10, 0.28, 0.10, 0.10, 0.10)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePrior:
+    """When the regression began: mass `start` at the canary's start, the rest spread after it
+    with survival (1 - start) * (1 + t/scale_s)^-tail (t seconds since the start)."""
+
+    start: float = 0.5
+    scale_s: float = 600.0
+    tail: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.start <= 1.0 or self.scale_s <= 0.0 or self.tail <= 0.0:
+            raise ValueError("need 0 < start <= 1, scale_s > 0, tail > 0")
+
+    def cumulative(self, t: Floats) -> Floats:
+        """Prior mass of onsets at or before t seconds (t >= 0)."""
+        later = (1.0 + np.maximum(t, 0.0) / self.scale_s) ** (-self.tail)
+        out: Floats = 1.0 - (1.0 - self.start) * later
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,26 +118,17 @@ def floor_canary_bad(alpha: float, rho: float) -> int:
     return max(1, math.ceil(math.log(1.0 / alpha) / math.log(1.0 / rho) - 1e-12))
 
 
-def _logsumexp_columns(v: Floats, scratch: NDArray[np.float32]) -> Floats:
-    """ln(sum(exp(v), axis=0)) for v [grid, k]; `scratch` is a float32 [grid, k] buffer.
-
-    The terms v - max(v) <= 0 go through float32 exp/log (several times faster than float64
-    here); their sum lies in [1, grid], so the result is off by ~1e-7 at most.
-    """
-    top = v.max(axis=0)
-    np.subtract(v, top, out=scratch, casting="same_kind")
-    np.exp(scratch, out=scratch)
-    total = scratch.sum(axis=0)
-    np.log(total, out=total)
-    out: Floats = top + total
-    return out
+# S is capped here (and a difference-test step at its log): capping only lowers an e-value.
+_CEILING = 1e150
+_LOG_CEILING = 300.0  # exp(300) * _CEILING stays finite
 
 
 class SplitTest:
-    """Sequential tests of the canary/stable split of bad requests, [tests x rows x grid].
+    """Sequential tests of the canary/stable split of bad requests, [tests x grid x rows].
 
-    `min_ratio[t]` and `min_diff[t]` define test t's null ("no worse by more than"). The state
-    of a row starts at zero evidence on `reset`; `update` adds one pass of counts.
+    `min_ratio[t]` and `min_diff[t]` define test t's null ("no worse by more than"). A row starts
+    at zero evidence (e = 1) on `reset`; `update` adds one pass of counts at time `now`.
+    `quiet_s` = 0 and `max_slice_s` = inf close a slice on request counts alone.
     """
 
     def __init__(
@@ -129,9 +138,16 @@ class SplitTest:
         min_diff: Sequence[float],
         mixture: Mixture | None = None,
         block_requests: int = 50,
+        *,
+        quiet_s: float = 0.0,
+        max_slice_s: float = math.inf,
+        max_bet: float = 0.9,
+        change: ChangePrior | None = None,
     ) -> None:
         if len(min_ratio) != len(min_diff) or not min_ratio:
             raise ValueError("one min_ratio and one min_diff per test")
+        if not 0.0 < max_bet < 1.0 or quiet_s < 0.0 or not max_slice_s > 0.0:
+            raise ValueError("need 0 < max_bet < 1, quiet_s >= 0, max_slice_s > 0")
         mixture = mixture or Mixture()
         grid = np.asarray(mixture.ratios, dtype=np.float64)
         weights = np.asarray(mixture.weights, dtype=np.float64)
@@ -139,52 +155,50 @@ class SplitTest:
         n = len(min_ratio)
         self.n_tests = n
         self.block_requests = max(1, int(block_requests))
+        self.quiet_s = float(quiet_s)
+        self.max_slice_s = float(max_slice_s)
+        self.max_bet = float(max_bet)
+        self.change = change or ChangePrior()
         self.grid = grid
         self.min_ratio = np.asarray(min_ratio, dtype=np.float64)
         self.min_diff = np.asarray(min_diff, dtype=np.float64)
         if np.any(self.min_ratio < 1.0) or np.any(self.min_diff < 0.0):
             raise ValueError("min_ratio must be >= 1 and min_diff >= 0")
-        # Grid entry 0: the ratio test's null; entries 1..: the alternatives. Arrays are laid
-        # out [grid, rows] so that every operation runs along contiguous rows.
-        ratios = np.empty((n, grid.size + 1, 1))
-        ratios[:, 0, 0] = self.min_ratio
-        ratios[:, 1:, 0] = grid
-        self._log_r = np.log(ratios)
-        self._r_minus_1 = ratios - 1.0
+        self._grid_col = grid[:, None]
+        self._log_grid = np.log(grid)[:, None]
         self._grid_minus_1 = (grid - 1.0)[:, None]
         # Ratio test: only alternatives above its null keep a weight (a component at or below
         # the null would not be an e-value for the composite null).
-        self._log_w_ratio = np.full((n, grid.size, 1), -np.inf)
+        self._w_ratio = np.zeros((n, grid.size))
+        self._keep = np.zeros((n, grid.size), dtype=np.bool_)
         for t in range(n):
             keep = grid > self.min_ratio[t]
             kept = float(weights[keep].sum())
             if kept <= 0.0:
                 raise ValueError(f"no weighted mixture ratio above min_ratio {self.min_ratio[t]}")
-            with np.errstate(divide="ignore"):
-                self._log_w_ratio[t, keep, 0] = np.log(weights[keep] / kept)
-        with np.errstate(divide="ignore"):
-            self._log_w_diff = np.log(weights)[:, None]
-        self.loglik: Floats = np.zeros((n, grid.size + 1, capacity))
+            self._keep[t] = keep
+            self._w_ratio[t, keep] = weights[keep] / kept
+        self._w_diff = weights
+        g = grid.size
+        # S per test, grid entry and row: the change-point sums of the two tests (linear scale;
+        # capped at _CEILING, which only lowers them).
+        self.s_ratio: Floats = np.zeros((n, g, capacity))
+        self.s_diff: Floats = np.zeros((n, g, capacity))
         self.log_e_ratio: Floats = np.zeros((n, capacity))
-        self.stable_requests: Floats = np.zeros(capacity)  # sum of n_s over blocks
-        self.stable_share: Floats = np.zeros(capacity)  # sum of n_s * rho over blocks
-        # The open block: canary, stable requests, canary bad [tests], stable bad [tests].
-        self.block: Ints = np.zeros((2 + 2 * n, capacity), dtype=np.int64)
-        self._allocate_scratch(capacity)
-
-    def _allocate_scratch(self, capacity: int) -> None:
-        g = self.grid_size + 1
-        self._total = np.zeros(capacity, dtype=np.int64)
-        self._closing = np.zeros(capacity, dtype=np.bool_)
-        self._closed = np.zeros((2 + 2 * self.n_tests, capacity), dtype=np.int64)
-        self._share = np.zeros(capacity)
-        self._step = np.zeros((g, capacity))
-        self._gain = np.zeros((g, capacity))
-        self._v32 = np.zeros((g - 1, capacity), dtype=np.float32)
+        self.mass: Floats = np.zeros((n, capacity))  # change-point prior mass started so far
+        self.started: Floats = np.zeros(capacity)
+        # Pseudo counts of the difference test not yet applied: sum n_s, sum n_s * rho.
+        self.pending_stable: Floats = np.zeros((n, capacity))
+        self.pending_share: Floats = np.zeros((n, capacity))
+        # The open slice per test: canary, stable requests; canary, stable bad; when it opened;
+        # when its last bad request came.
+        self.block: Ints = np.zeros((4, n, capacity), dtype=np.int64)
+        self.opened: Floats = np.zeros((n, capacity))
+        self.last_bad: Floats = np.full((n, capacity), -np.inf)
 
     @property
     def capacity(self) -> int:
-        return int(self.loglik.shape[2])
+        return int(self.s_ratio.shape[2])
 
     @property
     def grid_size(self) -> int:
@@ -194,23 +208,34 @@ class SplitTest:
         extra = capacity - self.capacity
         if extra <= 0:
             return
-        n, g = self.n_tests, self.grid_size + 1
-        self.loglik = np.concatenate([self.loglik, np.zeros((n, g, extra))], axis=2)
-        self.log_e_ratio = np.concatenate([self.log_e_ratio, np.zeros((n, extra))], axis=1)
-        self.stable_requests = np.concatenate([self.stable_requests, np.zeros(extra)])
-        self.stable_share = np.concatenate([self.stable_share, np.zeros(extra)])
-        self.block = np.concatenate(
-            [self.block, np.zeros((self.block.shape[0], extra), dtype=np.int64)], axis=1
-        )
-        self._allocate_scratch(capacity)
+        n, g = self.n_tests, self.grid_size
 
-    def reset(self, rows: NDArray[np.intp]) -> None:
-        """Evidence for these rows starts again from nothing (e = 1)."""
-        self.loglik[:, :, rows] = 0.0
+        def pad(a: Floats, shape: tuple[int, ...], fill: float) -> Floats:
+            return np.concatenate([a, np.full(shape, fill)], axis=-1)
+
+        self.s_ratio = pad(self.s_ratio, (n, g, extra), 0.0)
+        self.s_diff = pad(self.s_diff, (n, g, extra), 0.0)
+        self.log_e_ratio = pad(self.log_e_ratio, (n, extra), 0.0)
+        self.mass = pad(self.mass, (n, extra), 0.0)
+        self.started = pad(self.started, (extra,), 0.0)
+        self.pending_stable = pad(self.pending_stable, (n, extra), 0.0)
+        self.pending_share = pad(self.pending_share, (n, extra), 0.0)
+        self.opened = pad(self.opened, (n, extra), 0.0)
+        self.last_bad = pad(self.last_bad, (n, extra), -np.inf)
+        self.block = np.concatenate([self.block, np.zeros((4, n, extra), dtype=np.int64)], axis=2)
+
+    def reset(self, rows: NDArray[np.intp], now: float = 0.0) -> None:
+        """Evidence for these rows starts again from nothing (e = 1) at `now`."""
+        self.s_ratio[:, :, rows] = 0.0
+        self.s_diff[:, :, rows] = 0.0
         self.log_e_ratio[:, rows] = 0.0
-        self.stable_requests[rows] = 0.0
-        self.stable_share[rows] = 0.0
-        self.block[:, rows] = 0
+        self.mass[:, rows] = 0.0
+        self.started[rows] = now
+        self.pending_stable[:, rows] = 0.0
+        self.pending_share[:, rows] = 0.0
+        self.block[:, :, rows] = 0
+        self.opened[:, rows] = now
+        self.last_bad[:, rows] = -np.inf
 
     def update(
         self,
@@ -218,77 +243,118 @@ class SplitTest:
         stable_requests: Ints,
         canary_bad: Ints,
         stable_bad: Ints,
+        now: float = 0.0,
     ) -> None:
-        """Add one pass: request counts [rows], bad counts [tests, rows] (all since last pass)."""
+        """Add one pass at time `now`: request counts [rows] (or [tests, rows], when a test
+        must not count some requests), bad counts [tests, rows], all since the last pass."""
         n = self.n_tests
         block = self.block
         block[0] += canary_requests
         block[1] += stable_requests
-        block[2 : 2 + n] += canary_bad
-        block[2 + n :] += stable_bad
-        closing = self._closing
-        np.add(block[0], block[1], out=self._total)
-        np.greater_equal(self._total, self.block_requests, out=closing)
-        # Dense from here on: rows whose block stays open contribute zeros.
-        closed = self._closed
-        np.multiply(block, closing, out=closed)
+        block[2] += canary_bad
+        block[3] += stable_bad
+        bad_now = np.broadcast_to(np.asarray(canary_bad) + stable_bad > 0, self.last_bad.shape)
+        self.last_bad[bad_now] = now
+        total = block[0] + block[1]
+        bad = block[2] + block[3]
+        closing = total >= self.block_requests
+        if self.quiet_s > 0.0 or math.isfinite(self.max_slice_s):
+            ready = bad == 0
+            ready |= now - self.last_bad >= self.quiet_s
+            ready |= now - self.opened >= self.max_slice_s
+            closing &= ready
+        if not closing.any():
+            return
+        closed = block * closing
         block -= closed
+        self.opened[closing] = now
         n_c, n_s = closed[0], closed[1]
-        # Pseudo-count sums of the difference test (two numbers per row).
-        share = self._share
-        np.add(n_c, n_s, out=share)
-        np.maximum(share, 1.0, out=share)
-        np.divide(n_c, share, out=share)
-        share *= n_s
-        self.stable_share += share
-        self.stable_requests += n_s
-        # Only rows with a bad request in a closed block move their likelihoods.
-        bad_total = closed[2 : 2 + n] + closed[2 + n :]
+        # Pseudo counts of the difference test, pooled until the row's next bad slice.
+        share = n_c / np.maximum(n_c + n_s, 1)
+        self.pending_share += share * n_s
+        self.pending_stable += n_s
+        bad_closed = closed[2] + closed[3]
         for t in range(n):
-            rows = np.flatnonzero(bad_total[t])
+            rows = np.flatnonzero(bad_closed[t])
             if rows.size:
                 self._update_rows(
-                    t, rows, n_c[rows], n_s[rows], closed[2 + t, rows], bad_total[t, rows]
+                    t,
+                    rows,
+                    now,
+                    n_c[t, rows],
+                    n_s[t, rows],
+                    closed[2, t, rows],
+                    bad_closed[t, rows],
                 )
+
+    def _new_mass(self, t: int, rows: NDArray[np.intp], now: float) -> Floats:
+        """Prior mass of the onsets since the rows' last slice with bad requests."""
+        total = self.change.cumulative(now - self.started[rows])
+        started = self.mass[t, rows]
+        new: Floats = np.maximum(total - started, 0.0)
+        self.mass[t, rows] = started + new
+        return new
 
     def _update_rows(
         self,
         t: int,
         rows: NDArray[np.intp],
+        now: float,
         n_c: Ints,
         n_s: Ints,
         x_c: Ints,
         bad: Ints,
     ) -> None:
-        k = rows.size
         # A bad request is also a request; tolerate counts that disagree.
-        np.maximum(n_c, x_c, out=n_c)
-        denominator = n_s + n_c
-        np.maximum(denominator, bad, out=denominator)
+        n_c = np.maximum(n_c, x_c)
+        denominator = np.maximum(n_s + n_c, bad)
         rho = n_c / denominator
-        # step[g] = x_c*ln(r_g) - bad*ln(1 + rho*(r_g - 1)), in preallocated scratch.
-        step = self._step[:, :k]
-        np.multiply(self._r_minus_1[t], rho, out=step)
-        step += 1.0
-        np.log(step, out=step)
-        step *= -bad
-        gain = self._gain[:, :k]
-        np.multiply(self._log_r[t], x_c, out=gain)
-        step += gain
-        loglik = self.loglik[t]
-        block = gain
-        np.take(loglik, rows, axis=1, out=block, mode="clip")
-        block += step
-        loglik[:, rows] = block
-        self.log_e_ratio[t, rows] = self._log_e_ratio_of(t, block)
+        m = self._new_mass(t, rows, now)
+        # Ratio test: F_g = 1 + lambda_g * (f - theta0), lambda_g = min(B * l_g, max_bet/theta0).
+        r0 = self.min_ratio[t]
+        theta0 = rho * r0 / (rho * (r0 - 1.0) + 1.0)
+        np.clip(theta0, 1e-12, 1.0 - 1e-12, out=theta0)
+        spread = self._grid_minus_1 * rho  # [grid, k]: 1 + rho*(r_g - 1) once 1 is added
+        spread += 1.0
+        bet = np.multiply(self._grid_col, rho)
+        bet /= spread  # theta_g
+        bet -= theta0
+        bet *= bad / (theta0 * (1.0 - theta0))
+        np.minimum(bet, self.max_bet / theta0, out=bet)
+        bet *= x_c / bad - theta0
+        bet += 1.0
+        s = self.s_ratio[t][:, rows]
+        s += m
+        s *= bet
+        np.minimum(s, _CEILING, out=s)
+        self.s_ratio[t][:, rows] = s
+        e = self._w_ratio[t] @ s
+        e += 1.0 - self.mass[t, rows]
+        self.log_e_ratio[t, rows] = np.log(np.maximum(e, 1e-300))
+        # Difference test: the request-level likelihood ratio against r = 1, pseudo counts in.
+        if self.min_diff[t] > 0.0:
+            step: Floats = self._log_grid * x_c.astype(np.float64)
+            np.log(spread, out=spread)
+            spread *= bad
+            step -= spread
+            step -= self._pending_penalty(t, rows)
+            np.minimum(step, _LOG_CEILING, out=step)
+            np.exp(step, out=step)
+            d = self.s_diff[t][:, rows]
+            d += m
+            d *= step
+            np.minimum(d, _CEILING, out=d)
+            self.s_diff[t][:, rows] = d
+            self.pending_stable[t, rows] = 0.0
+            self.pending_share[t, rows] = 0.0
 
-    def _log_e_ratio_of(self, t: int, block: Floats) -> Floats:
-        """ln sum_g w_g exp(loglik[g] - loglik[null]) for a [grid + 1, k] block."""
-        k = block.shape[1]
-        v = self._step[1:, :k]
-        np.subtract(block[1:], block[0], out=v)
-        v += self._log_w_ratio[t]
-        return _logsumexp_columns(v, self._v32[:, :k])
+    def _pending_penalty(self, t: int, rows: NDArray[np.intp]) -> Floats:
+        """D * S * ln(1 + rbar*(r_g - 1)) for the pooled pseudo counts not yet applied."""
+        s = self.pending_stable[t, rows]
+        rbar = self.pending_share[t, rows] / np.maximum(s, 1.0)
+        penalty: Floats = np.log1p(self._grid_minus_1 * rbar)
+        penalty *= self.min_diff[t] * s
+        return penalty
 
     def log_e_diff(self, t: int, rows: NDArray[np.intp]) -> Floats:
         """ln e-value of test t's difference null for these rows (+inf when min_diff is 0).
@@ -298,17 +364,18 @@ class SplitTest:
         """
         if self.min_diff[t] == 0.0:
             return np.full(rows.size, np.inf)
-        s = self.stable_requests[rows]
-        rbar = self.stable_share[rows] / np.maximum(s, 1.0)
-        penalty = self._grid_minus_1 * rbar
-        penalty += 1.0
-        np.log(penalty, out=penalty)
-        penalty *= self.min_diff[t] * s
-        v = self.loglik[t][1:, rows] - penalty
-        v += self._log_w_diff
-        return _logsumexp_columns(v, np.empty(v.shape, dtype=np.float32))
+        v = self.s_diff[t][:, rows] * np.exp(-self._pending_penalty(t, rows))
+        e = self._w_diff @ v
+        e += 1.0 - self.mass[t, rows]
+        out: Floats = np.log(np.maximum(e, 1e-300))
+        return out
 
     def log_e(self, t: int, rows: NDArray[np.intp]) -> Floats:
         """ln of the smaller e-value of the two nulls: what must reach ln(1/alpha)."""
         out: Floats = np.minimum(self.log_e_ratio[t, rows], self.log_e_diff(t, rows))
+        return out
+
+    def open_canary_bad(self) -> Ints:
+        """Canary bad requests in the open slices [tests, rows]: not yet in the evidence."""
+        out: Ints = self.block[2]
         return out

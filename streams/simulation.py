@@ -233,8 +233,7 @@ class Scorecard:
 
     def summary(self) -> str:
         return (
-            f"true_aborts={self.true_aborts} missed={self.missed} "
-            f"false_aborts={self.false_aborts}"
+            f"true_aborts={self.true_aborts} missed={self.missed} false_aborts={self.false_aborts}"
         )
 
 
@@ -248,3 +247,131 @@ def score(plans: list[EnvPlan], aborted_at: Mapping[str, float]) -> Scorecard:
             delay = seen - plan.fault_start
         outcomes.append(Outcome(plan.env, plan.scenario, seen is not None, delay))
     return Scorecard(outcomes)
+
+
+# --- a release across many quiet environments (release-level analysis) ------------------------
+
+
+class ReleaseScenario(StrEnum):
+    BAD_RELEASE = "bad_release"  # the release itself is worse: every environment a little
+    HEALTHY = "healthy"  # a healthy release
+    BAD_CUSTOMER = "bad_customer"  # a healthy release, but this environment's own code is broken
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseFleetSettings:
+    """Two releases side by side: `bad_release_envs` quiet environments of a release that makes
+    the canary `bad_release_error_rate / base_error_rate` times worse (too few requests each for
+    its own test), and `healthy_envs` environments of a healthy release, of which
+    `bad_customer_envs` have a broken canary of their own (busy enough for their own test)."""
+
+    bad_release_envs: int = 200
+    healthy_envs: int = 40
+    bad_customer_envs: int = 1
+    quiet_requests: int = 100
+    healthy_requests: int = 500
+    customer_requests: int = 400
+    canary_share: float = 0.2
+    base_error_rate: float = 0.02
+    bad_release_error_rate: float = 0.2
+    customer_error_rate: float = 0.5
+    rollout_prefix: str = "web"
+    namespaces: int = 1  # per release: environment i is in namespace `<ns>-<i % namespaces>`
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseEnv:
+    namespace: str
+    rollout: str
+    release: str
+    scenario: ReleaseScenario
+    stable_hash: str
+    canary_hash: str
+    requests: int
+    canary_error_rate: float
+
+    @property
+    def env(self) -> str:
+        return env_key(self.namespace, self.rollout)
+
+    def state(self, observed_at: float, cluster: str = "") -> RolloutState:
+        return RolloutState(
+            namespace=self.namespace,
+            name=self.rollout,
+            current_pod_hash=self.canary_hash,
+            stable_hash=self.stable_hash,
+            step_index=0,
+            phase="Paused",
+            canary_weight=20,
+            release=self.release,
+            observed_at=observed_at,
+            cluster=cluster,
+        )
+
+
+def plan_release_fleet(
+    s: ReleaseFleetSettings, bad: tuple[str, str], healthy: tuple[str, str], tag: str
+) -> list[ReleaseEnv]:
+    """Environments: `bad` and `healthy` are (namespace, release); hashes are unique by `tag`."""
+    envs: list[ReleaseEnv] = []
+
+    def ns(base: str, i: int) -> str:
+        return base if s.namespaces <= 1 else f"{base}-{i % s.namespaces}"
+
+    for i in range(s.bad_release_envs):
+        envs.append(
+            ReleaseEnv(
+                ns(bad[0], i),
+                f"{s.rollout_prefix}-{i:04d}",
+                bad[1],
+                ReleaseScenario.BAD_RELEASE,
+                f"s{tag}{i:04d}",
+                f"c{tag}{i:04d}",
+                s.quiet_requests,
+                s.bad_release_error_rate,
+            )
+        )
+    for i in range(s.healthy_envs):
+        customer = i < s.bad_customer_envs
+        envs.append(
+            ReleaseEnv(
+                ns(healthy[0], i),
+                f"{s.rollout_prefix}-{i:04d}",
+                healthy[1],
+                ReleaseScenario.BAD_CUSTOMER if customer else ReleaseScenario.HEALTHY,
+                f"t{tag}{i:04d}",
+                f"d{tag}{i:04d}",
+                s.customer_requests if customer else s.healthy_requests,
+                s.customer_error_rate if customer else s.base_error_rate,
+            )
+        )
+    return envs
+
+
+def release_fleet_lines(
+    envs: list[ReleaseEnv],
+    s: ReleaseFleetSettings,
+    rng: np.random.Generator,
+    start: float,
+    span_s: float,
+) -> list[RequestLine]:
+    """Every environment's requests, timestamped uniformly over [start, start + span_s]."""
+    lines: list[RequestLine] = []
+    for e in envs:
+        canary = rng.random(e.requests) < s.canary_share
+        rate = np.where(canary, e.canary_error_rate, s.base_error_rate)
+        bad = rng.random(e.requests) < rate
+        ts = np.sort(rng.uniform(start, start + span_s, e.requests))
+        for t, c, b in zip(ts.tolist(), canary.tolist(), bad.tolist(), strict=True):
+            pod_hash = e.canary_hash if c else e.stable_hash
+            lines.append(
+                RequestLine(
+                    ts=t,
+                    namespace=e.namespace,
+                    pod=f"{e.rollout}-{pod_hash}-x",
+                    pod_hash=pod_hash,
+                    status=503 if b else 200,
+                    duration_ms=20.0,
+                )
+            )
+    return lines

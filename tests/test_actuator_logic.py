@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from agents.actuator import (
     EVENT_REASON,
+    PAUSE_EVENT_REASON,
+    Action,
     Actuator,
     ActuatorMetrics,
     KubeError,
@@ -167,6 +169,7 @@ class FakeApi:
         self.apply_before_failing = False  # the patch lands, then its answer is lost
         self.preconditions: list[str] = []  # resourceVersion sent with each abort patch
         self.other_events: list[Mapping[str, Any]] = []  # e.g. the controller's RolloutAborted
+        self.replica_sets: dict[str, str] = {}  # ReplicaSet name -> its revision annotation
 
     def _fail(self, method: str) -> None:
         self.calls.append(method)
@@ -186,6 +189,18 @@ class FakeApi:
         if self.rollout is None:
             return False
         self.rollout["status"]["abort"] = True
+        return True
+
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        self._fail("rs")
+        return self.replica_sets.get(name)
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        self.preconditions.append(resource_version)
+        self._fail("pause")
+        if self.rollout is None:
+            return False
+        self.rollout.setdefault("spec", {})["paused"] = True
         return True
 
     def rollout_events(self, namespace: str, name: str, uid: str) -> list[Mapping[str, Any]]:
@@ -436,3 +451,68 @@ async def test_a_template_change_between_judge_and_patch_never_aborts_the_new_re
     assert api.rollout is not None and "abort" not in api.rollout["status"]
     assert count(registry, "canarywatch_actuator_retries_total", status="409") == 1
     assert count(registry, "canarywatch_actuator_retries_total", status="unreconciled") == 1
+
+
+# --- pause instead of abort -------------------------------------------------------------------
+
+
+async def test_the_pause_policy_pauses_once_and_never_after_a_resume() -> None:
+    api, fake = FakeApi(make_rollout()), FakeTime()
+    registry = CollectorRegistry()
+    actuator = Actuator(
+        Settings(),
+        api,
+        ActuatorMetrics(registry),
+        sleep=fake.sleep,
+        clock=fake.clock,
+        wall_clock=lambda: 1002.5,
+        action=Action.PAUSE,
+    )
+    assert (await actuator.handle(COMMAND)).outcome is Outcome.APPLIED
+    assert api.calls == ["get", "events", "pause", "event"]
+    assert api.rollout is not None and api.rollout["spec"]["paused"] is True
+    assert "abort" not in api.rollout["status"]
+    (event,) = api.events.values()
+    assert (event["reason"], event["action"]) == (PAUSE_EVENT_REASON, "Pause")
+    assert event["message"].startswith(f"canarywatch paused at canary {CANARY}")
+    # Redelivered while paused: already done.
+    assert (await actuator.handle(COMMAND)).detail == "already paused"
+    # A person resumed it (spec.paused false): the command must not pause it again.
+    api.rollout["spec"]["paused"] = False
+    result = await actuator.handle(COMMAND)
+    assert result.outcome is Outcome.STALE and "resumed" in result.detail
+    assert api.calls.count("pause") == 1
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 1
+
+
+async def test_an_actuator_applies_only_its_own_clusters_commands() -> None:
+    for ours, theirs, outcome in (
+        ("eu-1", "eu-2", Outcome.OTHER_CLUSTER),
+        ("eu-1", "", Outcome.OTHER_CLUSTER),  # unnamed: from a bridge without a cluster name
+        ("", "eu-1", Outcome.OTHER_CLUSTER),
+        ("eu-1", "eu-1", Outcome.APPLIED),
+    ):
+        api, fake = FakeApi(make_rollout()), FakeTime()
+        actuator, registry = make_actuator(api, fake)
+        actuator.settings = dataclasses.replace(Settings(), cluster=ours)
+        result = await actuator.handle(dataclasses.replace(COMMAND, cluster=theirs))
+        assert result.outcome is outcome, (ours, theirs, result)
+        if outcome is Outcome.OTHER_CLUSTER:
+            assert api.calls == []
+            assert count(registry, "canarywatch_actuator_commands_total", outcome="other_cluster")
+
+
+async def test_a_canary_hash_behind_the_rollouts_revision_is_waited_for() -> None:
+    # The real controller writes observedGeneration one status update before currentPodHash.
+    rollout = make_rollout()
+    rollout["metadata"]["annotations"] = {"rollout.argoproj.io/revision": "3"}
+    api, fake = FakeApi(rollout), FakeTime()
+    api.replica_sets[f"web-{CANARY}"] = "2"  # currentPodHash still names revision 2
+    actuator, registry = make_actuator(api, fake, budget_s=1.0)
+    result = await actuator.handle(COMMAND)
+    assert result.outcome is Outcome.DEFERRED and "not caught up" in result.detail, result
+    assert "patch" not in api.calls
+    assert count(registry, "canarywatch_actuator_retries_total", status="unreconciled") >= 1
+    api.replica_sets[f"web-{CANARY}"] = "3"
+    assert (await actuator.handle(COMMAND)).outcome is Outcome.APPLIED
+    assert api.calls[-4:] == ["rs", "events", "patch", "event"]

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
 from streams.attribution import NOT_ATTRIBUTED, Attribution
 from streams.events import RolloutState
+from streams.requestlog import KEY_DTYPE, pack_key
 from streams.windows import ARM_CANARY, ARM_STABLE
 
 
@@ -76,6 +81,33 @@ def test_lookup_keys_agrees_with_lookup_as_rollouts_change() -> None:
     a.apply(RolloutState("shop", "web", "c2", "c2"))
     agree()
     assert a.lookup_keys(np.zeros(0, dtype=KEY_DTYPE)).size == 0
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 30), st.integers(0, 3), st.integers(0, 3), st.booleans()),
+        max_size=300,
+    ),
+    st.integers(1, 40),
+    st.integers(0, 50),
+)
+def test_lookup_keys_agrees_with_lookup_through_bursts_of_changes(
+    ops: list[tuple[int, int, int, bool]], every: int, rebuild_after: int
+) -> None:
+    """The packed index (a large one plus small ones of recent changes) answers as the dict."""
+    attribution = Attribution(capacity=4, rebuild_after=rebuild_after)
+    probes = [(f"ns-{n}", f"h{h}") for n in range(31) for h in range(8)]
+    keys = np.array([pack_key(ns, h) for ns, h in probes], dtype=KEY_DTYPE)
+    for i, (n, canary, stable, ends) in enumerate(ops):
+        current, stable_hash = f"h{canary}", f"h{stable + 4}"
+        attribution.apply(
+            RolloutState(f"ns-{n}", "web", current, stable_hash if not ends else current)
+        )
+        if i % every == 0:
+            expected = [attribution.lookup(ns, h) for ns, h in probes]
+            assert attribution.lookup_keys(keys).tolist() == expected
+    expected = [attribution.lookup(ns, h) for ns, h in probes]
+    assert attribution.lookup_keys(keys).tolist() == expected
 
 
 def test_an_ended_rollout_frees_its_row() -> None:

@@ -13,6 +13,7 @@ from agents.actuator import ActuatorMetrics
 from agents.bridge import BridgeMetrics
 from agents.cli import _parser
 from agents.metrics import FleetCollector, WorkerMetrics
+from agents.releases import ReleaseMetrics
 from streams.events import RolloutState
 from streams.fleet import Fleet
 
@@ -21,17 +22,19 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
 
 
 def exported_names() -> set[str]:
-    """What the worker, actuator and bridge export (each has a registry of its own)."""
+    """What the worker, actuator, bridge and release agent export (a registry each)."""
     worker, actuator, bridge = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
+    releases = CollectorRegistry()
     WorkerMetrics(worker)
     ActuatorMetrics(actuator)
     BridgeMetrics(bridge)
+    ReleaseMetrics(releases)
     fleet = Fleet()
     fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1"), now=0.0)
     fleet.evaluate(1.0)
     worker.register(FleetCollector(lambda: fleet))
     names = set()
-    for registry in (worker, actuator, bridge):
+    for registry in (worker, actuator, bridge, releases):
         for family in registry.collect():
             names.add(family.name)
             names.update(family.name + s for s in SUFFIXES.get(family.type, ()))
@@ -93,3 +96,33 @@ def test_compose_and_manifests_run_real_subcommands() -> None:
     assert invocations
     for argv in invocations:
         parser.parse_args(argv)  # exits (fails the test) on an unknown subcommand or flag
+
+
+def test_the_pause_overlay_runs_a_real_subcommand_and_grants_only_patch_on_rollouts() -> None:
+    overlay = ROOT / "deploy/overlays/pause"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../../base", "rbac-pause.yaml"]
+    (patch,) = kustomization["patches"]
+    (op,) = yaml.safe_load(patch["patch"])
+    assert op["value"][:2] == ["canarywatch", "actuator"]
+    _parser().parse_args(op["value"][1:])
+    role, binding = yaml.safe_load_all((overlay / "rbac-pause.yaml").read_text())
+    assert role["rules"] == [
+        {"apiGroups": ["argoproj.io"], "resources": ["rollouts"], "verbs": ["patch"]}
+    ]
+    assert binding["subjects"][0]["name"] == "canarywatch-actuator"
+
+
+def test_probes_use_the_health_endpoints_not_metrics() -> None:
+    """A scrape at thousands of canaries takes seconds; probes must not restart a healthy pod."""
+    probes = []
+    for path in sorted((ROOT / "deploy/base").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for container in (doc or {}).get("spec", {}).get("template", {}).get("spec", {}).get(
+                "containers", []
+            ):
+                for kind, want in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+                    if kind in container:
+                        probes.append((path.name, kind))
+                        assert container[kind]["httpGet"]["path"] == want, (path.name, kind)
+    assert len(probes) >= 6

@@ -6,8 +6,9 @@ import numpy as np
 
 from streams.decisions import Verdict
 from streams.events import RequestLine, RolloutState, encode_request_line
-from streams.fleet import Fleet
+from streams.fleet import Fleet, FleetLimits
 from streams.simulation import FleetSimulator, Scenario, SimulationSettings, plan_fleet, score
+from streams.windows import CANARY_REQUESTS, STABLE_REQUESTS
 
 
 def lines(ns: str, pod_hash: str, n: int, errors: int, t: float) -> list[bytes]:
@@ -22,7 +23,9 @@ def lines(ns: str, pod_hash: str, n: int, errors: int, t: float) -> list[bytes]:
 def test_bad_canary_is_aborted_once_with_evidence() -> None:
     fleet = Fleet()
     fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=20), now=0.0)
-    for t in range(1, 30):
+    # Bad requests every second: no quiet gap, so slices close at max_slice_s (2 s), and each
+    # counts once (a burst could look like this): seconds, not one.
+    for t in range(1, 60):
         report = fleet.count(lines("shop", "c1", 20, 10, t) + lines("shop", "s1", 80, 0, t), t)
         assert report.counted == 100 and not report.invalid
         _, commands = fleet.evaluate(float(t))
@@ -43,7 +46,7 @@ def test_bad_canary_is_aborted_once_with_evidence() -> None:
 
 
 def test_unknown_hashes_are_unattributed_and_bad_lines_reported() -> None:
-    fleet = Fleet()
+    fleet = Fleet(limits=FleetLimits(hold_s=0.0))
     fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1"), now=0.0)
     report = fleet.count([*lines("shop", "zzz", 3, 0, 1.0), b"nope", b"{}"], 1.0)
     assert report.counted == 0 and report.unattributed == 3
@@ -93,20 +96,137 @@ def test_simulated_fleet_scores_perfectly_in_process() -> None:
     card = score(plans, aborted_at)
     assert card.summary() == "true_aborts=3 missed=0 false_aborts=0"
     delays = [o.time_to_abort_s for o in card.outcomes if o.scenario == Scenario.BAD]
+    # Bad requests without a quiet gap: slices of max_slice_s (2 s), each counted once (a
+    # burst could look like this); still within 15 s of the fault.
     assert all(d is not None and 0 < d < 15 for d in delays), delays
 
 
-def test_retain_forgets_environments_handed_to_another_worker() -> None:
+def test_unattributed_lines_wait_for_their_canary_within_the_hold() -> None:
+    fleet = Fleet(limits=FleetLimits(hold_s=5.0, hold_lines=100))
+    early = fleet.count(lines("shop", "c1", 4, 2, 1.0) + lines("shop", "s1", 6, 0, 1.0), 1.0)
+    assert (early.counted, early.unattributed, early.held) == (0, 0, 10)
+    fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1"), now=2.0)
+    released = fleet.release_held(2.5)
+    assert (released.counted, released.unattributed, released.held) == (10, 0, 0)
+    row = fleet.attribution.row_of_env["shop/web"]
+    assert fleet.counted_rows[row]
+    assert int(fleet.windows.window_sum[CANARY_REQUESTS, row]) == 4
+    assert int(fleet.windows.window_sum[STABLE_REQUESTS, row]) == 6
+
+
+def test_held_lines_are_looked_up_again_at_the_next_count() -> None:
+    fleet = Fleet(limits=FleetLimits(hold_s=5.0, hold_lines=100))
+    fleet.count(lines("shop", "c1", 3, 0, 1.0), 1.0)
+    fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1"), now=1.5)
+    report = fleet.count(lines("shop", "s1", 2, 0, 2.0), 2.0)
+    assert (report.counted, report.unattributed, report.held) == (5, 0, 0)
+
+
+def test_the_hold_expires_after_hold_s_and_never_exceeds_hold_lines() -> None:
+    fleet = Fleet(limits=FleetLimits(hold_s=5.0, hold_lines=10))
+    first = fleet.count(lines("shop", "zz", 8, 0, 1.0), 1.0)
+    assert (first.unattributed, first.held) == (0, 8)
+    second = fleet.count(lines("shop", "zz", 5, 0, 2.0), 2.0)  # room for 2 of 5
+    assert (second.unattributed, second.held) == (3, 10)
+    assert fleet.held_lines == 10
+    at_6 = fleet.count([], 6.0)  # 5 s after the first batch: still held
+    assert (at_6.unattributed, at_6.held) == (0, 10)
+    at_6_5 = fleet.count([], 6.5)  # the first batch expired, the second not yet
+    assert (at_6_5.unattributed, at_6_5.held) == (8, 2)
+    fleet.apply_rollout(RolloutState("shop", "web", "zz", "s1"), now=6.9)
+    late = fleet.release_held(6.9)  # the second batch is still in its hold: counted
+    assert (late.counted, late.unattributed, late.held) == (2, 0, 0)
+
+
+def test_no_hold_counts_unattributed_at_once() -> None:
+    fleet = Fleet(limits=FleetLimits(hold_s=0.0))
+    report = fleet.count(lines("shop", "zz", 3, 0, 1.0), 1.0)
+    assert (report.unattributed, report.held) == (3, 0)
+
+
+def test_canaries_over_the_cap_are_refused_and_counted() -> None:
+    fleet = Fleet(limits=FleetLimits(max_canaries=2))
+    assert fleet.apply_rollout(RolloutState("a", "web", "c1", "s1"), now=0.0)
+    assert fleet.apply_rollout(RolloutState("b", "web", "c2", "s2"), now=0.0)
+    assert not fleet.apply_rollout(RolloutState("c", "web", "c3", "s3"), now=0.0)
+    assert fleet.refused_canaries == 1
+    assert set(fleet.attribution.row_of_env) == {"a/web", "b/web"}
+    # A tracked canary may still move on (a new revision takes its row again).
+    assert fleet.apply_rollout(RolloutState("a", "web", "c9", "s1"), now=1.0)
+    # Once one ends there is room, and the next snapshot of the refused canary is tracked.
+    assert fleet.apply_rollout(RolloutState("b", "web", "c2", "c2"), now=2.0)
+    assert fleet.apply_rollout(RolloutState("c", "web", "c3", "s3"), now=2.0)
+    assert set(fleet.attribution.row_of_env) == {"a/web", "c/web"}
+    assert fleet.refused_canaries == 1
+
+
+def test_the_cap_is_deterministic_for_the_same_snapshots() -> None:
+    states = [RolloutState(f"ns-{i}", "web", f"c{i}", f"s{i}") for i in range(50)]
+    tracked = []
+    for _ in range(2):
+        fleet = Fleet(limits=FleetLimits(max_canaries=20))
+        for state in states:
+            fleet.apply_rollout(state, 0.0)
+        tracked.append(sorted(fleet.attribution.row_of_env))
+        assert fleet.refused_canaries == 30
+    assert tracked[0] == tracked[1] == sorted(s.env for s in states[:20])
+
+
+def test_only_rows_with_counted_lines_are_marked() -> None:
     fleet = Fleet()
     fleet.apply_rollout(RolloutState("a", "web", "c1", "s1"), now=0.0)
     fleet.apply_rollout(RolloutState("b", "web", "c2", "s2"), now=0.0)
-    fleet.count(lines("a", "c1", 4, 0, 1.0) + lines("b", "c2", 4, 0, 1.0), 1.0)
-    fleet.retain({"b/web"})
-    assert set(fleet.attribution.row_of_env) == {"b/web"}
-    report = fleet.count(lines("a", "c1", 3, 0, 2.0) + lines("b", "c2", 2, 0, 2.0), 2.0)
-    assert (report.counted, report.unattributed) == (2, 3)
-    row_b = fleet.attribution.row_of_env["b/web"]
-    assert int(fleet.windows.window_sum[0, row_b]) == 6  # b's evidence survived
+    fleet.count(lines("a", "c1", 2, 0, 1.0), 1.0)
+    marked = {fleet.attribution.states[r].env for r in np.flatnonzero(fleet.counted_rows)}  # type: ignore[union-attr]
+    assert marked == {"a/web"}
+    fleet.apply_rollout(RolloutState("a", "web", "c3", "s1"), now=2.0)  # a new revision
+    assert not fleet.counted_rows.any()
+
+
+def test_forget_stops_attribution_and_drops_the_evidence() -> None:
+    fleet = Fleet(limits=FleetLimits(hold_s=0.0))
+    fleet.apply_rollout(RolloutState("a", "web", "c1", "s1"), now=0.0)
+    fleet.count(lines("a", "c1", 4, 0, 1.0), 1.0)
+    fleet.forget("a/web")
+    fleet.forget("never/seen")
+    assert fleet.attribution.row_of_env == {}
+    assert not fleet.counted_rows.any() and int(fleet.windows.window_sum.sum()) == 0
+    assert fleet.count(lines("a", "c1", 2, 0, 2.0), 2.0).unattributed == 2
+
+
+def test_a_canary_step_starts_a_latency_grace_and_shared_breakage_requests_a_hold() -> None:
+    fleet = Fleet()
+    fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=20), now=0.0)
+    row = fleet.attribution.row_of_env["shop/web"]
+    assert fleet.engine.grace_until[row] == fleet.settings.latency_grace_s
+    fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=40), now=100.0)
+    assert fleet.engine.grace_until[row] == 100.0 + fleet.settings.latency_grace_s
+    # Stable healthy for a while, then both arms fail: HOLD, one pause request, no abort.
+    holds = []
+    for t in range(1, 60):
+        errors = (0, 0) if t < 30 else (4, 12)
+        fleet.count(
+            lines("shop", "c1", 40, errors[0], t) + lines("shop", "s1", 60, errors[1], t), t
+        )
+        result, commands = fleet.evaluate(float(t) + 100.0)
+        assert commands == []
+        holds.extend(fleet.hold_requests)
+    assert result.verdicts[0, row] == Verdict.HOLD
+    assert [h.decision_id for h in holds] == ["shop/web@c1"]
+    assert holds[0].reason == "SharedBreakageSuspected"
+
+
+def test_a_named_cluster_is_in_the_command_and_its_decision_id() -> None:
+    fleet = Fleet()
+    state = RolloutState("shop", "web", "c1", "s1", canary_weight=20, cluster="eu-1")
+    fleet.apply_rollout(state, now=0.0)
+    commands = []
+    for t in range(1, 30):
+        fleet.count(lines("shop", "c1", 20, 10, t) + lines("shop", "s1", 80, 0, t), t)
+        if commands := fleet.evaluate(float(t))[1]:
+            break
+    (command,) = commands
+    assert (command.cluster, command.decision_id) == ("eu-1", "eu-1:shop/web@c1")
 
 
 def test_pass_state_says_pass_abort_or_inconclusive_per_canary() -> None:

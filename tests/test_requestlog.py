@@ -35,7 +35,7 @@ def reference(messages: list[bytes], max_bytes: int) -> tuple[list[Line], list[R
 
 
 def columns_of(messages: list[bytes], max_bytes: int) -> tuple[list[Line], list[Refusal]]:
-    c = decode_columns(messages, max_bytes)
+    c = decode_columns(messages, max_bytes, max_bad_lines=1 << 30)
     lines: list[Line] = list(
         zip(
             c.namespaces,
@@ -116,3 +116,13 @@ def test_a_long_namespace_after_a_refused_line_keeps_its_strings() -> None:
     assert c.namespaces == ["n" * 80, "shop"]
     assert c.pod_hashes == ["abc", "abc"]
     assert [(i, err.reason) for i, _, err in c.invalid] == [(0, "not_json")]
+
+
+def test_a_flood_of_bad_lines_is_tallied_not_listed() -> None:
+    good = orjson.dumps(GOOD)
+    flood = b"x\n" * 524_000 + good  # 1 MB: half a million bad lines, one good one at the end
+    c = decode_columns([good, flood, b"{bad\n" + good], max_bad_lines=20)
+    assert len(c) == 3  # the good lines survive, the flood's last line too
+    listed = [(i, raw, e.reason) for i, raw, e in c.invalid]
+    assert listed == [(1, b"x", "not_json")] * 20 + [(2, b"{bad", "not_json")]
+    assert c.flooded == {1: {"not_json": 524_000 - 20}}

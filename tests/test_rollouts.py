@@ -281,8 +281,36 @@ def test_exporter_events_that_cannot_change_a_rollout_are_ignored() -> None:
         **EXPORTED,
         "involvedObject": {**EXPORTED["involvedObject"], "apiVersion": "example.com/v1"},
     }
-    for event in (pod, scaling, other_group, {}, {"involvedObject": {"kind": "Rollout"}}):
+    for event in (pod, scaling, other_group, {}):
         assert rollout_ref_from_event(event) is None
+
+
+@pytest.mark.parametrize(
+    ("involved", "reason"),
+    [
+        ({"kind": "Rollout"}, "missing_field"),
+        ({"name": 5}, "wrong_type"),
+        ({"namespace": ["shop"]}, "wrong_type"),
+        ({"name": "Web_1"}, "bad_format"),
+        ({"namespace": "x" * 64}, "bad_format"),
+        ({"kind": True}, "wrong_type"),
+    ],
+)
+def test_exporter_event_fields_are_typed(involved: dict[str, object], reason: str) -> None:
+    event = {**EXPORTED, "involvedObject": {**EXPORTED["involvedObject"], **involved}}
+    if involved == {"kind": "Rollout"}:
+        event = {"involvedObject": involved}
+    with pytest.raises(DecodeError) as exc:
+        decode_exporter_event(orjson.dumps(event))
+    assert exc.value.reason == reason
+
+
+def test_exporter_event_reason_and_metadata_are_typed() -> None:
+    changes: list[dict[str, object]] = [{"reason": 3}, {"metadata": "shop"}, {"involvedObject": []}]
+    for change in changes:
+        with pytest.raises(DecodeError) as exc:
+            decode_exporter_event(orjson.dumps({**EXPORTED, **change}))
+        assert exc.value.reason == "wrong_type"
 
 
 @pytest.mark.parametrize(
@@ -292,3 +320,35 @@ def test_exporter_event_refused(raw: bytes, reason: str) -> None:
     with pytest.raises(DecodeError) as exc:
         decode_exporter_event(raw)
     assert exc.value.reason == reason
+
+
+def test_a_new_release_under_the_old_pod_hash_is_held_back() -> None:
+    dedupe = SnapshotDedupe()
+    first = rollout_state(rollout(currentStepIndex=1), 1.0)
+    assert first is not None
+    dedupe.record(first, "10")
+    # The template changed (a new image) and observedGeneration caught up, but currentPodHash
+    # is still the previous canary's: the real controller's intermediate status write.
+    obj = rollout(currentStepIndex=1)
+    obj["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example/web:3.0.0"
+    torn = rollout_state(obj, 2.0)
+    assert torn is not None
+    assert dedupe.check(torn, "11") is Change.UNRECONCILED
+    obj["status"]["currentPodHash"] = "7a8b9c0d1e"  # the next write: the new canary
+    whole = rollout_state(obj, 3.0)
+    assert whole is not None and dedupe.check(whole, "12") is Change.NEW
+
+
+def test_release_label_or_annotation_takes_precedence_over_the_image() -> None:
+    labelled = rollout()
+    labelled["metadata"]["labels"] = {"canarywatch.io/release": "payments-7.3"}
+    assert release_of(labelled) == "payments-7.3"
+    annotated = rollout()
+    annotated["metadata"]["labels"] = {"canarywatch.io/release": "from-label"}
+    annotated["metadata"]["annotations"] = {"canarywatch.io/release": "from-annotation"}
+    assert release_of(annotated) == "from-annotation"
+    state = rollout_state(annotated, 0.0)
+    assert state is not None and state.release == "from-annotation"
+    empty = rollout()
+    empty["metadata"]["labels"] = {"canarywatch.io/release": ""}
+    assert release_of(empty) == "registry.example/web:2.0.0"

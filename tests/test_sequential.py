@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.sequential import Mixture, SplitTest, floor_canary_bad, null_share
+from streams.sequential import ChangePrior, Mixture, SplitTest, floor_canary_bad, null_share
 
 # One pass: (canary requests, stable requests, canary bad, stable bad), bad <= requests.
 passes = st.lists(
@@ -107,9 +107,9 @@ def test_no_requests_and_no_bad_requests_leave_the_evidence_alone() -> None:
     test = SplitTest(2, [1.25, 1.25], [0.0002, 0.002], block_requests=10)
     feed(test, [(0, 0, 0, 0), (5, 0, 0, 0), (0, 40, 0, 0)])
     assert float(test.log_e_ratio[0, 0]) == 0.0
-    # The open block closed (45 requests >= 10), with no bad request: no likelihood moved.
-    assert np.all(test.loglik == 0.0)
-    assert test.stable_requests[0] == 40.0
+    # The open slice closed (45 requests >= 10), with no bad request: no likelihood moved.
+    assert np.all(test.s_ratio == 0.0) and np.all(test.s_diff == 0.0)
+    assert test.pending_stable[0, 0] == 40.0
 
 
 def test_invalid_settings_are_refused() -> None:
@@ -228,3 +228,129 @@ def test_monte_carlo_can_fail_a_test_that_is_too_bold() -> None:
         runs=500,
     )
     assert rate > 0.1, rate
+
+
+# --- Monte Carlo: clustered bad requests (issue 11) --------------------------------------------
+
+
+def clustered_crossing_rate(
+    rng: np.random.Generator,
+    test: SplitTest,
+    *,
+    runs: int,
+    passes: int = 1200,
+    cluster_rate: float = 0.002,
+    canary_factor: float = 1.25,
+    alpha: float = 0.1,
+) -> float:
+    """Fraction of runs whose ratio e-value ever reaches 1/alpha, bad requests in clusters.
+
+    1 s passes of 40 requests, canary share 5% -> 25% -> 60%. Clusters start per request, on
+    the canary `canary_factor` times as often (the null boundary at 1.25); sizes 5-30, their
+    bad requests (retries: extra requests) come 5 per pass, so a cluster spans 1-6 passes.
+    """
+    threshold = math.log(1 / alpha)
+    crossed = np.zeros(runs, dtype=np.bool_)
+    pending = np.zeros((2, runs), dtype=np.int64)
+    for i in range(passes):
+        share = (0.05, 0.25, 0.60)[3 * i // passes]
+        n_c = rng.poisson(40 * share, runs)
+        n_s = rng.poisson(40 * (1 - share), runs)
+        for arm, n, factor in ((0, n_c, canary_factor), (1, n_s, 1.0)):
+            starts = rng.binomial(n, cluster_rate * factor)
+            pending[arm] += starts * rng.integers(5, 31, runs)
+        emit = np.minimum(pending, 5)
+        pending -= emit
+        test.update(n_c + emit[0], n_s + emit[1], emit[0][None, :], emit[1][None, :], float(i))
+        crossed |= test.log_e_ratio[0] >= threshold
+    return float(crossed.mean())
+
+
+def test_clustered_bad_requests_keep_the_ratio_test_below_alpha() -> None:
+    """Bursts whose bad requests are less than quiet_s apart and last less than max_slice_s
+    are counted once (one slice): at the null boundary the test crosses at most alpha."""
+    rng = np.random.default_rng(21)
+    test = SplitTest(1500, [1.25], [0.0], block_requests=20, quiet_s=1.0, max_slice_s=10.0)
+    rate = clustered_crossing_rate(rng, test, runs=1500)
+    assert rate <= 0.1, rate
+
+
+def test_monte_carlo_fails_the_test_that_counts_bursts_request_by_request() -> None:
+    """The same test with slices closing on request counts alone (every pass) bets on each
+    piece of a burst as if independent: the check catches it, even for a canary as good as
+    stable (canary_factor 1)."""
+    rng = np.random.default_rng(22)
+    test = SplitTest(600, [1.25], [0.0], block_requests=20)
+    rate = clustered_crossing_rate(rng, test, runs=600, canary_factor=1.0)
+    assert rate > 0.1, rate
+
+
+# --- Monte Carlo: change points (no evidence debt) ----------------------------------------------
+
+
+class _UnboundedRestarts(SplitTest):
+    """Deliberately wrong: every slice starts a new term of mass `start` (total mass > 1), as
+    a test that 'forgets' by restarting its evidence without paying for it would."""
+
+    def _new_mass(self, t: int, rows: np.ndarray, now: float) -> np.ndarray:
+        self.mass[t, rows] = 0.0
+        return np.full(rows.size, self.change.start)
+
+
+def test_change_point_mixture_keeps_the_guarantee_and_restarts_do_not() -> None:
+    rng = np.random.default_rng(23)
+    kwargs = dict(canary_rate=0.0625, stable_rate=0.05, min_ratio=1.25, min_diff=0.0)
+    runs, passes, alpha = 800, 1500, 0.1
+
+    def rate(test: SplitTest) -> float:
+        crossed = np.zeros(runs, dtype=np.bool_)
+        for i in range(passes):
+            share = (0.05, 0.25, 0.60)[3 * i // passes]
+            n_c = rng.poisson(40 * share, runs)
+            n_s = rng.poisson(40 * (1 - share), runs)
+            x_c = rng.binomial(n_c, kwargs["canary_rate"])
+            x_s = rng.binomial(n_s, kwargs["stable_rate"])
+            test.update(n_c, n_s, x_c[None, :], x_s[None, :], float(i))
+            crossed |= test.log_e_ratio[0] >= math.log(1 / alpha)
+        return float(crossed.mean())
+
+    assert rate(SplitTest(runs, [1.25], [0.0], block_requests=1)) <= alpha
+    assert rate(_UnboundedRestarts(runs, [1.25], [0.0], block_requests=1)) > alpha
+
+
+def onset_delay(test: SplitTest, rng: np.random.Generator, onset: int, runs: int) -> float:
+    """Median passes from the onset of a 10x regression (busy, 5 % share) to ln e >= ln(200)."""
+    crossed_at = np.full(runs, np.inf)
+    for i in range(onset + 1200):
+        n_c = rng.poisson(5, runs)
+        n_s = rng.poisson(95, runs)
+        x_c = rng.binomial(n_c, 0.01 if i >= onset else 0.001)
+        x_s = rng.binomial(n_s, 0.001)
+        test.update(n_c, n_s, x_c[None, :], x_s[None, :], float(i))
+        new = (test.log_e_ratio[0] >= math.log(200)) & ~np.isfinite(crossed_at)
+        crossed_at[new] = i - onset
+    return float(np.median(crossed_at))
+
+
+def test_a_late_regression_is_detected_about_as_fast_as_an_early_one() -> None:
+    """After an hour of healthy traffic a 10x regression is caught within 2x the time it takes
+    from the start; without change points (all prior mass at the start) it takes far longer."""
+    rng = np.random.default_rng(24)
+    runs = 300
+
+    def make(start: float) -> SplitTest:
+        return SplitTest(
+            runs,
+            [1.25],
+            [0.0],
+            block_requests=20,
+            quiet_s=1.0,
+            max_slice_s=10.0,
+            change=ChangePrior(start=start),
+        )
+
+    early = onset_delay(make(0.5), rng, 0, runs)
+    late = onset_delay(make(0.5), rng, 3600, runs)
+    assert late <= 2.0 * early, (late, early)
+    debt = onset_delay(make(1.0), rng, 3600, runs)
+    assert debt > 2.0 * early, (debt, early)

@@ -1,4 +1,4 @@
-"""Settings round-trip to a child process's environment; topic layout is checked at start."""
+"""Settings round-trip to a child process's environment."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from agents.settings import Settings, Topics, settings_from_env, settings_to_env
-from agents.worker import check_copartitioned
+from streams.fleet import FleetLimits
+from streams.release import FleetControl, ReleaseSettings
 
 
 def test_settings_survive_the_trip_through_the_environment() -> None:
@@ -21,13 +22,36 @@ def test_settings_survive_the_trip_through_the_environment() -> None:
         max_message_bytes=1000,
         data_dir=Path("/tmp/x"),
         ingest_start_file=Path("/tmp/go"),
+        request_session_timeout_ms=7000,
+        request_heartbeat_interval_ms=1000,
+        broker_session_timeout_s=9.0,
+        broker_heartbeat_interval_s=2.0,
+        deadletter_rate_per_s=5.0,
+        deadletter_burst=7,
+        deadletter_summary_every_s=0.5,
+        deadletter_lines_per_message=3,
+        disabled_codecs=("snappy", "lz4"),
+        limits=FleetLimits(max_canaries=7, hold_s=1.5, hold_lines=9),
+        max_env_series=11,
+        view_batch=13,
     )
     back = settings_from_env(settings_to_env(settings))
     assert back == settings
 
 
-def test_request_log_and_rollout_topics_must_be_copartitioned() -> None:
-    topics = Topics("cw")
-    check_copartitioned(topics, {topics.requests: 4, topics.rollouts: 4})
-    with pytest.raises(SystemExit, match="must match"):
-        check_copartitioned(topics, {topics.requests: 8, topics.rollouts: 4})
+def test_release_settings_survive_the_trip_and_refuse_unknown_policies() -> None:
+    settings = Settings(
+        release=ReleaseSettings(fleet_control=FleetControl.EBH, fdr=0.1),
+        release_policy="notify",
+        summary_every_s=0.5,
+        release_evaluate_every_s=0.25,
+    )
+    back = settings_from_env(settings_to_env(settings))
+    assert back == settings
+    assert back.release.fleet_control is FleetControl.EBH
+    assert settings_from_env({}).release_policy == "abort"
+    assert settings_from_env({}).release.fleet_control is FleetControl.PER_ENV
+    with pytest.raises(ValueError):
+        settings_from_env({"CANARYWATCH_RELEASE_POLICY": "explode"})
+    with pytest.raises(ValueError):
+        settings_from_env({"CANARYWATCH_FLEET_CONTROL": "bonferroni"})

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.structs import TopicPartition
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
@@ -35,6 +36,7 @@ from agents.actuator import (
     ActuatorMetrics,
     KubeError,
     KubeRolloutApi,
+    Outcome,
     RetryPolicy,
 )
 from agents.kafka_admin import ensure_topics
@@ -141,6 +143,8 @@ async def committed(bootstrap: str, group: str, tp: TopicPartition) -> int | Non
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
+    except GroupCoordinatorNotAvailableError:  # a fresh broker still creating __consumer_offsets
+        return None
     finally:
         await admin.close()
     meta = offsets.get(tp)
@@ -290,6 +294,12 @@ async def test_commands_that_are_moot_touch_nothing_and_are_committed(
     before = {n: read_rollout(admin, NAMESPACE, n) for n in names}
     commands = [command_for(NAMESPACE, n, "6f7d9c8b5d") for n in (moved_on, promoted, aborted)]
     commands.append(command_for(NAMESPACE, "no-such-rollout", "6f7d9c8b5d"))
+    # The healthy canary's command, decided longer ago than the TTL: never applied.
+    old = command_for(NAMESPACE, healthy, "6f7d9c8b5d")
+    expired_at = old.decided_at - settings.command_ttl_s - 1
+    commands.append(dataclasses.replace(old, decided_at=expired_at))
+    # ... and one for another cluster's Rollout of the same name: not this actuator's.
+    commands.append(dataclasses.replace(old, cluster="eu-2"))
     await produce(
         kafka_bootstrap,
         settings.topics.commands,
@@ -300,7 +310,7 @@ async def test_commands_that_are_moot_touch_nothing_and_are_committed(
     actuator = Actuator(settings, actuator_api, ActuatorMetrics(registry), policy=FAST)
     async with running(actuator):
         await wait_committed(
-            kafka_bootstrap, actuator.group_id, TopicPartition(settings.topics.commands, 0), 4
+            kafka_bootstrap, actuator.group_id, TopicPartition(settings.topics.commands, 0), 6
         )
 
     for n in names:
@@ -308,6 +318,8 @@ async def test_commands_that_are_moot_touch_nothing_and_are_committed(
         assert events_about(admin, NAMESPACE, n) == [], n
     assert count(registry, "canarywatch_actuator_commands_total", outcome="stale") == 3
     assert count(registry, "canarywatch_actuator_commands_total", outcome="not_found") == 1
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="expired") == 1
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="other_cluster") == 1
     assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 0
 
 
@@ -383,6 +395,12 @@ class FailingAborts:
 
     def record_event(self, namespace: str, event: Any) -> bool:
         return self.api.record_event(namespace, event)
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        return self.api.pause_rollout(namespace, name, resource_version)
+
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        return self.api.replica_set_revision(namespace, name)
 
 
 async def test_no_command_is_lost_when_the_actuator_restarts_mid_retry(
@@ -502,3 +520,116 @@ async def test_cli_in_shadow_mode_with_a_kubeconfig(
     assert code == 0, log_path.read_text()
     assert read_rollout(admin, NAMESPACE, rollout) == before
     assert "dry run: would abort" in log_path.read_text()
+
+
+class TemplateChangeBeforePatch:
+    """The real API; just before the first abort patch someone deploys a new template, and no
+    controller reconciles it (none runs in this namespace): `currentPodHash` still names the
+    judged canary while `spec.template` is the next revision's."""
+
+    def __init__(self, api: KubeRolloutApi, admin: k8s.ApiClient) -> None:
+        self.api, self.admin = api, admin
+        self.patches: list[str] = []
+
+    def get_rollout(self, namespace: str, name: str) -> Rollout | None:
+        return self.api.get_rollout(namespace, name)
+
+    def rollout_events(self, namespace: str, name: str, uid: str) -> list[Any]:
+        return self.api.rollout_events(namespace, name, uid)
+
+    def record_event(self, namespace: str, event: Any) -> bool:
+        return self.api.record_event(namespace, event)
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        return self.api.pause_rollout(namespace, name, resource_version)
+
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        return self.api.replica_set_revision(namespace, name)
+
+    def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        self.patches.append(resource_version)
+        if len(self.patches) == 1:
+            image = {"containers": [{"name": "app", "image": "registry.example/web:3.0.0"}]}
+            k8s.CustomObjectsApi(self.admin).patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"spec": {"template": {"spec": image}}},
+                _content_type=MERGE_PATCH,
+            )
+        return self.api.abort_rollout(namespace, name, resource_version)
+
+
+async def test_a_template_change_the_controller_has_not_seen_defers_the_abort(
+    admin: k8s.ApiClient, actuator_api: KubeRolloutApi
+) -> None:
+    rollout = name()
+    create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
+    api = TemplateChangeBeforePatch(actuator_api, admin)
+    registry = CollectorRegistry()
+    policy = dataclasses.replace(FAST, budget_s=1.0)
+    actuator = Actuator(Settings(), api, ActuatorMetrics(registry), policy=policy)
+
+    result = await actuator.handle(command_for(NAMESPACE, rollout, "6f7d9c8b5d"))
+
+    # 409 on the patch judged at generation 1; then generation 2 is not observed: it waits, and
+    # defers the command to be read again, rather than abort what the new template becomes.
+    assert result.outcome is Outcome.DEFERRED, result
+    assert "has not observed generation 2" in result.detail
+    assert len(api.patches) == 1
+    after = read_rollout(admin, NAMESPACE, rollout)
+    assert after["metadata"]["generation"] == 2
+    assert "abort" not in after["status"]
+    assert count(registry, "canarywatch_actuator_retries_total", status="409") == 1
+    assert count(registry, "canarywatch_actuator_retries_total", status="unreconciled") >= 1
+
+
+async def test_a_canary_hash_behind_the_rollouts_revision_defers_the_abort(
+    admin: k8s.ApiClient, actuator_api: KubeRolloutApi
+) -> None:
+    """The real controller's intermediate state after a template change, made by hand:
+    revision 3 on the Rollout, observedGeneration caught up, but currentPodHash still naming the
+    ReplicaSet of revision 2."""
+    rollout, canary = name(), "6f7d9c8b5d"
+    create_rollout(admin, NAMESPACE, rollout, canary_status(canary, "58c9b7d4f6"))
+    revision = "rollout.argoproj.io/revision"
+    objects = k8s.CustomObjectsApi(admin)
+    objects.patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, rollout,
+        {"metadata": {"annotations": {revision: "3"}}}, _content_type=MERGE_PATCH,
+    )  # fmt: skip
+    labels = {"app": rollout, "rollouts-pod-template-hash": canary}
+    replica_set: Any = {
+        "metadata": {
+            "name": f"{rollout}-{canary}",
+            "labels": labels,
+            "annotations": {revision: "2"},
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/web:2.0.0"}]},
+            },
+        },
+    }
+    apps = k8s.AppsV1Api(admin)
+    apps.create_namespaced_replica_set(NAMESPACE, replica_set)
+    registry = CollectorRegistry()
+    policy = dataclasses.replace(FAST, budget_s=1.0)
+    actuator = Actuator(Settings(), actuator_api, ActuatorMetrics(registry), policy=policy)
+    command = command_for(NAMESPACE, rollout, canary)
+
+    result = await actuator.handle(command)
+
+    assert result.outcome is Outcome.DEFERRED and "not caught up" in result.detail, result
+    assert "abort" not in read_rollout(admin, NAMESPACE, rollout)["status"]
+    # The controller's next write would move currentPodHash on; here the revision catches up.
+    apps.patch_namespaced_replica_set(
+        f"{rollout}-{canary}", NAMESPACE, {"metadata": {"annotations": {revision: "3"}}}
+    )
+    assert (await actuator.handle(command)).outcome is Outcome.APPLIED
+    assert read_rollout(admin, NAMESPACE, rollout)["status"]["abort"] is True

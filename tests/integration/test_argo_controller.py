@@ -21,11 +21,20 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import yaml
 from aiokafka.structs import TopicPartition
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
-from agents.actuator import MERGE_PATCH, Actuator, ActuatorMetrics, KubeRolloutApi, Outcome
+from agents.actuator import (
+    MERGE_PATCH,
+    Action,
+    Actuator,
+    ActuatorMetrics,
+    KubeRolloutApi,
+    Outcome,
+)
+from agents.bridge import Bridge, BridgeMetrics, BridgeOptions, RolloutReader
 from agents.processes import poll_until
 from agents.settings import Settings
 from streams.events import AbortCommand, encode_abort_command
@@ -43,8 +52,10 @@ from tests.integration.test_actuator import (
     unique_settings,
     wait_committed,
 )
+from tests.integration.test_bridge import Snapshots
+from tests.integration.test_bridge import running as bridge_running
 from tests.support.argo import ReplicaSetKubelet, RolloutsController, dump
-from tests.support.localkube import LocalKubeAPI, wait_until
+from tests.support.localkube import REPO_ROOT, LocalKubeAPI, wait_until
 
 pytestmark = [pytest.mark.kube, pytest.mark.argo]
 
@@ -226,7 +237,17 @@ async def test_an_abort_command_makes_the_real_controller_abort_the_canary(
     await create_topics(settings)
     command = command_for(NAMESPACE, name, canary)
     act, registry = actuator(settings, actuator_api)
+    commands = TopicPartition(settings.topics.commands, 0)
     async with running(act):
+        # A first command for a Rollout that does not exist: once it is committed the actuator
+        # has joined its group and the timing below is the steady state's.
+        warm_up = command_for(NAMESPACE, "no-such-rollout", canary)
+        await produce(
+            kafka_bootstrap,
+            settings.topics.commands,
+            [(warm_up.env.encode(), encode_abort_command(warm_up))],
+        )
+        await wait_committed(kafka_bootstrap, act.group_id, commands, 1)
         sent = time.monotonic()
         await produce(
             kafka_bootstrap,
@@ -235,9 +256,7 @@ async def test_an_abort_command_makes_the_real_controller_abort_the_canary(
         )
         after = await wait_for(admin, name, "aborted by the controller", aborted_by_controller)
         took = time.monotonic() - sent
-        await wait_committed(
-            kafka_bootstrap, act.group_id, TopicPartition(settings.topics.commands, 0), 1
-        )
+        await wait_committed(kafka_bootstrap, act.group_id, commands, 2)
     print(f"\ncommand produced -> controller's RolloutAborted condition: {took * 1000:.0f} ms")
 
     assert "Rollout aborted update to revision 2" in condition(after, "Progressing")["message"]
@@ -303,6 +322,12 @@ class NewTemplateBeforePatch:
     def record_event(self, namespace: str, event: Any) -> bool:
         return self.api.record_event(namespace, event)
 
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        return self.api.replica_set_revision(namespace, name)
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        return self.api.pause_rollout(namespace, name, resource_version)
+
     def _new_canary_paused(self) -> dict[str, Any]:
         obj = read_rollout(self.admin, NAMESPACE, self.name)
         moved = paused_canary(obj) and obj["status"]["currentPodHash"] != self.old
@@ -347,8 +372,14 @@ async def test_after_retry_a_redelivered_command_does_not_abort_the_retried_cana
     name, canary, stable = await canary_in_progress(admin)
     command: AbortCommand = command_for(NAMESPACE, name, canary)
     act, registry = actuator(Settings(), actuator_api)
+    started = time.monotonic()
     assert (await act.handle(command)).outcome is Outcome.APPLIED
+    patched = time.monotonic()
     aborted = await wait_for(admin, name, "aborted by the controller", aborted_by_controller)
+    print(
+        f"\nhandle (read, events, patch, Event): {(patched - started) * 1000:.0f} ms; "
+        f"patch -> RolloutAborted: {(time.monotonic() - patched) * 1000:.0f} ms"
+    )
 
     patch_status(admin, name, {"abort": False})  # `kubectl argo rollouts retry rollout`
     retried = await wait_for(admin, name, "the retried canary paused again", paused_canary)
@@ -470,3 +501,125 @@ async def test_with_nginx_traffic_routing_an_abort_moves_traffic_at_once_and_pod
     waited = time.monotonic() - aborted_at
     print(f"\nnginx: canary ReplicaSet scaled to 0 {waited:.1f} s after the abort patch")
     assert waited >= ABORT_SCALE_DOWN_DELAY_S - 1.5  # not at once (second-resolution deadline)
+
+
+# --- the pause policy ------------------------------------------------------------------------
+
+PAUSE_OVERLAY_RBAC = REPO_ROOT / "deploy" / "overlays" / "pause" / "rbac-pause.yaml"
+
+
+@pytest.fixture
+def pausing_api(kube_api: LocalKubeAPI, controller: None) -> Iterator[KubeRolloutApi]:
+    """The actuator's identity with the pause overlay's grant, bound in `NAMESPACE` only (a
+    ClusterRoleBinding would change what test_kube_rbac.py asserts the base allows)."""
+    role, _ = yaml.safe_load_all(PAUSE_OVERLAY_RBAC.read_text())
+    kube_api.apply(role)
+    subject = kube_api.identities["actuator"].user.split(":")  # system:serviceaccount:ns:name
+    kube_api.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "canarywatch-actuator-pause", "namespace": NAMESPACE},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role["metadata"]["name"],
+            },
+            "subjects": [{"kind": "ServiceAccount", "namespace": subject[2], "name": subject[3]}],
+        }
+    )
+    with kube_api.client("actuator") as api:
+        yield KubeRolloutApi(api)
+
+
+async def test_the_pause_policy_holds_the_canary_and_never_pauses_it_again_after_a_resume(
+    admin: k8s.ApiClient, pausing_api: KubeRolloutApi
+) -> None:
+    name, canary, stable = await canary_in_progress(admin)
+    command = command_for(NAMESPACE, name, canary)
+    registry = CollectorRegistry()
+    act = Actuator(
+        Settings(), pausing_api, ActuatorMetrics(registry), policy=FAST, action=Action.PAUSE
+    )
+
+    assert (await act.handle(command)).outcome is Outcome.APPLIED
+    paused = await wait_for(
+        admin,
+        name,
+        "manually paused",
+        lambda o: reconciled(o) and o["status"].get("message") == "manually paused",
+    )
+    # Paused, not aborted: the canary keeps its pods and its step until a person decides.
+    assert paused["spec"]["paused"] is True
+    assert (paused["status"]["phase"], paused["status"]["currentPodHash"]) == ("Paused", canary)
+    assert not paused["status"].get("abort") and not paused["status"].get("abortedAt")
+    sets = replica_sets(admin, name)
+    assert (sets[canary].spec.replicas, sets[stable].spec.replicas) == (1, REPLICAS - 1)
+    reasons = {e.reason for e in events_about(admin, NAMESPACE, name)}
+    assert "CanarywatchPause" in reasons and "RolloutAborted" not in reasons, reasons
+
+    # `kubectl argo rollouts resume`: spec.paused false; the canary waits at its pause step again.
+    k8s.CustomObjectsApi(admin).patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, name, {"spec": {"paused": False}},
+        _content_type=MERGE_PATCH,
+    )  # fmt: skip
+    await wait_for(admin, name, "resumed, at its pause step", paused_canary)
+
+    result = await act.handle(command)  # redelivered
+
+    assert result.outcome is Outcome.STALE and "resumed" in result.detail, result
+    after = read_rollout(admin, NAMESPACE, name)
+    assert not after["spec"].get("paused") and paused_canary(after, canary)
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 1
+
+
+# --- the bridge on the real controller's Rollouts ---------------------------------------------
+
+
+@pytest.mark.kafka
+async def test_every_snapshot_pairs_the_canary_hash_with_its_own_release(
+    kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, kube_api: LocalKubeAPI
+) -> None:
+    """v1 -> v2 (canary) -> v3 (a new canary over the paused one) -> deleted, with the bridge
+    watching: a spec change is seen by the watch before the controller reconciles it, and a
+    snapshot of that moment would name the old canary's hash with the new release."""
+    settings = unique_settings(kafka_bootstrap, tmp_path, "argo-bridge")
+    await create_topics(settings)
+    registry = CollectorRegistry()
+    with kube_api.client("bridge") as bridge_client:
+        reader = RolloutReader(bridge_client, timeout=(2, 10))
+        bridge = Bridge(settings, reader, BridgeMetrics(registry), BridgeOptions((NAMESPACE,)))
+        async with (
+            Snapshots(kafka_bootstrap, settings.topics.rollouts) as snapshots,
+            bridge_running(bridge, registry),
+        ):
+            name, canary, stable = await canary_in_progress(admin)
+            set_image(admin, name, "3.0.0")
+            third = await wait_for(
+                admin,
+                name,
+                "v3 the new canary",
+                lambda o: paused_canary(o) and o["status"]["currentPodHash"] != canary,
+            )
+            newest = third["status"]["currentPodHash"]
+            k8s.CustomObjectsApi(admin).delete_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, PLURAL, name
+            )
+            key = f"{NAMESPACE}/{name}"
+            states = await snapshots.until(key, 1)
+            while not states[-1].ended:
+                states = await snapshots.until(key, len(states) + 1, within=WITHIN_S)
+
+    release_of_hash = {
+        stable: IMAGE.format("1.0.0"),
+        canary: IMAGE.format("2.0.0"),
+        newest: IMAGE.format("3.0.0"),
+    }
+    pairs = [(s.current_pod_hash, s.release) for s in states]
+    wrong = [s for s in states if release_of_hash[s.current_pod_hash] != s.release]
+    assert not wrong, wrong
+    assert {h for h, _ in pairs} == set(release_of_hash)  # each revision was seen
+    assert [s.ended for s in states].count(True) == 1 and states[-1].current_pod_hash == newest
+    # The watch did see the Rollouts whose spec the controller had not reconciled yet.
+    held = {"source": "watch", "outcome": "unreconciled"}
+    assert count(registry, "canarywatch_bridge_snapshots_total", **held) >= 2

@@ -287,6 +287,16 @@ async def test_exporter_events_trigger_a_read_of_their_rollout(
     assert meaningful(states) == [expected(name), expected(name, step_index=1, phase="Paused")]
     for outcome, n in (("invalid", 1), ("ignored", 1), ("read", 2)):
         assert count(registry, "canarywatch_bridge_exporter_events_total", outcome=outcome) == n
+    # The refused one is dead-lettered with its reason.
+    assert (
+        count(
+            registry,
+            "canarywatch_deadletter_messages_total",
+            topic=events_topic,
+            reason="not_json",
+        )
+        == 1
+    )
 
 
 class FirstWatchTooOld(RolloutReader):
@@ -437,7 +447,9 @@ async def test_a_spec_the_controller_has_not_observed_is_not_published(
 async def test_a_deleted_rollout_ends(
     kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, reader: RolloutReader
 ) -> None:
-    settings = unique_settings(kafka_bootstrap, tmp_path, "bridge")
+    settings = dataclasses.replace(
+        unique_settings(kafka_bootstrap, tmp_path, "bridge"), cluster="eu-1"
+    )
     await topics_for(settings)
     name = f"web-{uuid.uuid4().hex[:8]}"
     create_rollout(admin, NAMESPACE, name, status(0))
@@ -455,6 +467,7 @@ async def test_a_deleted_rollout_ends(
         states = await snapshots.until(key, 2)
 
     ended = states[1]
+    assert [s.cluster for s in states] == ["eu-1", "eu-1"]  # the bridge's cluster name
     assert ended.ended and not ended.canary_in_progress
     assert (ended.current_pod_hash, ended.stable_hash) == (CANARY, STABLE)
     assert ended.observed_at >= states[0].observed_at

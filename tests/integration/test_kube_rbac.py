@@ -308,6 +308,136 @@ def test_identities_without_rollout_rights(kube_api: LocalKubeAPI, identity: str
         forbidden(lambda: objects.list_cluster_custom_object(GROUP, VERSION, PLURAL))
 
 
+# --- the migrator (`canarywatch migrate`): its own identity, separate from the actuator's -------
+
+
+@pytest.fixture
+def migrator(kube_api: LocalKubeAPI) -> Iterator[k8s.ApiClient]:
+    with kube_api.client("migrator") as api:
+        yield api
+
+
+def deployment_manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/shop:1"}]},
+            },
+        },
+    }
+
+
+@pytest.fixture
+def deployment(kube_api: LocalKubeAPI, admin: k8s.ApiClient) -> str:
+    """A Deployment and an HPA on it, made by admin."""
+    name = f"mig-{uuid.uuid4().hex[:8]}"
+    k8s.AppsV1Api(admin).create_namespaced_deployment(
+        NAMESPACE, cast(Any, deployment_manifest(name))
+    )
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": 1,
+            "maxReplicas": 3,
+        },
+    }
+    k8s.AutoscalingV2Api(admin).create_namespaced_horizontal_pod_autoscaler(
+        NAMESPACE, cast(Any, hpa)
+    )
+    return name
+
+
+def test_migrator_can_do_its_job(migrator: k8s.ApiClient, deployment: str) -> None:
+    apps, objects = k8s.AppsV1Api(migrator), k8s.CustomObjectsApi(migrator)
+    apps.list_deployment_for_all_namespaces(limit=1)
+    k8s.PolicyV1Api(migrator).list_pod_disruption_budget_for_all_namespaces(limit=1)
+    k8s.CoreV1Api(migrator).list_service_for_all_namespaces(limit=1)
+    k8s.AutoscalingV2Api(migrator).list_horizontal_pod_autoscaler_for_all_namespaces(limit=1)
+    patch = {"metadata": {"annotations": {"migrate.canarywatch.io/phase": "migrating"}}}
+    apps.patch_namespaced_deployment(deployment, NAMESPACE, patch, _content_type=MERGE_PATCH)
+    apps.patch_namespaced_deployment(
+        deployment, NAMESPACE, {"spec": {"replicas": 0}}, _content_type=MERGE_PATCH
+    )
+    body = rollout_manifest(deployment)
+    del body["spec"]["template"]
+    ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment}
+    body["spec"]["workloadRef"] = ref
+    objects.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+    objects.patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, deployment,
+        {"spec": {"workloadRef": {"scaleDown": "never"}}}, _content_type=MERGE_PATCH,
+    )  # fmt: skip
+    target = {"spec": {"scaleTargetRef": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollout"}}}
+    k8s.AutoscalingV2Api(migrator).patch_namespaced_horizontal_pod_autoscaler(
+        deployment, NAMESPACE, target, _content_type=MERGE_PATCH
+    )
+    objects.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, deployment)
+
+
+def test_migrator_is_denied_what_it_must_not_do(
+    migrator: k8s.ApiClient, actuator: k8s.ApiClient, deployment: str, rollout: str
+) -> None:
+    apps, objects = k8s.AppsV1Api(migrator), k8s.CustomObjectsApi(migrator)
+    core, hpas = k8s.CoreV1Api(migrator), k8s.AutoscalingV2Api(migrator)
+    # Deployments: never created, replaced or deleted; their status is the controller's
+    forbidden(
+        lambda: apps.create_namespaced_deployment(NAMESPACE, cast(Any, deployment_manifest("x")))
+    )
+    forbidden(lambda: apps.delete_namespaced_deployment(deployment, NAMESPACE))
+    current = apps.read_namespaced_deployment(deployment, NAMESPACE)
+    forbidden(lambda: apps.replace_namespaced_deployment(deployment, NAMESPACE, current))
+    forbidden(
+        lambda: apps.patch_namespaced_deployment_status(
+            deployment, NAMESPACE, {"status": {"replicas": 9}}, _content_type=MERGE_PATCH
+        )
+    )
+    # Rollouts: no status writes (the controller's, and aborts are the actuator's)
+    forbidden(
+        lambda: objects.patch_namespaced_custom_object_status(
+            GROUP, VERSION, NAMESPACE, PLURAL, rollout, {"status": {"abort": True}},
+            _content_type=MERGE_PATCH,
+        )
+    )  # fmt: skip
+    # no Pods, ReplicaSets, Secrets or Events; HPAs, PDBs and Services are not its to make
+    forbidden(lambda: core.list_namespaced_pod(NAMESPACE))
+    forbidden(lambda: core.list_namespaced_secret(NAMESPACE))
+    forbidden(lambda: apps.list_namespaced_replica_set(NAMESPACE))
+    event = k8s.CoreV1Event(
+        metadata=k8s.V1ObjectMeta(name="e"),
+        involved_object=k8s.V1ObjectReference(kind="Deployment", name=deployment),
+    )
+    forbidden(lambda: core.create_namespaced_event(NAMESPACE, event))
+    forbidden(lambda: hpas.delete_namespaced_horizontal_pod_autoscaler(deployment, NAMESPACE))
+    forbidden(
+        lambda: core.patch_namespaced_service(
+            "web", NAMESPACE, {"spec": {"selector": {"app": "x"}}}, _content_type=MERGE_PATCH
+        )
+    )
+    forbidden(
+        lambda: k8s.PolicyV1Api(migrator).delete_namespaced_pod_disruption_budget("p", NAMESPACE)
+    )
+    # and the actuator cannot migrate: the two identities are separate
+    forbidden(
+        lambda: k8s.AppsV1Api(actuator).patch_namespaced_deployment(
+            deployment, NAMESPACE, {"spec": {"replicas": 0}}, _content_type=MERGE_PATCH
+        )
+    )
+    forbidden(
+        lambda: k8s.AutoscalingV2Api(actuator).patch_namespaced_horizontal_pod_autoscaler(
+            deployment, NAMESPACE, {"spec": {"maxReplicas": 4}}, _content_type=MERGE_PATCH
+        )
+    )
+
+
 def test_rbac_objects_come_from_deploy_base(admin: k8s.ApiClient) -> None:
     rbac = k8s.RbacAuthorizationV1Api(admin)
     role = rbac.read_cluster_role("canarywatch-actuator")

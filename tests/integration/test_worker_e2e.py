@@ -33,7 +33,8 @@ async def test_each_bad_canary_gets_one_abort_within_15s(
     result = await run_demo(
         settings,
         FLEET,
-        duration=25.0,
+        # Faults start 7-13 s in; the sliced test needs ~9-14 s: leave every fault 27 s to show.
+        duration=40.0,
         seed=20261126,
         lines_per_message=lines_per_message,
         work_dir=tmp_path,

@@ -69,29 +69,80 @@ def rollout_crd_path() -> Path:
     return ensure_argo(controller=False)[1] / "rollout-crd.yaml"
 
 
+NEVER_READY_LABEL = "canarywatch.test/never-ready"  # on a pod template: its pods never get ready
+
+
 class ReplicaSetKubelet:
-    """Marks every ReplicaSet of `namespace` as running what its spec asks for.
+    """Marks every ReplicaSet (and, with ``deployments=True``, every Deployment) of `namespace`
+    (None: of all namespaces) as running what its spec asks for.
 
-    A watch loop in a thread (list, then watch from the list's resourceVersion; relist on 410):
-    each ReplicaSet whose status differs from spec.replicas gets replicas = readyReplicas =
-    availableReplicas = fullyLabeledReplicas = spec.replicas and observedGeneration, through
-    the status subresource."""
+    A watch loop per kind in a thread (list, then watch from the list's resourceVersion; relist
+    on 410): each ReplicaSet whose status differs from spec.replicas gets replicas =
+    readyReplicas = availableReplicas = fullyLabeledReplicas = spec.replicas and
+    observedGeneration, through the status subresource. A ReplicaSet whose pod template carries
+    the label ``NEVER_READY_LABEL: "true"`` gets its replicas but none ready or available (a
+    service that never becomes healthy). With ``ready_delay_s`` > 0 a ReplicaSet's new pods
+    become ready that long after they were asked for (never sooner).
 
-    def __init__(self, api: k8s.ApiClient, namespace: str) -> None:
+    There is no Deployment controller either: a Deployment creates no ReplicaSet, and its
+    status (replicas, updated, ready, available = spec.replicas, observedGeneration, the
+    Available condition) is written from its spec, so that availability follows whatever scales
+    it (the Argo Rollouts controller's workloadRef scale-down, a migrator)."""
+
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        namespace: str | None,
+        *,
+        deployments: bool = False,
+        ready_delay_s: float = 0.0,
+    ) -> None:
         self._apps = k8s.AppsV1Api(api)
         self.namespace = namespace
+        self.ready_delay_s = ready_delay_s
         self.marked = 0
         self.errors: list[str] = []
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"kubelet-{namespace}", daemon=True)
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str], threading.Timer] = {}
+        kinds: list[tuple[str, Any, Any, Any]] = [
+            (
+                "replicasets",
+                self._apps.list_replica_set_for_all_namespaces,
+                self._apps.list_namespaced_replica_set,
+                self._mark,
+            )
+        ]
+        if deployments:
+            kinds.append(
+                (
+                    "deployments",
+                    self._apps.list_deployment_for_all_namespaces,
+                    self._apps.list_namespaced_deployment,
+                    self._mark_deployment,
+                )
+            )
+        label = namespace or "all"
+        self._threads = [
+            threading.Thread(
+                target=self._run, args=(all_ns, one_ns, mark), name=f"kubelet-{kind}-{label}",
+                daemon=True,
+            )
+            for kind, all_ns, one_ns, mark in kinds
+        ]  # fmt: skip
 
     def start(self) -> ReplicaSetKubelet:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        self._thread.join(15)
+        with self._lock:
+            for timer in self._pending.values():
+                timer.cancel()
+        for thread in self._threads:
+            thread.join(15)
 
     def __enter__(self) -> ReplicaSetKubelet:
         return self.start()
@@ -99,33 +150,42 @@ class ReplicaSetKubelet:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _run(self) -> None:
-        version = ""
+    def _list(self, all_ns: Any, one_ns: Any, **kwargs: Any) -> Any:
+        if self.namespace is None:
+            return all_ns(**kwargs)
+        return one_ns(self.namespace, **kwargs)
+
+    def _run(self, all_ns: Any, one_ns: Any, mark: Any) -> None:
+        # `at[0]`: the resourceVersion of the last event handled. It must survive an exception
+        # in the middle of a watch: resuming from an older one would replay old objects and
+        # write their stale statuses back.
+        at = [""]
         while not self._stopping.is_set():
             try:
-                if not version:
-                    listed = self._apps.list_namespaced_replica_set(self.namespace)
-                    for rs in listed.items:
-                        self._mark(rs)
-                    version = (listed.metadata and listed.metadata.resource_version) or ""
-                version = self._follow(version)
+                if not at[0]:
+                    listed = self._list(all_ns, one_ns)
+                    for obj in listed.items:
+                        mark(obj)
+                    at[0] = (listed.metadata and listed.metadata.resource_version) or ""
+                self._follow(all_ns, one_ns, mark, at)
             except k8s.ApiException as exc:
                 if exc.status == 410:
-                    version = ""
+                    at[0] = ""
                     continue
                 self.errors.append(str(exc))
                 self._stopping.wait(0.2)
-            except Exception as exc:  # connection dropped: resume from `version`
+            except Exception as exc:  # connection dropped: resume from `at[0]`
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 self._stopping.wait(0.2)
 
-    def _follow(self, version: str) -> str:
+    def _follow(self, all_ns: Any, one_ns: Any, mark: Any, at: list[str]) -> None:
         # Short server-side timeouts: stop() waits for the open watch to end.
-        # kubernetes.watch is unannotated; stream() yields {"type", "object"} dicts.
+        # kubernetes.watch is unannotated; stream() yields {"type", "object", "raw_object"}.
+        namespaced = () if self.namespace is None else (self.namespace,)
         events: Iterator[dict[str, Any]] = k8s_watch.Watch().stream(  # type: ignore[no-untyped-call]
-            self._apps.list_namespaced_replica_set,
-            self.namespace,
-            resource_version=version,
+            all_ns if self.namespace is None else one_ns,
+            *namespaced,
+            resource_version=at[0],
             timeout_seconds=3,
             allow_watch_bookmarks=True,
         )
@@ -133,41 +193,118 @@ class ReplicaSetKubelet:
             if self._stopping.is_set():
                 break
             if event["type"] == "ERROR":
-                return ""  # expired: relist
-            obj = event["object"]
-            version = obj.metadata.resource_version or version
+                at[0] = ""  # expired: relist
+                return
+            raw = event.get("raw_object") or {}
+            version = (raw.get("metadata") or {}).get("resourceVersion")
             if event["type"] in ("ADDED", "MODIFIED"):
-                self._mark(obj)
-        return version
+                mark(event["object"])
+            if version:  # a BOOKMARK carries only this (its object is a plain dict)
+                at[0] = version
 
     def _mark(self, rs: k8s.V1ReplicaSet) -> None:
         if rs.spec is None or rs.metadata is None or rs.metadata.name is None:
             return
         want = int(rs.spec.replicas or 0)
+        labels = (
+            rs.spec.template and rs.spec.template.metadata and rs.spec.template.metadata.labels
+        ) or {}
         status = rs.status or k8s.V1ReplicaSetStatus(replicas=0)
         generation = rs.metadata.generation
+        now_ready = status.ready_replicas or 0
+        ready = 0 if labels.get(NEVER_READY_LABEL) == "true" else want
+        key = (rs.metadata.namespace or "", rs.metadata.name)
+        if self.ready_delay_s > 0 and ready > now_ready:
+            ready = now_ready  # scale-up: the new pods get ready after the delay
+            self._later(key, rs)
         now = (
             status.replicas,
-            status.ready_replicas or 0,
+            now_ready,
             status.available_replicas or 0,
             status.fully_labeled_replicas or 0,
             status.observed_generation,
         )
-        if now == (want, want, want, want, generation):
+        if now == (want, ready, ready, want, generation):
             return
         body = {
             "status": {
                 "replicas": want,
-                "readyReplicas": want,
-                "availableReplicas": want,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
                 "fullyLabeledReplicas": want,
                 "observedGeneration": generation,
             }
         }
+        self._patch(self._apps.patch_namespaced_replica_set_status, key, body)
+
+    def _later(self, key: tuple[str, str], rs: k8s.V1ReplicaSet) -> None:
+        def ready_now() -> None:
+            with self._lock:
+                self._pending.pop(key, None)
+            if self._stopping.is_set():
+                return
+            try:
+                fresh = self._apps.read_namespaced_replica_set(key[1], key[0])
+                want = int((fresh.spec and fresh.spec.replicas) or 0)
+                labels = (
+                    fresh.spec
+                    and fresh.spec.template
+                    and fresh.spec.template.metadata
+                    and fresh.spec.template.metadata.labels
+                ) or {}
+                ready = 0 if labels.get(NEVER_READY_LABEL) == "true" else want
+                body = {"status": {"readyReplicas": ready, "availableReplicas": ready}}
+                self._patch(self._apps.patch_namespaced_replica_set_status, key, body)
+            except Exception as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+        with self._lock:
+            if key in self._pending:
+                return
+            timer = threading.Timer(self.ready_delay_s, ready_now)
+            timer.daemon = True
+            self._pending[key] = timer
+            timer.start()
+
+    def _mark_deployment(self, deployment: k8s.V1Deployment) -> None:
+        meta, spec = deployment.metadata, deployment.spec
+        if spec is None or meta is None or meta.name is None:
+            return
+        want = 1 if spec.replicas is None else int(spec.replicas)
+        status = deployment.status or k8s.V1DeploymentStatus()
+        now = (
+            status.replicas or 0,
+            status.updated_replicas or 0,
+            status.ready_replicas or 0,
+            status.available_replicas or 0,
+            status.observed_generation,
+        )
+        if now == (want, want, want, want, meta.generation):
+            return
+        body = {
+            "status": {
+                "replicas": want,
+                "updatedReplicas": want,
+                "readyReplicas": want,
+                "availableReplicas": want,
+                "unavailableReplicas": None,
+                "observedGeneration": meta.generation,
+                "conditions": [
+                    {
+                        "type": "Available",
+                        "status": "True",
+                        "reason": "MinimumReplicasAvailable",
+                        "message": "marked by the test kubelet",
+                    }
+                ],
+            }
+        }
+        key = (meta.namespace or "", meta.name)
+        self._patch(self._apps.patch_namespaced_deployment_status, key, body)
+
+    def _patch(self, call: Any, key: tuple[str, str], body: dict[str, Any]) -> None:
         try:
-            self._apps.patch_namespaced_replica_set_status(
-                rs.metadata.name, self.namespace, body, _content_type=MERGE_PATCH
-            )
+            call(key[1], key[0], body, _content_type=MERGE_PATCH)
             self.marked += 1
         except k8s.ApiException as exc:
             if exc.status not in (404, 409):  # gone, or changed: the watch brings it again
@@ -177,12 +314,20 @@ class ReplicaSetKubelet:
 class RolloutsController:
     """`rollouts-controller` out of cluster, in namespaced mode: it reconciles only the Rollouts
     of `namespace` (the namespace of its kubeconfig's context), so the other tests' hand-made
-    Rollout statuses are left alone."""
+    Rollout statuses are left alone. With `namespace=None` it reconciles every namespace (give
+    it an API server of its own). `extra_args` go to the controller (e.g. `--qps=200`)."""
 
-    def __init__(self, kube: LocalKubeAPI, namespace: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        kube: LocalKubeAPI,
+        namespace: str | None,
+        workdir: Path,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.kube = kube
         self.namespace = namespace
         self.workdir = workdir
+        self.extra_args = extra_args
         self.metrics_port = 0
         self.healthz_port = 0
         self._proc: _Proc | None = None
@@ -192,7 +337,8 @@ class RolloutsController:
         assert binary is not None
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.kube.kubeconfig("admin")
-        config["contexts"][0]["context"]["namespace"] = self.namespace
+        if self.namespace is not None:
+            config["contexts"][0]["context"]["namespace"] = self.namespace
         kubeconfig = self.workdir / "kubeconfig-controller"
         kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
         kubeconfig.chmod(0o600)
@@ -202,11 +348,12 @@ class RolloutsController:
             [
                 str(binary),
                 f"--kubeconfig={kubeconfig}",
-                "--namespaced",
+                *(["--namespaced"] if self.namespace is not None else []),
                 "--leader-elect=false",
                 f"--metricsPort={self.metrics_port}",
                 f"--healthzPort={self.healthz_port}",
                 "--loglevel=info",
+                *self.extra_args,
             ],
             self.workdir / "rollouts-controller.log",
             10.0,

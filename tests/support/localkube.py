@@ -62,6 +62,7 @@ DEFAULT_IDENTITIES: Mapping[str, Identity] = {
     "worker": service_account_identity("canarywatch", "canarywatch-worker"),
     "actuator": service_account_identity("canarywatch", "canarywatch-actuator"),
     "bridge": service_account_identity("canarywatch", "canarywatch-bridge"),
+    "migrator": service_account_identity("canarywatch", "canarywatch-migrator"),
     "gate": service_account_identity("canarywatch", "canarywatch-gate"),
     # The identity an application namespace's AnalysisTemplate calls the gate with
     # (deploy/analysis/analysis-access.yaml, applied to the gate tests' namespace).
@@ -544,6 +545,9 @@ _PLURALS = {
     "Secret": "secrets",
     "Event": "events",
     "Rollout": "rollouts",
+    "Service": "services",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "PodDisruptionBudget": "poddisruptionbudgets",
 }
 _CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 
