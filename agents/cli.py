@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from agents.codecs import check_codecs
-from agents.settings import settings_from_env
+from agents.settings import SettingsError, settings_from_env, unknown_variables
 from streams.simulation import SimulationSettings
 
 
@@ -119,6 +119,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    except SettingsError as error:
+        print(f"canarywatch: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    for name in unknown_variables():
+        print(f"canarywatch: warning: {name} is not a setting (misspelled?)", file=sys.stderr)
     if args.command in ("worker", "actuator", "bridge", "releases"):
         check_codecs(settings_from_env().disabled_codecs)
     if args.command == "worker":
