@@ -8,8 +8,15 @@ a producer here); once its verdict snapshots of all N are on the compacted verdi
 - `status_ms_20k`: `canarywatch status -o json` as a user runs it (a new process: start-up,
   reading the verdicts topic to its end, sorting, printing), median of 3.
 
-The last line, `ops: ready_flip_s=A scrape_ms_20k=B first_abort_alerted=C status_ms_20k=D`,
-keeps the fields other benches fill in (`nan` here).
+- `ready_flip_s`: the broker stopped under that worker (still judging N canaries), seconds
+  until its `/readyz` answers 503;
+- `first_abort_alerted`: 1 when the worker exported `canarywatch_abort_commands_total` at 0
+  for every signal before any abort (so `increase()` sees the first one) and `promtool test
+  rules tests/prometheus/rules_test.yaml` passes (its first case: the first abort after a
+  start fires `CanarywatchAbortedCanary`; its second: a counter born on its first inc() would
+  not). promtool from scripts/ensure-promtool.sh.
+
+Last line: `ops: ready_flip_s=A scrape_ms_20k=B first_abort_alerted=C status_ms_20k=D`.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -34,6 +42,7 @@ from agents.localkafka import LocalKafka, free_ports
 from agents.processes import WorkerProcess, free_port, poll_until, read_metric
 from agents.settings import Settings, Topics, settings_to_env
 from agents.status import read_verdicts
+from streams.decisions import SIGNALS
 from streams.events import RequestLine, RolloutState, encode_request_line, encode_rollout_state
 
 
@@ -77,7 +86,35 @@ async def feed(settings: Settings, canaries: int) -> None:
         await producer.stop()
 
 
-async def run(bootstrap: str, work: Path, canaries: int) -> dict[str, float]:
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def promtool_first_abort() -> bool:
+    found = subprocess.run(
+        ["bash", str(ROOT / "scripts/ensure-promtool.sh")], check=True, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    promtool = found.stdout.strip().splitlines()[-1]
+    tests = ROOT / "tests/prometheus/rules_test.yaml"
+    result = subprocess.run(
+        [promtool, "test", "rules", tests.name], cwd=tests.parent, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        print(result.stdout + result.stderr, file=sys.stderr)
+    return result.returncode == 0
+
+
+def readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+async def run(
+    bootstrap: str, work: Path, canaries: int, broker: LocalKafka | None
+) -> dict[str, float]:
     run_id = uuid.uuid4().hex[:8]
     settings = Settings(
         bootstrap=bootstrap,
@@ -93,9 +130,14 @@ async def run(bootstrap: str, work: Path, canaries: int) -> dict[str, float]:
     worker.start()
     try:
         await worker.wait_ready(120)
+        port = settings.metrics_port
+        zero_at_start = all(
+            read_metric(port, "canarywatch_abort_commands_total", signal=signal) == 0.0
+            for signal in SIGNALS
+        )
+        print(f"ops: abort counters at 0 from the start: {zero_at_start}")
         started = time.perf_counter()
         await feed(settings, canaries)
-        port = settings.metrics_port
         await poll_until(
             lambda: read_metric(port, "canarywatch_canaries_in_progress") == canaries,
             300, f"{canaries} canaries in progress", every_s=1.0,
@@ -128,7 +170,21 @@ async def run(bootstrap: str, work: Path, canaries: int) -> dict[str, float]:
             items = json.loads(done.stdout)["items"]
             assert len(items) == canaries, len(items)
         print(f"ops: status runs {[round(t) for t in times]} ms, {len(items)} rows")
-        return {"scrape_ms": scrape, "status_ms": statistics.median(times)}
+        flip = float("nan")
+        if broker is not None:
+            assert readyz(port) == 200, "worker not ready before the broker stops"
+            t0 = time.perf_counter()
+            await asyncio.to_thread(broker.stop)
+            await poll_until(lambda: readyz(port) == 503, 60, "/readyz failing", every_s=0.1)
+            flip = time.perf_counter() - t0
+            print(f"ops: /readyz 503 {flip:.1f}s after the broker stopped")
+        alerted = zero_at_start and await asyncio.to_thread(promtool_first_abort)
+        return {
+            "scrape_ms": scrape,
+            "status_ms": statistics.median(times),
+            "ready_flip_s": flip,
+            "first_abort_alerted": float(alerted),
+        }
     finally:
         worker.stop()
 
@@ -148,7 +204,7 @@ def main() -> None:
             broker.start(timeout=120)
             bootstrap = broker.bootstrap
         try:
-            result = asyncio.run(run(bootstrap, work, args.canaries))
+            result = asyncio.run(run(bootstrap, work, args.canaries, broker))
         finally:
             if broker is not None:
                 broker.stop()
@@ -156,7 +212,8 @@ def main() -> None:
     print(f"scrape_ms_{k}={result['scrape_ms']:.0f}  (goal <= 300)")
     print(f"status_ms_{k}={result['status_ms']:.0f}  (goal <= 2000)")
     print(
-        f"ops: ready_flip_s=nan scrape_ms_{k}={result['scrape_ms']:.0f} first_abort_alerted=nan "
+        f"ops: ready_flip_s={result['ready_flip_s']:.1f} scrape_ms_{k}={result['scrape_ms']:.0f} "
+        f"first_abort_alerted={result['first_abort_alerted']:.0f} "
         f"status_ms_{k}={result['status_ms']:.0f}"
     )
 
