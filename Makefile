@@ -77,6 +77,12 @@ profile: venv
 	$(PY) -m bench.profile_ingest
 
 # Deployments -> Argo Rollouts in waves, on a real API server and the real controller (issue 15).
+# Actuation on the real controller in two clusters: decision -> RolloutAborted, the race, the
+# cross-cluster case (issue 12); last line `kube-e2e: ...`.
+.PHONY: bench-kube
+bench-kube: venv
+	$(PY) -m bench.kube
+
 .PHONY: bench-migrate
 bench-migrate: venv
 	$(PY) -m bench.migrate
@@ -84,6 +90,11 @@ bench-migrate: venv
 # Decision statistics: canarywatch against Argo-/Kayenta-style judges and an oracle (issue 3).
 bench-decisions: venv
 	$(PY) -m bench.decisions
+
+# Evidence across kill -9 on the real local broker (issue 10): kept, lost, double, duplicates.
+.PHONY: bench-faults
+bench-faults: venv
+	$(PY) -m bench.faults
 
 # A hostile corpus (codecs, sizes, bad types, floods, CRC32 placement, kill -9) against two
 # workers on the real local broker (issue 9).

@@ -490,7 +490,11 @@ class Actuator:
 
     @property
     def group_id(self) -> str:
-        return f"{self.settings.app_id}-actuator"
+        """`<app_id>-actuator`, `-<cluster>` appended when the cluster is named: the actuators
+        of two clusters reading one commands topic must not share its partitions (each would
+        commit, as `other_cluster`, commands the other one never saw)."""
+        cluster = self.settings.cluster
+        return f"{self.settings.app_id}-actuator" + (f"-{cluster}" if cluster else "")
 
     async def handle(self, command: AbortCommand) -> Result:
         """Read, judge, patch, record: retried as a whole on retryable errors."""
@@ -775,6 +779,7 @@ def run_actuator(
             settings.bootstrap,
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
+            replication_factor=settings.replication_factor,
         )
         await ensure_topics(
             settings.bootstrap,
@@ -783,6 +788,7 @@ def run_actuator(
                 "max.message.bytes": str(settings.topic_max_message_bytes),
                 "cleanup.policy": "compact",
             },
+            replication_factor=settings.replication_factor,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

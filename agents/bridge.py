@@ -568,6 +568,7 @@ def run_bridge(settings: Settings, options: BridgeOptions, *, kubeconfig: str | 
         await ensure_topics(
             settings.bootstrap,
             {settings.topics.rollouts: settings.partitions, settings.topics.deadletter: 1},
+            replication_factor=settings.replication_factor,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

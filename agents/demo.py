@@ -100,6 +100,7 @@ async def run_demo(
         settings.bootstrap,
         settings.topic_partitions(),
         {"max.message.bytes": str(settings.topic_max_message_bytes)},
+        replication_factor=settings.replication_factor,
     )
     worker = WorkerProcess(settings, work_dir / "worker.log")
     watcher = CommandWatcher(settings.bootstrap, settings.topics.commands)
@@ -235,6 +236,7 @@ async def demo_main(
             await asyncio.to_thread(broker.start)
             bootstrap = broker.bootstrap
         settings = Settings(
+            replication_factor=1,
             bootstrap=bootstrap,
             app_id=f"canarywatch-demo-{seed}",
             metrics_port=free_port(),

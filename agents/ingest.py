@@ -28,13 +28,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import ConsumerStoppedError
 from mode import Service
 
 from agents.deadletter import DeadLetters, Flooded
+from agents.episodes import Episodes
+from agents.evidence import EvidenceStore
 from agents.metrics import WorkerMetrics
 from agents.settings import Settings
 from agents.unreadable import SkipLog, read_alone, unreadable
@@ -62,7 +64,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.ingest.give_up(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.ingest.took(set(assigned))
+        await self.ingest.took(set(assigned))
 
 
 class RequestLogIngest(Service):
@@ -97,9 +99,20 @@ class RequestLogIngest(Service):
         self._batch_lock = asyncio.Lock()
         self._trouble: str | None = None  # the error of the current episode, logged once
         self._skip_log = SkipLog()
+        # Durable evidence: checkpoints with the offsets they cover (agents/evidence.py).
+        self.evidence = EvidenceStore(settings, fleet) if settings.checkpoint else None
+        self._checkpoint_episode = Episodes("checkpoint", metrics)
+        self._restore_episode = Episodes("restore", metrics)
+        self._floor: dict[TopicPartition, int] = {}  # where counting resumed after a restore
+        # The next offset each partition may contribute: a record below it was fetched
+        # already (a refetch after a seek back), so it is never counted twice.
+        self._expected: dict[TopicPartition, int] = {}
+        self._restoring: set[TopicPartition] = set()  # their fetched records are dropped
 
     async def on_start(self) -> None:
         s = self.settings
+        if self.evidence is not None:
+            await self.evidence.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap,
             group_id=f"{s.app_id}-requests",
@@ -121,6 +134,8 @@ class RequestLogIngest(Service):
                 await self._commit()
             await self.deadletters.flush(force=True)
             await self._consumer.stop()
+        if self.evidence is not None:
+            await self.evidence.stop()
         self._decoder.shutdown(wait=False)
 
     async def give_up(self, revoked: set[TopicPartition]) -> None:
@@ -139,16 +154,71 @@ class RequestLogIngest(Service):
                 for tp in revoked:
                     self._next_offset.pop(tp, None)
                     self._received.pop(tp, None)
+                    self._expected.pop(tp, None)
+                    self._floor.pop(tp, None)
                     self._skipped.pop(tp, None)
                 self.assigned -= revoked
+                if self.evidence is not None:
+                    # The next owner restores these canaries from the checkpoint just written
+                    # (or an older one, with the offsets it covers): keeping them here would
+                    # judge the same lines twice.
+                    self.fleet.drop_sources({tp.partition for tp in revoked}, self.clock())
         self.metrics.ingest_partitions.set(len(self.assigned))
         if revoked:
             log.info("ingest gives up request-log partitions %s", sorted(revoked))
 
-    def took(self, assigned: set[TopicPartition]) -> None:
+    async def took(self, assigned: set[TopicPartition]) -> None:
+        """Partitions assigned: restore their canaries' evidence before counting a line."""
+        new = assigned - self.assigned
         self.assigned = assigned
         self.metrics.ingest_partitions.set(len(assigned))
         log.info("ingest reads request-log partitions %s", sorted(tp.partition for tp in assigned))
+        if self.evidence is None or not new:
+            return
+        backoff = BACKOFF_S
+        while not self.should_stop:
+            try:
+                # Held while restoring: the fetcher may already return lines of the new
+                # partitions, and they must be counted on top of the restored evidence.
+                async with self._batch_lock:
+                    self._restoring |= new
+                    self._forget_fetched(new)
+                    try:
+                        restored, resume = await self.evidence.restore({tp.partition for tp in new})
+                        consumer = self._consumer
+                        assert consumer is not None
+                        for tp in new & self.assigned:
+                            # Resume exactly where the restored evidence ends (no checkpoint
+                            # yet: the group's commit); records fetched before are dropped.
+                            at = resume.get(tp.partition)
+                            if at is None:
+                                at = await consumer.committed(tp)
+                            if at is None:
+                                at = (await consumer.beginning_offsets([tp]))[tp]
+                            consumer.seek(tp, at)
+                            self._floor[tp] = at
+                            self._expected[tp] = at
+                            self._received.pop(tp, None)
+                        self._forget_fetched(new)
+                    finally:
+                        self._restoring -= new
+                self.metrics.evidence_rows.labels("restored").inc(restored)
+                self._restore_episode.ok()
+                return
+            except Exception as exc:  # counting without the evidence would restart it at zero
+                self._restore_episode.failed(exc, time.monotonic())
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _forget_fetched(self, partitions: set[TopicPartition]) -> None:
+        """Records of `partitions` fetched before their restore are not counted: the restore
+        seeks to the offsets its evidence covers and they are read again from there."""
+        for batches in self._fetched:
+            for tp in partitions:
+                batches.pop(tp, None)
+        self._fetched = [b for b in self._fetched if b]
+        if self._decoding is not None:
+            self._decoding.dropped |= partitions
 
     def fetch_problem(self) -> str | None:
         """Readiness: why the broker is not answering this worker's fetches, or None.
@@ -181,14 +251,27 @@ class RequestLogIngest(Service):
             await self._commit()
 
     async def _commit(self) -> None:
-        """Commit what was counted: the next offset after each counted batch."""
+        """Commit what was counted: the next offset after each counted batch (with the
+        evidence it covers, in one transaction, when checkpoints are on)."""
         consumer = self._consumer
-        if consumer is None or not self._next_offset:
+        if consumer is None:
             return
         offsets = {tp: o for tp, o in self._next_offset.items() if tp in self.assigned}
+        if self.evidence is not None:
+            try:
+                written = await self.evidence.checkpoint(
+                    offsets, {tp.partition for tp in self.assigned}
+                )
+            except Exception as exc:
+                self._checkpoint_episode.failed(exc, time.monotonic())
+                raise
+            self._checkpoint_episode.ok()
+            self.metrics.evidence_checkpoints.inc()
+            self.metrics.evidence_rows.labels("written").inc(written)
+        elif offsets:
+            await consumer.commit(offsets)
         if not offsets:
             return
-        await consumer.commit(offsets)
         for tp, offset in offsets.items():
             if self._next_offset.get(tp) == offset:
                 del self._next_offset[tp]
@@ -222,14 +305,17 @@ class RequestLogIngest(Service):
                 what = f"{type(exc).__name__}: {exc}"
                 if self._trouble is None:
                     log.warning("ingest: %s; retrying with backoff", what, exc_info=exc)
+                    self.metrics.set_trouble("ingest", True)
                 self._trouble = what
                 self.metrics.ingest_errors.labels(type(exc).__name__).inc()
+                self.metrics.kafka_errors.labels("ingest", type(exc).__name__).inc()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             if self._trouble is not None:
                 log.warning("ingest recovered from %s", self._trouble)
                 self._trouble = None
+                self.metrics.set_trouble("ingest", False)
             backoff = BACKOFF_S
             await asyncio.sleep(0)  # let the evaluation timer in between busy fetches
 
@@ -260,10 +346,33 @@ class RequestLogIngest(Service):
                 self._decoding = self._decode(pending)
 
     def _stash(self, batches: Batches) -> None:
+        batches = self._new_records(batches)
         if batches:
             self._fetched.append(batches)
             for tp, records in batches.items():
                 self._received[tp] = records[-1].offset + 1
+
+    def _new_records(self, batches: Batches) -> Batches:
+        """The fetched records not fetched before: after a restore, only those from the
+        offset its evidence covers on (a fetch from elsewhere, before the seek took effect,
+        is dropped: the consumer reads again from there); then never one twice."""
+        fresh: Batches = {}
+        for tp, records in batches.items():
+            if tp in self._restoring:
+                continue  # read again from the restored offsets
+            expected = self._expected.get(tp)
+            if expected is not None and records[0].offset < expected:
+                records = [r for r in records if r.offset >= expected]
+            if not records:
+                continue
+            floor = self._floor.get(tp)
+            if floor is not None:
+                if records[0].offset != floor:
+                    continue  # fetched from another position than the restore resumed at
+                del self._floor[tp]
+            self._expected[tp] = records[-1].offset + 1
+            fresh[tp] = records
+        return fresh
 
     def _take_fetched(self) -> Batches:
         fetched, self._fetched = self._fetched, []
@@ -323,9 +432,16 @@ class RequestLogIngest(Service):
         loop (`_flush`), where rollout states change the attribution.
         """
         parts = list(batches.items())
-        values = [r.value or b"" for _, records in parts for r in records]
+        # One scan per partition: each line's partition is where its canary's evidence is
+        # checkpointed (agents/evidence.py).
+        values = [[r.value or b"" for r in records] for _, records in parts]
+        decode = self.fleet.decode
+
+        def decode_parts() -> list[Columns]:
+            return [decode(v) for v in values]
+
         loop = asyncio.get_running_loop()
-        columns = loop.run_in_executor(self._decoder, self.fleet.decode, values)
+        columns = loop.run_in_executor(self._decoder, decode_parts)
         return _Decoding(parts, self.clock(), columns)
 
     async def _count_pending(self) -> None:
@@ -336,18 +452,35 @@ class RequestLogIngest(Service):
             self._decoding = self._decode(pending)
             await self._flush()
 
+    def _current(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        """Are these fetched records to be counted? Not when their partition is no longer
+        ours (the next owner reads them), nor when they were fetched from another position
+        than the one a restore resumed at (dropped when fetched: `_new_records`)."""
+        return tp in self.assigned
+
     async def _flush(self) -> None:
         """Count the fetch being decoded, dead-letter what it refused, then note its offsets."""
         decoding, self._decoding = self._decoding, None
         if decoding is None:
             return
-        report = self.fleet.count_columns(await decoding.columns, decoding.fetched_at)
-        flooded = flooded_by_source(decoding.parts, report.flooded)
-        for tp, refused in by_source(decoding.parts, report.invalid).items():
-            await self.deadletters.publish(tp.topic, tp.partition, refused, flooded.pop(tp, []))
-        for tp, messages in flooded.items():
-            await self.deadletters.publish(tp.topic, tp.partition, [], messages)
-        self.metrics.count_lines(report.counted, report.unattributed, report.refused)
+        decoded = await decoding.columns
+        kept = [
+            (part, columns)
+            for part, columns in zip(decoding.parts, decoded, strict=True)
+            if self._current(*part) and part[0] not in decoding.dropped
+        ]
+        decoding.parts = [part for part, _ in kept]
+        reports = [
+            (part, self.fleet.count_columns(columns, decoding.fetched_at, part[0].partition))
+            for part, columns in kept
+        ]
+        for part, report in reports:
+            flooded = flooded_by_source([part], report.flooded)
+            for tp, refused in by_source([part], report.invalid).items():
+                await self.deadletters.publish(tp.topic, tp.partition, refused, flooded.pop(tp, []))
+            for tp, messages in flooded.items():
+                await self.deadletters.publish(tp.topic, tp.partition, [], messages)
+            self.metrics.count_lines(report.counted, report.unattributed, report.refused)
         consumer = self._consumer
         assert consumer is not None
         for tp, records in decoding.parts:
@@ -365,7 +498,8 @@ class _Decoding:
 
     parts: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
     fetched_at: float
-    columns: asyncio.Future[Columns]
+    columns: asyncio.Future[list[Columns]]  # one per part
+    dropped: set[TopicPartition] = field(default_factory=set)  # restored meanwhile: not counted
 
 
 Refused = tuple[int, bytes, DecodeError]  # (offset or index, the bytes, why)

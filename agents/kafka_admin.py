@@ -20,9 +20,10 @@ async def ensure_topics(
     topics: Mapping[str, int],
     config: Mapping[str, str] | None = None,
     *,
+    replication_factor: int = 1,
     timeout_s: float = 30.0,
 ) -> dict[str, int]:
-    """Create the missing `topics` (name -> partitions, replication factor 1, topic `config`)
+    """Create the missing `topics` (name -> partitions, `replication_factor`, topic `config`)
     and return once metadata shows a leader for every partition of every named topic.
 
     Existing topics are left as they are (no partition or config change); a topic created
@@ -41,7 +42,9 @@ async def ensure_topics(
     )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
-        created = await _create_missing(admin, topics, dict(config or {}), deadline)
+        created = await _create_missing(
+            admin, topics, dict(config or {}), deadline, replication_factor
+        )
         return await _wait_for_leaders(admin, topics, created, deadline)
     finally:
         await admin.close()
@@ -52,6 +55,7 @@ async def _create_missing(
     topics: Mapping[str, int],
     config: dict[str, str],
     deadline: float,
+    replication_factor: int = 1,
 ) -> set[str]:
     """Create what is missing; return the names this call created."""
     loop = asyncio.get_running_loop()
@@ -63,7 +67,10 @@ async def _create_missing(
             return created
         remaining_ms = max(1000, int((deadline - loop.time()) * 1000))
         response: Any = await admin.create_topics(
-            [NewTopic(n, topics[n], 1, topic_configs=dict(config)) for n in missing],
+            [
+                NewTopic(n, topics[n], replication_factor, topic_configs=dict(config))
+                for n in missing
+            ],
             timeout_ms=remaining_ms,
         )
         retry: list[str] = []

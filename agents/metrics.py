@@ -33,7 +33,14 @@ from agents.health import Readiness, ReadyGauge
 from agents.unreadable import skipped_counter
 from streams.decisions import SIGNALS, Verdict, bad_series
 from streams.fleet import Fleet
-from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS, Counts
+from streams.windows import (
+    ARM_CANARY,
+    ARM_STABLE,
+    CANARY_REQUESTS,
+    SERIES_NAMES,
+    STABLE_REQUESTS,
+    Counts,
+)
 
 
 class WorkerMetrics:
@@ -92,6 +99,12 @@ class WorkerMetrics:
             "New canaries not tracked because max_canaries was reached.",
             registry=registry,
         )
+        self.canaries_evicted = Counter(
+            "canarywatch_canaries_evicted",
+            "Idle canaries (no line counted since they started) untracked at max_canaries to "
+            "admit a refused canary whose request lines arrived.",
+            registry=registry,
+        )
         # /readyz and this gauge: the view restored and ingest started (`ready.set(1)`), plus
         # the probes the worker adds (a fetch answered lately).
         self.readiness = Readiness("worker")
@@ -102,6 +115,32 @@ class WorkerMetrics:
             "1 while the worker is ready: rollout view restored, request-log partitions "
             "assigned, fetches answered lately (see /readyz).",
         )
+        self.kafka_errors = Counter(
+            "canarywatch_kafka_errors",
+            "Kafka sends, commits and fetches that failed and are retried, by component and "
+            "exception type.",
+            ["component", "error"],
+            registry=registry,
+        )
+        self.kafka_trouble = Gauge(
+            "canarywatch_kafka_trouble",
+            "1 while a component's Kafka operations fail (an episode), by component.",
+            ["component"],
+            registry=registry,
+        )
+        self.evidence_checkpoints = Counter(
+            "canarywatch_evidence_checkpoints",
+            "Evidence checkpoints committed (rows and request-log offsets, one transaction).",
+            registry=registry,
+        )
+        self.evidence_rows = Counter(
+            "canarywatch_evidence_rows",
+            "Evidence rows written to or restored from <prefix>.evidence, by direction.",
+            ["direction"],
+            registry=registry,
+        )
+        for direction in ("written", "restored"):
+            self.evidence_rows.labels(direction)
 
         # Every label value an alert's increase() reads exists from the start, at 0: a counter
         # born on its first inc() hides that first event from increase().
@@ -109,6 +148,20 @@ class WorkerMetrics:
             self.lines.labels(outcome)
         for signal in SIGNALS:
             self.aborts.labels(signal)
+
+    def set_ready(self) -> None:
+        """The worker consumes and evaluates (its rollout view is restored)."""
+        self.ready.set(1)
+
+    def set_trouble(self, component: str, trouble: bool, why: str = "failing") -> None:
+        """A Kafka trouble episode of `component` starts or ends (agents/episodes.py); the
+        worker is not ready while one lasts (readiness condition `kafka:<component>`)."""
+        condition = f"kafka:{component}"
+        if trouble:
+            self.readiness.fail(condition, why)
+        else:
+            self.readiness.mark(condition)
+        self.kafka_trouble.labels(component).set(1 if trouble else 0)
 
     def count_lines(self, counted: int, unattributed: int, invalid: int) -> None:
         if counted:
@@ -124,6 +177,7 @@ PER_ENV = (
     "canarywatch_window_requests",
     "canarywatch_env_verdict",
     "canarywatch_env_statistic",
+    "canarywatch_env_counted",
 )
 _HELP = {
     "canarywatch_window_bad_ratio": (
@@ -136,6 +190,10 @@ _HELP = {
     "canarywatch_env_statistic": (
         "The sequential test's statistic (log e-value) per canary environment and signal; "
         "abort at canarywatch_abort_threshold."
+    ),
+    "canarywatch_env_counted": (
+        "Requests counted into the test since the canary (epoch) started, per environment "
+        "and series (same selection as canarywatch_env_statistic)."
     ),
 }
 _VERDICT_NAMES = [v.name.lower() for v in sorted(Verdict, key=lambda v: v.value)]
@@ -169,6 +227,8 @@ class FleetView:
     counted: int  # of those, the ones this worker counted lines for (judges)
     unexported: int  # counted rows beyond max_series
     verdict_counts: NDArray[np.int64] | None  # [signal, verdict] over every judged row
+    cumulative: Counts  # [series, exported rows]: counted since the canary (epoch) started
+    has_cumulative: NDArray[np.bool_]  # [exported rows]: False for a row the engine lacks yet
 
 
 class FleetCollector(Collector):
@@ -238,6 +298,11 @@ class FleetCollector(Collector):
         threshold = GaugeMetricFamily(
             "canarywatch_abort_threshold", "The statistic at which a canary is aborted."
         )
+        env_counted = GaugeMetricFamily(
+            "canarywatch_env_counted",
+            _HELP["canarywatch_env_counted"],
+            labels=["env", "series"],
+        )
         return (
             canaries,
             counted,
@@ -248,6 +313,7 @@ class FleetCollector(Collector):
             env_verdict,
             env_statistic,
             threshold,
+            env_counted,
         )
 
     def view(self) -> FleetView | None:
@@ -260,6 +326,7 @@ class FleetCollector(Collector):
         active = attribution.active
         counted_rows = fleet.counted_rows
         window = fleet.windows.window_sum
+        cumulative = fleet.engine.cumulative
         last = fleet.last_pass
         width = min(len(states), active.size, counted_rows.size, window.shape[1])
         in_progress = int(np.count_nonzero(active))
@@ -292,6 +359,9 @@ class FleetCollector(Collector):
             if label is None:
                 label = labels[state.env] = _escape(state.env)
             envs.append(label)
+        has_cumulative = exported < cumulative.shape[1]
+        since = np.zeros((cumulative.shape[0], exported.size), dtype=np.int64)
+        since[:, has_cumulative] = cumulative[:, exported[has_cumulative]]
         return FleetView(
             envs,
             window[:, exported],
@@ -302,6 +372,8 @@ class FleetCollector(Collector):
             counted,
             int(judged.size - exported.size),
             verdict_counts,
+            since,
+            has_cumulative,
         )
 
     def _most_urgent(
@@ -328,6 +400,7 @@ class FleetCollector(Collector):
             env_verdict,
             env_statistic,
             threshold,
+            env_counted,
         ) = families
         view = self.view()
         if view is None:
@@ -359,6 +432,9 @@ class FleetCollector(Collector):
                 for signal, signal_name in enumerate(SIGNALS):
                     bad = int(window[bad_series(signal, arm), i])
                     ratio.add_metric([env, arm_name, signal_name], bad / total if total else 0.0)
+            for series, series_name in enumerate(SERIES_NAMES):
+                if view.has_cumulative[i]:
+                    env_counted.add_metric([env, series_name], float(view.cumulative[series, i]))
             if view.verdicts is not None and view.statistic is not None:
                 for signal, signal_name in enumerate(SIGNALS):
                     name = _VERDICT_NAMES[int(view.verdicts[signal, i])]
@@ -400,6 +476,16 @@ class FleetCollector(Collector):
                             f"{head}{e}{tail}{v}\n"
                             for e, v in zip(envs, _values(ratio), strict=True)
                         )
+            elif name == "canarywatch_env_counted":
+                present = view.has_cumulative
+                counted_envs = [e for e, p in zip(envs, present.tolist(), strict=True) if p]
+                head = f'{name}{{env="'
+                for series, series_name in enumerate(SERIES_NAMES):
+                    tail = f'",series="{series_name}"}} '
+                    values = _values(view.cumulative[series, present])
+                    out.extend(
+                        f"{head}{e}{tail}{v}\n" for e, v in zip(counted_envs, values, strict=True)
+                    )
             elif view.verdicts is not None and view.statistic is not None:
                 for signal, signal_name in enumerate(SIGNALS):
                     if name == "canarywatch_env_statistic":

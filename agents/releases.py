@@ -437,11 +437,13 @@ async def ensure_release_topics(settings: Settings) -> None:
         settings.bootstrap,
         settings.topic_partitions(),
         {"max.message.bytes": str(settings.topic_max_message_bytes)},
+        replication_factor=settings.replication_factor,
     )
     await ensure_topics(
         settings.bootstrap,
         settings.compacted_topic_partitions(),
         {"max.message.bytes": str(settings.topic_max_message_bytes), "cleanup.policy": "compact"},
+        replication_factor=settings.replication_factor,
     )
 
 

@@ -40,6 +40,10 @@ class Topics:
         return f"{self.prefix}.deadletter"
 
     @property
+    def evidence(self) -> str:
+        return f"{self.prefix}.evidence"
+
+    @property
     def verdicts(self) -> str:
         """Compacted, keyed by env: each canary's latest pass/abort/inconclusive snapshot."""
         return f"{self.prefix}.verdicts"
@@ -66,9 +70,22 @@ class Settings:
     app_id: str = "canarywatch"
     topics: Topics = field(default_factory=Topics)
     partitions: int = 4  # for the topics canarywatch creates
+    # Replication factor of every topic canarywatch creates (its own and Faust's changelogs).
+    # 3 for production; a single-broker development setup (the local broker, demo, bench,
+    # tests) sets 1: CANARYWATCH_REPLICATION_FACTOR=1.
+    replication_factor: int = 3
     metrics_port: int = 9108
     evaluate_every_s: float = 0.25
     commit_every_s: float = 1.0
+    # A command send not acknowledged within this is failed and retried by a later pass
+    # (with backoff); the decision counts as made only once a send is acknowledged.
+    send_timeout_s: float = 10.0
+    # Durable evidence (agents/evidence.py): every commit_every_s the changed rows and the
+    # request-log offsets they cover go to `<prefix>.evidence` in one Kafka transaction. Off:
+    # offsets are committed alone and evidence lives in memory (a restart starts from zero).
+    checkpoint: bool = True
+    # A transaction a killed worker left open is aborted by the broker after this.
+    transaction_timeout_ms: int = 10_000
     # The one size setting: the decode limit. Topic, producer, fetch and dead-letter sizes
     # derive from it (streams/sizes.py, docs/events.md).
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -155,6 +172,10 @@ class Settings:
             t.deadletter: 1,
         }
 
+    def topic_config(self) -> dict[str, str]:
+        """Config of canarywatch's own topics."""
+        return {"max.message.bytes": str(self.topic_max_message_bytes)}
+
     def compacted_topic_partitions(self) -> dict[str, int]:
         """The release agent's topics (cleanup.policy=compact)."""
         t = self.topics
@@ -209,6 +230,18 @@ def _number(kind: type[_N], name: str, env: Mapping[str, str], default: _N) -> _
     return value
 
 
+def _flag(name: str, env: Mapping[str, str], default: bool) -> bool:
+    """A yes/no setting: 1/true/yes/on or 0/false/no/off (any case); `default` when unset."""
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected 1/true/yes/on or 0/false/no/off")
+
+
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """CANARYWATCH_* names in the environment that no setting reads (misspellings)."""
     env = os.environ if environ is None else environ
@@ -244,12 +277,19 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         app_id=get("APP_ID") or base.app_id,
         topics=Topics(get("TOPIC_PREFIX") or base.topics.prefix),
         partitions=_number(int, "PARTITIONS", env, base.partitions),
+        replication_factor=_number(int, "REPLICATION_FACTOR", env, base.replication_factor),
         metrics_port=_number(int, "METRICS_PORT", env, base.metrics_port),
         evaluate_every_s=_number(float, "EVALUATE_EVERY_S", env, base.evaluate_every_s),
         max_message_bytes=_number(int, "MAX_MESSAGE_BYTES", env, base.max_message_bytes),
         data_dir=Path(get("DATA_DIR") or base.data_dir),
         ingest_start_file=Path(gate) if (gate := get("INGEST_START_FILE")) else None,
         command_ttl_s=_number(float, "COMMAND_TTL_S", env, base.command_ttl_s),
+        checkpoint=_flag("CHECKPOINT", env, base.checkpoint),
+        transaction_timeout_ms=_number(
+            int, "TRANSACTION_TIMEOUT_MS", env, base.transaction_timeout_ms
+        ),
+        commit_every_s=_number(float, "COMMIT_EVERY_S", env, base.commit_every_s),
+        send_timeout_s=_number(float, "SEND_TIMEOUT_S", env, base.send_timeout_s),
         cluster=get("CLUSTER") or base.cluster,
         decisions=decisions,
         request_session_timeout_ms=_number(
@@ -304,11 +344,16 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "APP_ID": settings.app_id,
         ENV_PREFIX + "TOPIC_PREFIX": settings.topics.prefix,
         ENV_PREFIX + "PARTITIONS": str(settings.partitions),
+        ENV_PREFIX + "REPLICATION_FACTOR": str(settings.replication_factor),
         ENV_PREFIX + "METRICS_PORT": str(settings.metrics_port),
         ENV_PREFIX + "EVALUATE_EVERY_S": str(settings.evaluate_every_s),
         ENV_PREFIX + "MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
         ENV_PREFIX + "DATA_DIR": str(settings.data_dir),
         ENV_PREFIX + "COMMAND_TTL_S": str(settings.command_ttl_s),
+        ENV_PREFIX + "CHECKPOINT": "1" if settings.checkpoint else "0",
+        ENV_PREFIX + "TRANSACTION_TIMEOUT_MS": str(settings.transaction_timeout_ms),
+        ENV_PREFIX + "COMMIT_EVERY_S": str(settings.commit_every_s),
+        ENV_PREFIX + "SEND_TIMEOUT_S": str(settings.send_timeout_s),
         ENV_PREFIX + "CLUSTER": settings.cluster,
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
         ENV_PREFIX + "REQUEST_SESSION_TIMEOUT_MS": str(settings.request_session_timeout_ms),

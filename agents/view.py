@@ -91,6 +91,8 @@ class RolloutView(Service):
         self.restored = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._refused_seen = 0
+        self._evicted_seen = 0
+        self._evict_log = RateLimitedLog(30.0)
         self._cap_log = RateLimitedLog(30.0)
         self._refused_log = RateLimitedLog(30.0)
 
@@ -116,6 +118,7 @@ class RolloutView(Service):
             self.settings.bootstrap,
             {self.topic: self.settings.partitions},
             {"cleanup.policy": "compact"},
+            replication_factor=self.settings.replication_factor,
         )
         return [TopicPartition(self.topic, p) for p in range(counts[self.topic])]
 
@@ -139,6 +142,7 @@ class RolloutView(Service):
                 pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
                 if not pending:
                     await self._restore_done()
+            self.report_evictions()  # ingest admits by traffic between two batches
             await asyncio.sleep(0)  # a burst of snapshots yields to the request-log path
 
     async def _restore_done(self) -> None:
@@ -183,5 +187,19 @@ class RolloutView(Service):
                 fleet.limits.max_canaries,
                 refused,
             )
+        self.report_evictions()
         released = fleet.release_held(now)
         self.metrics.count_lines(released.counted, released.unattributed, 0)
+
+    def report_evictions(self) -> None:
+        """Count and log idle canaries the fleet evicted (at the cap) since the last call."""
+        fleet = self.fleet
+        evicted = fleet.evicted_canaries - self._evicted_seen
+        if evicted:
+            self._evicted_seen = fleet.evicted_canaries
+            self.metrics.canaries_evicted.inc(evicted)
+            self._evict_log.warning(
+                "max_canaries=%d reached: %d idle canaries evicted for canaries with traffic",
+                fleet.limits.max_canaries,
+                evicted,
+            )

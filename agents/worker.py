@@ -18,13 +18,14 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import faust
 from faust.types import EventT, StreamT
 from prometheus_client import CollectorRegistry
 
 from agents.deadletter import DeadLetterLimits, DeadLetters, Headers
+from agents.episodes import Episodes
 from agents.health import Heartbeat, serve_health
 from agents.ingest import RequestLogIngest
 from agents.kafka_admin import ensure_topics
@@ -38,11 +39,13 @@ from agents.verdicts import VerdictPublisher
 from agents.view import RolloutView
 from streams.events import (
     DecodeError,
+    RolloutState,
     check_decision_id,
     decode_abort_command,
     decode_rollout_state,
     encode_abort_command,
     encode_rollout_state,
+    epoch_of,
 )
 from streams.fleet import Fleet
 
@@ -75,7 +78,8 @@ def build_worker(
         datadir=str(s.data_dir / s.app_id),
         web_enabled=False,
         topic_partitions=s.partitions,
-        topic_replication_factor=1,
+        # Every topic Faust creates (its changelogs included) is replicated this many times.
+        topic_replication_factor=s.replication_factor,
         consumer_auto_offset_reset="earliest",
         # Dead letters and changelog writes fit their topics (streams/sizes.py).
         producer_max_request_size=s.producer_max_request_size,
@@ -151,13 +155,14 @@ def build_worker(
                 decode_rollout_state(previous) if previous else None, state
             )
             if state.canary_in_progress:
+                state = with_epoch(state, rollout_table.get(key))
                 rollout_table[key] = encode_rollout_state(state)
             else:
                 rollout_table.pop(key, None)  # a tombstone on the changelog
 
     async def view_restored() -> None:
         await app.add_runtime_dependency(ingest)  # stops with the app
-        metrics.ready.set(1)
+        metrics.set_ready()
 
     view = RolloutView(
         s,
@@ -193,6 +198,8 @@ def build_worker(
             except DecodeError as error:  # not a decision id a worker wrote: skip and count
                 metrics.restore_refused.labels("abort-decisions", error.reason).inc()
 
+    sends = Episodes("commands", metrics)
+
     async def send_verdict(key: bytes, value: bytes) -> object:
         return await verdicts_topic.send(key=key, value=value)  # not awaited: next pass retries
 
@@ -212,14 +219,32 @@ def build_worker(
         now = clock()
         released = fleet.release_held(now)  # lines whose hold ran out are counted unattributed
         metrics.count_lines(released.counted, released.unattributed, 0)
-        _, commands = fleet.evaluate(now)
+        # A decision is made once Kafka acknowledged its command: until then every pass
+        # returns it again, so a send that failed is retried; the worker keeps running.
+        _, commands = fleet.evaluate(now, await_delivery=True)
         metrics.evaluation.observe(time.perf_counter() - started)
         publish_verdicts(now)  # the gate's pass/abort/inconclusive (agents/verdicts.py)
-        for command in filter(summaries.own_abort, commands):
-            delivery = await commands_topic.send(
-                key=command.namespace.encode(), value=encode_abort_command(command)
-            )
-            await delivery
+        if commands and not sends.due(time.monotonic()):
+            return  # backing off after a failed send
+        for command in commands:
+            if not summaries.own_abort(command):
+                fleet.delivered(command)  # the release agent decides it (FLEET_CONTROL=ebh)
+                continue
+            try:
+                delivery = await asyncio.wait_for(
+                    commands_topic.send(
+                        key=command.namespace.encode(), value=encode_abort_command(command)
+                    ),
+                    s.send_timeout_s,
+                )
+                await asyncio.wait_for(delivery, s.send_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                sends.failed(exc, time.monotonic())
+                return
+            sends.ok()
+            fleet.delivered(command)
             metrics.aborts.labels(command.evidence.signal).inc()
             log.warning(
                 "abort %s (release %s): %s",
@@ -245,8 +270,27 @@ async def ensure_verdict_topic(settings: Settings) -> None:
         settings.bootstrap,
         {settings.topics.verdicts: settings.partitions},
         {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        replication_factor=settings.replication_factor,
     )
 
+
+def with_epoch(state: RolloutState, stored: bytes | None) -> RolloutState:
+    """The snapshot with its decision epoch: the stored canary's, when the same revision is
+    still in progress in the table; a new one (`epoch_of`) when the canary starts (again: a
+    retry after an abort removed it from the table)."""
+    if stored is not None:
+        try:
+            old = decode_rollout_state(stored)
+        except DecodeError:
+            old = None
+        if (
+            old is not None
+            and old.epoch
+            and old.current_pod_hash == state.current_pod_hash
+            and old.stable_hash == state.stable_hash
+        ):
+            return replace(state, epoch=old.epoch)
+    return replace(state, epoch=epoch_of(state))
 
 
 def run_worker(settings: Settings) -> None:
@@ -258,6 +302,7 @@ def run_worker(settings: Settings) -> None:
             settings.bootstrap,
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
+            replication_factor=settings.replication_factor,
         )
     )
     asyncio.run(ensure_verdict_topic(settings))

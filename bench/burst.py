@@ -90,6 +90,7 @@ def sample(port: int) -> dict[str, float]:
 async def on_broker(bootstrap: str, n: int, work: Path) -> None:
     run_id = uuid.uuid4().hex[:8]
     settings = Settings(
+        replication_factor=1,
         bootstrap=bootstrap,
         app_id=f"burst-{run_id}",
         topics=Topics(f"burst-{run_id}"),

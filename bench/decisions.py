@@ -21,6 +21,10 @@ arms, no latency regression). Busy environments serve 100 req/s, quiet ones 0.2 
 Healthy and platform canaries step through 5 % -> 20 % -> 50 % canary share (20 minutes each);
 regressions run at a fixed share. Platform canaries are healthy, but both arms fail 5 % of
 requests from minute 20 to 30.
+
+`pass` rows: `bench.promotion.report` (the code of `make bench-pass`, its own seed), limited to
+the healthy busy/quiet rows and the goal's 1.5x and 2x-the-tolerance rows; the last line gains
+`time_to_pass_busy_s` and `wrong_pass_rate` from it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
+from bench import promotion
 from bench.judges import NEVER, ArgoAnalysis, KayentaJudge, SprtOracle, wilson
 from streams.decisions import DecisionEngine, DecisionSettings, Verdict
 from streams.windows import (
@@ -914,6 +919,8 @@ def main() -> int:
         f"Worst case, every row with bad requests in both signals (5% errors, 30% slow): "
         f"{dense_ms:.2f} ms (x{dense_ms / dense_base:.0f} the sum)"
     )
+    print("\npass verdict (bench.promotion, its own seed; the 1.5x and 2x rows):")
+    passing = promotion.report(rows=promotion.GOAL_ROWS)
     key = table[("busy", "10x", 0.05, "canarywatch")]
     power = table[("busy", f"1.5x@{BUSY_BASE:g}", 0.2, "canarywatch")]
     cw = table[("busy", "broken", 0.05, "canarywatch")]["time_med"]
@@ -929,7 +936,9 @@ def main() -> int:
         f"p90_bad_canary_requests_10x_5pct={fmt_count(key['bad_p90'])} "
         f"late_onset_delay_ratio={late_ratio:.2f} detect_rate_1_5x={power['detect']:.3f} "
         f"warmup_false_abort_rate={warmup:.4f} "
-        f"time_ratio_vs_argo={ratio:.3f} pass_ms_20k={pass_ms:.2f}"
+        f"time_ratio_vs_argo={ratio:.3f} pass_ms_20k={pass_ms:.2f} "
+        f"time_to_pass_busy_s={passing.time_to_pass_busy_s:.0f} "
+        f"wrong_pass_rate={passing.wrong_pass_rate:.4f}"
     )
     return 0
 

@@ -298,6 +298,7 @@ class Harness:
         self.work = work
         self.topics = Topics(f"hostile-{run}")
         self.base = Settings(
+            replication_factor=1,
             bootstrap=bootstrap,
             app_id=f"hostile-{run}",
             topics=self.topics,

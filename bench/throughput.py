@@ -171,6 +171,7 @@ async def start_workers(
     workers = []
     for i in range(count):
         settings = Settings(
+            replication_factor=1,
             bootstrap=base.bootstrap,
             app_id=base.app_id,
             topics=base.topics,
@@ -178,6 +179,7 @@ async def start_workers(
             metrics_port=free_port(),
             data_dir=work / f"w{i}",
             ingest_start_file=gate,
+            checkpoint=base.checkpoint,
         )
         cpus = frozenset({i % (os.cpu_count() or 1)}) if pinned else None
         worker = WorkerProcess(settings, work / f"{base.app_id}-{i}.log", cpus)
@@ -333,6 +335,7 @@ class Results:
     latency_ms: tuple[float, float] = (math.nan, math.nan)
     bytes_per_env: tuple[float, float] = (math.nan, math.nan)
     cpu_scaleout: float = math.nan  # two busy loops ÷ one, a core each
+    checkpoint_ratio: float = math.nan  # batched lines/s with checkpoints on ÷ off
 
     @property
     def single_lines_per_s(self) -> float:
@@ -365,7 +368,7 @@ class Bench:
         return await drain_rate(workers, expected, gate, self.profile, self.broker_pid)
 
 
-PARTS = ("single", "ndjson", "latency", "memory")
+PARTS = ("single", "ndjson", "latency", "memory", "checkpoint")
 
 
 async def run(
@@ -408,6 +411,8 @@ async def run(
             f"decision latency p50 {r.latency_ms[0]:.0f} ms, p99 {r.latency_ms[1]:.0f} ms",
             flush=True,
         )
+    if "checkpoint" in parts:
+        await checkpoint_cost(b, r)
     if "memory" in parts:
         # (4) memory per environment.
         r.bytes_per_env = await memory_per_env(bootstrap, work, f"bench-{run_id}-memory", scale)
@@ -466,13 +471,46 @@ async def ndjson(b: Bench, r: Results) -> None:
         )
 
 
-async def best_drain(b: Bench, topics: Topics, count: int, pinned: bool, lines: int) -> Drain:
+async def checkpoint_cost(b: Bench, r: Results) -> None:
+    """(6) Durable evidence: batched lines/s of one worker with checkpoints on / off."""
+    topics = Topics(f"bench-{uuid.uuid4().hex[:6]}-checkpoint")
+    await ensure_topics(
+        b.bootstrap,
+        {topics.requests: PARTITIONS, topics.rollouts: PARTITIONS},
+        {"max.message.bytes": str(8 << 20)},
+    )
+    lines = request_lines(b.rng, b.scale.ndjson_lines, b.scale.envs, b.now)
+    await produce(b.bootstrap, topics.rollouts, b.states)
+    await produce(b.bootstrap, topics.requests, batch_by_key(lines, b.scale.lines_per_message))
+    del lines
+    off = await best_drain(b, topics, 1, False, b.scale.ndjson_lines, checkpoint=False)
+    on = await best_drain(b, topics, 1, False, b.scale.ndjson_lines, checkpoint=True)
+    r.checkpoint_ratio = on.lines_per_s / off.lines_per_s
+    print(
+        f"checkpoints on: {on.lines_per_s:,.0f} lines/s, off: {off.lines_per_s:,.0f} lines/s "
+        f"(ratio {r.checkpoint_ratio:.2f})",
+        flush=True,
+    )
+
+
+async def best_drain(
+    b: Bench, topics: Topics, count: int, pinned: bool, lines: int, *, checkpoint: bool = True
+) -> Drain:
     """The fastest of `repeats` drains of the topic's backlog, each by new workers in a new
     group (so each reads from the start)."""
     drains = []
     for repeat in range(b.scale.repeats):
-        app_id = f"{topics.prefix}-{count}w{'-pinned' if pinned else ''}-{repeat}"
-        base = Settings(bootstrap=b.bootstrap, app_id=app_id, topics=topics)
+        app_id = (
+            f"{topics.prefix}-{count}w{'-pinned' if pinned else ''}"
+            f"{'' if checkpoint else '-nockpt'}-{repeat}"
+        )
+        base = Settings(
+            bootstrap=b.bootstrap,
+            app_id=app_id,
+            topics=topics,
+            replication_factor=1,
+            checkpoint=checkpoint,
+        )
         gate = b.work / f"{app_id}.go"
         workers = await start_workers(base, count, b.work, b.canaries, gate, pinned)
         try:
@@ -488,6 +526,7 @@ async def best_drain(b: Bench, topics: Topics, count: int, pinned: bool, lines: 
 def start_worker(bootstrap: str, work: Path, topics: Topics) -> WorkerProcess:
     """One worker process on `topics`, its app id and data under the topics' prefix."""
     settings = Settings(
+        replication_factor=1,
         bootstrap=bootstrap,
         app_id=f"{topics.prefix}-w",
         topics=topics,

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from streams.events import Evidence
+from streams.rowstate import export_fields, import_fields, row_width
 from streams.sequential import DEFAULT_RATIOS, DEFAULT_WEIGHTS, ChangePrior, Mixture, SplitTest
 from streams.windows import (
     ARM_CANARY,
@@ -230,6 +231,23 @@ class DecisionEngine:
         self._needed_table = np.stack(
             [_needed_table(settings.threshold, m) for m in self._min_ratio]
         )
+
+    # Every per-row array of the engine (row axis last); the test's follow (`SplitTest`).
+    ROW_FIELDS: tuple[str, ...] = ("grace_until", "held", "cumulative", "started_at", "aborted")
+
+    def export_rows(self, rows: NDArray[np.intp]) -> NDArray[np.float64]:
+        """[rows, width]: these rows' evidence (engine and test), for `import_rows`."""
+        mine = export_fields(self, self.ROW_FIELDS, rows)
+        return np.concatenate([mine, self.test.export_rows(rows)], axis=1)
+
+    def import_rows(self, rows: NDArray[np.intp], data: NDArray[np.float64]) -> None:
+        k = row_width(self, self.ROW_FIELDS)
+        import_fields(self, self.ROW_FIELDS, rows, data[:, :k])
+        self.test.import_rows(rows, data[:, k:])
+
+    @property
+    def row_width(self) -> int:
+        return row_width(self, self.ROW_FIELDS) + self.test.row_width
 
     @property
     def capacity(self) -> int:

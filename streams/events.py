@@ -6,6 +6,7 @@ The wire formats are documented in docs/events.md; keep the two in step.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable
@@ -59,6 +60,11 @@ class RolloutState:
     resource_version: str = ""  # metadata.resourceVersion of the object read ("" if unknown)
     ended: bool = False  # the Rollout is gone (deleted, or missing from a relist)
     cluster: str = ""  # the bridge's CANARYWATCH_CLUSTER ("" when unnamed)
+    # The decision epoch: set by the worker when it stores a canary that starts (the
+    # resource_version of the snapshot that started it, see `epoch_of`), kept while the same
+    # revision runs. A retry (aborted, then running again with the same pod hash) starts a new
+    # epoch, so it is judged afresh: decision ids carry it.
+    epoch: str = ""
 
     @property
     def env(self) -> str:
@@ -125,21 +131,44 @@ def env_key(namespace: str, rollout: str) -> str:
     return f"{namespace}/{rollout}"
 
 
-def decision_id_for(namespace: str, rollout: str, pod_hash: str, cluster: str = "") -> str:
-    """One decision per rollout revision: applying the same id twice is harmless. A named
-    cluster prefixes it (`cluster:namespace/rollout@hash`)."""
+MAX_EPOCH = 64
+EPOCH = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def epoch_of(state: RolloutState) -> str:
+    """The epoch a canary that starts with this snapshot gets: its resource_version when that
+    is a plain token (Kubernetes' are decimal), else a digest of it; the observation time in
+    milliseconds when the snapshot has none."""
+    rv = state.resource_version
+    if rv and len(rv) <= MAX_EPOCH and EPOCH.fullmatch(rv):
+        return rv
+    if rv:
+        return "h" + hashlib.sha256(rv.encode()).hexdigest()[:16]
+    return f"t{int(state.observed_at * 1000)}"
+
+
+def decision_id_for(
+    namespace: str, rollout: str, pod_hash: str, cluster: str = "", epoch: str = ""
+) -> str:
+    """One decision per rollout revision and epoch: applying the same id twice is harmless.
+    A named cluster prefixes it, an epoch follows it (`cluster:namespace/rollout@hash#epoch`)."""
     revision = f"{namespace}/{rollout}@{pod_hash}"
+    if epoch:
+        revision = f"{revision}#{epoch}"
     return f"{cluster}:{revision}" if cluster else revision
 
 
 def check_decision_id(raw: bytes) -> str:
     """A decision id read back (a table key), or DecodeError unless it is
-    `[cluster:]ns/rollout@hash`."""
+    `[cluster:]ns/rollout@hash[#epoch]`."""
     try:
         text = raw.decode()
     except UnicodeDecodeError:
         raise DecodeError("bad_format", "decision id is not UTF-8") from None
     env, at, pod = text.rpartition("@")
+    pod, hashmark, epoch = pod.partition("#")
+    if hashmark and not (len(epoch) <= MAX_EPOCH and EPOCH.fullmatch(epoch)):
+        raise DecodeError("bad_format", f"decision id {text[:80]!r} has a bad epoch")
     cluster, colon, env = env.rpartition(":")
     if colon:
         cluster_name("cluster", cluster)
@@ -279,6 +308,7 @@ pod_hash = _matching(LABEL_VALUE, MAX_POD_HASH, "a pod-template hash")
 pod_hash_or_empty = _matching(LABEL_VALUE, MAX_POD_HASH, "a pod-template hash", empty=True)
 # CANARYWATCH_CLUSTER: empty (one cluster) or a DNS-1123 label, as cluster names usually are.
 cluster_name = _matching(DNS1123_LABEL, MAX_NAMESPACE, "a DNS-1123 label", empty=True)
+epoch_name = _matching(EPOCH, MAX_EPOCH, "a decision epoch", empty=True)
 
 
 def boolean(name: str, value: object) -> bool:
@@ -358,6 +388,7 @@ ROLLOUT_STATE_FIELDS: tuple[FieldRule, ...] = (
     FieldRule("resource_version", text(MAX_SHORT_TEXT)),
     FieldRule("ended", boolean),
     FieldRule("cluster", cluster_name),
+    FieldRule("epoch", epoch_name),
 )
 
 EVIDENCE_FIELDS: tuple[FieldRule, ...] = (
@@ -376,7 +407,9 @@ EVIDENCE_FIELDS: tuple[FieldRule, ...] = (
 
 ABORT_COMMAND_FIELDS: tuple[FieldRule, ...] = (
     FieldRule(
-        "decision_id", non_empty_text(2 * MAX_NAMESPACE + MAX_NAME + MAX_POD_HASH + 3), True
+        "decision_id",
+        non_empty_text(2 * MAX_NAMESPACE + MAX_NAME + MAX_POD_HASH + MAX_EPOCH + 4),
+        True,
     ),
     FieldRule("namespace", namespace_name, required=True),
     FieldRule("rollout", rollout_name, required=True),
@@ -450,7 +483,9 @@ def encode_request_line(line: RequestLine) -> bytes:
 
 
 def encode_rollout_state(state: RolloutState) -> bytes:
-    return orjson.dumps(asdict(state))
+    # orjson serialises the dataclass itself, the same bytes as `asdict` (flat fields) at a
+    # tenth of the cost: every snapshot of a flood is encoded once by the rollout-state agent.
+    return orjson.dumps(state)
 
 
 def rollout_state_from_obj(obj: Any) -> RolloutState:

@@ -7,7 +7,12 @@ engine and the promotion test (`streams.promotion`: the `pass` verdict, in its o
 testable without Kafka.
 
 Bounds (`FleetLimits`): at most `max_canaries` canaries are tracked (a new canary over the cap
-is refused and counted in `refused_canaries`, until a later snapshot of it finds room); request
+is refused and counted in `refused_canaries`, until a later snapshot of it finds room, or until
+its request lines arrive: a refused canary waits (its last snapshot, at most `max_canaries` of
+them), and the first of its lines that no tracked canary claims admits it in place of an idle one,
+a tracked canary that has not counted a line since it started, oldest admitted first
+(`evicted_canaries`; it waits in turn and comes back the same way). A flood of snapshots nobody
+sends traffic for cannot keep a real canary out); request
 lines whose (namespace, hash) no tracked canary has yet are held for up to `hold_s` seconds of
 processing time (the `now` passed in) and at most `hold_lines` lines, and looked up again at
 each count and by `release_held` (after new canaries started): a line that arrives shortly
@@ -52,7 +57,7 @@ from streams.promotion import (
     eta_seconds,
     finite_or_none,
 )
-from streams.requestlog import MAX_BAD_LINES, Columns, decode_columns
+from streams.requestlog import MAX_BAD_LINES, Columns, decode_columns, pack_key
 from streams.windows import ARM_CANARY, ARM_STABLE, CANARY_REQUESTS, STABLE_REQUESTS, FleetWindows
 
 VERDICT_CODES = (INCONCLUSIVE, PASS, ABORT)
@@ -143,8 +148,18 @@ class Fleet:
         # Rows that counted at least one line since their canary started: only those are judged
         # in the metrics (a worker that never saw a line of a canary exports nothing for it).
         self.counted_rows = np.zeros(capacity, dtype=np.bool_)
+        # Where each row's lines come from (the request-log partition, -1: none yet), and
+        # whether it changed since its last checkpoint (agents/evidence.py).
+        self.row_source = np.full(capacity, -1, dtype=np.int64)
+        self.dirty = np.zeros(capacity, dtype=np.bool_)
         self.refused_canaries = 0  # new canaries not tracked because of `max_canaries`
-        self._held: list[tuple[float, Columns]] = []  # (held since, lines), oldest first
+        self.evicted_canaries = 0  # idle canaries untracked to admit one whose lines arrived
+        # Refused canaries by (namespace, hash) key of their pods, and their last snapshots.
+        self._waiting: dict[str, RolloutState] = {}
+        self._waiting_keys: dict[bytes, str] = {}
+        self._admitted: dict[str, None] = {}  # tracked canaries, oldest admitted first
+        # (held since, lines, their partition), oldest first
+        self._held: list[tuple[float, Columns, int]] = []
         self._held_lines = 0
         self._started_since_hold = False
 
@@ -161,7 +176,13 @@ class Fleet:
             and len(attribution.row_of_env) >= self.limits.max_canaries
         ):
             self.refused_canaries += 1
+            self._wait(state)
             return False
+        self._unwait(state.env)
+        if state.canary_in_progress:
+            self._admitted.setdefault(state.env, None)
+        else:
+            self._admitted.pop(state.env, None)
         row = attribution.row_of_env.get(state.env)
         old = attribution.states[row] if row is not None else None
         change = attribution.apply(state)
@@ -178,6 +199,10 @@ class Fleet:
             self.engine.grow(capacity)
             extra = np.zeros(capacity - self.counted_rows.size, dtype=np.bool_)
             self.counted_rows = np.concatenate([self.counted_rows, extra])
+            self.dirty = np.concatenate([self.dirty, extra])
+            self.row_source = np.concatenate(
+                [self.row_source, np.full(extra.size, -1, dtype=np.int64)]
+            )
             self.promotion.grow(capacity)
         for rows in (change.ended, change.started):
             if rows:
@@ -185,6 +210,8 @@ class Fleet:
                 self.windows.clear_rows(index)
                 self.engine.reset(index, now)
                 self.counted_rows[index] = False
+                self.row_source[index] = -1
+                self.dirty[index] = False
                 self.promotion.reset(index)
         if change.started:
             self._started_since_hold = True
@@ -192,12 +219,75 @@ class Fleet:
 
     def forget(self, env: str) -> None:
         """Stop tracking `env` (its canary ended, or the view dropped it); no-op if untracked."""
+        self._unwait(env)
+        self._admitted.pop(env, None)
         if env not in self.attribution.row_of_env:
             return
         row = self.attribution.remove(env)
         index = np.asarray([row], dtype=np.intp)
         self.windows.clear_rows(index)
         self.counted_rows[index] = False
+        self.row_source[index] = -1
+        self.dirty[index] = False
+
+    # --- evidence rows: checkpoint and restore (agents/evidence.py) ---------------------------
+
+    @property
+    def row_width(self) -> int:
+        """Floats per exported row: counted flag, windows, engine and test."""
+        return 1 + self.windows.row_width + self.engine.row_width
+
+    def export_rows(self, rows: NDArray[np.intp]) -> tuple[int, NDArray[np.float64]]:
+        """(window head, [rows, row_width]): everything these rows' evidence is."""
+        head = self.windows.head if self.windows.head is not None else 0
+        data = np.concatenate(
+            [
+                self.counted_rows[rows, None].astype(np.float64),
+                self.windows.export_rows(rows),
+                self.engine.export_rows(rows),
+            ],
+            axis=1,
+        )
+        return head, data
+
+    def import_rows(
+        self, rows: NDArray[np.intp], head: int, data: NDArray[np.float64], source: int
+    ) -> None:
+        """Restore `export_rows`'s rows (of the same canary revisions) into these rows."""
+        if data.shape[1] != self.row_width:
+            raise ValueError(f"evidence rows have {data.shape[1]} values, not {self.row_width}")
+        w = self.windows.row_width
+        self.counted_rows[rows] = data[:, 0] > 0
+        self.windows.import_rows(rows, data[:, 1 : 1 + w], head)
+        self.engine.import_rows(rows, data[:, 1 + w :])
+        self.row_source[rows] = source
+        self.dirty[rows] = False
+
+    def checkpoint_rows(self, sources: set[int]) -> NDArray[np.intp]:
+        """Rows of canaries in progress whose lines come from `sources` and whose evidence may
+        have changed since their last checkpoint: counted lines, or an open slice (it closes on
+        a later pass without new lines)."""
+        mine = np.isin(self.row_source, np.fromiter(sources, dtype=np.int64, count=len(sources)))
+        open_slice = (self.engine.test.block[:2].sum(axis=(0, 1)) > 0) | (
+            self.windows.pending.any(axis=0)
+        )
+        rows: NDArray[np.intp] = np.flatnonzero(
+            mine & self.attribution.active & (self.dirty | open_slice)
+        )
+        return rows
+
+    def drop_sources(self, sources: set[int], now: float) -> int:
+        """Forget the evidence of rows whose lines come from `sources` (their partitions moved
+        to another worker, which restores it); returns how many rows."""
+        mine = np.isin(self.row_source, np.fromiter(sources, dtype=np.int64, count=len(sources)))
+        index = np.flatnonzero(mine)
+        if index.size:
+            self.windows.clear_rows(index)
+            self.engine.reset(index, now)
+            self.counted_rows[index] = False
+            self.row_source[index] = -1
+            self.dirty[index] = False
+        return int(index.size)
 
     def release_held(self, now: float) -> IngestReport:
         """Look the held lines up again (call after snapshots started canaries); expire old ones."""
@@ -214,18 +304,25 @@ class Fleet:
         """The stateless half of `count`: safe to run in another thread."""
         return decode_columns(messages, self.max_message_bytes, self.max_bad_lines)
 
-    def count_columns(self, columns: Columns, now: float) -> IngestReport:
-        """Attribute and count decoded lines; hold those no tracked canary has yet."""
+    def count_columns(self, columns: Columns, now: float, source: int = -1) -> IngestReport:
+        """Attribute and count decoded lines; hold those no tracked canary has yet.
+
+        `source` (the request-log partition) is noted for the rows counted (-1: unknown).
+        """
         report = IngestReport(invalid=columns.invalid, flooded=columns.flooded)
         self._count_held(now, report)
         if len(columns):
-            rest = self._count(columns, now, report)
+            rest = self._count(columns, now, report, source)
+            if rest is not None and self._waiting and self._admit_by_traffic(rest, now):
+                rest = self._count(rest, now, report, source)
             if rest is not None:
-                self._hold(rest, now, report)
+                self._hold(rest, now, report, source)
         report.held = self._held_lines
         return report
 
-    def _count(self, columns: Columns, now: float, report: IngestReport) -> Columns | None:
+    def _count(
+        self, columns: Columns, now: float, report: IngestReport, source: int = -1
+    ) -> Columns | None:
         """Count what is attributed; returns the unattributed lines (None when there are none)."""
         codes = self.attribution.lookup_keys(columns.keys)
         for row, (namespace, pod_hash) in columns.overflow.items():
@@ -245,11 +342,65 @@ class Fleet:
                 now,
             )
             self.counted_rows[rows] = True
+            self.dirty[rows] = True
+            if source >= 0:
+                self.row_source[rows] = source
         if counted == len(columns):
             return None
         return columns.select(~attributed) if counted else columns
 
-    def _hold(self, columns: Columns, now: float, report: IngestReport) -> None:
+    def _wait(self, state: RolloutState) -> None:
+        """Remember a refused canary's last snapshot by its pods' keys, at most `max_canaries`."""
+        self._unwait(state.env)
+        while len(self._waiting) >= max(1, self.limits.max_canaries):
+            self._unwait(next(iter(self._waiting)))  # the oldest waiting canary gives way
+        self._waiting[state.env] = state
+        for pod_hash in {state.current_pod_hash, state.stable_hash}:
+            key = pack_key(state.namespace, pod_hash) if pod_hash else None
+            if key is not None:
+                self._waiting_keys[key.rstrip(b"\0")] = state.env
+
+    def _unwait(self, env: str) -> None:
+        state = self._waiting.pop(env, None)
+        if state is None:
+            return
+        for pod_hash in {state.current_pod_hash, state.stable_hash}:
+            key = pack_key(state.namespace, pod_hash) if pod_hash else None
+            if key is not None and self._waiting_keys.get(key.rstrip(b"\0")) == env:
+                del self._waiting_keys[key.rstrip(b"\0")]
+
+    def _admit_by_traffic(self, columns: Columns, now: float) -> bool:
+        """Admit waiting canaries whose lines are in `columns`, each in place of an idle one."""
+        envs = {
+            env
+            for key in np.unique(columns.keys).tolist()
+            if (env := self._waiting_keys.get(key)) is not None  # numpy drops the NUL padding
+        }
+        admitted = False
+        for env in sorted(envs):
+            state = self._waiting[env]
+            if len(self.attribution.row_of_env) >= self.limits.max_canaries:
+                idle = self._idle_canary()
+                if idle is None:
+                    break  # every tracked canary counts lines: the cap holds
+                idle_state = self.attribution.states[self.attribution.row_of_env[idle]]
+                self.forget(idle)
+                self.evicted_canaries += 1
+                if idle_state is not None:
+                    self._wait(idle_state)
+            admitted = self.apply_rollout(state, now) or admitted
+        return admitted
+
+    def _idle_canary(self) -> str | None:
+        """The oldest admitted canary that has counted no line since it started, if any."""
+        row_of_env = self.attribution.row_of_env
+        for env in self._admitted:
+            row = row_of_env.get(env)
+            if row is not None and not self.counted_rows[row]:
+                return env
+        return None
+
+    def _hold(self, columns: Columns, now: float, report: IngestReport, source: int) -> None:
         room = max(0, self.limits.hold_lines - self._held_lines) if self.limits.hold_s > 0 else 0
         n = len(columns)
         if room < n:
@@ -260,7 +411,7 @@ class Fleet:
             keep[:room] = True
             columns = columns.select(keep)
         columns.invalid, columns.flooded = [], {}  # reported once, with the fetch they came in
-        self._held.append((now, columns))
+        self._held.append((now, columns, source))
         self._held_lines += len(columns)
 
     def _count_held(self, now: float, report: IngestReport) -> None:
@@ -274,16 +425,24 @@ class Fleet:
         if not self._started_since_hold or not self._held:
             return  # no canary started since the last look: nothing new to attribute to
         self._started_since_hold = False
-        kept: list[tuple[float, Columns]] = []
-        for held_at, columns in self._held:
-            rest = self._count(columns, now, report)
+        kept: list[tuple[float, Columns, int]] = []
+        for held_at, columns, source in self._held:
+            rest = self._count(columns, now, report, source)
             if rest is not None:
-                kept.append((held_at, rest))
+                kept.append((held_at, rest, source))
         self._held = kept
-        self._held_lines = sum(len(c) for _, c in kept)
+        self._held_lines = sum(len(c) for _, c, _ in kept)
 
-    def evaluate(self, now: float) -> tuple[PassResult, list[AbortCommand]]:
-        """One pass over every row; returns the pass and the abort commands not yet issued."""
+    def evaluate(
+        self, now: float, *, await_delivery: bool = False
+    ) -> tuple[PassResult, list[AbortCommand]]:
+        """One pass over every row; returns the pass and the abort commands not yet issued.
+
+        A decision is made once per rollout revision and epoch (`decision_id_for`). With
+        `await_delivery` it counts as made only when the caller reports its command delivered
+        (`delivered`): until then every pass returns it again (the engine's abort latch holds),
+        so a send that failed is retried by the next pass. Without it, returning is deciding.
+        """
         self.windows.advance(now)
         increments = self.windows.take_pending()
         result = self.engine.evaluate(
@@ -303,11 +462,12 @@ class Fleet:
             state = self.attribution.states[row]
             assert state is not None
             decision_id = decision_id_for(
-                state.namespace, state.name, state.current_pod_hash, state.cluster
+                state.namespace, state.name, state.current_pod_hash, state.cluster, state.epoch
             )
             if decision_id in self.decided:
                 continue
-            self.decided.add(decision_id)
+            if not await_delivery:
+                self.decided.add(decision_id)
             signal = int(np.argmax(result.verdicts[:, row] == Verdict.ABORT))
             commands.append(
                 AbortCommand(
@@ -324,13 +484,19 @@ class Fleet:
             )
         return result, commands
 
+    def delivered(self, command: AbortCommand) -> None:
+        """The command was acknowledged by Kafka: its decision is made (see `evaluate`)."""
+        self.decided.add(command.decision_id)
+
     def _holds(self, result: PassResult, now: float) -> list[HoldRequest]:
         holds: list[HoldRequest] = []
         held = np.flatnonzero((result.verdicts == Verdict.HOLD).any(axis=0))
         for row in held.tolist():
             state = self.attribution.states[row]
             assert state is not None
-            decision_id = decision_id_for(state.namespace, state.name, state.current_pod_hash)
+            decision_id = decision_id_for(
+                state.namespace, state.name, state.current_pod_hash, epoch=state.epoch
+            )
             if decision_id in self._hold_issued:
                 continue
             self._hold_issued.add(decision_id)

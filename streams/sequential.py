@@ -54,6 +54,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from streams.rowstate import export_fields, import_fields, row_width
+
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
 
@@ -195,6 +197,31 @@ class SplitTest:
         self.block: Ints = np.zeros((4, n, capacity), dtype=np.int64)
         self.opened: Floats = np.zeros((n, capacity))
         self.last_bad: Floats = np.full((n, capacity), -np.inf)
+
+    # Every per-row array (row axis last): what a checkpoint of a row holds.
+    ROW_FIELDS: tuple[str, ...] = (
+        "s_ratio",
+        "s_diff",
+        "log_e_ratio",
+        "mass",
+        "started",
+        "pending_stable",
+        "pending_share",
+        "block",
+        "opened",
+        "last_bad",
+    )
+
+    def export_rows(self, rows: NDArray[np.intp]) -> Floats:
+        """[rows, width]: these rows' state (`ROW_FIELDS`), for `import_rows` elsewhere."""
+        return export_fields(self, self.ROW_FIELDS, rows)
+
+    def import_rows(self, rows: NDArray[np.intp], data: Floats) -> None:
+        import_fields(self, self.ROW_FIELDS, rows, data)
+
+    @property
+    def row_width(self) -> int:
+        return row_width(self, self.ROW_FIELDS)
 
     @property
     def capacity(self) -> int:

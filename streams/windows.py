@@ -50,6 +50,46 @@ class FleetWindows:
         return int(self.window.shape[1])
 
     @property
+    def head(self) -> int | None:
+        """Absolute number of the newest bucket (None before the first `advance`)."""
+        return self._head
+
+    @property
+    def row_width(self) -> int:
+        return N_SERIES * self.buckets + N_SERIES
+
+    def export_rows(self, rows: NDArray[np.intp]) -> NDArray[np.float64]:
+        """[rows, width]: each row's buckets, oldest first, ending at `head`, then `pending`.
+
+        `window_sum` follows from the buckets. Import with the same `head` (`import_rows`):
+        the buckets land where their absolute time says, in the importer's ring.
+        """
+        head = self._head if self._head is not None else 0
+        order = np.arange(head - self.buckets + 1, head + 1) % self.buckets
+        aged = self.window[:, rows, :][:, :, order]  # [series, rows, age]
+        buckets = aged.transpose(1, 0, 2).reshape(rows.size, N_SERIES * self.buckets)
+        buckets = buckets.astype(np.float64)
+        return np.concatenate([buckets, self.pending[:, rows].T.astype(np.float64)], axis=1)
+
+    def import_rows(self, rows: NDArray[np.intp], data: NDArray[np.float64], head: int) -> None:
+        """Put exported rows back; buckets older than this ring's window are dropped, buckets
+        newer than its head are counted in the head bucket."""
+        if data.shape[1] != self.row_width:
+            raise ValueError(f"window rows have {data.shape[1]} values, expected {self.row_width}")
+        if self._head is None:
+            self._head = head
+        n = rows.size
+        aged = data[:, : N_SERIES * self.buckets].reshape(n, N_SERIES, self.buckets)
+        self.window[:, rows, :] = 0
+        for age in range(self.buckets):
+            number = min(head - self.buckets + 1 + age, self._head)
+            if number <= self._head - self.buckets:
+                continue
+            self.window[:, rows, number % self.buckets] += aged[:, :, age].T.astype(np.uint32)
+        self.window_sum[:, rows] = self.window[:, rows, :].sum(axis=2, dtype=np.int64)
+        self.pending[:, rows] = data[:, N_SERIES * self.buckets :].T.astype(np.int64)
+
+    @property
     def span_s(self) -> float:
         return self.bucket_s * self.buckets
 

@@ -160,6 +160,32 @@ def test_canaries_over_the_cap_are_refused_and_counted() -> None:
     assert fleet.refused_canaries == 1
 
 
+def test_a_canary_with_traffic_takes_the_place_of_an_idle_one_at_the_cap() -> None:
+    fleet = Fleet(limits=FleetLimits(max_canaries=3))
+    fleet.apply_rollout(RolloutState("real", "web", "c0", "s0", canary_weight=20), now=0.0)
+    assert fleet.count(lines("real", "c0", 5, 0, 1.0), 1.0).counted == 5
+    # A flood of snapshots nobody sends traffic for fills the cap, then a real canary comes.
+    for i in range(10):
+        fleet.apply_rollout(RolloutState(f"flood-{i}", "web", f"f{i}", f"g{i}"), now=1.0)
+    assert not fleet.apply_rollout(RolloutState("late", "web", "c9", "s9"), now=1.0)
+    assert "late/web" not in fleet.attribution.row_of_env
+    # A waiting canary whose rollout ended is not admitted by late lines.
+    fleet.apply_rollout(RolloutState("flood-9", "web", "f9", "f9"), now=1.0)
+    assert fleet.count(lines("flood-9", "f9", 1, 0, 1.0), 1.0).counted == 0
+    assert fleet.evicted_canaries == 0
+    # Its first lines admit it in place of the oldest idle canary, and they count.
+    report = fleet.count(lines("late", "c9", 4, 0, 2.0) + lines("late", "s9", 6, 0, 2.0), 2.0)
+    assert (report.counted, report.unattributed) == (10, 0)
+    assert fleet.evicted_canaries == 1
+    assert set(fleet.attribution.row_of_env) == {"real/web", "late/web", "flood-1/web"}
+    # The evicted one waits in turn: its own lines would bring it back, in place of flood-1.
+    assert fleet.count(lines("flood-0", "f0", 1, 0, 3.0), 3.0).counted == 1
+    assert set(fleet.attribution.row_of_env) == {"real/web", "late/web", "flood-0/web"}
+    # Canaries that count lines are never evicted: with none idle, the cap holds.
+    assert fleet.count(lines("flood-8", "f8", 2, 0, 4.0), 4.0).counted == 0
+    assert fleet.evicted_canaries == 2
+
+
 def test_the_cap_is_deterministic_for_the_same_snapshots() -> None:
     states = [RolloutState(f"ns-{i}", "web", f"c{i}", f"s{i}") for i in range(50)]
     tracked = []

@@ -47,6 +47,7 @@ def test_text_rendering_matches_prometheus_client_and_is_served() -> None:
     fleet = judged_fleet()
     expected = slow_samples(fleet)
     assert any(name == "canarywatch_env_verdict" for name, _ in expected)
+    assert any(name == "canarywatch_env_counted" for name, _ in expected)
 
     fast = CollectorRegistry()
     collector = FleetCollector(lambda: fleet)

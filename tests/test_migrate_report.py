@@ -7,7 +7,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
-from agents.migrate import MigrateMetrics, Report, plan_json, plan_table
+from agents.migrate import MigrateMetrics, Report
+from agents.migrate_report import plan_json, plan_table
 from streams.migration import ANN_PHASE, ANN_REASON, ScaleDown, plan_service, waves
 from tests.test_migration_logic import TEMPLATE, deployment
 

@@ -65,6 +65,12 @@ def test_release_settings_survive_the_trip_and_refuse_unknown_policies() -> None
         settings_from_env({"CANARYWATCH_FLEET_CONTROL": "bonferroni"})
 
 
+def test_checkpoint_reads_yes_and_no_words() -> None:
+    assert settings_from_env({"CANARYWATCH_CHECKPOINT": "off"}).checkpoint is False
+    assert settings_from_env({"CANARYWATCH_CHECKPOINT": "TRUE"}).checkpoint is True
+    assert settings_from_env({}).checkpoint is True
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
@@ -72,6 +78,23 @@ def test_release_settings_survive_the_trip_and_refuse_unknown_policies() -> None
         ("EVALUATE_EVERY_S", "-1", "CANARYWATCH_EVALUATE_EVERY_S='-1': expected a number >= 0"),
         ("HOLD_S", "nan", "CANARYWATCH_HOLD_S='nan': expected a number >= 0"),
         ("METRICS_PORT", "70000", "CANARYWATCH_METRICS_PORT='70000': expected a port, 1 to 65535"),
+        (
+            "REPLICATION_FACTOR",
+            "x",
+            "CANARYWATCH_REPLICATION_FACTOR='x': expected a whole number >= 0",
+        ),
+        (
+            "TRANSACTION_TIMEOUT_MS",
+            "-5",
+            "CANARYWATCH_TRANSACTION_TIMEOUT_MS='-5': expected a whole number >= 0",
+        ),
+        ("COMMIT_EVERY_S", "inf", "CANARYWATCH_COMMIT_EVERY_S='inf': expected a number >= 0"),
+        ("SEND_TIMEOUT_S", "1s", "CANARYWATCH_SEND_TIMEOUT_S='1s': expected a number >= 0"),
+        (
+            "CHECKPOINT",
+            "maybe",
+            "CANARYWATCH_CHECKPOINT='maybe': expected 1/true/yes/on or 0/false/no/off",
+        ),
     ],
 )
 def test_a_bad_number_is_one_line_naming_variable_value_and_what_is_allowed(

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from agents.metrics import WorkerMetrics
 from agents.settings import Settings
 from agents.view import RolloutView
-from streams.events import RolloutState, encode_rollout_state
+from streams.events import RequestLine, RolloutState, encode_request_line, encode_rollout_state
 from streams.fleet import Fleet, FleetLimits
 
 
@@ -66,3 +66,9 @@ async def test_the_cap_is_counted() -> None:
     )
     assert len(fleet.attribution.row_of_env) == 3
     assert registry.get_sample_value("canarywatch_canaries_refused_total") == 2.0
+    # A refused canary whose lines arrive takes an idle one's place; the view counts it.
+    line = encode_request_line(RequestLine(1.0, "ns-4", "web-c", "c", 200, 20.0))
+    assert fleet.count([line], 2.0).counted == 1
+    view.apply([], 2.0)
+    assert "ns-4/web" in fleet.attribution.row_of_env
+    assert registry.get_sample_value("canarywatch_canaries_evicted_total") == 1.0

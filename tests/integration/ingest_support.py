@@ -22,6 +22,7 @@ CANARY, STABLE = "canary1", "stable1"
 def new_settings(bootstrap: str, tmp_path: Path, prefix: str, **changes: object) -> Settings:
     run_id = f"{prefix}-{uuid.uuid4().hex[:8]}"
     return Settings(
+        replication_factor=1,
         bootstrap=bootstrap,
         app_id=run_id,
         topics=Topics(run_id),

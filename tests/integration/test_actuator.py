@@ -166,6 +166,7 @@ def count(registry: CollectorRegistry, name: str, **labels: str) -> float:
 def unique_settings(kafka_bootstrap: str, tmp: Path, kind: str) -> Settings:
     run_id = uuid.uuid4().hex[:8]
     return Settings(
+        replication_factor=1,
         bootstrap=kafka_bootstrap,
         app_id=f"{kind}-{run_id}",
         topics=Topics(f"{kind}-{run_id}"),

@@ -39,6 +39,7 @@ def line(i: int, pod_hash: str) -> RequestLine:
 async def worker(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Settings]:
     run_id = uuid.uuid4().hex[:8]
     settings = Settings(
+        replication_factor=1,
         bootstrap=kafka_bootstrap,
         app_id=f"dlq-{run_id}",
         topics=Topics(f"dlq-{run_id}"),

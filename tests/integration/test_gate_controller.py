@@ -81,6 +81,7 @@ def stack(
         app_id=f"gatectl-{run_id}",
         topics=Topics(f"gatectl-{run_id}"),
         partitions=1,
+        replication_factor=1,
         metrics_port=free_port(),
         data_dir=workdir / "worker",
         verdict_refresh_s=1.0,

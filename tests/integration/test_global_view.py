@@ -74,6 +74,7 @@ async def test_two_workers_crc32_partitioned_lines_each_bad_canary_aborted_once(
 ) -> None:
     run_id = uuid.uuid4().hex[:8]
     base = Settings(
+        replication_factor=1,
         bootstrap=kafka_bootstrap,
         app_id=f"global-{run_id}",
         topics=Topics(f"global-{run_id}"),

@@ -57,6 +57,7 @@ async def test_bad_canaries_are_aborted_in_the_api_server_within_15s(
 ) -> None:
     run_id = uuid.uuid4().hex[:8]
     settings = Settings(
+        replication_factor=1,
         bootstrap=kafka_bootstrap,
         app_id=f"kube-e2e-{run_id}",
         topics=Topics(f"kube-e2e-{run_id}"),

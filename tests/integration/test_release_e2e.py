@@ -132,6 +132,7 @@ async def test_a_bad_release_is_halted_in_every_quiet_environment_and_triaged(
         app_id=f"rel-e2e-{run_id}",
         topics=Topics(f"rel-e2e-{run_id}"),
         partitions=PARTITIONS,
+        replication_factor=1,
         metrics_port=free_port(),
         data_dir=tmp_path / "worker",
         summary_every_s=0.5,

@@ -68,6 +68,7 @@ async def test_bad_snapshots_are_dead_lettered_and_a_restart_is_not_stuck(
 ) -> None:
     run_id = uuid.uuid4().hex[:8]
     settings = Settings(
+        replication_factor=1,
         bootstrap=kafka_bootstrap,
         app_id=f"val-{run_id}",
         topics=Topics(f"val-{run_id}"),

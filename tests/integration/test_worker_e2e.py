@@ -24,6 +24,7 @@ async def test_each_bad_canary_gets_one_abort_within_15s(
 ) -> None:
     run_id = uuid.uuid4().hex[:8]
     settings = Settings(
+        replication_factor=1,
         bootstrap=kafka_bootstrap,
         app_id=f"e2e-{run_id}",
         topics=Topics(f"e2e-{run_id}"),
