@@ -121,6 +121,7 @@ async def run(
         app_id=f"ops-{run_id}",
         topics=Topics(f"ops-{run_id}"),
         partitions=1,
+        replication_factor=1,  # the single local broker
         metrics_port=free_port(),
         data_dir=work / "worker",
         verdict_refresh_s=30.0,

@@ -105,6 +105,7 @@ async def system(
         app_id=f"op-{run_id}",
         topics=Topics(f"op-{run_id}"),
         partitions=2,
+        replication_factor=1,  # the single local broker
         data_dir=tmp / "worker",
         verdict_refresh_s=2.0,
     )
