@@ -122,3 +122,9 @@ bench-fleet: venv
 .PHONY: bench-pass
 bench-pass: venv
 	$(PY) -m bench.promotion
+
+# The operator's tools at fleet scale (issue 14): one /metrics scrape and `canarywatch status`
+# with 20,000 canaries in progress on a real broker and worker; last line `ops: ...`.
+.PHONY: bench-ops
+bench-ops: venv
+	$(PY) -m bench.ops

@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import random
 import sys
+from pathlib import Path
 
 from agents.codecs import check_codecs
-from agents.settings import settings_from_env
+from agents.settings import SettingsError, settings_from_env, unknown_variables
 from streams.simulation import SimulationSettings
 
 
@@ -78,6 +79,39 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
     gate.add_argument("--port", type=int, help="default: CANARYWATCH_GATE_PORT (9110)")
 
+    status = sub.add_parser("status", help="one row per canary in progress, most urgent first")
+    status.add_argument("-n", "--namespace", action="append", default=[], help="repeat")
+    status.add_argument("--release", action="append", default=[], help="substring; repeat")
+    status.add_argument(
+        "--verdict",
+        action="append",
+        default=[],
+        choices=["abort", "platform", "stale", "inconclusive", "pass"],
+    )
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    status.add_argument("-w", "--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument("--every", type=float, default=2.0, help="seconds between refreshes")
+
+    explain = sub.add_parser("explain", help="why a canary's verdict is what it is")
+    explain.add_argument("env", metavar="NAMESPACE/ROLLOUT")
+    explain.add_argument("--plot", type=Path, help="draw its statistic and ratios to this PNG")
+
+    ui = sub.add_parser("ui", help="the fleet board in the browser")
+    ui.add_argument("--port", type=int, default=9120)
+    ui.add_argument("--host", default="127.0.0.1")
+
+    notify = sub.add_parser("notify", help="post aborts and platform verdicts to a webhook")
+    notify.add_argument("--url", required=True, help="webhook URL")
+    notify.add_argument("--format", choices=["slack", "json"], default="slack")
+    notify.add_argument("--explain-base-url", default="", help="links to explain pages")
+
+    replay = sub.add_parser("replay", help="recorded logs and rollout states through the engine")
+    replay.add_argument("files", nargs="*", type=Path, help="NDJSON files (requests, rollouts)")
+    replay.add_argument("--from-topic", action="store_true", help="read the topics instead")
+    replay.add_argument("--since", type=float, help="epoch seconds to start the topics from")
+    replay.add_argument("--plot", type=Path, help="draw the decisions over time to this PNG")
+    replay.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
     broker = sub.add_parser("broker", help="a local single-node Kafka for development")
     broker.add_argument("args", nargs=argparse.REMAINDER, help="start|stop|fetch and options")
     return parser
@@ -85,6 +119,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    except SettingsError as error:
+        print(f"canarywatch: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    for name in unknown_variables():
+        print(f"canarywatch: warning: {name} is not a setting (misspelled?)", file=sys.stderr)
     if args.command in ("worker", "actuator", "bridge", "releases"):
         check_codecs(settings_from_env().disabled_codecs)
     if args.command == "worker":
@@ -135,6 +179,43 @@ def main(argv: list[str] | None = None) -> int:
         if args.port is not None:
             settings = settings.with_overrides(gate_port=args.port)
         return run_gate(settings, kubeconfig=args.kubeconfig)
+    if args.command in ("status", "explain"):
+        from rich.console import Console
+
+        from agents.status import StatusOptions, run_explain, run_status
+
+        console = Console()
+        try:
+            if args.command == "explain":
+                return asyncio.run(run_explain(settings_from_env(), args.env, console, args.plot))
+            settings = settings_from_env()
+            status_options = StatusOptions(
+                tuple(args.namespace),
+                tuple(args.release),
+                tuple(args.verdict),
+                output=args.output,
+                watch=args.watch,
+                every_s=args.every,
+                stale_after_s=settings.gate_max_age_s,
+            )
+            return asyncio.run(run_status(settings, status_options, console))
+        except KeyboardInterrupt:
+            return 0
+    if args.command == "ui":
+        from agents.ui import run_ui
+
+        return run_ui(settings_from_env(), args.host, args.port)
+    if args.command == "notify":
+        from agents.notify import NotifyOptions, run_notify
+
+        options_n = NotifyOptions(args.url, args.format, args.explain_base_url)
+        return run_notify(settings_from_env(), options_n)
+    if args.command == "replay":
+        from agents.replay import replay_main
+
+        return replay_main(
+            settings_from_env(), args.files, args.from_topic, args.since, args.plot, args.output
+        )
     if args.command == "broker":
         from agents.localkafka import main as broker_main
 

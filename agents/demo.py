@@ -14,6 +14,7 @@ import contextlib
 import math
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,13 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agents.kafka_admin import ensure_topics
 from agents.processes import WorkerProcess, free_port, scrape
 from agents.settings import Settings, Topics
 from agents.simulator import SimulationRun, producer_for
+from agents.status import StatusOptions, render_table, status_once
+from agents.ui import Board
 from streams.events import AbortCommand, DecodeError, decode_abort_command
 from streams.simulation import Scenario, Scorecard, SimulationSettings, score
+from streams.status import StatusRow
 
 Printer = Callable[[str], None]
 
@@ -38,6 +44,8 @@ class DemoResult:
     commands: list[tuple[float, AbortCommand]] = field(default_factory=list)  # (seen at, cmd)
     lines_sent: int = 0
     verdicts: dict[str, str] = field(default_factory=dict)  # env -> the worker's last verdict
+    status: list[StatusRow] = field(default_factory=list)  # `canarywatch status` at the end
+    seed: int = 0
 
 
 class CommandWatcher:
@@ -84,6 +92,8 @@ async def run_demo(
     work_dir: Path,
     out: Printer = print,
     stop: asyncio.Event | None = None,
+    board_port: int | None = None,
+    progress: bool = False,
 ) -> DemoResult:
     """Run the whole path against the broker at `settings.bootstrap`; None runs until cancelled."""
     await ensure_topics(
@@ -103,6 +113,12 @@ async def run_demo(
         stack.push_async_callback(watcher.stop)
         await producer.start()
         stack.push_async_callback(producer.stop)
+        if board_port is not None:
+            board = await stack.enter_async_context(Board(settings, port=board_port))
+            out(
+                f"demo: metrics on http://127.0.0.1:{settings.metrics_port}/metrics, fleet "
+                f"board on http://127.0.0.1:{board.port}/"
+            )
         start = time.time()
         run = SimulationRun(simulation, seed, start=start, lines_per_message=lines_per_message)
         plans = {plan.env: plan for plan in run.plans}
@@ -129,20 +145,37 @@ async def run_demo(
 
         watching = asyncio.create_task(watcher.watch(show))
         until = math.inf if duration is None else start + duration
+        bar = Progress(
+            TextColumn("demo"), BarColumn(), TextColumn("{task.fields[lines]} lines, "
+            "{task.fields[aborts]} aborts"), TimeElapsedColumn(), transient=True,
+            disable=not progress, console=Console(stderr=True),
+        )  # fmt: skip
+        task = bar.add_task("demo", total=duration, lines=0, aborts=0)
+
+        async def show_progress() -> None:
+            while True:
+                bar.update(task, completed=time.time() - start, lines=run.lines_sent,
+                           aborts=len(watcher.seen))  # fmt: skip
+                await asyncio.sleep(0.5)  # the progress display's refresh
+
+        showing = asyncio.create_task(show_progress())
         try:
-            await run.play(producer, settings.topics, until, stop=stop)
+            with bar:
+                await run.play(producer, settings.topics, until, stop=stop)
             # Let the last pass's commands arrive: the worker evaluates every evaluate_every_s.
             await asyncio.sleep(3 * settings.evaluate_every_s + 1.0)
         finally:
-            watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+            for running in (watching, showing):
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
         verdicts = await asyncio.to_thread(read_verdicts, settings.metrics_port)
+        status = await status_once(settings, StatusOptions())
     first_seen: dict[str, float] = {}
     for seen_at, command in watcher.seen:
         first_seen.setdefault(command.env, seen_at)
     scorecard = score(run.plans, first_seen)
-    return DemoResult(scorecard, list(watcher.seen), run.lines_sent, verdicts)
+    return DemoResult(scorecard, list(watcher.seen), run.lines_sent, verdicts, status, seed)
 
 
 def read_verdicts(metrics_port: int) -> dict[str, str]:
@@ -168,7 +201,13 @@ def format_scorecard(result: DemoResult) -> list[str]:
             f"{verdict:<13} {delay}"
         )
     lines.append(f"{result.lines_sent} request lines played; commands: {len(result.commands)}")
-    lines.append(f"demo: {card.summary()}")
+    if "inconclusive" in result.verdicts.values():
+        lines.append(
+            "inconclusive: too little traffic yet to tell either way (fewer canary requests than "
+            "even a clear regression would need to show); never an abort. `canarywatch explain "
+            "NAMESPACE/ROLLOUT` says what each one still needs."
+        )
+    lines.append(f"demo: {card.summary()} (seed {result.seed})")
     return lines
 
 
@@ -213,9 +252,15 @@ async def demo_main(
                 work_dir=work_dir,
                 out=lambda text: print(text, flush=True),
                 stop=stop,
+                board_port=free_port(),
+                progress=sys.stderr.isatty(),
             )
             for line in format_scorecard(result):
                 print(line, flush=True)
+            print("demo: canarywatch status, as the run ended:", flush=True)
+            render_table(
+                result.status, Console(), title=f"{len(result.status)} canaries in progress"
+            )
             if release and not stop.is_set():
                 from agents.releasedemo import run_release_demo
 

@@ -9,13 +9,24 @@ and nothing is paid on the hot path. The aggregate gauges cover every such envir
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 from numpy.typing import NDArray
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from agents.deadletter import deadletter_counter, suppressed_counter
 from agents.health import Readiness, ReadyGauge
@@ -28,6 +39,7 @@ from streams.windows import (
     CANARY_REQUESTS,
     SERIES_NAMES,
     STABLE_REQUESTS,
+    Counts,
 )
 
 
@@ -160,17 +172,90 @@ class WorkerMetrics:
             self.lines.labels("invalid").inc(invalid)
 
 
-class FleetCollector(Collector):
-    """Window ratios and verdicts of the environments in canary, read at scrape time."""
+PER_ENV = (
+    "canarywatch_window_bad_ratio",
+    "canarywatch_window_requests",
+    "canarywatch_env_verdict",
+    "canarywatch_env_statistic",
+    "canarywatch_env_counted",
+)
+_HELP = {
+    "canarywatch_window_bad_ratio": (
+        "Bad requests / requests over the sliding window, per canary environment."
+    ),
+    "canarywatch_window_requests": (
+        "Requests over the sliding window, per canary environment and arm."
+    ),
+    "canarywatch_env_verdict": "1 for each canary environment's current verdict, per signal.",
+    "canarywatch_env_statistic": (
+        "The sequential test's statistic (log e-value) per canary environment and signal; "
+        "abort at canarywatch_abort_threshold."
+    ),
+    "canarywatch_env_counted": (
+        "Requests counted into the test since the canary (epoch) started, per environment "
+        "and series (same selection as canarywatch_env_statistic)."
+    ),
+}
+_VERDICT_NAMES = [v.name.lower() for v in sorted(Verdict, key=lambda v: v.value)]
 
-    def __init__(self, fleet_source: Callable[[], Fleet | None], max_series: int = 1000) -> None:
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _values(array: np.ndarray[Any, Any]) -> list[str]:
+    """Sample values as the text format writes them (Go's +Inf, -Inf, NaN)."""
+    values: list[float] = array.astype(np.float64).tolist()
+    if np.isfinite(array).all():
+        return list(map(repr, values))
+    return [floatToGoString(v) for v in values]  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """A consistent copy of what a scrape reads. The fleet's arrays are read once each, by
+    reference (growing one replaces it, never resizes it in place), and cut to the narrowest
+    of them: a scrape while rollout states arrive and the arrays grow one after another sees
+    the rows every array already has, never an index past one of them."""
+
+    envs: list[str]  # escaped label values of the exported rows, one per column below
+    window: Counts  # [series, exported rows]
+    verdicts: NDArray[np.int8] | None  # [signal, exported rows] (None: no pass yet)
+    statistic: NDArray[np.float64] | None
+    threshold: float | None
+    rows: int  # canaries in progress
+    counted: int  # of those, the ones this worker counted lines for (judges)
+    unexported: int  # counted rows beyond max_series
+    verdict_counts: NDArray[np.int64] | None  # [signal, verdict] over every judged row
+    cumulative: Counts  # [series, exported rows]: counted since the canary (epoch) started
+    has_cumulative: NDArray[np.bool_]  # [exported rows]: False for a row the engine lacks yet
+
+
+class FleetCollector(Collector):
+    """Window ratios and verdicts of the environments in canary, read at scrape time.
+
+    `text=True` (set by `metrics_app`): the per-environment families are rendered as text
+    straight from the arrays (`render_text`), and `collect` yields only the fleet-wide ones;
+    otherwise `collect` yields every family through prometheus_client (slower: a Python object
+    per sample). Either way at most `max_series` environments, the most urgent first.
+    """
+
+    def __init__(
+        self,
+        fleet_source: Callable[[], Fleet | None],
+        max_series: int = 1000,
+        *,
+        text: bool = False,
+    ) -> None:
         self._fleet_source = fleet_source
         self.max_series = max_series
+        self.text = text
+        self._labels: dict[str, str] = {}
 
     def describe(self) -> Iterator[Metric]:
         # Named up front, so a scrape restricted with `?name[]=...` skips this collector.
-        yield from self._families()
-        yield self._since_start()
+        families = self._families()
+        yield from (f for f in families if not self.text or f.name not in PER_ENV)
         yield self._outside_event_time(None)
 
     @staticmethod
@@ -186,24 +271,15 @@ class FleetCollector(Collector):
                 family.add_metric([reason], float(n))
         return family
 
-    @staticmethod
-    def _since_start() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "canarywatch_env_counted",
-            "Requests counted into the test since the canary (epoch) started, per environment "
-            "and series (same selection as canarywatch_env_statistic).",
-            labels=["env", "series"],
-        )
-
     def _families(self) -> tuple[GaugeMetricFamily, ...]:
         ratio = GaugeMetricFamily(
             "canarywatch_window_bad_ratio",
-            "Bad requests / requests over the sliding window, per canary environment.",
+            _HELP["canarywatch_window_bad_ratio"],
             labels=["env", "arm", "signal"],
         )
         requests = GaugeMetricFamily(
             "canarywatch_window_requests",
-            "Requests over the sliding window, per canary environment and arm.",
+            _HELP["canarywatch_window_requests"],
             labels=["env", "arm"],
         )
         verdicts = GaugeMetricFamily(
@@ -225,17 +301,21 @@ class FleetCollector(Collector):
         )
         env_verdict = GaugeMetricFamily(
             "canarywatch_env_verdict",
-            "1 for each canary environment's current verdict, per signal.",
+            _HELP["canarywatch_env_verdict"],
             labels=["env", "signal", "verdict"],
         )
         env_statistic = GaugeMetricFamily(
             "canarywatch_env_statistic",
-            "The sequential test's statistic (log e-value) per canary environment and signal; "
-            "abort at canarywatch_abort_threshold.",
+            _HELP["canarywatch_env_statistic"],
             labels=["env", "signal"],
         )
         threshold = GaugeMetricFamily(
             "canarywatch_abort_threshold", "The statistic at which a canary is aborted."
+        )
+        env_counted = GaugeMetricFamily(
+            "canarywatch_env_counted",
+            _HELP["canarywatch_env_counted"],
+            labels=["env", "series"],
         )
         return (
             canaries,
@@ -247,12 +327,87 @@ class FleetCollector(Collector):
             env_verdict,
             env_statistic,
             threshold,
+            env_counted,
         )
 
-    def collect(self) -> Iterator[Metric]:
+    def view(self) -> FleetView | None:
         fleet = self._fleet_source()
+        if fleet is None:
+            return None
+        attribution = fleet.attribution
+        # Each read once; the worker's loop may replace any of them between two reads.
+        states = list(attribution.states)
+        active = attribution.active
+        counted_rows = fleet.counted_rows
+        window = fleet.windows.window_sum
+        cumulative = fleet.engine.cumulative
+        last = fleet.last_pass
+        width = min(len(states), active.size, counted_rows.size, window.shape[1])
+        in_progress = int(np.count_nonzero(active))
+        judged = np.flatnonzero(active[:width] & counted_rows[:width])
+        judged = judged[[states[row] is not None for row in judged.tolist()]]
+        counted = int(judged.size)
+        verdicts = statistic = verdict_counts = None
+        threshold = None
+        if last is not None:
+            judged = judged[judged < last.verdicts.shape[1]]  # rows since the pass: no verdict
+            verdict_counts = np.stack(
+                [
+                    np.bincount(last.verdicts[signal, judged], minlength=len(Verdict))
+                    for signal in range(len(SIGNALS))
+                ]
+            )
+        exported = self._most_urgent(judged, last.statistic if last is not None else None)
+        if last is not None:
+            verdicts = last.verdicts[:, exported]
+            statistic = last.statistic[:, exported]
+            threshold = last.threshold
+        labels = self._labels
+        if len(labels) > 4 * max(exported.size, 1024):
+            labels.clear()
+        envs = []
+        for row in exported.tolist():
+            state = states[row]
+            assert state is not None
+            label = labels.get(state.env)
+            if label is None:
+                label = labels[state.env] = _escape(state.env)
+            envs.append(label)
+        has_cumulative = exported < cumulative.shape[1]
+        since = np.zeros((cumulative.shape[0], exported.size), dtype=np.int64)
+        since[:, has_cumulative] = cumulative[:, exported[has_cumulative]]
+        return FleetView(
+            envs,
+            window[:, exported],
+            verdicts,
+            statistic,
+            threshold,
+            in_progress,
+            counted,
+            int(judged.size - exported.size),
+            verdict_counts,
+            since,
+            has_cumulative,
+        )
+
+    def _most_urgent(
+        self, rows: NDArray[np.intp], statistic: NDArray[np.float64] | None
+    ) -> NDArray[np.intp]:
+        """At most `max_series` rows, highest statistic (over signals) first; ties by row."""
+        if rows.size <= self.max_series:
+            return rows
+        if statistic is None:
+            return rows[: self.max_series]
+        urgency = statistic[:, rows].max(axis=0)
+        order = np.lexsort((rows, -urgency))
+        return np.sort(rows[order[: self.max_series]])
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._collect_fleet()
+        yield self._outside_event_time(self._fleet_source())
+
+    def _collect_fleet(self) -> Iterator[GaugeMetricFamily]:
         families = self._families()
-        since_start = self._since_start()
         (
             canaries,
             counted,
@@ -263,71 +418,125 @@ class FleetCollector(Collector):
             env_verdict,
             env_statistic,
             threshold,
+            env_counted,
         ) = families
-        if fleet is None:
+        view = self.view()
+        if view is None:
             yield canaries
             return
-        canaries.add_metric([], float(fleet.attribution.active_rows().size))
-        judged = np.flatnonzero(fleet.attribution.active & fleet.counted_rows)
-        counted.add_metric([], float(judged.size))
-        last = fleet.last_pass
-        if last is not None:
-            # Rows added since the last pass have no verdict yet.
-            judged = judged[judged < last.verdicts.shape[1]]
-        exported = self._most_urgent(judged, fleet)
-        unexported.add_metric([], float(judged.size - exported.size))
-        window = fleet.windows.window_sum
-        for row in exported.tolist():
-            state = fleet.attribution.states[row]
-            if state is None:
-                continue
+        canaries.add_metric([], float(view.rows))
+        counted.add_metric([], float(view.counted))
+        unexported.add_metric([], float(view.unexported))
+        if view.verdict_counts is not None and view.threshold is not None and view.counted:
+            threshold.add_metric([], view.threshold)
+            for signal, signal_name in enumerate(SIGNALS):
+                for verdict in Verdict:
+                    verdicts.add_metric(
+                        [verdict.name.lower(), signal_name],
+                        float(view.verdict_counts[signal, verdict.value]),
+                    )
+        if self.text:
+            yield from (f for f in families if f.name not in PER_ENV)
+            return
+        # The slow path: one prometheus_client sample per series (tests, other registries).
+        window = view.window
+        for i, env in enumerate(view.envs):
             for arm, arm_name, total_series in (
                 (ARM_CANARY, "canary", CANARY_REQUESTS),
                 (ARM_STABLE, "stable", STABLE_REQUESTS),
             ):
-                total = int(window[total_series, row])
-                requests.add_metric([state.env, arm_name], float(total))
+                total = int(window[total_series, i])
+                requests.add_metric([env, arm_name], float(total))
                 for signal, signal_name in enumerate(SIGNALS):
-                    bad = int(window[bad_series(signal, arm), row])
-                    ratio.add_metric(
-                        [state.env, arm_name, signal_name], bad / total if total else 0.0
-                    )
-        cumulative = fleet.engine.cumulative
-        for row in exported.tolist():
-            state = fleet.attribution.states[row]
-            if state is None or row >= cumulative.shape[1]:
-                continue
+                    bad = int(window[bad_series(signal, arm), i])
+                    ratio.add_metric([env, arm_name, signal_name], bad / total if total else 0.0)
             for series, series_name in enumerate(SERIES_NAMES):
-                since_start.add_metric([state.env, series_name], float(cumulative[series, row]))
-        if last is not None and judged.size:
-            for signal, signal_name in enumerate(SIGNALS):
-                counts = np.bincount(last.verdicts[signal, judged], minlength=len(Verdict))
-                for verdict in Verdict:
-                    verdicts.add_metric(
-                        [verdict.name.lower(), signal_name], float(counts[verdict.value])
-                    )
-            threshold.add_metric([], last.threshold)
-            for row in exported.tolist():
-                state = fleet.attribution.states[row]
-                if state is None:
-                    continue
+                if view.has_cumulative[i]:
+                    env_counted.add_metric([env, series_name], float(view.cumulative[series, i]))
+            if view.verdicts is not None and view.statistic is not None:
                 for signal, signal_name in enumerate(SIGNALS):
-                    name = Verdict(int(last.verdicts[signal, row])).name.lower()
-                    env_verdict.add_metric([state.env, signal_name, name], 1.0)
-                    env_statistic.add_metric(
-                        [state.env, signal_name], float(last.statistic[signal, row])
-                    )
+                    name = _VERDICT_NAMES[int(view.verdicts[signal, i])]
+                    env_verdict.add_metric([env, signal_name, name], 1.0)
+                    env_statistic.add_metric([env, signal_name], float(view.statistic[signal, i]))
         yield from families
-        yield since_start
-        yield self._outside_event_time(fleet)
 
-    def _most_urgent(self, rows: NDArray[np.intp], fleet: Fleet) -> NDArray[np.intp]:
-        """At most `max_series` rows, highest statistic (over signals) first; ties by row."""
-        if rows.size <= self.max_series:
-            return rows
-        last = fleet.last_pass
-        if last is None:
-            return rows[: self.max_series]
-        urgency = last.statistic[:, rows].max(axis=0)
-        order = np.lexsort((rows, -urgency))
-        return np.sort(rows[order[: self.max_series]])
+    def render_text(self, names: set[str] | None = None) -> str:
+        """The per-environment families in the text format, from the arrays: one pass of
+        string joins per series kind, no Python object per sample."""
+        view = self.view()
+        if view is None or not view.envs:
+            return ""
+        wanted = [n for n in PER_ENV if names is None or n in names]
+        out: list[str] = []
+        envs = view.envs
+        window = view.window
+        for name in wanted:
+            out.append(f"# HELP {name} {_HELP[name]}\n# TYPE {name} gauge\n")
+            if name == "canarywatch_window_requests":
+                for arm_name, series in (("canary", CANARY_REQUESTS), ("stable", STABLE_REQUESTS)):
+                    head = f'{name}{{arm="{arm_name}",env="'
+                    out.extend(
+                        f'{head}{e}"}} {v}\n'
+                        for e, v in zip(envs, _values(window[series]), strict=True)
+                    )
+            elif name == "canarywatch_window_bad_ratio":
+                for arm, arm_name, series in (
+                    (ARM_CANARY, "canary", CANARY_REQUESTS),
+                    (ARM_STABLE, "stable", STABLE_REQUESTS),
+                ):
+                    total = window[series]
+                    for signal, signal_name in enumerate(SIGNALS):
+                        bad = window[bad_series(signal, arm)]
+                        ratio = np.divide(bad, total, out=np.zeros(total.shape), where=total > 0)
+                        head = f'{name}{{arm="{arm_name}",env="'
+                        tail = f'",signal="{signal_name}"}} '
+                        out.extend(
+                            f"{head}{e}{tail}{v}\n"
+                            for e, v in zip(envs, _values(ratio), strict=True)
+                        )
+            elif name == "canarywatch_env_counted":
+                present = view.has_cumulative
+                counted_envs = [e for e, p in zip(envs, present.tolist(), strict=True) if p]
+                head = f'{name}{{env="'
+                for series, series_name in enumerate(SERIES_NAMES):
+                    tail = f'",series="{series_name}"}} '
+                    values = _values(view.cumulative[series, present])
+                    out.extend(
+                        f"{head}{e}{tail}{v}\n" for e, v in zip(counted_envs, values, strict=True)
+                    )
+            elif view.verdicts is not None and view.statistic is not None:
+                for signal, signal_name in enumerate(SIGNALS):
+                    if name == "canarywatch_env_statistic":
+                        head, tail = f'{name}{{env="', f'",signal="{signal_name}"}} '
+                        values = _values(view.statistic[signal])
+                        out.extend(
+                            f"{head}{e}{tail}{v}\n" for e, v in zip(envs, values, strict=True)
+                        )
+                    else:
+                        head = f'{name}{{env="'
+                        tails = [f'",signal="{signal_name}",verdict="{v}"}} 1.0\n'
+                                 for v in _VERDICT_NAMES]  # fmt: skip
+                        codes = view.verdicts[signal].tolist()
+                        out.extend(f"{head}{e}{tails[c]}" for e, c in zip(envs, codes, strict=True))
+        return "".join(out)
+
+
+def metrics_app(
+    registry: CollectorRegistry, fleet: FleetCollector | None = None
+) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app for /metrics: the registry through prometheus_client, then the fleet's
+    per-environment families as text from its arrays (`fleet.text` is set). `?name[]=...`
+    restricts both, as prometheus_client's own app does. A drop-in for `make_wsgi_app`."""
+    if fleet is not None:
+        fleet.text = True
+
+    def app(environ: dict[str, Any], start: Callable[..., Any]) -> Iterable[bytes]:
+        names = set(parse_qs(environ.get("QUERY_STRING", "")).get("name[]", [])) or None
+        source = registry.restricted_registry(list(names)) if names else registry
+        body = generate_latest(source)
+        if fleet is not None:
+            body += fleet.render_text(names).encode()
+        start("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from streams.decisions import DecisionSettings
 from streams.events import MAX_MESSAGE_BYTES
@@ -197,6 +199,59 @@ _PROMOTION_ENV = {
 }
 
 
+# Read by settings_from_env (or elsewhere) but not always written by settings_to_env.
+_EXTRA_NAMES = tuple(
+    ENV_PREFIX + n
+    for n in ("LATENCY_OBJECTIVE_MS", "FLEET_CONTROL", "FDR", "INGEST_START_FILE", "CLUSTER",
+              "DISABLED_CODECS", "KAFKA_CDS", "CACHE")
+)  # fmt: skip
+
+
+_N = TypeVar("_N", int, float)
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used: one line naming the variable, the value and what is
+    allowed (the CLI prints it and exits with code 2)."""
+
+
+def _number(kind: type[_N], name: str, env: Mapping[str, str], default: _N) -> _N:
+    """`raw` as `kind`, or `default` when unset; negative, non-finite and (for ports) out of
+    range values are refused."""
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    what = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected {what} >= 0") from None
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected {what} >= 0")
+    if name.endswith("_PORT") and not 1 <= value <= 65535:
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected a port, 1 to 65535")
+    return value
+
+
+def _flag(name: str, env: Mapping[str, str], default: bool) -> bool:
+    """A yes/no setting: 1/true/yes/on or 0/false/no/off (any case); `default` when unset."""
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected 1/true/yes/on or 0/false/no/off")
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """CANARYWATCH_* names in the environment that no setting reads (misspellings)."""
+    env = os.environ if environ is None else environ
+    known = set(settings_to_env(Settings())) | set(_EXTRA_NAMES)
+    return sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known)
+
+
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from CANARYWATCH_* variables (BOOTSTRAP, APP_ID, METRICS_PORT, DATA_DIR, ...)."""
     env = os.environ if environ is None else environ
@@ -224,68 +279,72 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         bootstrap=get("BOOTSTRAP") or base.bootstrap,
         app_id=get("APP_ID") or base.app_id,
         topics=Topics(get("TOPIC_PREFIX") or base.topics.prefix),
-        partitions=int(get("PARTITIONS") or base.partitions),
-        replication_factor=int(get("REPLICATION_FACTOR") or base.replication_factor),
-        metrics_port=int(get("METRICS_PORT") or base.metrics_port),
-        evaluate_every_s=float(get("EVALUATE_EVERY_S") or base.evaluate_every_s),
-        max_message_bytes=int(get("MAX_MESSAGE_BYTES") or base.max_message_bytes),
+        partitions=_number(int, "PARTITIONS", env, base.partitions),
+        replication_factor=_number(int, "REPLICATION_FACTOR", env, base.replication_factor),
+        metrics_port=_number(int, "METRICS_PORT", env, base.metrics_port),
+        evaluate_every_s=_number(float, "EVALUATE_EVERY_S", env, base.evaluate_every_s),
+        max_message_bytes=_number(int, "MAX_MESSAGE_BYTES", env, base.max_message_bytes),
         data_dir=Path(get("DATA_DIR") or base.data_dir),
         ingest_start_file=Path(gate) if (gate := get("INGEST_START_FILE")) else None,
-        command_ttl_s=float(get("COMMAND_TTL_S") or base.command_ttl_s),
-        checkpoint=(get("CHECKPOINT") or ("1" if base.checkpoint else "0")) not in ("0", "false"),
-        transaction_timeout_ms=int(get("TRANSACTION_TIMEOUT_MS") or base.transaction_timeout_ms),
-        commit_every_s=float(get("COMMIT_EVERY_S") or base.commit_every_s),
-        send_timeout_s=float(get("SEND_TIMEOUT_S") or base.send_timeout_s),
+        command_ttl_s=_number(float, "COMMAND_TTL_S", env, base.command_ttl_s),
+        checkpoint=_flag("CHECKPOINT", env, base.checkpoint),
+        transaction_timeout_ms=_number(
+            int, "TRANSACTION_TIMEOUT_MS", env, base.transaction_timeout_ms
+        ),
+        commit_every_s=_number(float, "COMMIT_EVERY_S", env, base.commit_every_s),
+        send_timeout_s=_number(float, "SEND_TIMEOUT_S", env, base.send_timeout_s),
         cluster=get("CLUSTER") or base.cluster,
         decisions=decisions,
-        request_session_timeout_ms=int(
-            get("REQUEST_SESSION_TIMEOUT_MS") or base.request_session_timeout_ms
+        request_session_timeout_ms=_number(
+            int, "REQUEST_SESSION_TIMEOUT_MS", env, base.request_session_timeout_ms
         ),
-        request_heartbeat_interval_ms=int(
-            get("REQUEST_HEARTBEAT_INTERVAL_MS") or base.request_heartbeat_interval_ms
+        request_heartbeat_interval_ms=_number(
+            int, "REQUEST_HEARTBEAT_INTERVAL_MS", env, base.request_heartbeat_interval_ms
         ),
-        broker_session_timeout_s=float(
-            get("BROKER_SESSION_TIMEOUT_S") or base.broker_session_timeout_s
+        broker_session_timeout_s=_number(
+            float, "BROKER_SESSION_TIMEOUT_S", env, base.broker_session_timeout_s
         ),
-        broker_heartbeat_interval_s=float(
-            get("BROKER_HEARTBEAT_INTERVAL_S") or base.broker_heartbeat_interval_s
+        broker_heartbeat_interval_s=_number(
+            float, "BROKER_HEARTBEAT_INTERVAL_S", env, base.broker_heartbeat_interval_s
         ),
-        deadletter_rate_per_s=float(get("DEADLETTER_RATE_PER_S") or base.deadletter_rate_per_s),
-        deadletter_burst=int(get("DEADLETTER_BURST") or base.deadletter_burst),
-        deadletter_summary_every_s=float(
-            get("DEADLETTER_SUMMARY_EVERY_S") or base.deadletter_summary_every_s
+        deadletter_rate_per_s=_number(
+            float, "DEADLETTER_RATE_PER_S", env, base.deadletter_rate_per_s
         ),
-        deadletter_lines_per_message=int(
-            get("DEADLETTER_LINES_PER_MESSAGE") or base.deadletter_lines_per_message
+        deadletter_burst=_number(int, "DEADLETTER_BURST", env, base.deadletter_burst),
+        deadletter_summary_every_s=_number(
+            float, "DEADLETTER_SUMMARY_EVERY_S", env, base.deadletter_summary_every_s
+        ),
+        deadletter_lines_per_message=_number(
+            int, "DEADLETTER_LINES_PER_MESSAGE", env, base.deadletter_lines_per_message
         ),
         disabled_codecs=tuple(c for c in (get("DISABLED_CODECS") or "").split(",") if c),
         limits=FleetLimits(
-            max_canaries=int(get("MAX_CANARIES") or base.limits.max_canaries),
-            hold_s=float(get("HOLD_S") or base.limits.hold_s),
-            hold_lines=int(get("HOLD_LINES") or base.limits.hold_lines),
+            max_canaries=_number(int, "MAX_CANARIES", env, base.limits.max_canaries),
+            hold_s=_number(float, "HOLD_S", env, base.limits.hold_s),
+            hold_lines=_number(int, "HOLD_LINES", env, base.limits.hold_lines),
         ),
         event_time=EventTimeSettings(
-            enabled=(get("EVENT_TIME") or ("1" if base.event_time.enabled else "0")) == "1",
-            slice_s=float(get("SLICE_S") or base.event_time.slice_s),
-            allowed_lateness_s=float(
-                get("ALLOWED_LATENESS_S") or base.event_time.allowed_lateness_s
+            enabled=_flag("EVENT_TIME", env, base.event_time.enabled),
+            slice_s=_number(float, "SLICE_S", env, base.event_time.slice_s),
+            allowed_lateness_s=_number(
+                float, "ALLOWED_LATENESS_S", env, base.event_time.allowed_lateness_s
             ),
-            clock_skew_s=float(get("CLOCK_SKEW_S") or base.event_time.clock_skew_s),
-            idle_s=float(get("EVENT_IDLE_S") or base.event_time.idle_s),
+            clock_skew_s=_number(float, "CLOCK_SKEW_S", env, base.event_time.clock_skew_s),
+            idle_s=_number(float, "EVENT_IDLE_S", env, base.event_time.idle_s),
         ),
-        max_env_series=int(get("MAX_ENV_SERIES") or base.max_env_series),
-        view_batch=int(get("VIEW_BATCH") or base.view_batch),
+        max_env_series=_number(int, "MAX_ENV_SERIES", env, base.max_env_series),
+        view_batch=_number(int, "VIEW_BATCH", env, base.view_batch),
         promotion=promotion,
-        verdict_refresh_s=float(get("VERDICT_REFRESH_S") or base.verdict_refresh_s),
-        gate_port=int(get("GATE_PORT") or base.gate_port),
-        gate_max_age_s=float(get("GATE_MAX_AGE_S") or base.gate_max_age_s),
-        gate_rate_per_s=float(get("GATE_RATE_PER_S") or base.gate_rate_per_s),
-        gate_burst=int(get("GATE_BURST") or base.gate_burst),
+        verdict_refresh_s=_number(float, "VERDICT_REFRESH_S", env, base.verdict_refresh_s),
+        gate_port=_number(int, "GATE_PORT", env, base.gate_port),
+        gate_max_age_s=_number(float, "GATE_MAX_AGE_S", env, base.gate_max_age_s),
+        gate_rate_per_s=_number(float, "GATE_RATE_PER_S", env, base.gate_rate_per_s),
+        gate_burst=_number(int, "GATE_BURST", env, base.gate_burst),
         release=release,
         release_policy=policy,
-        summary_every_s=float(get("SUMMARY_EVERY_S") or base.summary_every_s),
-        release_evaluate_every_s=float(
-            get("RELEASE_EVALUATE_EVERY_S") or base.release_evaluate_every_s
+        summary_every_s=_number(float, "SUMMARY_EVERY_S", env, base.summary_every_s),
+        release_evaluate_every_s=_number(
+            float, "RELEASE_EVALUATE_EVERY_S", env, base.release_evaluate_every_s
         ),
     )
 

@@ -7,11 +7,16 @@ It publishes what the bridge would (rollout-state snapshots) and what log shippe
 from __future__ import annotations
 
 import asyncio
+import math
+import signal
+import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agents.settings import Topics
 from streams.events import encode_rollout_state
@@ -45,6 +50,12 @@ class SimulationRun:
         self.lines_per_message = lines_per_message
         self.tick_s = tick_s
         self.lines_sent = 0
+        # A tick that ran late would make the next one produce the lines of the whole gap:
+        # at most `max_catch_up_s` of them, the rest is skipped (and counted), so a machine
+        # slower than the asked rate falls behind in time, never in memory.
+        self.max_catch_up_s = max(1.0, 10 * tick_s)
+        self.skipped_s = 0.0
+        self.on_behind: Callable[[float], None] | None = None
 
     async def play(
         self,
@@ -68,6 +79,11 @@ class SimulationRun:
                 await producer.send(
                     topics.rollouts, key=state.namespace.encode(), value=encode_rollout_state(state)
                 )
+            previous, skipped = catch_up_window(previous, now, self.max_catch_up_s)
+            if skipped > 0:
+                self.skipped_s += skipped
+                if self.on_behind is not None:
+                    self.on_behind(skipped)
             lines = self.simulator.requests(previous, now)
             deliveries = [
                 await producer.send(
@@ -86,6 +102,13 @@ class SimulationRun:
             await asyncio.sleep(max(0.0, self.tick_s - (clock() - now)))
 
 
+def catch_up_window(previous: float, now: float, max_catch_up_s: float) -> tuple[float, float]:
+    """The start of the interval to produce lines for, and the seconds skipped to cap it."""
+    if now - previous <= max_catch_up_s:
+        return previous, 0.0
+    return now - max_catch_up_s, now - max_catch_up_s - previous
+
+
 def producer_for(bootstrap: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
 
@@ -98,13 +121,55 @@ async def simulate(
     duration: float,
     lines_per_message: int = 1,
 ) -> SimulationRun:
+    """Play until `duration` is over, or SIGINT/SIGTERM (then stop cleanly: the producer is
+    flushed and closed). Warns when the machine cannot produce the asked rate; shows progress
+    on a terminal."""
     run = SimulationRun(settings, seed, start=time.time(), lines_per_message=lines_per_message)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    warned: list[float] = []
+
+    def behind(skipped: float) -> None:
+        if not warned or time.monotonic() - warned[-1] > 10:
+            warned.append(time.monotonic())
+            print(
+                f"simulate: warning: this machine cannot produce the asked rate; skipped "
+                f"{run.skipped_s:.1f}s of simulated traffic so far (catch-up capped at "
+                f"{run.max_catch_up_s:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    run.on_behind = behind
     producer = producer_for(bootstrap)
     await producer.start()
+    progress = Progress(
+        TextColumn("simulate"), BarColumn(), TextColumn("{task.fields[lines]} lines"),
+        TimeElapsedColumn(), transient=True, disable=not sys.stderr.isatty(),
+        console=Console(stderr=True),
+    )  # fmt: skip
     try:
-        await run.play(producer, topics, time.time() + duration)
+        with progress:
+            total = duration if math.isfinite(duration) else None
+            task = progress.add_task("simulate", total=total, lines=0)
+            started = time.time()
+
+            async def show() -> None:
+                while True:
+                    progress.update(task, completed=time.time() - started, lines=run.lines_sent)
+                    await asyncio.sleep(0.5)  # the progress display's refresh
+
+            showing = asyncio.create_task(show())
+            try:
+                await run.play(producer, topics, time.time() + duration, stop=stop)
+            finally:
+                showing.cancel()
     finally:
         await producer.stop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
     return run
 
 

@@ -49,8 +49,19 @@ class VerdictPublisher:
             return []
         self._grow(int(rows.max()) + 1)
         started = fleet.engine.started_at[rows]
-        changed = (self._code[rows] != codes) | (self._started[rows] != started)
+        revision = self._started[rows] != started
+        changed = (self._code[rows] != codes) | revision
         stale = ~changed & (now - self._at[rows] >= self.refresh_s)
+        # Every worker knows every canary (global view), but only the one reading its lines
+        # judges it: a canary this worker counted nothing for goes out once per revision (so
+        # the gate and `status` know it from the start), never refreshed, so it cannot
+        # overwrite the judge's snapshot (an abort) in the compacted topic.
+        counted = fleet.counted_rows
+        judged = np.zeros(rows.size, dtype=np.bool_)
+        inside = rows < counted.size
+        judged[inside] = counted[rows[inside]]
+        changed &= judged | revision
+        stale &= judged
         out: list[int] = np.concatenate([rows[changed], rows[stale]])[: self.max_per_tick].tolist()
         return out
 

@@ -30,7 +30,7 @@ from agents.health import Heartbeat, serve_health
 from agents.ingest import RequestLogIngest
 from agents.kafka_admin import ensure_topics
 from agents.logfilter import quiet_kafka_clients
-from agents.metrics import FleetCollector, WorkerMetrics
+from agents.metrics import FleetCollector, WorkerMetrics, metrics_app
 from agents.releases import ensure_release_topics
 from agents.settings import Settings
 from agents.summaries import SummaryPublisher
@@ -61,6 +61,7 @@ class Worker:
     fleet: Fleet
     metrics: WorkerMetrics
     heartbeat: Heartbeat
+    collector: FleetCollector | None = None
 
 
 def build_worker(
@@ -97,7 +98,8 @@ def build_worker(
         event_time=s.event_time,
     )
     metrics = WorkerMetrics(registry)
-    registry.register(FleetCollector(lambda: fleet, s.max_env_series))
+    collector = FleetCollector(lambda: fleet, s.max_env_series)  # text: metrics_app
+    registry.register(collector)
     # A record Faust's consumer cannot read is skipped, not the end of its Fetcher.
     guard_faust_fetches(counting(metrics.skipped_records))
 
@@ -258,7 +260,9 @@ def build_worker(
         await summaries.publish(clock())
 
     app.timer(s.summary_every_s)(publish_summaries)
-    return Worker(app=app, fleet=fleet, metrics=metrics, heartbeat=heartbeat)
+    return Worker(
+        app=app, fleet=fleet, metrics=metrics, heartbeat=heartbeat, collector=collector
+    )
 
 
 async def ensure_verdict_topic(settings: Settings) -> None:
@@ -306,8 +310,15 @@ def run_worker(settings: Settings) -> None:
     asyncio.run(ensure_release_topics(settings))
     registry = CollectorRegistry()
     worker = build_worker(settings, registry)
-    # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
-    serve_health(settings.metrics_port, registry, worker.metrics.readiness, worker.heartbeat)
+    # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two); the
+    # per-canary series rendered as text from the arrays (metrics_app).
+    serve_health(
+        settings.metrics_port,
+        registry,
+        worker.metrics.readiness,
+        worker.heartbeat,
+        metrics=metrics_app(registry, worker.collector),
+    )
     quiet_kafka_clients()
     tune_gc()
     faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()

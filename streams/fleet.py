@@ -696,4 +696,24 @@ class Fleet:
             eta_s=round(eta, 1) if eta is not None and math.isfinite(eta) else None,
             release=state.release,
             reason=reason,
+            extra=operator_extra(state, result, row),
         )
+
+
+def operator_extra(state: RolloutState, result: PassResult, row: int) -> dict[str, object]:
+    """What `canarywatch status` and `explain` need beyond the gate's fields (in `extra`, so
+    that readers of the older codec ignore it): the rollout's step and weight, the streaming
+    test's own verdict per signal (continue, inconclusive, platform, abort), the canary bad
+    requests an abort needs at least, and the window ratios."""
+    needed = result.needed
+    width = needed.shape[1] if needed.ndim == 2 else 0
+    return {
+        "step_index": state.step_index,
+        "canary_weight": state.canary_weight,
+        "decision": [Verdict(int(v)).name.lower() for v in result.verdicts[:, row]],
+        "needed_bad": [int(needed[t, row]) if row < width else None for t in range(len(SIGNALS))],
+        "window": [
+            [round(e.canary_window_ratio, 6), round(e.stable_window_ratio, 6)]
+            for e in (result.evidence(row, t) for t in range(len(SIGNALS)))
+        ],
+    }

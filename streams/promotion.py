@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
 Floats = NDArray[np.float64]
@@ -376,9 +377,24 @@ class VerdictSnapshot:
 
     @staticmethod
     def decode(raw: bytes) -> VerdictSnapshot:
-        data = json.loads(raw)
-        signals = tuple(SignalPass(**s) for s in data.pop("signals"))
-        return VerdictSnapshot(signals=signals, **data)
+        data = orjson.loads(raw)
+        # Fields this codec does not know (a newer writer's) are ignored: compatible both ways.
+        signals = tuple(
+            SignalPass(**s)
+            if s.keys() <= _SIGNAL_FIELDS
+            else SignalPass(**{k: v for k, v in s.items() if k in _SIGNAL_FIELDS})
+            for s in data.pop("signals")
+        )
+        known = (
+            data
+            if data.keys() <= _SNAPSHOT_FIELDS
+            else {k: v for k, v in data.items() if k in _SNAPSHOT_FIELDS}
+        )
+        return VerdictSnapshot(signals=signals, **known)
+
+
+_SIGNAL_FIELDS = frozenset(SignalPass.__dataclass_fields__)
+_SNAPSHOT_FIELDS = frozenset(VerdictSnapshot.__dataclass_fields__) - {"signals"}
 
 
 def finite_or_none(value: float, ceiling: float) -> float | None:

@@ -1,4 +1,4 @@
-"""Settings round-trip to a child process's environment."""
+"""Settings round-trip to a child process's environment; bad values are one clear line."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from agents.settings import Settings, Topics, settings_from_env, settings_to_env
+from agents import cli
+from agents.settings import (
+    Settings,
+    SettingsError,
+    Topics,
+    settings_from_env,
+    settings_to_env,
+    unknown_variables,
+)
 from streams.fleet import FleetLimits
 from streams.release import FleetControl, ReleaseSettings
 
@@ -55,3 +63,58 @@ def test_release_settings_survive_the_trip_and_refuse_unknown_policies() -> None
         settings_from_env({"CANARYWATCH_RELEASE_POLICY": "explode"})
     with pytest.raises(ValueError):
         settings_from_env({"CANARYWATCH_FLEET_CONTROL": "bonferroni"})
+
+
+def test_checkpoint_reads_yes_and_no_words() -> None:
+    assert settings_from_env({"CANARYWATCH_CHECKPOINT": "off"}).checkpoint is False
+    assert settings_from_env({"CANARYWATCH_CHECKPOINT": "TRUE"}).checkpoint is True
+    assert settings_from_env({}).checkpoint is True
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PARTITIONS", "abc", "CANARYWATCH_PARTITIONS='abc': expected a whole number >= 0"),
+        ("EVALUATE_EVERY_S", "-1", "CANARYWATCH_EVALUATE_EVERY_S='-1': expected a number >= 0"),
+        ("HOLD_S", "nan", "CANARYWATCH_HOLD_S='nan': expected a number >= 0"),
+        ("METRICS_PORT", "70000", "CANARYWATCH_METRICS_PORT='70000': expected a port, 1 to 65535"),
+        (
+            "REPLICATION_FACTOR",
+            "x",
+            "CANARYWATCH_REPLICATION_FACTOR='x': expected a whole number >= 0",
+        ),
+        (
+            "TRANSACTION_TIMEOUT_MS",
+            "-5",
+            "CANARYWATCH_TRANSACTION_TIMEOUT_MS='-5': expected a whole number >= 0",
+        ),
+        ("COMMIT_EVERY_S", "inf", "CANARYWATCH_COMMIT_EVERY_S='inf': expected a number >= 0"),
+        ("SEND_TIMEOUT_S", "1s", "CANARYWATCH_SEND_TIMEOUT_S='1s': expected a number >= 0"),
+        (
+            "CHECKPOINT",
+            "maybe",
+            "CANARYWATCH_CHECKPOINT='maybe': expected 1/true/yes/on or 0/false/no/off",
+        ),
+    ],
+)
+def test_a_bad_number_is_one_line_naming_variable_value_and_what_is_allowed(
+    name: str, value: str, message: str
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        settings_from_env({"CANARYWATCH_" + name: value})
+    assert str(raised.value) == message
+
+
+def test_the_cli_exits_2_on_a_bad_setting_and_warns_about_unknown_names(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CANARYWATCH_PARTITONS", "3")  # misspelled: warned about
+    monkeypatch.setenv("CANARYWATCH_GATE_PORT", "http")
+    assert "CANARYWATCH_PARTITONS" in unknown_variables()
+    assert "CANARYWATCH_GATE_PORT" not in unknown_variables()
+    assert cli.main(["gate"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if "PARTITONS" in line or "GATE_PORT" in line] == [
+        "canarywatch: warning: CANARYWATCH_PARTITONS is not a setting (misspelled?)",
+        "canarywatch: CANARYWATCH_GATE_PORT='http': expected a whole number >= 0",
+    ]

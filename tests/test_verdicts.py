@@ -50,3 +50,26 @@ async def test_changed_verdicts_go_out_at_once_and_unchanged_ones_at_most_every_
     assert await publisher.tick(fleet, 300.0) == 1
     assert (sent[-1][1].pod_hash, sent[-1][1].verdict) == ("c2", "inconclusive")
     assert await publisher.tick(fleet, 301.0) == 0
+
+
+async def test_a_worker_that_only_knows_a_canary_publishes_it_once_and_never_refreshes() -> None:
+    """Global view: both workers know the canary, only the judge counts its lines. The other
+    worker's snapshot goes out once per revision and is never refreshed, so it cannot overwrite
+    the judge's abort in the compacted topic."""
+    sent: list[VerdictSnapshot] = []
+
+    async def send(key: bytes, value: bytes) -> None:
+        sent.append(VerdictSnapshot.decode(value))
+
+    bystander = Fleet()
+    bystander.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=20), now=0.0)
+    publisher = VerdictPublisher(send, refresh_s=5.0)
+    for t in range(1, 30):
+        bystander.evaluate(float(t))
+        await publisher.tick(bystander, float(t))
+    assert [(s.pod_hash, s.verdict) for s in sent] == [("c1", "inconclusive")]
+    bystander.apply_rollout(RolloutState("shop", "web", "c2", "s1", canary_weight=20), now=40.0)
+    for t in range(40, 60):
+        bystander.evaluate(float(t))
+        await publisher.tick(bystander, float(t))
+    assert [s.pod_hash for s in sent] == ["c1", "c2"]
