@@ -1,8 +1,12 @@
-"""The raw baseline of `make bench`: a bare aiokafka consumer doing nothing but `getmany`.
+"""The raw baselines of `make bench`: bare consumers doing nothing but read the topic.
 
-It runs in a process of its own, as a worker does: in the bench's process, whose heap holds the
-produced traffic, aiokafka's record objects would set off full garbage collections over it and
-flatter canarywatch. It gets the worker's fetch sizes and garbage-collector settings.
+`--client aiokafka` is a bare `getmany` loop; `--client confluent` is a confluent-kafka
+(librdkafka) `consume(num_messages=...)` loop tuned as the issue measured it
+(`fetch.queue.backoff.ms=10`: librdkafka's default of 1 s stalls a drain), reading every
+message's `value()`. Each runs in a process of its own, as a worker does: in the bench's process,
+whose heap holds the produced traffic, the record objects would set off full garbage collections
+over it and flatter canarywatch. Both get the worker's fetch sizes and garbage-collector settings,
+and both are timed the same way: from the first batch in hand to the `expected`-th message.
 Prints messages/s on stdout.
 """
 
@@ -14,12 +18,16 @@ import time
 import uuid
 
 from aiokafka import AIOKafkaConsumer
+from confluent_kafka import Consumer
 
 from agents.settings import Settings
 from agents.worker import tune_gc
 
+CLIENTS = ("aiokafka", "confluent")
+BATCH = 50_000  # records per getmany / consume call
 
-async def read_all(bootstrap: str, topic: str, expected: int) -> float:
+
+async def aiokafka_rate(bootstrap: str, topic: str, expected: int) -> float:
     """Messages/s of a getmany loop, after its first batch until the `expected`-th message."""
     settings = Settings()
     consumer = AIOKafkaConsumer(
@@ -37,15 +45,53 @@ async def read_all(bootstrap: str, topic: str, expected: int) -> float:
         # reading), so that batch is not counted either: the rate is the rest's.
         seen = 0
         while not seen:
-            batches = await consumer.getmany(timeout_ms=200, max_records=50_000)
+            batches = await consumer.getmany(timeout_ms=200, max_records=BATCH)
             seen = sum(len(records) for records in batches.values())
         started, first = time.perf_counter(), seen
         while seen < expected:
-            batches = await consumer.getmany(timeout_ms=200, max_records=50_000)
+            batches = await consumer.getmany(timeout_ms=200, max_records=BATCH)
             seen += sum(len(records) for records in batches.values())
         return (seen - first) / (time.perf_counter() - started)
     finally:
         await consumer.stop()
+
+
+def confluent_rate(bootstrap: str, topic: str, expected: int) -> float:
+    """Messages/s of a tuned confluent-kafka consume loop, timed as `aiokafka_rate` is."""
+    settings = Settings()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-ck-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "fetch.queue.backoff.ms": 10,
+            "max.partition.fetch.bytes": settings.fetch_partition_bytes,
+            "fetch.max.bytes": settings.fetch_max_bytes,
+        }
+    )
+    consumer.subscribe([topic])
+    try:
+
+        def read() -> int:
+            # Every message's value is taken, as a consumer that parses it would.
+            n = 0
+            for message in consumer.consume(num_messages=BATCH, timeout=0.2):
+                if message.error() is None:
+                    message.value()
+                    n += 1
+            return n
+
+        seen = 0
+        while not seen:
+            seen = read()
+        started, first = time.perf_counter(), seen
+        while seen < expected:
+            seen += read()
+        return (seen - first) / (time.perf_counter() - started)
+    finally:
+        consumer.close()
 
 
 def main() -> None:
@@ -53,9 +99,13 @@ def main() -> None:
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--expected", type=int, required=True, help="messages in the topic")
+    parser.add_argument("--client", choices=CLIENTS, default="aiokafka")
     args = parser.parse_args()
     tune_gc()
-    print(asyncio.run(read_all(args.bootstrap, args.topic, args.expected)))
+    if args.client == "confluent":
+        print(confluent_rate(args.bootstrap, args.topic, args.expected))
+    else:
+        print(asyncio.run(aiokafka_rate(args.bootstrap, args.topic, args.expected)))
 
 
 if __name__ == "__main__":
