@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
 import time
 import uuid
 
@@ -23,7 +25,7 @@ from confluent_kafka import Consumer
 from agents.settings import Settings
 from agents.worker import tune_gc
 
-CLIENTS = ("aiokafka", "confluent")
+CLIENTS = ("aiokafka", "confluent", "kcat")
 BATCH = 50_000  # records per getmany / consume call
 
 
@@ -94,15 +96,38 @@ def confluent_rate(bootstrap: str, topic: str, expected: int) -> float:
         consumer.close()
 
 
+def kcat_rate(bootstrap: str, topic: str, expected: int) -> float:
+    """NDJSON lines/s of `kcat -C -c N -e -q` (C, librdkafka: the limit), from its first output in
+    hand to the `expected`-th message's last line. kcat ends every message with a newline, so the
+    newlines counted are the lines."""
+    command = ["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning"]
+    command += ["-c", str(expected), "-e", "-q"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        fd = process.stdout.fileno()
+        chunk = os.read(fd, 1 << 20)
+        started, first = time.perf_counter(), chunk.count(b"\n")
+        lines = first
+        while chunk := os.read(fd, 1 << 20):
+            lines += chunk.count(b"\n")
+        elapsed = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"kcat exited with {process.returncode}")
+    return (lines - first) / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--expected", type=int, required=True, help="messages in the topic")
+    # kcat prints NDJSON lines/s; the others messages/s.
     parser.add_argument("--client", choices=CLIENTS, default="aiokafka")
     args = parser.parse_args()
     tune_gc()
-    if args.client == "confluent":
+    if args.client == "kcat":
+        print(kcat_rate(args.bootstrap, args.topic, args.expected))
+    elif args.client == "confluent":
         print(confluent_rate(args.bootstrap, args.topic, args.expected))
     else:
         print(asyncio.run(aiokafka_rate(args.bootstrap, args.topic, args.expected)))
