@@ -76,10 +76,12 @@ def confluent_rate(bootstrap: str, topic: str, expected: int) -> float:
     consumer.subscribe([topic])
     try:
 
-        def read() -> int:
-            # Every message's value is taken, as a consumer that parses it would.
+        def read(wanted: int) -> int:
+            # Every message's value is taken, as a consumer that parses it would. consume()
+            # waits for `num_messages` or the timeout: asking for no more than remain keeps the
+            # last call from waiting out its timeout after the last message (getmany does not).
             n = 0
-            for message in consumer.consume(num_messages=BATCH, timeout=0.2):
+            for message in consumer.consume(num_messages=min(BATCH, wanted), timeout=0.2):
                 if message.error() is None:
                     message.value()
                     n += 1
@@ -87,10 +89,10 @@ def confluent_rate(bootstrap: str, topic: str, expected: int) -> float:
 
         seen = 0
         while not seen:
-            seen = read()
+            seen = read(expected)
         started, first = time.perf_counter(), seen
         while seen < expected:
-            seen += read()
+            seen += read(expected - seen)
         return (seen - first) / (time.perf_counter() - started)
     finally:
         consumer.close()
