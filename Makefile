@@ -74,9 +74,11 @@ broker-stop: venv
 # Throughput, decision latency, memory and scale-out against a real local broker (issue 5).
 .PHONY: bench bench-quick profile
 bench: venv
+	scripts/ensure-kcat.sh >/dev/null
 	$(PY) -m bench.throughput
 
 bench-quick: venv
+	scripts/ensure-kcat.sh >/dev/null
 	$(PY) -m bench.throughput --quick
 
 profile: venv
