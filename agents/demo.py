@@ -266,6 +266,7 @@ async def demo_main(
 
                 await run_release_demo(
                     Settings(
+                        replication_factor=settings.replication_factor,  # the demo's one broker
                         bootstrap=bootstrap,
                         app_id=f"canarywatch-demo-release-{seed}",
                         topics=Topics(f"canarywatch-demo-release-{seed}"),
