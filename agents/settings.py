@@ -228,8 +228,9 @@ def _number(kind: type[_N], name: str, env: Mapping[str, str], default: _N) -> _
         raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected {what} >= 0") from None
     if not math.isfinite(value) or value < 0:
         raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected {what} >= 0")
-    if name.endswith("_PORT") and not 1 <= value <= 65535:
-        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected a port, 1 to 65535")
+    # Port 0 asks the OS for a free one (the tests and the demo run that way).
+    if name.endswith("_PORT") and not 0 <= value <= 65535:
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected a port, 0 to 65535")
     return value
 
 

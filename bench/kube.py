@@ -310,6 +310,7 @@ async def scenario(
     ]
     worker = WorkerProcess(
         Settings(
+            replication_factor=base.replication_factor,
             bootstrap=bootstrap,
             app_id=f"{base.app_id}-w",
             topics=base.topics,

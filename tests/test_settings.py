@@ -77,7 +77,7 @@ def test_checkpoint_reads_yes_and_no_words() -> None:
         ("PARTITIONS", "abc", "CANARYWATCH_PARTITIONS='abc': expected a whole number >= 0"),
         ("EVALUATE_EVERY_S", "-1", "CANARYWATCH_EVALUATE_EVERY_S='-1': expected a number >= 0"),
         ("HOLD_S", "nan", "CANARYWATCH_HOLD_S='nan': expected a number >= 0"),
-        ("METRICS_PORT", "70000", "CANARYWATCH_METRICS_PORT='70000': expected a port, 1 to 65535"),
+        ("METRICS_PORT", "70000", "CANARYWATCH_METRICS_PORT='70000': expected a port, 0 to 65535"),
         (
             "REPLICATION_FACTOR",
             "x",
