@@ -400,6 +400,7 @@ class Fleet:
         while len(self._waiting) >= max(1, self.limits.max_canaries):
             self._unwait(next(iter(self._waiting)))  # the oldest waiting canary gives way
         self._waiting[state.env] = state
+        self._started_since_hold = True  # held lines may be this canary's: it can be admitted
         for pod_hash in {state.current_pod_hash, state.stable_hash}:
             key = pack_key(state.namespace, pod_hash) if pod_hash else None
             if key is not None:
@@ -473,6 +474,8 @@ class Fleet:
         kept: list[tuple[float, Columns, int]] = []
         for held_at, columns, source in self._held:
             rest = self._count(columns, now, report, source)
+            if rest is not None and self._waiting and self._admit_by_traffic(rest, now):
+                rest = self._count(rest, now, report, source)
             if rest is not None:
                 kept.append((held_at, rest, source))
         self._held = kept

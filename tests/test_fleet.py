@@ -186,6 +186,19 @@ def test_a_canary_with_traffic_takes_the_place_of_an_idle_one_at_the_cap() -> No
     assert fleet.evicted_canaries == 2
 
 
+def test_lines_held_before_a_refused_canarys_snapshot_admit_it_when_it_comes() -> None:
+    # After a restart the view may read the canary's snapshot only after its first lines.
+    fleet = Fleet(limits=FleetLimits(max_canaries=2, hold_s=5.0))
+    for i in range(2):
+        fleet.apply_rollout(RolloutState(f"flood-{i}", "web", f"f{i}", f"g{i}"), now=0.0)
+    held = fleet.count(lines("late", "c9", 3, 0, 1.0), 1.0)
+    assert (held.counted, held.held) == (0, 3)
+    assert not fleet.apply_rollout(RolloutState("late", "web", "c9", "s9"), now=1.5)
+    report = fleet.count(lines("late", "c9", 1, 0, 2.0), 2.0)
+    assert (report.counted, report.unattributed, report.held) == (4, 0, 0)
+    assert "late/web" in fleet.attribution.row_of_env
+
+
 def test_the_cap_is_deterministic_for_the_same_snapshots() -> None:
     states = [RolloutState(f"ns-{i}", "web", f"c{i}", f"s{i}") for i in range(50)]
     tracked = []
