@@ -54,12 +54,10 @@ from streams.promotion import (
     PASS,
     PromotionSettings,
     PromotionTest,
-    SignalPass,
     VerdictSnapshot,
-    eta_seconds,
-    finite_or_none,
 )
 from streams.requestlog import MAX_BAD_LINES, Columns, decode_columns, pack_key
+from streams.verdictrows import verdict_snapshots
 from streams.windows import (
     ARM_CANARY,
     ARM_STABLE,
@@ -621,102 +619,17 @@ class Fleet:
         """The gate's verdict for canaries in progress (these rows, or all), from the last
         evaluation pass: `abort` once the streaming test aborted (either signal), `pass` once
         every signal's promotion test passed, `inconclusive` otherwise (with an estimate of the
-        time to a pass)."""
+        time to a pass). All rows in one vectorised pass (streams/verdictrows.py)."""
         result = self.last_pass
         if result is None:
             return []
         if rows is None:
             rows = self.verdict_codes()[0].tolist()
-        return [self.verdict_of(int(row), result) for row in rows]
-
-    def verdict_of(self, row: int, result: PassResult) -> VerdictSnapshot:
-        state = self.attribution.states[row]
-        assert state is not None
-        p = self.promotion_settings
-        test = self.promotion
-        index = np.asarray([row], dtype=np.intp)
-        elapsed = max(0.0, result.now - float(result.started_at[row]))
-        aborted = bool((result.verdicts[:, row] == Verdict.ABORT).any())
-        signals = []
-        etas = []
-        for t, name in enumerate(SIGNALS):
-            evidence = result.evidence(row, t)
-            tol_ratio, tol_diff = p.tolerances()[t]
-            passed = bool(test.passed[t, row])
-            if result.verdicts[t, row] == Verdict.ABORT:
-                verdict = ABORT
-            elif passed:
-                verdict = PASS
-            else:
-                verdict = INCONCLUSIVE
-                # Nats still missing for the nearer of the two bounds, at the traffic so far.
-                have = max(
-                    float(test.log_e_diff(t, index, tol_diff)[0]),
-                    float(test.log_e_ratio_tol(t, index)[0]),
-                )
-                etas.append(
-                    eta_seconds(
-                        test.threshold - have,
-                        evidence.canary_requests / elapsed if elapsed > 0 else 0.0,
-                        evidence.stable_bad / max(evidence.stable_requests, 1),
-                        evidence.canary_share,
-                        tol_ratio,
-                        tol_diff,
-                    )
-                )
-            signals.append(
-                SignalPass(
-                    signal=name,
-                    verdict=verdict,
-                    ratio_bound=finite_or_none(float(test.ratio_bound(t, index)[0]), math.inf),
-                    diff_bound=finite_or_none(float(test.diff_bound(t, index)[0]), 1.0),
-                    tol_ratio=tol_ratio,
-                    tol_diff=tol_diff,
-                    canary_requests=evidence.canary_requests,
-                    canary_bad=evidence.canary_bad,
-                    stable_requests=evidence.stable_requests,
-                    stable_bad=evidence.stable_bad,
-                    abort_statistic=round(evidence.statistic, 6),
-                    abort_threshold=round(evidence.threshold, 6),
-                )
-            )
-        if aborted:
-            verdict, reason = ABORT, "the streaming test aborted this canary"
-        elif all(s.verdict == PASS for s in signals):
-            verdict, reason = PASS, "every signal is shown to be within its tolerance"
-        else:
-            verdict, reason = INCONCLUSIVE, "not yet shown to be within tolerance"
-        eta = max(etas) if etas else None
-        return VerdictSnapshot(
-            namespace=state.namespace,
-            rollout=state.name,
-            pod_hash=state.current_pod_hash,
-            verdict=verdict,
-            decided_at=result.now,
-            since_canary_start_s=round(elapsed, 3),
-            beta=p.beta,
-            signals=tuple(signals),
-            eta_s=round(eta, 1) if eta is not None and math.isfinite(eta) else None,
-            release=state.release,
-            reason=reason,
-            extra=operator_extra(state, result, row),
+        return verdict_snapshots(
+            self.attribution.states, self.promotion, self.promotion_settings, result, rows
         )
 
-
-def operator_extra(state: RolloutState, result: PassResult, row: int) -> dict[str, object]:
-    """What `canarywatch status` and `explain` need beyond the gate's fields (in `extra`, so
-    that readers of the older codec ignore it): the rollout's step and weight, the streaming
-    test's own verdict per signal (continue, inconclusive, platform, abort), the canary bad
-    requests an abort needs at least, and the window ratios."""
-    needed = result.needed
-    width = needed.shape[1] if needed.ndim == 2 else 0
-    return {
-        "step_index": state.step_index,
-        "canary_weight": state.canary_weight,
-        "decision": [Verdict(int(v)).name.lower() for v in result.verdicts[:, row]],
-        "needed_bad": [int(needed[t, row]) if row < width else None for t in range(len(SIGNALS))],
-        "window": [
-            [round(e.canary_window_ratio, 6), round(e.stable_window_ratio, 6)]
-            for e in (result.evidence(row, t) for t in range(len(SIGNALS)))
-        ],
-    }
+    def verdict_of(self, row: int, result: PassResult) -> VerdictSnapshot:
+        return verdict_snapshots(
+            self.attribution.states, self.promotion, self.promotion_settings, result, [row]
+        )[0]
