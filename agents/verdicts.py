@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import numpy as np
+from numpy.typing import NDArray
 
 from streams.fleet import Fleet
 
@@ -45,8 +46,15 @@ class VerdictPublisher:
         """Rows whose snapshot should go out now: changed verdicts (or a new revision: its
         start time differs) first, then those unchanged for `refresh_s`."""
         rows, codes = fleet.verdict_codes()
+        out: list[int] = rows[self._due(fleet, rows, codes, now)].tolist()
+        return out
+
+    def _due(
+        self, fleet: Fleet, rows: NDArray[np.intp], codes: NDArray[np.int8], now: float
+    ) -> NDArray[np.intp]:
+        """Positions in `rows` of the snapshots due, at most `max_per_tick`."""
         if not rows.size:
-            return []
+            return np.zeros(0, dtype=np.intp)
         self._grow(int(rows.max()) + 1)
         started = fleet.engine.started_at[rows]
         revision = self._started[rows] != started
@@ -62,20 +70,31 @@ class VerdictPublisher:
         judged[inside] = counted[rows[inside]]
         changed &= judged | revision
         stale &= judged
-        out: list[int] = np.concatenate([rows[changed], rows[stale]])[: self.max_per_tick].tolist()
-        return out
+        due: NDArray[np.intp] = np.concatenate([np.flatnonzero(changed), np.flatnonzero(stale)])
+        return due[: self.max_per_tick]
 
     async def tick(self, fleet: Fleet, now: float) -> int:
-        """Publish what is due after an evaluation pass; returns how many went out."""
-        rows = self.due(fleet, now)
-        if not rows:
+        """Publish what is due after an evaluation pass; returns how many went out.
+
+        One vectorised pass: the due rows, their snapshots (`Fleet.pass_state`, all at once)
+        and the bookkeeping; the sends are queued back to back (the producer batches them).
+        What is read from the fleet is read before the first send yields to the loop."""
+        all_rows, all_codes = fleet.verdict_codes()
+        due = self._due(fleet, all_rows, all_codes, now)
+        if not due.size:
             return 0
-        all_rows, codes = fleet.verdict_codes()
-        code_of = dict(zip(all_rows.tolist(), codes.tolist(), strict=True))
-        for row, snapshot in zip(rows, fleet.pass_state(rows), strict=True):
-            await self._send(snapshot.env.encode(), snapshot.encode())
-            self._code[row] = code_of[row]
-            self._started[row] = fleet.engine.started_at[row]
-            self._at[row] = now
-            self.published += 1
-        return len(rows)
+        rows, codes = all_rows[due], all_codes[due]
+        started = fleet.engine.started_at[rows]
+        messages = [(s.env.encode(), s.encode()) for s in fleet.pass_state(rows.tolist())]
+        sent = 0
+        try:
+            for key, value in messages:
+                await self._send(key, value)
+                sent += 1
+        finally:  # what went out is noted, even when a send failed half-way
+            done = rows[:sent]
+            self._code[done] = codes[:sent]
+            self._started[done] = started[:sent]
+            self._at[done] = now
+            self.published += sent
+        return sent

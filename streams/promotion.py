@@ -373,7 +373,11 @@ class VerdictSnapshot:
         return out
 
     def encode(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False).encode()
+        # The same document as `to_json`, without `asdict`'s deep copies (it was most of the
+        # cost of a worker publishing 500 snapshots a pass): fields read in declaration order.
+        out = {name: getattr(self, name) for name in _SNAPSHOT_ORDER}
+        out["signals"] = [{name: getattr(s, name) for name in _SIGNAL_ORDER} for s in self.signals]
+        return json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
 
     @staticmethod
     def decode(raw: bytes) -> VerdictSnapshot:
@@ -393,6 +397,8 @@ class VerdictSnapshot:
         return VerdictSnapshot(signals=signals, **known)
 
 
+_SIGNAL_ORDER = tuple(SignalPass.__dataclass_fields__)
+_SNAPSHOT_ORDER = tuple(VerdictSnapshot.__dataclass_fields__)
 _SIGNAL_FIELDS = frozenset(SignalPass.__dataclass_fields__)
 _SNAPSHOT_FIELDS = frozenset(VerdictSnapshot.__dataclass_fields__) - {"signals"}
 

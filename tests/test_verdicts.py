@@ -73,3 +73,33 @@ async def test_a_worker_that_only_knows_a_canary_publishes_it_once_and_never_ref
         bystander.evaluate(float(t))
         await publisher.tick(bystander, float(t))
     assert [s.pod_hash for s in sent] == ["c1", "c2"]
+
+
+async def test_a_send_failing_half_way_leaves_the_rest_due_and_the_sent_ones_not() -> None:
+    sent: list[str] = []
+    failures = [2]  # the third send of the first tick fails
+
+    async def send(key: bytes, value: bytes) -> None:
+        if len(sent) in failures:
+            failures.clear()
+            raise RuntimeError("broker away")
+        sent.append(key.decode())
+
+    fleet = Fleet()
+    envs = [f"shop-{i}" for i in range(5)]
+    for i, ns in enumerate(envs):
+        fleet.apply_rollout(RolloutState(ns, "web", f"c{i}", f"s{i}", canary_weight=20), 0.0)
+    for i, ns in enumerate(envs):
+        fleet.count(lines(ns, f"c{i}", 10, 0, 1.0) + lines(ns, f"s{i}", 40, 0, 1.0), 1.0)
+    fleet.evaluate(1.0)
+    publisher = VerdictPublisher(send, refresh_s=5.0)
+    try:
+        await publisher.tick(fleet, 1.0)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the failed send was swallowed")
+    assert len(sent) == 2 and publisher.published == 2
+    assert await publisher.tick(fleet, 2.0) == 3  # only the three not yet sent
+    assert sorted(sent) == sorted(f"{ns}/web" for ns in envs)
+    assert await publisher.tick(fleet, 3.0) == 0

@@ -3,6 +3,7 @@ replaced, kept here as the reference: same snapshot for every row, every pass.""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -165,3 +166,15 @@ def test_repeated_rows_repeat_their_snapshot(rows: list[int]) -> None:
     fleet.count(traffic(1), 1.0)
     result, _ = fleet.evaluate(1.0)
     assert fleet.pass_state(rows) == [reference_verdict(fleet, r, result) for r in rows]
+
+
+def test_the_encoding_is_the_json_of_to_json() -> None:
+    fleet = mixed_fleet()
+    for t in range(1, 30):
+        fleet.count(traffic(t), float(t))
+        fleet.evaluate(float(t))
+    for snap in fleet.pass_state():
+        assert snap.encode() == json.dumps(
+            snap.to_json(), separators=(",", ":"), allow_nan=False
+        ).encode()
+        assert VerdictSnapshot.decode(snap.encode()) == snap
