@@ -248,6 +248,7 @@ class EvidenceStore:
                     resume[partition] = int(value)
         fleet = self.fleet
         groups: dict[tuple[int, int], list[tuple[int, NDArray[np.float64]]]] = {}
+        width = fleet.row_width  # a sum over the arrays' shapes: once, not per record
         for raw in latest.values():
             if raw is None:
                 continue
@@ -261,7 +262,7 @@ class EvidenceStore:
             row = fleet.attribution.row_of_env.get(record.env)
             if row is None or not record.matches(fleet.attribution.states[row]):
                 continue  # that canary revision is over
-            if record.values.size != fleet.row_width:
+            if record.values.size != width:
                 log.warning("evidence: %s has another layout (settings changed)", record.env)
                 continue
             groups.setdefault((record.head, record.partition), []).append((row, record.values))

@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from agents.kafka_admin import ensure_topics
@@ -30,6 +31,7 @@ from agents.localkafka import LocalKafka, free_ports
 from agents.processes import WorkerProcess, free_port, poll_until, scrape
 from agents.settings import Settings, Topics
 from bench.throughput import (
+    CANARY_SHARE,
     PARTITIONS,
     Bench,
     Scale,
@@ -200,9 +202,14 @@ WRITTEN = ("canarywatch_evidence_rows_total", frozenset({("direction", "written"
 PASSES = "canarywatch_evaluation_seconds_count"
 
 
+COUNTED = ("canarywatch_request_lines_total", frozenset({("outcome", "counted")}))
+CHECKPOINTS = "canarywatch_evidence_checkpoints_total"
+
+
 async def resume(bootstrap: str, work: Path, envs: int) -> float:
-    """S: a worker counts 100k environments' traffic and checkpoints it, is killed -9; seconds
-    from starting its replacement to the first evaluation pass after its evidence is restored."""
+    """S: a worker loads a fleet of `envs` environments (5 % in canary), counts a backlog of
+    their traffic and checkpoints all of it, is killed -9; S is the seconds from starting its
+    replacement to the first evaluation pass after its evidence is restored."""
     now = time.time()
     states = fleet_states(0, envs, now)
     canaries = sum(s.canary_in_progress for s in states)
@@ -219,12 +226,28 @@ async def resume(bootstrap: str, work: Path, envs: int) -> float:
         [(s.namespace.encode(), encode_rollout_state(s)) for s in states],
     )
     rng = np.random.default_rng(SEED)
-    lines = request_lines(rng, 10 * canaries * 5, envs, now)  # ~10 canary lines each
+    lines = request_lines(rng, 10 * canaries * 5, envs, now)  # ~2.5 lines per canary
+    step = round(1 / CANARY_SHARE)
+    # Lines of canary environments (either arm) are counted; the others have no canary.
+    attributable = sum(int(orjson.loads(x)["namespace"][4:]) % step == 0 for x in lines)
+    with_lines = len(
+        {ns for x in lines if int((ns := orjson.loads(x)["namespace"])[4:]) % step == 0}
+    )
     await produce(bootstrap, topics.requests, batch_by_key(lines, 500))
     del lines
-    (first,) = await start_workers(base, 1, work / "resume1", canaries, None)
+    # The backlog is read once every canary is loaded (a line of a canary not yet known is
+    # held, then counted unattributed): the first worker's evidence covers the whole backlog.
+    gate = work / "resume1.go"
+    (first,) = await start_workers(base, 1, work / "resume1", canaries, gate)
     port = first.settings.metrics_port
-    await poll_until(lambda: sample(port, *WRITTEN) > 0, 300, "evidence checkpointed")
+    await asyncio.to_thread(gate.touch)
+    await poll_until(lambda: sample(port, *COUNTED) >= attributable, 300, "the backlog counted")
+    checkpoints = sample(port, CHECKPOINTS)
+    # Two more checkpoints: the second began after the last line was counted.
+    await poll_until(
+        lambda: sample(port, CHECKPOINTS) >= checkpoints + 2, 60, "evidence checkpointed"
+    )
+    written = sample(port, *WRITTEN)
     os.killpg(first.pid, signal.SIGKILL)
     first.stop()
     settings = Settings(
@@ -240,14 +263,32 @@ async def resume(bootstrap: str, work: Path, envs: int) -> float:
     started = time.monotonic()
     second.start()
     port = settings.metrics_port
+    # When each stage is first seen (seconds from the start): /metrics answers (imports and
+    # set-up done), ready (Faust started, its tables recovered, the rollout view loaded), the
+    # evidence restored; then the first evaluation pass after that.
+    stages: dict[str, float] = {}
+
+    def restored_yet() -> bool:
+        values = scrape(port, ("canarywatch_ready", RESTORED[0]))
+        at = time.monotonic() - started
+        if values:
+            stages.setdefault("metrics", at)
+        if values.get(("canarywatch_ready", frozenset()), 0.0) == 1.0:
+            stages.setdefault("ready", at)
+        return values.get(RESTORED, 0.0) > 0
+
     try:
-        await poll_until(lambda: sample(port, *RESTORED) > 0, 300, "evidence restored")
+        await poll_until(restored_yet, 300, "evidence restored")
+        stages["restored"] = time.monotonic() - started
         passes = sample(port, PASSES)
         await poll_until(lambda: sample(port, PASSES) > passes, 60, "an evaluation pass")
         resume_s = time.monotonic() - started
+        restored = sample(port, *RESTORED)
         print(
-            f"| resume, {envs:,} environments ({canaries:,} canaries), "
-            f"{sample(port, *RESTORED):,.0f} rows restored | {resume_s:.1f} s |",
+            f"| resume, {envs:,} environments ({canaries:,} canaries, {with_lines:,} with "
+            f"lines): {written:,.0f} rows written, {restored:,.0f} restored; "
+            + ", ".join(f"{k} at {v:.1f} s" for k, v in stages.items())
+            + f" | {resume_s:.1f} s |",
             flush=True,
         )
     finally:
