@@ -117,7 +117,8 @@ class RolloutView(Service):
         counts = await ensure_topics(
             self.settings.bootstrap,
             {self.topic: self.settings.partitions},
-            {"cleanup.policy": "compact"},
+            # As Faust creates it (the worker's changelog config): the view may be first.
+            {"cleanup.policy": "compact", **self.settings.topic_config()},
             replication_factor=self.settings.replication_factor,
         )
         return [TopicPartition(self.topic, p) for p in range(counts[self.topic])]

@@ -175,10 +175,12 @@ def build_worker(
         loop=app.loop,
     )
 
-    async def start_view() -> None:
-        await app.add_runtime_dependency(view)
-
-    app.task(start_view)
+    # Started with the app, not as an app task: Faust starts its tasks (the evaluation timer
+    # among them) only once its own tables are recovered, and a restarting worker would load
+    # the view, join the request-log group and restore its evidence only after that. Loading
+    # meanwhile is safe: nothing is decided before the timer runs, i.e. before the decisions
+    # table is recovered (docs/performance.md, resume).
+    app.add_dependency(view)
 
     @app.agent(commands_topic)
     async def remember_decisions(stream: StreamT[bytes]) -> None:

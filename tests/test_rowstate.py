@@ -96,3 +96,25 @@ def test_open_event_time_slices_move_with_their_rows() -> None:
     assert a == b == ["ns0/web@c1#1"]
     assert kept.decision_event_times == moved.decision_event_times
     assert np.array_equal(moved.engine.cumulative[:, target], kept.engine.cumulative[:, rows])
+
+
+def test_a_quiet_canary_is_checkpointed_once_its_lines_are_in_the_test_not_every_time() -> None:
+    """An open test block (fewer than block_requests requests) changes only with new lines:
+    the row is written after the lines and after the pass that takes them in, then not again."""
+    fleet = Fleet()
+    fleet.apply_rollout(STATES[0], 0.0)
+    fleet.count_columns(
+        fleet.decode(lines("ns0", "c1", 2, 0, 1.0) + lines("ns0", "s1", 8, 0, 1.0)), 1.0, source=0
+    )
+    assert fleet.checkpoint_rows({0}).tolist() == [0]  # counted lines
+    fleet.dirty[:] = False  # what EvidenceStore.checkpoint does once they are written
+    assert fleet.checkpoint_rows({0}).tolist() == [0]  # not yet in the test: still pending
+    fleet.evaluate(2.0)
+    assert fleet.engine.test.block[:2, :, 0].sum() > 0  # an open block holds them
+    assert fleet.checkpoint_rows({0}).tolist() == [0]  # the pass moved the test
+    fleet.dirty[:] = False
+    for t in range(3, 10):
+        fleet.evaluate(float(t))
+        assert fleet.checkpoint_rows({0}).tolist() == [], t
+    fleet.count_columns(fleet.decode(lines("ns0", "c1", 1, 0, 10.0)), 10.0, source=0)
+    assert fleet.checkpoint_rows({0}).tolist() == [0]
