@@ -102,7 +102,7 @@ bench-decisions: venv
 # Evidence across kill -9 on the real local broker (issue 10): kept, lost, double, duplicates.
 .PHONY: bench-faults
 bench-faults: venv
-	$(PY) -m bench.faults --resume-envs 20000  # 100,000: not reached in minutes, docs/performance.md
+	$(PY) -m bench.faults $(if $(RESUME_ENVS),--resume-envs $(RESUME_ENVS),)  # S at 100,000 (the default)
 
 # A hostile corpus (codecs, sizes, bad types, floods, CRC32 placement, kill -9) against two
 # workers on the real local broker (issue 9).

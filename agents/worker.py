@@ -6,7 +6,8 @@
   every worker knows every canary in progress (agents/view.py); ready once it is restored;
 - service `RequestLogIngest`: request-log topic (its own consumer group, any partitioner) ->
   the fleet's numpy counters (agents/ingest.py), started once the view is restored;
-- timer `evaluate`: every `evaluate_every_s`, one vectorised pass; abort commands go out;
+- timer `evaluate` (agents/passes.py, from the view's restore on): every `evaluate_every_s`, one
+  vectorised pass; abort commands go out once the decisions table is recovered;
 - agent `remember_decisions`: commands topic -> table `abort-decisions`, so that a restarted
   worker does not abort the same rollout revision twice.
 """
@@ -31,6 +32,7 @@ from agents.ingest import RequestLogIngest
 from agents.kafka_admin import ensure_topics
 from agents.logfilter import quiet_kafka_clients
 from agents.metrics import FleetCollector, WorkerMetrics, metrics_app
+from agents.passes import EvaluationTimer
 from agents.releases import ensure_release_topics
 from agents.settings import Settings
 from agents.summaries import SummaryPublisher
@@ -163,6 +165,7 @@ def build_worker(
 
     async def view_restored() -> None:
         await app.add_runtime_dependency(ingest)  # stops with the app
+        await app.add_runtime_dependency(evaluation)  # not a Faust timer (agents/passes.py)
         metrics.set_ready()
 
     view = RolloutView(
@@ -175,11 +178,10 @@ def build_worker(
         loop=app.loop,
     )
 
-    # Started with the app, not as an app task: Faust starts its tasks (the evaluation timer
-    # among them) only once its own tables are recovered, and a restarting worker would load
-    # the view, join the request-log group and restore its evidence only after that. Loading
-    # meanwhile is safe: nothing is decided before the timer runs, i.e. before the decisions
-    # table is recovered (docs/performance.md, resume).
+    # Started with the app, not as an app task: Faust starts its tasks only once its own
+    # tables are recovered, and a restarting worker would load the view, join the request-log
+    # group and restore its evidence only after that. Loading meanwhile is safe: no abort goes
+    # out before the decisions table is recovered (`evaluate`; docs/performance.md, resume).
     app.add_dependency(view)
 
     @app.agent(commands_topic)
@@ -193,6 +195,10 @@ def build_worker(
             decision_table[command.decision_id.encode()] = b"%f" % command.decided_at
             fleet.decided.add(command.decision_id)
 
+    # Set once the decisions table is recovered: until then an abort reached is held (every
+    # pass returns it again), as it may have been sent before the restart.
+    decisions_known = asyncio.Event()
+
     @decision_table.on_recover
     async def restore_decisions() -> None:
         for key in decision_table:
@@ -200,6 +206,7 @@ def build_worker(
                 fleet.decided.add(check_decision_id(key))
             except DecodeError as error:  # not a decision id a worker wrote: skip and count
                 metrics.restore_refused.labels("abort-decisions", error.reason).inc()
+        decisions_known.set()
 
     sends = Episodes("commands", metrics)
 
@@ -227,6 +234,8 @@ def build_worker(
         _, commands = fleet.evaluate(now, await_delivery=True)
         metrics.evaluation.observe(time.perf_counter() - started)
         publish_verdicts(now)  # the gate's pass/abort/inconclusive (agents/verdicts.py)
+        if commands and not decisions_known.is_set():
+            return  # the decisions table is not recovered yet: held, the next pass retries
         if commands and not sends.due(time.monotonic()):
             return  # backing off after a failed send
         for command in commands:
@@ -256,7 +265,7 @@ def build_worker(
                 command.evidence.describe(),
             )
 
-    app.timer(s.evaluate_every_s)(evaluate)
+    evaluation = EvaluationTimer(evaluate, s.evaluate_every_s)  # started with ingestion
 
     async def publish_summaries() -> None:
         await summaries.publish(clock())

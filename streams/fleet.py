@@ -301,11 +301,13 @@ class Fleet:
         have changed since their last checkpoint: counted lines, or an open slice (it closes on
         a later pass without new lines)."""
         mine = np.isin(self.row_source, np.fromiter(sources, dtype=np.int64, count=len(sources)))
-        # An open test block (fewer than block_requests requests) is not on this list: it
-        # changes only with new lines, and those mark the row dirty, as does the pass that
-        # takes them into the test. Listed, every quiet canary was rewritten every checkpoint
-        # (a restarted worker wrote all its 4,600 restored rows each second: docs/performance.md).
-        open_slice = self.windows.pending.any(axis=0)
+        # A full test block waits for a quiet spell (or its longest span) and closes on a later
+        # pass without new lines: listed. A block short of block_requests changes only with
+        # new lines, which mark the row dirty, as does the pass that takes them into the test:
+        # not listed, or every quiet canary is rewritten at every checkpoint, for ever.
+        test = self.engine.test
+        full = (test.block[0] + test.block[1] >= test.block_requests).any(axis=0)
+        open_slice = full | self.windows.pending.any(axis=0)
         if self.slices is not None:
             open_slice |= self.slices.open_rows()
         rows: NDArray[np.intp] = np.flatnonzero(

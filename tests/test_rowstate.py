@@ -118,3 +118,26 @@ def test_a_quiet_canary_is_checkpointed_once_its_lines_are_in_the_test_not_every
         assert fleet.checkpoint_rows({0}).tolist() == [], t
     fleet.count_columns(fleet.decode(lines("ns0", "c1", 1, 0, 10.0)), 10.0, source=0)
     assert fleet.checkpoint_rows({0}).tolist() == [0]
+
+
+def test_a_full_block_waiting_for_a_quiet_spell_stays_listed_until_it_closes() -> None:
+    """A block with block_requests requests and a recent bad one closes on a later pass
+    without new lines: the row is checkpointed until it has."""
+    fleet = Fleet()
+    fleet.apply_rollout(STATES[0], 0.0)
+    fleet.count_columns(
+        fleet.decode(lines("ns0", "c1", 40, 3, 1.0) + lines("ns0", "s1", 60, 0, 1.0)), 1.0, source=0
+    )
+    fleet.evaluate(1.0)
+    test = fleet.engine.test
+    assert (test.block[0, :, 0] + test.block[1, :, 0] >= test.block_requests).any()  # waits
+    fleet.dirty[:] = False
+    assert fleet.checkpoint_rows({0}).tolist() == [0]
+    t = 1.0
+    while (test.block[0, :, 0] + test.block[1, :, 0] >= test.block_requests).any():
+        t += 1.0
+        assert t < 600, "the block never closed"
+        fleet.evaluate(t)
+    fleet.dirty[:] = False  # written after the pass that closed it
+    fleet.evaluate(t + 1.0)
+    assert fleet.checkpoint_rows({0}).tolist() == []
