@@ -238,7 +238,9 @@ async def resume(bootstrap: str, work: Path, envs: int) -> float:
     # The backlog is read once every canary is loaded (a line of a canary not yet known is
     # held, then counted unattributed): the first worker's evidence covers the whole backlog.
     gate = work / "resume1.go"
-    (first,) = await start_workers(base, 1, work / "resume1", canaries, gate)
+    # Loading 5,000 canaries through Faust takes minutes on a loaded machine; S is measured
+    # on the replacement, so the first worker may take its time.
+    (first,) = await start_workers(base, 1, work / "resume1", canaries, gate, settle_s=1200)
     port = first.settings.metrics_port
     await asyncio.to_thread(gate.touch)
     await poll_until(lambda: sample(port, *COUNTED) >= attributable, 300, "the backlog counted")

@@ -168,8 +168,10 @@ async def start_workers(
     canaries: int,
     gate: Path | None,
     pinned: bool = False,
+    settle_s: float = 300.0,
 ) -> list[WorkerProcess]:
-    """`count` workers in one group; `pinned`: worker i runs on CPU i only."""
+    """`count` workers in one group; `pinned`: worker i runs on CPU i only; `settle_s`: how
+    long they may take to split the partitions and load the canaries."""
     workers = []
     for i in range(count):
         settings = Settings(
@@ -200,7 +202,7 @@ async def start_workers(
             print(f"  partitions per worker {partitions}, canaries {loaded:.0f}/{canaries}")
         return sum(partitions) == PARTITIONS and min(partitions) >= 1 and loaded == canaries
 
-    await poll_until(settled, 300, "workers to split the partitions and load the canaries")
+    await poll_until(settled, settle_s, "workers to split the partitions and load the canaries")
     return workers
 
 
