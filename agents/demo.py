@@ -121,6 +121,7 @@ async def run_demo(
             )
         start = time.time()
         run = SimulationRun(simulation, seed, start=start, lines_per_message=lines_per_message)
+        run.warn_when_behind(lambda text: out(f"demo: {text}"))
         plans = {plan.env: plan for plan in run.plans}
         out(
             f"demo: {len(run.plans)} environments, "

@@ -57,6 +57,21 @@ class SimulationRun:
         self.skipped_s = 0.0
         self.on_behind: Callable[[float], None] | None = None
 
+    def warn_when_behind(self, out: Callable[[str], None], *, every_s: float = 10.0) -> None:
+        """Say (at most every `every_s`) that this machine cannot produce the asked rate."""
+        warned: list[float] = []
+
+        def behind(_skipped: float) -> None:
+            if not warned or time.monotonic() - warned[-1] > every_s:
+                warned.append(time.monotonic())
+                out(
+                    f"warning: this machine cannot produce the asked rate; skipped "
+                    f"{self.skipped_s:.1f}s of simulated traffic so far (catch-up capped at "
+                    f"{self.max_catch_up_s:.0f}s)"
+                )
+
+        self.on_behind = behind
+
     async def play(
         self,
         producer: AIOKafkaProducer,
@@ -129,20 +144,7 @@ async def simulate(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    warned: list[float] = []
-
-    def behind(skipped: float) -> None:
-        if not warned or time.monotonic() - warned[-1] > 10:
-            warned.append(time.monotonic())
-            print(
-                f"simulate: warning: this machine cannot produce the asked rate; skipped "
-                f"{run.skipped_s:.1f}s of simulated traffic so far (catch-up capped at "
-                f"{run.max_catch_up_s:.0f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    run.on_behind = behind
+    run.warn_when_behind(lambda text: print(f"simulate: {text}", file=sys.stderr, flush=True))
     producer = producer_for(bootstrap)
     await producer.start()
     progress = Progress(
