@@ -541,14 +541,17 @@ def test_abort_falls_back_to_the_main_resource_when_status_is_404(
 async def test_cli_in_shadow_mode_with_a_kubeconfig(
     kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, kube_api: LocalKubeAPI
 ) -> None:
-    """`canarywatch actuator --dry-run --kubeconfig ...` as a process: metrics, SIGTERM."""
+    """`CANARYWATCH_ACTION_POLICY=dry-run canarywatch actuator --kubeconfig ...` as a process:
+    metrics, SIGTERM."""
     settings = dataclasses.replace(
-        unique_settings(kafka_bootstrap, tmp_path, "act"), metrics_port=free_port()
+        unique_settings(kafka_bootstrap, tmp_path, "act"),
+        metrics_port=free_port(),
+        action_policy=Action.DRY_RUN,
     )
     rollout, before, _ = await pending_abort(settings, admin)
     kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig", identity="actuator")
     log_path = tmp_path / "actuator.log"
-    argv = ["-m", "agents.cli", "actuator", "--dry-run", "--kubeconfig", str(kubeconfig)]
+    argv = ["-m", "agents.cli", "actuator", "--kubeconfig", str(kubeconfig)]
     with log_path.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
