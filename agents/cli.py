@@ -38,14 +38,14 @@ def _parser() -> argparse.ArgumentParser:
         if name == "demo":
             p.add_argument("--no-release", action="store_true", help="skip the release-halt demo")
 
-    actuator = sub.add_parser("actuator", help="apply abort commands to Argo Rollouts")
-    actuator.add_argument("--dry-run", action="store_true", help="shadow mode: log, patch nothing")
-    actuator.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
-    actuator.add_argument(
-        "--pause",
-        action="store_true",
-        help="pause the Rollout (spec.paused) instead of aborting; needs deploy/overlays/pause",
+    actuator = sub.add_parser(
+        "actuator",
+        help="apply abort commands to Argo Rollouts",
+        description="What a command does is the policy: CANARYWATCH_ACTION_POLICY=abort (default)"
+        "|pause|dry-run, overridden per Rollout by its canarywatch.io/policy annotation "
+        "(docs/operating.md, Policies; deploy/overlays/ grant each policy's RBAC).",
     )
+    actuator.add_argument("--kubeconfig", help="default: in-cluster, then ~/.kube/config")
     bridge = sub.add_parser("bridge", help="publish Argo Rollout state to Kafka")
     bridge.add_argument("--namespace", action="append", default=[], help="repeat; default: all")
     bridge.add_argument("--events-topic", help="kubernetes-event-exporter's Kafka topic")
@@ -141,12 +141,9 @@ def _main(args: argparse.Namespace) -> int:
 
         return run_releases(settings_from_env())
     if args.command == "actuator":
-        from agents.actuator import Action, run_actuator
+        from agents.actuator import run_actuator
 
-        action = Action.PAUSE if args.pause else Action.ABORT
-        return run_actuator(
-            settings_from_env(), dry_run=args.dry_run, kubeconfig=args.kubeconfig, action=action
-        )
+        return run_actuator(settings_from_env(), kubeconfig=args.kubeconfig)
     if args.command == "bridge":
         from agents.bridge import BridgeOptions, run_bridge
 

@@ -15,6 +15,7 @@ from streams.eventtime import EventTimeSettings
 from streams.fleet import FleetLimits, WindowSettings
 from streams.promotion import PromotionSettings
 from streams.release import FleetControl, ReleaseSettings
+from streams.rollouts import POLICY_ANNOTATION, Action
 from streams.sizes import SizePolicy
 
 
@@ -101,6 +102,12 @@ class Settings:
     # This cluster's name: the bridge puts it in every snapshot (and so the worker in every
     # command and decision id); the actuator applies only commands naming it. "" = unnamed.
     cluster: str = ""
+    # What the actuator does with a bad canary: abort, pause or dry-run (docs/operating.md,
+    # "Policies"); a Rollout's `canarywatch.io/policy` annotation overrides it.
+    action_policy: Action = Action.ABORT
+    # A command deferred (retry budget spent) more than this many times goes to the dead-letter
+    # topic with the API's last answer, and is committed.
+    max_deferrals: int = 3
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     window: WindowSettings = field(default_factory=WindowSettings)
     # Floods: canaries tracked per worker, the hold of lines that arrive before their canary's
@@ -273,6 +280,13 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         release = replace(release, fleet_control=FleetControl(control))
     if (fdr := get("FDR")) is not None:
         release = replace(release, fdr=float(fdr))
+    action_policy = get("ACTION_POLICY") or base.action_policy.value
+    if action_policy not in set(Action):
+        allowed = "|".join(a.value for a in Action)
+        raise SettingsError(
+            f"{ENV_PREFIX}ACTION_POLICY={action_policy!r}: expected {allowed} "
+            f"(a Rollout's {POLICY_ANNOTATION} annotation overrides it)"
+        )
     policy = get("RELEASE_POLICY") or base.release_policy
     if policy not in ("abort", "notify"):
         raise ValueError(f"CANARYWATCH_RELEASE_POLICY must be abort or notify, not {policy!r}")
@@ -295,6 +309,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         commit_every_s=_number(float, "COMMIT_EVERY_S", env, base.commit_every_s),
         send_timeout_s=_number(float, "SEND_TIMEOUT_S", env, base.send_timeout_s),
         cluster=get("CLUSTER") or base.cluster,
+        action_policy=Action(action_policy),
+        max_deferrals=_number(int, "MAX_DEFERRALS", env, base.max_deferrals),
         decisions=decisions,
         request_session_timeout_ms=_number(
             int, "REQUEST_SESSION_TIMEOUT_MS", env, base.request_session_timeout_ms
@@ -368,6 +384,8 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "COMMIT_EVERY_S": str(settings.commit_every_s),
         ENV_PREFIX + "SEND_TIMEOUT_S": str(settings.send_timeout_s),
         ENV_PREFIX + "CLUSTER": settings.cluster,
+        ENV_PREFIX + "ACTION_POLICY": settings.action_policy.value,
+        ENV_PREFIX + "MAX_DEFERRALS": str(settings.max_deferrals),
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
         ENV_PREFIX + "REQUEST_SESSION_TIMEOUT_MS": str(settings.request_session_timeout_ms),
         ENV_PREFIX + "REQUEST_HEARTBEAT_INTERVAL_MS": str(settings.request_heartbeat_interval_ms),

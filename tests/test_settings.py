@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from agents.settings import (
 )
 from streams.fleet import FleetLimits
 from streams.release import FleetControl, ReleaseSettings
+from streams.rollouts import Action
 
 
 def test_settings_survive_the_trip_through_the_environment() -> None:
@@ -118,3 +120,15 @@ def test_the_cli_exits_2_on_a_bad_setting_and_warns_about_unknown_names(
         "canarywatch: warning: CANARYWATCH_PARTITONS is not a setting (misspelled?)",
         "canarywatch: CANARYWATCH_GATE_PORT='http': expected a whole number >= 0",
     ]
+
+
+def test_the_action_policy_is_abort_pause_or_dry_run() -> None:
+    assert settings_from_env({}).action_policy is Action.ABORT
+    assert (
+        settings_from_env({"CANARYWATCH_ACTION_POLICY": "dry-run"}).action_policy is Action.DRY_RUN
+    )
+    with pytest.raises(
+        SettingsError, match=re.escape("ACTION_POLICY='rollback': expected abort|pause|dry-run")
+    ):
+        settings_from_env({"CANARYWATCH_ACTION_POLICY": "rollback"})
+    assert settings_from_env({"CANARYWATCH_MAX_DEFERRALS": "0"}).max_deferrals == 0
