@@ -180,14 +180,13 @@ def _main(args: argparse.Namespace) -> int:
             settings = settings.with_overrides(gate_port=args.port)
         return run_gate(settings, kubeconfig=args.kubeconfig)
     if args.command in ("status", "explain"):
-        from rich.console import Console
-
         from agents.status import StatusOptions, run_explain, run_status
 
-        console = Console()
         try:
             if args.command == "explain":
-                return asyncio.run(run_explain(settings_from_env(), args.env, console, args.plot))
+                from rich.console import Console
+
+                return asyncio.run(run_explain(settings_from_env(), args.env, Console(), args.plot))
             settings = settings_from_env()
             status_options = StatusOptions(
                 tuple(args.namespace),
@@ -198,7 +197,7 @@ def _main(args: argparse.Namespace) -> int:
                 every_s=args.every,
                 stale_after_s=settings.gate_max_age_s,
             )
-            return asyncio.run(run_status(settings, status_options, console))
+            return asyncio.run(run_status(settings, status_options))
         except KeyboardInterrupt:
             return 0
     if args.command == "ui":

@@ -147,7 +147,7 @@ async def run(
 
         async def published() -> int:
             read = await read_verdicts(settings.bootstrap, settings.topics.verdicts)
-            return len(read.latest)
+            return len(read.raw)
 
         deadline = time.monotonic() + 300
         while (n := await published()) < canaries:
