@@ -9,15 +9,28 @@ import sys
 from pathlib import Path
 
 from agents.codecs import check_codecs
-from agents.settings import SettingsError, settings_from_env, unknown_variables
+from agents.settings import (
+    SettingsError,
+    settings_from_env,
+    settings_help,
+    settings_line,
+    unknown_variables,
+)
 from streams.simulation import SimulationSettings
+
+LONG_RUNNING = ("worker", "releases", "actuator", "bridge", "gate", "ui", "notify")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="canarywatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("worker", help="run the analyzer (settings from CANARYWATCH_* variables)")
+    sub.add_parser(
+        "worker",
+        help="run the analyzer (settings from CANARYWATCH_* variables)",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub.add_parser("releases", help="run the release agent: pooled release halts and triage")
 
     for name, text in (
@@ -129,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     for name in unknown_variables():
         print(f"canarywatch: warning: {name} is not a setting (misspelled?)", file=sys.stderr)
+    if args.command in LONG_RUNNING:
+        # The effective settings, once, secrets masked: what this process runs with.
+        print(f"canarywatch {args.command}: {settings_line(settings_from_env())}", file=sys.stderr)
     if args.command in ("worker", "actuator", "bridge", "releases"):
         check_codecs(settings_from_env().disabled_codecs)
     if args.command == "worker":
@@ -249,6 +265,7 @@ def _main(args: argparse.Namespace) -> int:
                 seed,
                 args.duration if args.duration is not None else float("inf"),
                 args.lines_per_message,
+                auth=settings.kafka,
             )
         )
         print(f"simulate: {run.lines_sent} request lines, seed {seed}")

@@ -24,6 +24,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from agents.kafka_auth import PLAINTEXT, KafkaAuth
 from agents.settings import Settings
 from streams.promotion import ABORT, INCONCLUSIVE, PASS, VerdictSnapshot
 from streams.status import (
@@ -104,13 +105,19 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
 
 
 async def read_verdicts(
-    bootstrap: str, topic: str, *, keep_history_of: str | None = None, timeout_s: float = 30.0
+    bootstrap: str,
+    topic: str,
+    *,
+    keep_history_of: str | None = None,
+    timeout_s: float = 30.0,
+    auth: KafkaAuth = PLAINTEXT,
 ) -> TopicRead:
     """Every record of `topic` from the beginning to the end offsets as of now (no group)."""
     out = TopicRead()
     kept: dict[str, list[VerdictSnapshot]] = defaultdict(list)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
+        **auth.client_options(),
         enable_auto_commit=False,
         group_id=None,
         auto_offset_reset="earliest",
@@ -217,7 +224,7 @@ class StatusOptions:
 
 
 async def status_once(settings: Settings, options: StatusOptions) -> list[StatusRow]:
-    read = await read_verdicts(settings.bootstrap, settings.topics.verdicts)
+    read = await read_verdicts(settings.bootstrap, settings.topics.verdicts, auth=settings.kafka)
     return status_rows_json(
         read.items(),
         time.time(),
@@ -230,7 +237,7 @@ async def status_once(settings: Settings, options: StatusOptions) -> list[Status
 
 async def status_json(settings: Settings, options: StatusOptions) -> bytes:
     """`status -o json`'s document: `{"items": [row.to_json(), ...]}`, most urgent first."""
-    read = await read_verdicts(settings.bootstrap, settings.topics.verdicts)
+    read = await read_verdicts(settings.bootstrap, settings.topics.verdicts, auth=settings.kafka)
     items = status_items(
         read.items(),
         time.time(),
@@ -285,7 +292,9 @@ async def run_status(
 async def run_explain(
     settings: Settings, env: str, console: Console, plot: Path | None = None
 ) -> int:
-    read = await read_verdicts(settings.bootstrap, settings.topics.verdicts, keep_history_of=env)
+    read = await read_verdicts(
+        settings.bootstrap, settings.topics.verdicts, keep_history_of=env, auth=settings.kafka
+    )
     snapshot = read.snapshot(env)
     if snapshot is None:
         console.print(f"canarywatch: no canary in progress for {env} in {settings.topics.verdicts}")

@@ -72,6 +72,7 @@ def build_worker(
     app = faust.App(
         s.app_id,
         broker=f"kafka://{s.bootstrap}",
+        broker_credentials=s.kafka.faust_credentials(),
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
@@ -272,6 +273,7 @@ async def ensure_verdict_topic(settings: Settings) -> None:
         {settings.topics.verdicts: settings.partitions},
         {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
         replication_factor=settings.replication_factor,
+        auth=settings.kafka,
     )
 
 
@@ -304,6 +306,7 @@ def run_worker(settings: Settings) -> None:
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
             replication_factor=settings.replication_factor,
+            auth=settings.kafka,
         )
     )
     asyncio.run(ensure_verdict_topic(settings))
