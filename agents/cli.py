@@ -16,7 +16,6 @@ from agents.settings import (
     settings_line,
     unknown_variables,
 )
-from streams.simulation import SimulationSettings
 
 LONG_RUNNING = ("worker", "releases", "actuator", "bridge", "gate", "ui", "notify")
 
@@ -235,6 +234,8 @@ def _main(args: argparse.Namespace) -> int:
         from agents.localkafka import main as broker_main
 
         return broker_main(args.args)
+    from streams.simulation import SimulationSettings  # demo and simulate only: not at start
+
     simulation = SimulationSettings(
         environments=args.environments, healthy=args.healthy, bad=args.bad, platform=args.platform
     )

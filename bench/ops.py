@@ -141,7 +141,7 @@ async def run(
         await feed(settings, canaries)
         await poll_until(
             lambda: read_metric(port, "canarywatch_canaries_in_progress") == canaries,
-            300, f"{canaries} canaries in progress", every_s=1.0,
+            900, f"{canaries} canaries in progress", every_s=1.0,
         )  # fmt: skip
         print(f"ops: {canaries} canaries in progress after {time.perf_counter() - started:.1f}s")
 
@@ -149,7 +149,7 @@ async def run(
             read = await read_verdicts(settings.bootstrap, settings.topics.verdicts)
             return len(read.raw)
 
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900
         while (n := await published()) < canaries:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {n} verdict snapshots")
