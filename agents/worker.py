@@ -271,7 +271,10 @@ async def ensure_verdict_topic(settings: Settings) -> None:
     await ensure_topics(
         settings.bootstrap,
         {settings.topics.verdicts: settings.partitions},
-        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        # A segment rolls every minute, so the cleaner can compact all but the last minutes:
+        # with the default (7 days, 1 GiB) nothing is compacted, and `status` (which reads it
+        # all) would read every snapshot ever refreshed.
+        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", "segment.ms": "60000"},
         replication_factor=settings.replication_factor,
         auth=settings.kafka,
     )
