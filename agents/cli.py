@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 from pathlib import Path
@@ -132,10 +133,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _main(args)
+        code = _main(args)
     except SettingsError as error:
         print(f"canarywatch: {error}", file=sys.stderr)
         return 2
+    if argv is None and args.command == "status" and not args.watch:
+        # A one-shot status from the command line is done once its output is flushed: freeing
+        # 20,000 rows' objects one by one at exit cost ~10% of its CPU time.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _main(args: argparse.Namespace) -> int:
