@@ -84,4 +84,6 @@ class KafkaAuth:
             ssl_context=context,
             mechanism=SASLMechanism(self.sasl_mechanism),
         )
+
+
 PLAINTEXT = KafkaAuth()  # no TLS, no SASL: the default of every client that takes one
