@@ -661,13 +661,17 @@ class Actuator:
         consumer = AIOKafkaConsumer(
             s.topics.commands,
             bootstrap_servers=s.bootstrap,
+            **s.kafka.client_options(),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=s.topic_max_message_bytes,
         )
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap, acks="all", max_request_size=s.producer_max_request_size
+            bootstrap_servers=s.bootstrap,
+            acks="all",
+            max_request_size=s.producer_max_request_size,
+            **s.kafka.client_options(),
         )
         await producer.start()
         try:
@@ -795,6 +799,7 @@ def run_actuator(
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
             replication_factor=settings.replication_factor,
+            auth=settings.kafka,
         )
         await ensure_topics(
             settings.bootstrap,
@@ -804,6 +809,7 @@ def run_actuator(
                 "cleanup.policy": "compact",
             },
             replication_factor=settings.replication_factor,
+            auth=settings.kafka,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -101,10 +101,11 @@ async def run_demo(
         settings.topic_partitions(),
         {"max.message.bytes": str(settings.topic_max_message_bytes)},
         replication_factor=settings.replication_factor,
+        auth=settings.kafka,
     )
     worker = WorkerProcess(settings, work_dir / "worker.log")
     watcher = CommandWatcher(settings.bootstrap, settings.topics.commands)
-    producer = producer_for(settings.bootstrap)
+    producer = producer_for(settings.bootstrap, settings.kafka)
     async with contextlib.AsyncExitStack() as stack:
         worker.start()
         stack.callback(worker.stop)

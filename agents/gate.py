@@ -32,6 +32,7 @@ from aiokafka.structs import TopicPartition
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from agents.kafka_auth import PLAINTEXT, KafkaAuth
 from agents.settings import Settings
 from streams.promotion import INCONCLUSIVE, VerdictSnapshot
 
@@ -44,9 +45,10 @@ log = logging.getLogger("canarywatch.gate")
 class VerdictStore:
     """The latest snapshot per env, read from the whole compacted topic (no consumer group)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, auth: KafkaAuth = PLAINTEXT) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.auth = auth
         self.snapshots: dict[str, VerdictSnapshot] = {}
         self.caught_up = asyncio.Event()
         self.received = 0
@@ -67,6 +69,7 @@ class VerdictStore:
             consumer = AIOKafkaConsumer(
                 self.topic,
                 bootstrap_servers=self.bootstrap,
+                **self.auth.client_options(),
                 enable_auto_commit=False,
                 group_id=None,
                 auto_offset_reset="earliest",
@@ -374,7 +377,7 @@ class Gate:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.store = VerdictStore(settings.bootstrap, settings.topics.verdicts)
+        self.store = VerdictStore(settings.bootstrap, settings.topics.verdicts, settings.kafka)
         self.metrics = GateMetrics()
         self.app = build_app(
             self.store,

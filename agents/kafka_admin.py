@@ -10,6 +10,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.partitioner import murmur2
 
+from agents.kafka_auth import PLAINTEXT, KafkaAuth
+
 __all__ = ["ensure_topics"]
 
 _NO_LEADER = -1
@@ -22,6 +24,7 @@ async def ensure_topics(
     *,
     replication_factor: int = 1,
     timeout_s: float = 30.0,
+    auth: KafkaAuth = PLAINTEXT,
 ) -> dict[str, int]:
     """Create the missing `topics` (name -> partitions, `replication_factor`, topic `config`)
     and return once metadata shows a leader for every partition of every named topic.
@@ -38,7 +41,9 @@ async def ensure_topics(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=max(1000, int(timeout_s * 1000))
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=max(1000, int(timeout_s * 1000)),
+        **auth.client_options(),
     )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)

@@ -70,13 +70,14 @@ async def run_release_demo(
         settings.topics.commands,
         settings.topics.triage,
         bootstrap_servers=settings.bootstrap,
+        **settings.kafka.client_options(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
     worker = WorkerProcess(settings, work_dir / "release-worker.log")
     agent = ReleaseAgent(settings, ReleaseMetrics(CollectorRegistry()))
     stop = asyncio.Event()
-    producer = producer_for(settings.bootstrap)
+    producer = producer_for(settings.bootstrap, settings.kafka)
     async with contextlib.AsyncExitStack() as stack:
         worker.start()
         stack.callback(worker.stop)

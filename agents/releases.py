@@ -165,6 +165,7 @@ class ReleaseAgent:
         s = self.settings
         reader = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap,
+            **s.kafka.client_options(),
             enable_auto_commit=False,
             max_partition_fetch_bytes=s.topic_max_message_bytes,
         )
@@ -224,6 +225,7 @@ class ReleaseAgent:
         s = self.settings
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap,
+            **s.kafka.client_options(),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -241,7 +243,10 @@ class ReleaseAgent:
                 await agent._on_assigned(consumer, assigned)
 
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap, acks="all", max_request_size=s.producer_max_request_size
+            bootstrap_servers=s.bootstrap,
+            acks="all",
+            max_request_size=s.producer_max_request_size,
+            **s.kafka.client_options(),
         )
         await producer.start()
         try:
@@ -438,12 +443,14 @@ async def ensure_release_topics(settings: Settings) -> None:
         settings.topic_partitions(),
         {"max.message.bytes": str(settings.topic_max_message_bytes)},
         replication_factor=settings.replication_factor,
+        auth=settings.kafka,
     )
     await ensure_topics(
         settings.bootstrap,
         settings.compacted_topic_partitions(),
         {"max.message.bytes": str(settings.topic_max_message_bytes), "cleanup.policy": "compact"},
         replication_factor=settings.replication_factor,
+        auth=settings.kafka,
     )
 
 

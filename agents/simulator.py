@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from agents.kafka_auth import PLAINTEXT, KafkaAuth
 from agents.settings import Topics
 from streams.events import encode_rollout_state
 from streams.simulation import (
@@ -124,8 +125,10 @@ def catch_up_window(previous: float, now: float, max_catch_up_s: float) -> tuple
     return now - max_catch_up_s, now - max_catch_up_s - previous
 
 
-def producer_for(bootstrap: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+def producer_for(bootstrap: str, auth: KafkaAuth = PLAINTEXT) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, acks=1, **auth.client_options()
+    )
 
 
 async def simulate(
@@ -135,6 +138,7 @@ async def simulate(
     seed: int,
     duration: float,
     lines_per_message: int = 1,
+    auth: KafkaAuth = PLAINTEXT,
 ) -> SimulationRun:
     """Play until `duration` is over, or SIGINT/SIGTERM (then stop cleanly: the producer is
     flushed and closed). Warns when the machine cannot produce the asked rate; shows progress
@@ -145,7 +149,7 @@ async def simulate(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     run.warn_when_behind(lambda text: print(f"simulate: {text}", file=sys.stderr, flush=True))
-    producer = producer_for(bootstrap)
+    producer = producer_for(bootstrap, auth)
     await producer.start()
     progress = Progress(
         TextColumn("simulate"), BarColumn(), TextColumn("{task.fields[lines]} lines"),

@@ -72,6 +72,7 @@ def build_worker(
     app = faust.App(
         s.app_id,
         broker=f"kafka://{s.bootstrap}",
+        broker_credentials=s.kafka.faust_credentials(),
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
@@ -270,8 +271,12 @@ async def ensure_verdict_topic(settings: Settings) -> None:
     await ensure_topics(
         settings.bootstrap,
         {settings.topics.verdicts: settings.partitions},
-        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        # A segment rolls every minute, so the cleaner can compact all but the last minutes:
+        # with the default (7 days, 1 GiB) nothing is compacted, and `status` (which reads it
+        # all) would read every snapshot ever refreshed.
+        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", "segment.ms": "60000"},
         replication_factor=settings.replication_factor,
+        auth=settings.kafka,
     )
 
 
@@ -304,6 +309,7 @@ def run_worker(settings: Settings) -> None:
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
             replication_factor=settings.replication_factor,
+            auth=settings.kafka,
         )
     )
     asyncio.run(ensure_verdict_topic(settings))
