@@ -76,6 +76,16 @@ def test_a_successor_restored_from_the_table_decides_and_sends_nothing_again() -
     assert broker.verdicts() == ["bad:2"]
     asyncio.run(first.evaluate())
     assert len(broker.commands()) == len(bad) and broker.verdicts() == ["bad:2"]
+    # The actuator applied them; the states say aborted: each abort is triaged once.
+    p = release_partition("bad:2", PARTITIONS)
+    for env in bad:
+        aborted = state_record(dataclasses.replace(state(env, "bad:2", aborted=True), epoch="41"))
+        applied = first.apply(p, 0, encode_feed_record(aborted))
+        assert applied is not None
+        broker.table[applied.key] = encode_feed_record(applied)
+    asyncio.run(first.evaluate())
+    triaged = [k for t, k, _ in broker.sent if t == "t.triage"]
+    assert sorted(triaged) == sorted(e.encode() for e in bad)
 
     # A successor restores the table in any order (the changelog's), and sends nothing.
     items = list(broker.table.items())
@@ -93,6 +103,7 @@ def test_a_successor_restored_from_the_table_decides_and_sends_nothing_again() -
     asyncio.run(successor.evaluate())
     new = broker.sent[before:]
     assert [decode_abort_command(v).env for t, _, v in new if t == "t.commands"] == ["b99/web"]
+    assert [t for t, _, _ in new if t == "t.triage"] == [], "no triage published again"
     (update,) = [decode_release_verdict(v) for t, _, v in new if t == "t.releases"]
     assert update.decision_id == release_decision_id("bad:2") and len(update.targets) == 16
 

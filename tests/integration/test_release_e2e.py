@@ -264,7 +264,11 @@ async def test_a_bad_release_is_halted_in_every_quiet_environment_and_triaged(
             # decides nothing again and sends nothing again.
             before = {
                 topic: len(await read_topic(settings, topic))
-                for topic in (settings.topics.commands, settings.topics.releases)
+                for topic in (
+                    settings.topics.commands,
+                    settings.topics.releases,
+                    settings.topics.triage,
+                )
             }
             async with release_agent(settings, tmp_path / "agent-3.log") as again:
 
