@@ -153,11 +153,12 @@ def build_worker(
             # its compacted changelog is the view every worker reads (agents/view.py).
             key = state.env.encode()
             previous = rollout_table.get(key)
+            if state.canary_in_progress:  # with its epoch: the release agent's ids carry it
+                state = with_epoch(state, previous)
             await summaries.forward_state(
                 decode_rollout_state(previous) if previous else None, state
             )
             if state.canary_in_progress:
-                state = with_epoch(state, rollout_table.get(key))
                 rollout_table[key] = encode_rollout_state(state)
             else:
                 rollout_table.pop(key, None)  # a tombstone on the changelog

@@ -880,6 +880,20 @@ class ReleaseBoard:
             self.aborted[row] = True
         return True
 
+    def restore_halt(self, verdict: ReleaseVerdict) -> None:
+        """A halt decided before (the release agent's table): latched, never decided again."""
+        self._code(verdict.release)
+        self.halted[verdict.release] = verdict
+
+    def restore_triage(self, record: TriageRecord) -> bool:
+        """A triage published before, latched for the same revision; False if it is stale."""
+        row = self.row_of.get(record.env)
+        if row is None or self.pod_hash[row] != record.pod_hash:
+            return False
+        self.category[row] = TRIAGE_ORDER.index(record.category)
+        self.triaged[record.env] = record
+        return True
+
     def fleet(self) -> FleetArrays:
         n = len(self.envs)
         return FleetArrays(
