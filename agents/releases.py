@@ -46,6 +46,7 @@ from streams.events import (
     decision_id_for,
     encode_abort_command,
 )
+from streams.pooledpass import KEY_PREFIX, PooledPassSettings
 from streams.release import (
     ReleaseBoard,
     ReleaseVerdict,
@@ -114,7 +115,10 @@ class _Partition:
     came before their state, the end offset to reach before evaluating."""
 
     def __init__(self, agent: ReleaseAgent) -> None:
-        self.board = ReleaseBoard(agent.settings.release)
+        self.board = ReleaseBoard(
+            agent.settings.release,
+            pass_settings=PooledPassSettings.from_promotion(agent.settings.promotion),
+        )
         self.states: dict[str, RolloutState] = {}
         self.pending: dict[str, FeedRecord] = {}
         self.restored = False
@@ -312,6 +316,13 @@ class ReleaseAgent:
                 self.triaged.append(record)
                 self.metrics.triage.labels(record.category.value).inc()
                 log.warning("triage %s", record.describe())
+            for release_pass in result.passes:
+                # Beside the environments' snapshots: the gate lends it to quiet ones.
+                await producer.send_and_wait(
+                    self.settings.topics.verdicts,
+                    key=(KEY_PREFIX + release_pass.release).encode(),
+                    value=release_pass.encode(),
+                )
 
     async def _halt(
         self, producer: AIOKafkaProducer, partition: int, part: _Partition, verdict: ReleaseVerdict
