@@ -66,7 +66,8 @@ def run_releases(
         ps = np.bincount(cohort, counts[3, 0], releases) / np.maximum(ns, 1)
         se = np.sqrt(pc * (1 - pc) / np.maximum(nc, 1) + ps * (1 - ps) / np.maximum(ns, 1))
         wald |= (nc > 0) & (pc - ps + 2.326 * se < tol_diff)
-    return latched[0], latched.all(axis=0), wald
+    both: np.ndarray = np.asarray(latched.all(axis=0))
+    return latched[0], both, wald
 
 
 def test_a_release_worse_than_the_tolerance_is_passed_at_most_beta_and_a_naive_bound_fails() -> (
@@ -86,8 +87,8 @@ def test_a_release_worse_than_the_tolerance_is_passed_at_most_beta_and_a_naive_b
 
 
 def test_a_healthy_release_of_quiet_environments_passes_through_pooling() -> None:
-    # 50 environments at 0.2 req/s: alone each needs about a day; pooled, under an hour.
-    _, both, _ = run_releases(3, 20, 50, BASE, rate=0.2, dt=10.0)
+    # 100 environments at 0.2 req/s: alone each needs about a day; pooled, under an hour.
+    _, both, _ = run_releases(3, 20, 100, BASE, rate=0.2, dt=10.0)
     assert both.mean() >= 0.9
 
 
