@@ -317,12 +317,17 @@ class ReleaseAgent:
                 self.metrics.triage.labels(record.category.value).inc()
                 log.warning("triage %s", record.describe())
             for release_pass in result.passes:
-                # Beside the environments' snapshots: the gate lends it to quiet ones.
-                await producer.send_and_wait(
-                    self.settings.topics.verdicts,
-                    key=(KEY_PREFIX + release_pass.release).encode(),
-                    value=release_pass.encode(),
-                )
+                # Beside the environments' snapshots: the gate lends it to quiet ones. A
+                # record that does not go out is republished at the next refresh.
+                try:
+                    await producer.send_and_wait(
+                        self.settings.topics.verdicts,
+                        key=(KEY_PREFIX + release_pass.release).encode(),
+                        value=release_pass.encode(),
+                    )
+                except Exception as exc:  # broker away: the halt path must keep running
+                    log.warning("release pass %s not sent: %s", release_pass.release, exc)
+                    part.board.pass_sent.pop(release_pass.release, None)
 
     async def _halt(
         self, producer: AIOKafkaProducer, partition: int, part: _Partition, verdict: ReleaseVerdict
@@ -444,6 +449,13 @@ def verdict_json(verdict: ReleaseVerdict) -> str:
 
 
 async def ensure_release_topics(settings: Settings) -> None:
+    # The verdicts topic also carries the releases' pooled passes (`release:<name>`).
+    await ensure_topics(
+        settings.bootstrap,
+        {settings.topics.verdicts: settings.partitions},
+        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        replication_factor=settings.replication_factor,
+    )
     await ensure_topics(
         settings.bootstrap,
         settings.topic_partitions(),

@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.settings import Settings
+from streams.pooledpass import KEY_PREFIX
 from streams.promotion import ABORT, INCONCLUSIVE, PASS, VerdictSnapshot
 from streams.status import (
     PLATFORM,
@@ -41,6 +42,8 @@ from streams.status import (
 )
 
 STYLE = {ABORT: "bold red", PLATFORM: "yellow", STALE: "magenta", INCONCLUSIVE: "", PASS: "green"}
+
+RELEASE_KEY = KEY_PREFIX.encode()  # the releases' pooled passes share the topic
 
 
 @dataclass(slots=True)
@@ -107,8 +110,8 @@ async def read_verdicts(
                 if await consumer.position(tp) >= ends[tp]:
                     todo.discard(tp)
         for key, value in latest.items():
-            if not value:
-                continue  # a tombstone: the env is gone
+            if not value or key.startswith(RELEASE_KEY):
+                continue  # a tombstone (the env is gone), or a release's pooled pass
             try:
                 out.latest[key.decode(errors="replace")] = VerdictSnapshot.decode(value)
             except (ValueError, TypeError, KeyError):
