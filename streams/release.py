@@ -1053,7 +1053,8 @@ class ReleaseBoard:
         if n_rel == 0:
             return []
         rows = self.pass_rows()
-        passed = self.pooled_pass.passes(rows, n_rel)
+        log_e = self.pooled_pass.log_e(rows, n_rel)
+        passed = np.maximum(*log_e) >= self.pass_settings.threshold
         if self.pass_latched.shape[1] < n_rel:
             grown = np.zeros((self.n_sig, n_rel), dtype=np.bool_)
             grown[:, : self.pass_latched.shape[1]] = self.pass_latched
@@ -1073,12 +1074,14 @@ class ReleaseBoard:
                 and now - sent[0] < self.pass_settings.refresh_s
             ):
                 continue
-            out.append(self._pass_record(rows, code, now))
+            out.append(self._pass_record(rows, log_e, code, now))
             self.pass_sent[release] = (now, state)
         return out
 
-    def _pass_record(self, rows: PassRows, code: int, now: float) -> ReleasePass:
-        ratio, diff = self.pooled_pass.log_e(rows, len(self.releases))
+    def _pass_record(
+        self, rows: PassRows, log_e: tuple[Floats, Floats], code: int, now: float
+    ) -> ReleasePass:
+        ratio, diff = log_e
         mine = rows.cohort == code
         signals = []
         for t in range(self.n_sig):
