@@ -20,7 +20,13 @@ from streams.pooledpass import (
     adopt,
 )
 from streams.promotion import INCONCLUSIVE, PASS, SignalPass, VerdictSnapshot
-from streams.release import ReleaseBoard, ReleaseEvidence, ReleaseSettings, summary_from_rows
+from streams.release import (
+    EnvSummary,
+    ReleaseBoard,
+    ReleaseEvidence,
+    ReleaseSettings,
+    summary_from_rows,
+)
 
 BETA = 0.01
 BASE = (0.001, 0.02)
@@ -106,10 +112,12 @@ def _state(env: str, release: str, pod: str = "h1", in_progress: bool = True) ->
     )
 
 
-def _board_with_healthy_release(envs: int = 40, seed: int = 5) -> ReleaseBoard:
+def healthy_summaries(
+    envs: int = 40, seed: int = 5, release: str = "r1", at: float = 1.0
+) -> list[tuple[RolloutState, EnvSummary]]:
+    """States and summaries of a healthy release's environments (~100 canary requests each)."""
     rng = np.random.default_rng(seed)
     rs = ReleaseSettings()
-    board = ReleaseBoard(rs)
     ev = ReleaseEvidence(envs, rs, signals=2)
     n_c = rng.poisson(2000 * SHARE, envs)
     n_s = rng.poisson(2000 * (1 - SHARE), envs)
@@ -118,11 +126,19 @@ def _board_with_healthy_release(envs: int = 40, seed: int = 5) -> ReleaseBoard:
         s = rng.poisson(100 * (1 - SHARE), envs)
         ev.update(c, s, np.stack([rng.binomial(c, p) for p in BASE]),
                   np.stack([rng.binomial(s, p) for p in BASE]))  # fmt: skip
+    out = []
     for e in range(envs):
         env = f"ns{e}/app"
-        board.apply_state(_state(env, "r1"))
         counts = (int(n_c[e]), int(n_s[e]), 0, 40, 2, 160)
-        summary = summary_from_rows(env, "r1", "h1", 1.0, ev, e, counts, (0, 0, 0), (0.0, 0.0))
+        summary = summary_from_rows(env, release, "h1", at, ev, e, counts, (0, 0, 0), (0.0, 0.0))
+        out.append((_state(env, release), summary))
+    return out
+
+
+def _board_with_healthy_release(envs: int = 40, seed: int = 5) -> ReleaseBoard:
+    board = ReleaseBoard(ReleaseSettings())
+    for state, summary in healthy_summaries(envs, seed):
+        board.apply_state(state)
         assert board.apply_summary(summary)
     return board
 
@@ -155,7 +171,7 @@ def test_an_environment_leaving_its_release_keeps_its_evidence_frozen() -> None:
     np.testing.assert_allclose(after[0][:, 0], before[0][:, 0])
 
 
-def _quiet_snapshot(release: str = "r1", **own: object) -> VerdictSnapshot:
+def quiet_snapshot(release: str = "r1", at: float = 10.0, **own: object) -> VerdictSnapshot:
     def signal(name: str, tol_ratio: float, tol_diff: float) -> SignalPass:
         base = SignalPass(
             signal=name,
@@ -178,7 +194,7 @@ def _quiet_snapshot(release: str = "r1", **own: object) -> VerdictSnapshot:
         rollout="app",
         pod_hash="h1",
         verdict=INCONCLUSIVE,
-        decided_at=10.0,
+        decided_at=at,
         since_canary_start_s=600.0,
         beta=BETA,
         signals=(signal("errors", 1.5, 0.005), signal("latency", 1.5, 0.01)),
@@ -188,29 +204,29 @@ def _quiet_snapshot(release: str = "r1", **own: object) -> VerdictSnapshot:
 
 def test_a_quiet_environment_adopts_its_releases_pass_unless_its_own_evidence_objects() -> None:
     record = _board_with_healthy_release().evaluate(10.0).passes[0]
-    lent = adopt(_quiet_snapshot(), record, now=12.0)
+    lent = adopt(quiet_snapshot(), record, now=12.0)
     assert lent.verdict == PASS and lent.reason.startswith("pass (release): errors: release r1")
     assert "over 40 environments" in lent.reason and "pooled bound" in lent.reason
     assert all(s.verdict == PASS for s in lent.signals)
     # Its own test near an abort, or its own rate far above the tolerance: stays inconclusive.
-    near = adopt(_quiet_snapshot(abort_statistic=3.0), record, now=12.0)
+    near = adopt(quiet_snapshot(abort_statistic=3.0), record, now=12.0)
     assert near.verdict == INCONCLUSIVE and "own abort statistic" in near.extra["release_pass"]
-    far = adopt(_quiet_snapshot(canary_bad=3), record, now=12.0)  # 7.5 % > 2 x 0.525 %
+    far = adopt(quiet_snapshot(canary_bad=3), record, now=12.0)  # 7.5 % > 2 x 0.525 %
     assert far.verdict == INCONCLUSIVE and "own canary rate" in far.extra["release_pass"]
     # Another release, a stale record, another tolerance, an abort: nothing lent.
-    assert adopt(_quiet_snapshot(release="r2"), record, now=12.0).verdict == INCONCLUSIVE
-    assert adopt(_quiet_snapshot(), record, now=10.0 + 61.0).verdict == INCONCLUSIVE
-    other_tol = _quiet_snapshot(tol_diff=0.001)
+    assert adopt(quiet_snapshot(release="r2"), record, now=12.0).verdict == INCONCLUSIVE
+    assert adopt(quiet_snapshot(), record, now=10.0 + 61.0).verdict == INCONCLUSIVE
+    other_tol = quiet_snapshot(tol_diff=0.001)
     assert adopt(other_tol, record, now=12.0).verdict == INCONCLUSIVE
-    aborted = replace(_quiet_snapshot(), verdict="abort")
+    aborted = replace(quiet_snapshot(), verdict="abort")
     assert adopt(aborted, record, now=12.0).verdict == "abort"
-    assert AdoptionRule().objection(_quiet_snapshot().signals[0]) == ""
+    assert AdoptionRule().objection(quiet_snapshot().signals[0]) == ""
 
 
 def test_the_gate_store_reads_release_records_beside_snapshots() -> None:
     record = _board_with_healthy_release().evaluate(10.0).passes[0]
     store = VerdictStore("127.0.0.1:9", "t")
-    store._apply(b"ns99/app", _quiet_snapshot().encode())
+    store._apply(b"ns99/app", quiet_snapshot().encode())
     assert store.verdict("ns99/app", 12.0).verdict == INCONCLUSIVE  # type: ignore[union-attr]
     store._apply((KEY_PREFIX + "r1").encode(), record.encode())
     assert "ns99/app" in store.snapshots and "r1" in store.release_passes
