@@ -39,7 +39,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agents.health import Heartbeat, Readiness, ReadyGauge, serve_health
-from agents.kafka_admin import ensure_topics, partition_for_key
+from agents.kafka_admin import ensure_topics, ensure_verdict_topic, partition_for_key
 from agents.logfilter import quiet_kafka_clients
 from agents.settings import Settings
 from streams.events import (
@@ -51,6 +51,7 @@ from streams.events import (
     decode_abort_command,
     encode_abort_command,
 )
+from streams.pooledpass import KEY_PREFIX, PooledPassSettings
 from streams.release import (
     ReleaseBoard,
     ReleaseVerdict,
@@ -154,7 +155,10 @@ class _Partition:
     came before their state, and what was done (as the table says)."""
 
     def __init__(self, agent: ReleaseAgent) -> None:
-        self.board = ReleaseBoard(agent.settings.release)
+        self.board = ReleaseBoard(
+            agent.settings.release,
+            pass_settings=PooledPassSettings.from_promotion(agent.settings.promotion),
+        )
         self.states: dict[str, RolloutState] = {}
         self.pending: dict[str, FeedRecord] = {}
         self.sent: set[tuple[str, str]] = set()  # (env, pod hash) aborted by a release agent
@@ -324,6 +328,22 @@ class ReleaseAgent:
     async def _pass(self, partition: int, part: _Partition, now: float, generation: int) -> None:
         s = self.settings
         result = part.board.evaluate(now)
+        for release_pass in result.passes:
+            # Beside the environments' snapshots: the gate lends it to quiet ones. A record
+            # that does not go out is republished at the next refresh.
+            try:
+                await self._send(
+                    s.topics.verdicts,
+                    (KEY_PREFIX + release_pass.release).encode(),
+                    release_pass.encode(),
+                    None,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker away: the halt path must keep running
+                self.metrics.send_failures.inc()
+                log.warning("release pass %s not sent: %r", release_pass.release, exc)
+                part.board.pass_sent.pop(release_pass.release, None)
         for verdict in result.verdicts:
             if verdict.release not in part.published:
                 part.published[verdict.release] = -1  # decided here: announced once
@@ -495,6 +515,8 @@ def verdict_json(verdict: ReleaseVerdict) -> str:
 
 
 async def ensure_release_topics(settings: Settings) -> None:
+    # The verdicts topic also carries the releases' pooled passes (`release:<name>`).
+    await ensure_verdict_topic(settings)
     await ensure_topics(
         settings.bootstrap,
         settings.topic_partitions(),
@@ -546,7 +568,13 @@ def build_release_app(
     metrics = ReleaseMetrics(registry)
     topics = {
         name: app.topic(name, key_type=bytes, value_type=bytes)
-        for name in (s.topics.summaries, s.topics.commands, s.topics.releases, s.topics.triage)
+        for name in (
+            s.topics.summaries,
+            s.topics.commands,
+            s.topics.releases,
+            s.topics.triage,
+            s.topics.verdicts,
+        )
     }
     table = app.Table(
         TABLE,

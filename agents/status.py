@@ -26,6 +26,7 @@ from aiokafka.structs import TopicPartition
 
 from agents.kafka_auth import PLAINTEXT, KafkaAuth
 from agents.settings import Settings
+from streams.pooledpass import KEY_PREFIX
 from streams.promotion import ABORT, INCONCLUSIVE, PASS, VerdictSnapshot
 from streams.status import (
     PLATFORM,
@@ -45,6 +46,8 @@ if TYPE_CHECKING:  # rich is imported when a table is drawn: `-o json` does with
     from rich.text import Text
 
 STYLE = {ABORT: "bold red", PLATFORM: "yellow", STALE: "magenta", INCONCLUSIVE: "", PASS: "green"}
+
+RELEASE_KEY = KEY_PREFIX.encode()  # the releases' pooled passes share the topic
 
 
 @dataclass(slots=True)
@@ -157,8 +160,13 @@ async def read_verdicts(
             for tp in list(todo):
                 if await consumer.position(tp) >= ends[tp]:
                     todo.discard(tp)
-        # An empty value is a tombstone: the env is gone.
-        out.raw = {key.decode(errors="replace"): value for key, value in latest.items() if value}
+        # An empty value is a tombstone (the env is gone); `release:` keys are releases' pooled
+        # passes, which share the topic.
+        out.raw = {
+            key.decode(errors="replace"): value
+            for key, value in latest.items()
+            if value and not key.startswith(RELEASE_KEY)
+        }
     finally:
         await consumer.stop()
     out.history = dict(kept)

@@ -28,7 +28,7 @@ from agents.deadletter import DeadLetterLimits, DeadLetters, Headers
 from agents.episodes import Episodes
 from agents.health import Heartbeat, serve_health
 from agents.ingest import RequestLogIngest
-from agents.kafka_admin import ensure_topics
+from agents.kafka_admin import ensure_topics, ensure_verdict_topic
 from agents.logfilter import quiet_kafka_clients
 from agents.metrics import FleetCollector, WorkerMetrics, metrics_app
 from agents.releases import ensure_release_topics
@@ -264,20 +264,6 @@ def build_worker(
     app.timer(s.summary_every_s)(publish_summaries)
     return Worker(
         app=app, fleet=fleet, metrics=metrics, heartbeat=heartbeat, collector=collector
-    )
-
-
-async def ensure_verdict_topic(settings: Settings) -> None:
-    """`<prefix>.verdicts`: compacted, the latest snapshot per env (agents/verdicts.py)."""
-    await ensure_topics(
-        settings.bootstrap,
-        {settings.topics.verdicts: settings.partitions},
-        # A segment rolls every minute, so the cleaner can compact all but the last minutes:
-        # with the default (7 days, 1 GiB) nothing is compacted, and `status` (which reads it
-        # all) would read every snapshot ever refreshed.
-        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", "segment.ms": "60000"},
-        replication_factor=settings.replication_factor,
-        auth=settings.kafka,
     )
 
 

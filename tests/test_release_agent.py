@@ -95,7 +95,10 @@ def test_a_successor_restored_from_the_table_decides_and_sends_nothing_again() -
     before = len(broker.sent)
     for _ in range(3):
         asyncio.run(successor.evaluate())
-    assert len(broker.sent) == before, broker.sent[before:]
+    # Only the release passes' snapshots may go out again: they are refreshed by design (the
+    # gate reads their age), and a snapshot decides nothing.
+    again = [sent for sent in broker.sent[before:] if sent[0] != "t.verdicts"]
+    assert again == [], again
     assert successor.metrics.halts.labels("errors")._value.get() == 0  # no second decision
     # An environment that joins the halted release gets one command under the same decision.
     feed(successor, broker, "bad:2", ["b99/web"], gain=1.0)

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
+from agents.kafka_admin import ensure_verdict_topic
 from agents.settings import Settings, Topics
-from agents.worker import ensure_verdict_topic
 from tests.integration.test_ingest_sizes import topic_config
 
 pytestmark = [pytest.mark.kafka]
