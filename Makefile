@@ -125,6 +125,12 @@ bench-fleet: venv
 bench-pass: venv
 	$(PY) -m bench.promotion
 
+# The release-level pass (issue 17): quiet environments of a healthy release passing on pooled
+# evidence, wrong passes of releases at 2x the tolerance; last line `pooled-pass-bench: ...`.
+.PHONY: bench-pooled-pass
+bench-pooled-pass: venv
+	$(PY) -m bench.pooledpass
+
 # The operator's tools at fleet scale (issue 14): one /metrics scrape and `canarywatch status`
 # with 20,000 canaries in progress on a real broker and worker; last line `ops: ...`.
 .PHONY: bench-ops

@@ -1,16 +1,20 @@
 """The actuator: abort commands from Kafka become `status.abort=true` on Argo Rollouts.
 
-Each command is applied as `kubectl argo rollouts abort` applies it: a JSON merge patch
-`{"status":{"abort":true}}` on the Rollout's `status` subresource, on the main resource only when
-the subresource answers 404 (controllers older than the subresource). Before patching, the
-Rollout is read: a command whose canary is no longer the one in progress (moved on, promoted,
-already aborted) is skipped (`streams.rollouts.judge_abort`), and so is one about a canary that
-was aborted and retried since the decision (its Events, `streams.rollouts.aborted_since`), or one
-older than `Settings.command_ttl_s`. While the controller has not reconciled a spec change
-(`observedGeneration` behind `generation`) the actuator waits. The patch carries the
-`metadata.resourceVersion` the judgement was made on, so it is refused (409) if the Rollout
-changed in between; the actuator then reads and judges again. After the patch, a Warning Event
-`CanarywatchAbort` on the Rollout carries the evidence, so `kubectl describe rollout` says why.
+What a command does is the Rollout's policy (`streams.rollouts.Action`): `Settings.action_policy`
+(abort, pause or dry-run), overridden by the Rollout's `canarywatch.io/policy` annotation as read
+just before the patch. Pause merge-patches `{"spec":{"paused":true}}`; dry-run patches nothing and
+records a Normal Event `CanarywatchDryRun`. An abort is applied as `kubectl argo rollouts abort`
+applies it: a JSON merge patch `{"status":{"abort":true}}` on the Rollout's `status` subresource,
+on the main resource only when the subresource answers 404 (controllers older than the
+subresource). Before patching, the Rollout is read: a command whose canary is no longer the one in
+progress (moved on, promoted, already aborted) is skipped (`streams.rollouts.judge_abort`), and so
+is one about a canary that was aborted and retried since the decision (its Events,
+`streams.rollouts.aborted_since`), or one older than `Settings.command_ttl_s`. While the controller
+has not reconciled a spec change (`observedGeneration` behind `generation`) the actuator waits. The
+patch carries the `metadata.resourceVersion` the judgement was made on, so it is refused (409) if
+the Rollout changed in between; the actuator then reads and judges again. After the patch, a
+Warning Event `CanarywatchAbort` on the Rollout carries the evidence, so `kubectl describe rollout`
+says why.
 
 Why aiokafka and not Faust here: the actuator needs commit-after-apply. Faust acknowledges
 events and commits offsets on its own schedule; with aiokafka, `enable_auto_commit=False` and
@@ -61,13 +65,16 @@ from streams.rollouts import (
     GROUP,
     KIND,
     PLURAL,
+    POLICY_ANNOTATION,
     REVISION_ANNOTATION,
     VERSION,
     AbortVerdict,
+    Action,
     Rollout,
     aborted_since,
     canary_lags_revision,
     judge_abort,
+    policy_of,
     resource_version,
     revision_of,
 )
@@ -76,18 +83,16 @@ log = logging.getLogger("canarywatch.actuator")
 
 EVENT_REASON = "CanarywatchAbort"
 PAUSE_EVENT_REASON = "CanarywatchPause"
+DRY_RUN_EVENT_REASON = "CanarywatchDryRun"
+EVENT_REASONS = {
+    Action.ABORT: EVENT_REASON,
+    Action.PAUSE: PAUSE_EVENT_REASON,
+    Action.DRY_RUN: DRY_RUN_EVENT_REASON,
+}
 COMPONENT = "canarywatch-actuator"
 MERGE_PATCH = "application/merge-patch+json"
 ABORT_PATCH: Mapping[str, Any] = {"status": {"abort": True}}
 PAUSE_PATCH: Mapping[str, Any] = {"spec": {"paused": True}}  # `kubectl argo rollouts pause`
-
-
-class Action(StrEnum):
-    """What a command does to its Rollout: abort it (the default), or only pause it, leaving
-    the decision to roll back or promote to a person (needs `patch` on `rollouts`)."""
-
-    ABORT = "abort"
-    PAUSE = "pause"
 
 
 CONFLICT = 409
@@ -103,6 +108,9 @@ class Outcome(StrEnum):
     DRY_RUN = "dry_run"
     FAILED = "failed"  # a non-retryable answer (403, 422, ...): dead-lettered, committed
     DEFERRED = "deferred"  # retry budget spent: not committed, read again
+    # deferred more than Settings.max_deferrals times: dead-lettered with the API's last answer,
+    # committed (alert CanarywatchActuatorGaveUp: a bad canary was not acted on)
+    GAVE_UP = "gave_up"
     INVALID = "invalid"  # not a command: dead-lettered, committed
 
 
@@ -344,7 +352,9 @@ def event_name(command: AbortCommand) -> str:
 
 def event_message(command: AbortCommand, action: Action = Action.ABORT) -> str:
     release = f" (release {command.release})" if command.release else ""
-    verb = "paused at" if action is Action.PAUSE else "aborted"
+    verb = {Action.PAUSE: "paused at", Action.DRY_RUN: "would abort (dry run)"}.get(
+        action, "aborted"
+    )
     text = (
         f"canarywatch {verb} canary {command.pod_hash}{release}: {command.reason}; "
         f"{command.evidence.describe()}; decision {command.decision_id}{triage_note(command)}"
@@ -372,7 +382,8 @@ def abort_event(
     instance: str,
     action: Action = Action.ABORT,
 ) -> dict[str, Any]:
-    """The core/v1 Event recorded on the Rollout after an abort (or a pause)."""
+    """The core/v1 Event recorded on the Rollout after an abort (a pause; a Normal one for a
+    dry run)."""
     meta = rollout.get("metadata", {})
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
@@ -387,8 +398,8 @@ def abort_event(
             "uid": meta.get("uid", ""),
             "resourceVersion": meta.get("resourceVersion", ""),
         },
-        "type": "Warning",
-        "reason": PAUSE_EVENT_REASON if action is Action.PAUSE else EVENT_REASON,
+        "type": "Normal" if action is Action.DRY_RUN else "Warning",
+        "reason": EVENT_REASONS[action],
         "action": action.value.capitalize(),
         "message": event_message(command, action),
         "source": {"component": COMPONENT},
@@ -452,6 +463,7 @@ class ActuatorMetrics:
 class Result:
     outcome: Outcome
     detail: str = ""
+    action: Action | None = None  # the Rollout's policy, once it was read
 
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -466,27 +478,26 @@ class Actuator:
         api: RolloutApi,
         metrics: ActuatorMetrics,
         *,
-        dry_run: bool = False,
         policy: RetryPolicy | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         instance: str | None = None,
-        action: Action = Action.ABORT,
     ) -> None:
         self.settings = settings
-        self.action = action
         self.api = api
         self.metrics = metrics
         self._on_skip = counting(metrics.skipped_records)
-        self.dry_run = dry_run
         self.policy = policy or RetryPolicy()
         self._sleep = sleep
         self._clock = clock
         self._wall_clock = wall_clock
         self._rand = rand
         self.instance = instance or socket.gethostname()
+        # Deferrals of the commands being retried, by (partition, offset); in memory, so a
+        # restart counts afresh (the TTL still bounds how long one is retried).
+        self._deferrals: dict[tuple[TopicPartition, int], int] = {}
 
     @property
     def group_id(self) -> str:
@@ -549,7 +560,11 @@ class Actuator:
 
     async def _attempt(self, command: AbortCommand, patch_sent: bool) -> Result:
         rollout = await asyncio.to_thread(self.api.get_rollout, command.namespace, command.rollout)
-        judgement = judge_abort(command.pod_hash, rollout, pause=self.action is Action.PAUSE)
+        # The policy of the Rollout as read now, the read the patch is conditional on.
+        action, note = policy_of(rollout, self.settings.action_policy)
+        if note:
+            log.warning("%s/%s: %s", command.namespace, command.rollout, note)
+        judgement = judge_abort(command.pod_hash, rollout, pause=action is Action.PAUSE)
         if judgement.verdict is AbortVerdict.NOT_FOUND:
             return Result(Outcome.NOT_FOUND, judgement.why)
         if judgement.verdict is AbortVerdict.UNRECONCILED:
@@ -557,18 +572,19 @@ class Actuator:
         assert rollout is not None
         if judgement.verdict is AbortVerdict.STALE:
             if not (patch_sent and judgement.already_aborted):
-                return Result(Outcome.STALE, judgement.why)
+                return Result(Outcome.STALE, judgement.why, action)
             # Our earlier patch went through but its answer was lost: finish the job.
         elif lag := await self._canary_lags(command, rollout):
             raise _Unreconciled(lag)
         elif retried := await self._aborted_since_decision(command, rollout):
-            return Result(Outcome.STALE, f"{retried}; the canary was retried or resumed since")
-        elif self.dry_run:
-            return Result(Outcome.DRY_RUN, judgement.why)
-        else:
-            patch = (
-                self.api.pause_rollout if self.action is Action.PAUSE else self.api.abort_rollout
+            return Result(
+                Outcome.STALE, f"{retried}; the canary was retried or resumed since", action
             )
+        elif action is Action.DRY_RUN:
+            await self._record_event(command, rollout, action)
+            return Result(Outcome.DRY_RUN, judgement.why, action)
+        else:
+            patch = self.api.pause_rollout if action is Action.PAUSE else self.api.abort_rollout
             try:
                 found = await asyncio.to_thread(
                     patch,
@@ -583,8 +599,8 @@ class Actuator:
             if not found:
                 return Result(Outcome.NOT_FOUND, "the Rollout disappeared before the patch")
         self.metrics.decision_to_abort.observe(max(0.0, self._wall_clock() - command.decided_at))
-        await self._record_event(command, rollout)
-        return Result(Outcome.APPLIED, judgement.why)
+        await self._record_event(command, rollout, action)
+        return Result(Outcome.APPLIED, judgement.why, action)
 
     async def _canary_lags(self, command: AbortCommand, rollout: Rollout) -> str | None:
         """Is `currentPodHash` behind the Rollout's revision? (Argo names a Rollout's
@@ -603,10 +619,10 @@ class Actuator:
         )
         return aborted_since(events, command.decided_at)
 
-    async def _record_event(self, command: AbortCommand, rollout: Rollout) -> None:
+    async def _record_event(self, command: AbortCommand, rollout: Rollout, action: Action) -> None:
         """Best effort, retried a few times: the abort is done whatever happens here."""
         now = datetime.fromtimestamp(self._wall_clock(), UTC)
-        event = abort_event(command, rollout, now, self.instance, self.action)
+        event = abort_event(command, rollout, now, self.instance, action)
         for attempt in range(self.policy.event_attempts):
             try:
                 created = await asyncio.to_thread(self.api.record_event, command.namespace, event)
@@ -624,15 +640,14 @@ class Actuator:
 
     def _log(self, command: AbortCommand, result: Result) -> None:
         where = f"{command.env} canary {command.pod_hash} ({command.decision_id})"
-        verb = "paused" if self.action is Action.PAUSE else "aborted"
+        action = result.action or self.settings.action_policy
+        verb = "paused" if action is Action.PAUSE else "aborted"
         if result.outcome is Outcome.APPLIED:
             log.warning(
                 "%s %s: %s%s", verb, where, command.evidence.describe(), triage_note(command)
             )
         elif result.outcome is Outcome.DRY_RUN:
-            log.warning(
-                "dry run: would %s %s: %s", self.action.value, where, command.evidence.describe()
-            )
+            log.warning("dry run: would abort %s: %s", where, command.evidence.describe())
         elif result.outcome in (Outcome.FAILED, Outcome.DEFERRED):
             log.error("%s %s: %s", result.outcome.value, where, result.detail)
         else:
@@ -646,13 +661,17 @@ class Actuator:
         consumer = AIOKafkaConsumer(
             s.topics.commands,
             bootstrap_servers=s.bootstrap,
+            **s.kafka.client_options(),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=s.topic_max_message_bytes,
         )
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap, acks="all", max_request_size=s.producer_max_request_size
+            bootstrap_servers=s.bootstrap,
+            acks="all",
+            max_request_size=s.producer_max_request_size,
+            **s.kafka.client_options(),
         )
         await producer.start()
         try:
@@ -691,13 +710,21 @@ class Actuator:
                 await self._deadletter(producer, record, error)
             else:
                 result = await self.handle(command)
+                key = (tp, record.offset)
                 if result.outcome is Outcome.DEFERRED:
-                    consumer.seek(tp, record.offset)  # read it again on the next poll
-                    return
-                if result.outcome is Outcome.FAILED:
+                    deferrals = self._deferrals[key] = self._deferrals.get(key, 0) + 1
+                    if deferrals <= self.settings.max_deferrals:
+                        consumer.seek(tp, record.offset)  # read it again on the next poll
+                        return
+                    self.metrics.commands.labels(Outcome.GAVE_UP.value).inc()
+                    why = f"deferred {deferrals} times; the last answer: {result.detail}"
+                    log.error("gave up on %s: %s", command.decision_id, why)
+                    await self._deadletter(producer, record, DecodeError("deferred", why))
+                elif result.outcome is Outcome.FAILED:
                     await self._deadletter(
                         producer, record, DecodeError("apply_failed", result.detail)
                     )
+                self._deferrals.pop(key, None)
             try:
                 await consumer.commit({tp: record.offset + 1})
             except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
@@ -747,9 +774,7 @@ class _PatchSent(Exception):
 def run_actuator(
     settings: Settings,
     *,
-    dry_run: bool = False,
     kubeconfig: str | None = None,
-    action: Action = Action.ABORT,
 ) -> int:
     """`canarywatch actuator`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -759,19 +784,13 @@ def run_actuator(
     # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
     serve_health(settings.metrics_port, registry, metrics.readiness, heartbeat)
     api_client = kube_api_client(kubeconfig)
-    actuator = Actuator(
-        settings,
-        KubeRolloutApi(api_client),
-        metrics,
-        dry_run=dry_run,
-        action=action,
-    )
+    actuator = Actuator(settings, KubeRolloutApi(api_client), metrics)
     log.info(
-        "actuator: group %s, topic %s, action %s%s",
+        "actuator: group %s, topic %s, policy %s (a Rollout's %s annotation overrides it)",
         actuator.group_id,
         settings.topics.commands,
-        action.value,
-        " (dry run: nothing is patched)" if dry_run else "",
+        settings.action_policy.value,
+        POLICY_ANNOTATION,
     )
 
     async def main() -> None:
@@ -780,6 +799,7 @@ def run_actuator(
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
             replication_factor=settings.replication_factor,
+            auth=settings.kafka,
         )
         await ensure_topics(
             settings.bootstrap,
@@ -789,6 +809,7 @@ def run_actuator(
                 "cleanup.policy": "compact",
             },
             replication_factor=settings.replication_factor,
+            auth=settings.kafka,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

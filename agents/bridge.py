@@ -262,6 +262,7 @@ class Bridge:
         """Publish until `stop` is set or the task is cancelled."""
         producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap,
+            **self.settings.kafka.client_options(),
             acks="all",
             max_request_size=self.settings.producer_max_request_size,
         )
@@ -479,6 +480,7 @@ class Bridge:
         consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=self.settings.bootstrap,
+            **self.settings.kafka.client_options(),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="latest",  # the watch and a GET give the current state anyway
@@ -569,6 +571,7 @@ def run_bridge(settings: Settings, options: BridgeOptions, *, kubeconfig: str | 
             settings.bootstrap,
             {settings.topics.rollouts: settings.partitions, settings.topics.deadletter: 1},
             replication_factor=settings.replication_factor,
+            auth=settings.kafka,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

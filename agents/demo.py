@@ -101,10 +101,11 @@ async def run_demo(
         settings.topic_partitions(),
         {"max.message.bytes": str(settings.topic_max_message_bytes)},
         replication_factor=settings.replication_factor,
+        auth=settings.kafka,
     )
     worker = WorkerProcess(settings, work_dir / "worker.log")
     watcher = CommandWatcher(settings.bootstrap, settings.topics.commands)
-    producer = producer_for(settings.bootstrap)
+    producer = producer_for(settings.bootstrap, settings.kafka)
     async with contextlib.AsyncExitStack() as stack:
         worker.start()
         stack.callback(worker.stop)
@@ -121,6 +122,7 @@ async def run_demo(
             )
         start = time.time()
         run = SimulationRun(simulation, seed, start=start, lines_per_message=lines_per_message)
+        run.warn_when_behind(lambda text: out(f"demo: {text}"))
         plans = {plan.env: plan for plan in run.plans}
         out(
             f"demo: {len(run.plans)} environments, "

@@ -137,11 +137,13 @@ class EvidenceStore:
             {self.topic: s.partitions},
             {"cleanup.policy": "compact", "max.message.bytes": str(s.topic_max_message_bytes)},
             replication_factor=s.replication_factor,
+            auth=s.kafka,
         )
         self._partitions = counts[self.topic]
         # One reader for every restore: starting a consumer costs ~0.5 s of a takeover.
         self._reader = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap,
+            **s.kafka.client_options(),
             group_id=None,
             client_id=f"{s.app_id}-evidence-restore",
             enable_auto_commit=False,
@@ -162,6 +164,7 @@ class EvidenceStore:
         s = self.settings
         self._producer = AIOKafkaProducer(
             bootstrap_servers=s.bootstrap,
+            **s.kafka.client_options(),
             client_id=f"{s.app_id}-evidence",
             transactional_id=transactional_id(s),
             enable_idempotence=True,

@@ -13,6 +13,10 @@ the whole topic, so it answers for every environment whichever worker holds its 
 - Never a stale "pass": a snapshot older than `max_age_s` (its worker stopped) or a gate that
   has not yet read the topic to its end answers 503, so the analysis errors rather than
   promotes. A snapshot of another revision than `podHash` answers `inconclusive`.
+- A quiet, inconclusive environment whose release passed at the pooled level (the release
+  agent's `release:<name>` records on the same topic, streams/pooledpass.py) answers `pass`
+  with reason "pass (release): ..." unless its own evidence argues against it (`AdoptionRule`);
+  a release record older than `max_age_s` is ignored.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from aiokafka.structs import TopicPartition
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from agents.kafka_auth import PLAINTEXT, KafkaAuth
 from agents.settings import Settings
+from streams.pooledpass import KEY_PREFIX, AdoptionRule, ReleasePass, adopt
 from streams.promotion import INCONCLUSIVE, VerdictSnapshot
 
 log = logging.getLogger("canarywatch.gate")
@@ -44,10 +50,13 @@ log = logging.getLogger("canarywatch.gate")
 class VerdictStore:
     """The latest snapshot per env, read from the whole compacted topic (no consumer group)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, auth: KafkaAuth = PLAINTEXT) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.auth = auth
         self.snapshots: dict[str, VerdictSnapshot] = {}
+        # Releases' pooled passes (key `release:<name>`, from the release agent).
+        self.release_passes: dict[str, ReleasePass] = {}
         self.caught_up = asyncio.Event()
         self.received = 0
         self._task: asyncio.Task[None] | None = None
@@ -67,6 +76,7 @@ class VerdictStore:
             consumer = AIOKafkaConsumer(
                 self.topic,
                 bootstrap_servers=self.bootstrap,
+                **self.auth.client_options(),
                 enable_auto_commit=False,
                 group_id=None,
                 auto_offset_reset="earliest",
@@ -102,10 +112,31 @@ class VerdictStore:
             if all(at >= end for at, end in zip(positions, pending.values(), strict=True)):
                 self.caught_up.set()
 
+    def _apply_release(self, release: str, value: bytes | None) -> None:
+        if not value:
+            self.release_passes.pop(release, None)
+            return
+        try:
+            self.release_passes[release] = ReleasePass.decode(value)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("release pass for %s: unreadable (%s)", release, exc)
+
+    def verdict(
+        self, env: str, now: float, rule: AdoptionRule | None = None
+    ) -> VerdictSnapshot | None:
+        """The env's snapshot, with its release's pooled pass lent to it where it may be."""
+        snapshot = self.snapshots.get(env)
+        if snapshot is None or not snapshot.release:
+            return snapshot
+        return adopt(snapshot, self.release_passes.get(snapshot.release), now, rule)
+
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
             return
         env = key.decode(errors="replace")
+        if env.startswith(KEY_PREFIX):
+            self._apply_release(env[len(KEY_PREFIX) :], value)
+            return
         if not value:
             self.snapshots.pop(env, None)
             return
@@ -330,8 +361,8 @@ def build_app(
             return refuse(503, "the API server could not review the caller")
         if not store.caught_up.is_set():
             return refuse(503, "the gate has not read the verdict topic yet")
-        snapshot = store.snapshots.get(f"{namespace}/{rollout}")
         now = clock()
+        snapshot = store.verdict(f"{namespace}/{rollout}", now, AdoptionRule(max_age_s=max_age_s))
         if snapshot is not None and now - snapshot.decided_at > max_age_s:
             return refuse(
                 503,
@@ -374,7 +405,7 @@ class Gate:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.store = VerdictStore(settings.bootstrap, settings.topics.verdicts)
+        self.store = VerdictStore(settings.bootstrap, settings.topics.verdicts, settings.kafka)
         self.metrics = GateMetrics()
         self.app = build_app(
             self.store,

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.partitioner import murmur2
+
+from agents.kafka_auth import PLAINTEXT, KafkaAuth
+
+if TYPE_CHECKING:
+    from agents.settings import Settings
 
 __all__ = ["ensure_topics"]
 
@@ -22,6 +27,7 @@ async def ensure_topics(
     *,
     replication_factor: int = 1,
     timeout_s: float = 30.0,
+    auth: KafkaAuth = PLAINTEXT,
 ) -> dict[str, int]:
     """Create the missing `topics` (name -> partitions, `replication_factor`, topic `config`)
     and return once metadata shows a leader for every partition of every named topic.
@@ -38,7 +44,9 @@ async def ensure_topics(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=max(1000, int(timeout_s * 1000))
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=max(1000, int(timeout_s * 1000)),
+        **auth.client_options(),
     )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
@@ -125,3 +133,17 @@ async def _wait_for_leaders(
 def partition_for_key(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as in the Java client) picks."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+async def ensure_verdict_topic(settings: Settings) -> None:
+    """`<prefix>.verdicts`: compacted, the latest snapshot per env (agents/verdicts.py)."""
+    await ensure_topics(
+        settings.bootstrap,
+        {settings.topics.verdicts: settings.partitions},
+        # A segment rolls every minute, so the cleaner can compact all but the last minutes:
+        # with the default (7 days, 1 GiB) nothing is compacted, and `status` (which reads it
+        # all) would read every snapshot ever refreshed.
+        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", "segment.ms": "60000"},
+        replication_factor=settings.replication_factor,
+        auth=settings.kafka,
+    )

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -383,9 +383,21 @@ class LocalKafka:
 
     PID_FILE = "kafka.pid"
 
-    def __init__(self, data_dir: Path, port: int = 9092, controller_port: int = 9093) -> None:
-        if port == controller_port:
-            raise ValueError("port and controller_port must differ")
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 9092,
+        controller_port: int = 9093,
+        *,
+        sasl_port: int | None = None,
+        sasl_users: Mapping[str, str] | None = None,
+    ) -> None:
+        """`sasl_port`: also a SASL_PLAINTEXT listener there (mechanism PLAIN, the users and
+        passwords of `sasl_users`), for tests of canarywatch's SASL settings."""
+        if port == controller_port or sasl_port in (port, controller_port):
+            raise ValueError("port, controller_port and sasl_port must differ")
+        self.sasl_port = sasl_port
+        self.sasl_users = dict(sasl_users or {})
         self.data_dir = Path(data_dir).absolute()
         self.port = port
         self.controller_port = controller_port
@@ -437,7 +449,8 @@ class LocalKafka:
             self._wait_ready(time.monotonic() + timeout)
             return
         self.pid_file.unlink(missing_ok=True)
-        busy = [p for p in (self.port, self.controller_port) if not _port_free(p)]
+        ports = (self.port, self.controller_port, *([self.sasl_port] if self.sasl_port else []))
+        busy = [p for p in ports if not _port_free(p)]
         if busy:
             raise RuntimeError(f"port(s) {busy} on 127.0.0.1 are already in use")
         libs = ensure_kafka()
@@ -601,6 +614,16 @@ class LocalKafka:
             "log.segment.bytes": str(32 * 1024 * 1024),
             "log.retention.check.interval.ms": "60000",
         }
+        if self.sasl_port is not None:
+            listener = f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            props["listeners"] += "," + listener
+            props["advertised.listeners"] += "," + listener
+            props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            props["sasl.enabled.mechanisms"] = "PLAIN"
+            users = "".join(f' user_{u}="{p}"' for u, p in self.sasl_users.items())
+            props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required{users};"
+            )
         text = "# Written by agents/localkafka.py on each start; edits are overwritten.\n"
         text += "".join(f"{k}={v}\n" for k, v in props.items())
         self.properties_path.write_text(text)

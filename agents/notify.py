@@ -133,6 +133,7 @@ class Notifier:
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
+            **self.settings.kafka.client_options(),
             enable_auto_commit=False,
             group_id=None,
             auto_offset_reset="latest",

@@ -62,12 +62,21 @@ def read_metric(port: int, name: str, **labels: str) -> float | None:
 
 
 class WorkerProcess:
-    """`canarywatch worker` in a child process, logging to `log_path`."""
+    """`canarywatch worker` (or another `command`: `releases`) in a child process, logging to
+    `log_path`; ready when its `ready_metric` reads 1."""
 
     def __init__(
-        self, settings: Settings, log_path: Path, cpus: frozenset[int] | None = None
+        self,
+        settings: Settings,
+        log_path: Path,
+        cpus: frozenset[int] | None = None,
+        *,
+        command: str = "worker",
+        ready_metric: str = "canarywatch_ready",
     ) -> None:
         self.settings = settings
+        self.command = command
+        self.ready_metric = ready_metric
         self.log_path = log_path
         self.cpus = cpus  # run on these CPUs only (all its threads), e.g. one worker per core
         self._process: subprocess.Popen[bytes] | None = None
@@ -78,7 +87,7 @@ class WorkerProcess:
         self._log = self.log_path.open("ab")
         env = {**os.environ, **settings_to_env(self.settings)}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "worker"],
+            [sys.executable, "-m", "agents.cli", self.command],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -91,16 +100,16 @@ class WorkerProcess:
         os.sched_setaffinity(0, self.cpus)
 
     async def wait_ready(self, within_s: float = 90.0) -> None:
-        """Poll the worker's `canarywatch_ready` gauge until it reads 1."""
+        """Poll the process's ready gauge until it reads 1."""
         deadline = time.monotonic() + within_s
         port = self.settings.metrics_port
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
-                raise RuntimeError(f"worker exited early; log:\n{self.log_tail()}")
-            if await asyncio.to_thread(read_metric, port, "canarywatch_ready") == 1.0:
+                raise RuntimeError(f"{self.command} exited early; log:\n{self.log_tail()}")
+            if await asyncio.to_thread(read_metric, port, self.ready_metric) == 1.0:
                 return
             await asyncio.sleep(0.2)
-        raise TimeoutError(f"worker not ready after {within_s}s; log:\n{self.log_tail()}")
+        raise TimeoutError(f"{self.command} not ready after {within_s}s; log:\n{self.log_tail()}")
 
     @property
     def alive(self) -> bool:
@@ -121,6 +130,12 @@ class WorkerProcess:
         except OSError:
             return "(no log)"
 
+    def kill(self) -> None:
+        """SIGKILL, as a node failure would: no shutdown, no leaving the group."""
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+
     def stop(self, timeout: float = 20.0) -> int | None:
         process = self._process
         if process is None:
@@ -135,3 +150,10 @@ class WorkerProcess:
         if self._log is not None:
             self._log.close()
         return process.returncode
+
+
+def release_agent_process(settings: Settings, log_path: Path) -> WorkerProcess:
+    """`canarywatch releases` in a child process, ready once it restored its partitions."""
+    return WorkerProcess(
+        settings, log_path, command="releases", ready_metric="canarywatch_release_agent_ready"
+    )

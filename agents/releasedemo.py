@@ -1,7 +1,7 @@
 """The release part of `canarywatch demo`: a bad release across many quiet environments is
 halted fleet-wide, and every abort is triaged.
 
-A worker process and a release agent (in this process) on the demo's broker; the release fleet
+A worker process and a release agent process on the demo's broker; the release fleet
 of `streams.simulation.ReleaseFleetSettings` (200 quiet environments of a release 10x worse than
 stable, 40 of a healthy release, one of them with its own broken code). Prints the halt, the
 fan-out and the triage as they arrive on the releases, commands and triage topics.
@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
-from prometheus_client import CollectorRegistry
 
-from agents.processes import WorkerProcess, poll_until
-from agents.releases import ReleaseAgent, ReleaseMetrics, ensure_release_topics
+from agents.processes import WorkerProcess, free_port, poll_until, release_agent_process
+from agents.releases import ensure_release_topics
 from agents.settings import Settings
 from agents.simulator import play_release_fleet, producer_for
 from streams.events import AbortCommand, DecodeError, decode_abort_command
@@ -70,28 +69,26 @@ async def run_release_demo(
         settings.topics.commands,
         settings.topics.triage,
         bootstrap_servers=settings.bootstrap,
+        **settings.kafka.client_options(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
     worker = WorkerProcess(settings, work_dir / "release-worker.log")
-    agent = ReleaseAgent(settings, ReleaseMetrics(CollectorRegistry()))
-    stop = asyncio.Event()
-    producer = producer_for(settings.bootstrap)
+    agent = release_agent_process(
+        settings.with_overrides(metrics_port=free_port()), work_dir / "release-agent.log"
+    )
+    producer = producer_for(settings.bootstrap, settings.kafka)
     async with contextlib.AsyncExitStack() as stack:
         worker.start()
         stack.callback(worker.stop)
+        agent.start()
+        stack.callback(agent.stop)
         await worker.wait_ready()
+        await agent.wait_ready()
         await reader.start()
         stack.push_async_callback(reader.stop)
         await producer.start()
         stack.push_async_callback(producer.stop)
-        agent_task = asyncio.create_task(agent.run(stop))
-
-        async def stop_agent() -> None:
-            stop.set()
-            await asyncio.wait_for(agent_task, 30)
-
-        stack.push_async_callback(stop_agent)
 
         def show(topic: str, value: bytes) -> None:
             try:

@@ -1,42 +1,46 @@
-"""The release agent (`canarywatch releases`): cohorts' evidence in, release halts and triage out.
+"""The release agent (`canarywatch releases`): a Faust agent keyed by release over the cohorts'
+evidence, its state in a table; release halts, fan-out aborts and triage out.
 
-Reads `<prefix>.summaries` (partitioned by release; `streams/releasefeed.py`) in the consumer
-group `<app_id>-releases`: every member owns the releases of its partitions and keeps one
-`ReleaseBoard` per partition. It never commits: on every assignment it re-reads its partitions
-of `<prefix>.releases` (compacted: the latched halts) and of `<prefix>.summaries` (compacted:
-the latest state and summary of every environment) from the beginning, so a restarted or new
-member restores exactly what the previous owner knew. Every `release_evaluate_every_s` it
-evaluates each board:
+- agent `cohorts`: `<prefix>.summaries` (partitioned by release: `streams/releasefeed.py`) ->
+  one `ReleaseBoard` per partition, and every record, validated, into the table
+  `release-cohorts` (Faust app `<app_id>-releases`, compacted changelog of the same partition,
+  replication factor `settings.replication_factor`). Members of the group split the partitions
+  as workers do; each owns the releases of its partitions;
+- the same table latches what was done: `halt|<release>` (the verdict as published),
+  `sent|<env>|<pod>|<release>` (every fan-out or e-BH abort, written once Kafka acknowledged
+  the command), `triage|<env>|<release>` (the triage as published). After a rebalance or a
+  restart Faust restores the table from its changelog; the boards are rebuilt from it (states,
+  then summaries, then halts and triage), so the new owner knows what the previous one knew
+  and did: it decides nothing twice and sends nothing twice;
+- timer every `release_evaluate_every_s` (never while rebalancing): each board is evaluated
+  and what is decided but not yet done is done: with policy `abort` one abort command per
+  environment of a halted release in progress (decision id `decision_id_for` with the canary's
+  decision epoch, as the worker's own; `reason` ReleaseRegression, `extra` names the release
+  decision and the triage `release`), then the `ReleaseVerdict` on `<prefix>.releases` (key:
+  the release) once all its commands are acknowledged; policy `notify`: the verdict only. The
+  triage of every aborted environment goes to `<prefix>.triage` (key: the environment), logged
+  and counted. With `fleet_control = ebh`, the per-environment aborts e-BH selects.
 
-- a new halt (or a halted release whose cohort gained environments): with policy `abort` one
-  abort command per environment in progress on `<prefix>.commands` (the per-revision decision
-  id of `streams.events.decision_id_for`, so the actuator and the worker's dedup treat it like
-  any other abort; `reason` ReleaseRegression, `extra` names the release decision and the
-  triage `release`), sent before the verdict; then the `ReleaseVerdict` on `<prefix>.releases`
-  (key: the release). Policy `notify`: the verdict only;
-- the triage of every aborted environment of its cohorts, by whoever aborted it, on
-  `<prefix>.triage` (key: the environment), logged and counted: the worker's own abort is never
-  delayed by it;
-- with `fleet_control = ebh`, the per-environment aborts e-BH selects (the worker sends none
-  for canaries with a release then).
+A send that fails is retried by the next pass (nothing is marked done before its ack). The one
+window left: a member killed between a command's ack and its table entry's ack; its successor
+sends that command again, with the same decision id, which the actuator applies once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass
 
+import faust
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agents.health import Heartbeat, Readiness, ReadyGauge, serve_health
-from agents.kafka_admin import ensure_topics, partition_for_key
+from agents.kafka_admin import ensure_topics, ensure_verdict_topic, partition_for_key
+from agents.logfilter import quiet_kafka_clients
 from agents.settings import Settings
 from streams.events import (
     AbortCommand,
@@ -44,21 +48,30 @@ from streams.events import (
     Evidence,
     RolloutState,
     decision_id_for,
+    decode_abort_command,
     encode_abort_command,
 )
+from streams.pooledpass import KEY_PREFIX, PooledPassSettings
 from streams.release import (
     ReleaseBoard,
     ReleaseVerdict,
     TriageRecord,
     decode_release_verdict,
+    decode_triage,
     encode_release_verdict,
     encode_triage,
 )
-from streams.releasefeed import FeedRecord, decode_feed_record
+from streams.releasefeed import FeedRecord, decode_feed_record, encode_feed_record
 
 log = logging.getLogger("canarywatch.releases")
 
 RELEASE_REASON = "ReleaseRegression"
+TABLE = "release-cohorts"
+
+# Sends to a topic and returns once Kafka acknowledged: (topic, key, value, partition or None).
+Send = Callable[[str, bytes, bytes, int | None], Awaitable[None]]
+# Writes a table entry to its changelog partition and returns once acknowledged.
+Put = Callable[[int, bytes, bytes], Awaitable[None]]
 
 
 def release_partition(release: str, partitions: int) -> int:
@@ -93,9 +106,25 @@ class ReleaseMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.send_failures = Counter(
+            "canarywatch_release_send_failures",
+            "Sends (commands, verdicts, triage, table entries) not acknowledged; the next pass "
+            "retries them.",
+            registry=registry,
+        )
         self.cohort = Gauge(
             "canarywatch_release_environments",
             "Environments the boards of this member know.",
+            registry=registry,
+        )
+        self.partitions = Gauge(
+            "canarywatch_release_partitions",
+            "Summaries partitions (and so releases) this member owns.",
+            registry=registry,
+        )
+        self.passes = Counter(
+            "canarywatch_release_passes",
+            "Evaluation passes over every board of this member, completed with what they sent.",
             registry=registry,
         )
         self.readiness = Readiness("release agent")
@@ -109,18 +138,33 @@ class ReleaseMetrics:
             self.triage.labels(category)
 
 
+def _sent_key(command: AbortCommand) -> bytes:
+    return f"sent|{command.env}|{command.pod_hash}|{command.release}".encode()
+
+
+def _halt_key(release: str) -> bytes:
+    return f"halt|{release}".encode()
+
+
+def _triage_key(record: TriageRecord) -> bytes:
+    return f"triage|{record.env}|{record.release}".encode()
+
+
 class _Partition:
     """One summaries partition: its board, the latest state per environment, summaries that
-    came before their state, the end offset to reach before evaluating."""
+    came before their state, and what was done (as the table says)."""
 
     def __init__(self, agent: ReleaseAgent) -> None:
-        self.board = ReleaseBoard(agent.settings.release)
+        self.board = ReleaseBoard(
+            agent.settings.release,
+            pass_settings=PooledPassSettings.from_promotion(agent.settings.promotion),
+        )
         self.states: dict[str, RolloutState] = {}
         self.pending: dict[str, FeedRecord] = {}
-        self.restored = False
-        self.catch_up = 0
-        self.sent: set[tuple[str, str]] = set()  # (env, pod hash) fanned out (or restored)
-        self.announced: set[str] = set()  # releases whose halt was logged and counted
+        self.sent: set[tuple[str, str]] = set()  # (env, pod hash) aborted by a release agent
+        self.published: dict[str, int] = {}  # release -> targets of the verdict published
+        self.triage_done: dict[str, tuple[str, str]] = {}  # env -> (pod hash, category)
+        self.ebh_wanted: set[tuple[str, str]] = set()
 
     def apply(self, record: FeedRecord) -> None:
         if record.kind == "state":
@@ -136,218 +180,273 @@ class _Partition:
             if not self.board.apply_summary(record.summary):
                 self.pending[record.summary.env] = record  # its state has not come yet
 
+    def wants_abort(self, env: str, pod: str) -> RolloutState | None:
+        """The state to abort, if `env` still runs that canary revision and nobody aborted it."""
+        if (env, pod) in self.sent:
+            return None
+        state = self.states.get(env)
+        row = self.board.row_of.get(env)
+        if state is None or row is None or state.current_pod_hash != pod:
+            return None
+        if not state.canary_in_progress or self.board.aborted[row]:
+            return None
+        return state
+
 
 class ReleaseAgent:
+    """The cohorts of the partitions this member owns: what the Faust app feeds and restores,
+    with its sends and table writes passed in (`send`, `put`) and the clock."""
+
     def __init__(
         self,
         settings: Settings,
         metrics: ReleaseMetrics,
+        send: Send,
+        put: Put,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._send = send
+        self._put = put
         self._clock = clock
         self.partitions: dict[int, _Partition] = {}
-        self.verdicts: list[ReleaseVerdict] = []  # published by this member (tests, demo)
-        self.triaged: list[TriageRecord] = []
-        self.commands: list[AbortCommand] = []
-        self.passes = 0  # evaluations of restored partitions
-
-    @property
-    def group_id(self) -> str:
-        return f"{self.settings.app_id}-releases"
+        self.restored = False
+        self.generation = 0  # one per restore: a pass stops when a rebalance began under it
 
     # -- restore -------------------------------------------------------------------------------
 
-    async def _restore_halts(self, partitions: list[int]) -> None:
-        """The latched halts of these partitions, from the compacted releases topic."""
-        s = self.settings
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap,
-            enable_auto_commit=False,
-            max_partition_fetch_bytes=s.topic_max_message_bytes,
-        )
-        await reader.start()
-        try:
-            tps = [TopicPartition(s.topics.releases, p) for p in partitions]
-            reader.assign(tps)
-            await reader.seek_to_beginning(*tps)
-            ends = await reader.end_offsets(tps)
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            while remaining:
-                batch = await reader.getmany(*remaining, timeout_ms=500)
-                for tp, records in batch.items():
-                    for record in records:
-                        self._restore_halt(tp.partition, record)
-                        if record.offset + 1 >= ends[tp]:
-                            remaining.discard(tp)
-        finally:
-            await reader.stop()
+    def revoke(self) -> None:
+        """A rebalance began: evaluate nothing until the table is restored again."""
+        self.restored = False
+        self.generation += 1
+        self.metrics.ready.set(0)
 
-    def _restore_halt(self, partition: int, record: ConsumerRecord[bytes, bytes]) -> None:
-        if not record.value:
-            return
-        try:
-            verdict = decode_release_verdict(record.value)
-        except DecodeError as error:
-            log.warning("releases topic %d@%d refused: %s", partition, record.offset, error)
-            return
-        part = self.partitions[partition]
-        part.board._code(verdict.release)
-        part.board.halted[verdict.release] = verdict
-        part.sent.update(verdict.targets)
-        part.announced.add(verdict.release)
-
-    async def _on_assigned(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
-        new = sorted(tp.partition for tp in assigned if tp.partition not in self.partitions)
-        for p in new:
-            self.partitions[p] = _Partition(self)
-        if new:
-            await self._restore_halts(new)
-            tps = [TopicPartition(self.settings.topics.summaries, p) for p in new]
-            ends = await consumer.end_offsets(tps)
-            for tp in tps:
-                part = self.partitions[tp.partition]
-                part.catch_up = ends[tp]
-                part.restored = ends[tp] == 0
-            await consumer.seek_to_beginning(*tps)
-        log.info("release agent: partitions %s (new %s)", sorted(self.partitions), new)
-
-    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        for tp in revoked:
-            self.partitions.pop(tp.partition, None)
-
-    # -- the loop ------------------------------------------------------------------------------
-
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        s = self.settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=s.topic_max_message_bytes,
-            session_timeout_ms=s.request_session_timeout_ms,
-            heartbeat_interval_ms=s.request_heartbeat_interval_ms,
-        )
-        agent = self
-
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-            async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-                agent._on_revoked(revoked)
-
-            async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-                await agent._on_assigned(consumer, assigned)
-
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap, acks="all", max_request_size=s.producer_max_request_size
-        )
-        await producer.start()
-        try:
-            consumer.subscribe([s.topics.summaries], listener=Listener())
-            await consumer.start()
+    def restore(self, partitions: Iterable[int], table: Iterable[tuple[bytes, bytes]]) -> None:
+        """Rebuild the boards of `partitions` from the table's entries (any order)."""
+        owned = set(partitions)
+        n = self.settings.partitions
+        self.generation += 1
+        self.partitions = {p: _Partition(self) for p in sorted(owned)}
+        feed: list[tuple[int, FeedRecord]] = []
+        halts: list[tuple[int, ReleaseVerdict]] = []
+        sent: list[tuple[int, AbortCommand]] = []
+        triaged: list[tuple[int, TriageRecord]] = []
+        for key, value in table:
+            if not value:
+                continue
+            kind = key.split(b"|", 1)[0]
             try:
-                next_pass = time.monotonic()
-                while stop is None or not stop.is_set():
-                    batch = await consumer.getmany(timeout_ms=100, max_records=5000)
-                    for tp, records in batch.items():
-                        self._apply(tp.partition, records)
-                    self.metrics.ready.set(
-                        int(bool(self.partitions))
-                        * int(all(p.restored for p in self.partitions.values()))
-                    )
-                    if time.monotonic() >= next_pass:
-                        next_pass = time.monotonic() + s.release_evaluate_every_s
-                        await self.evaluate(producer)
-            finally:
-                self.metrics.ready.set(0)
-                await consumer.stop()
-        finally:
-            await producer.stop()
+                if kind in (b"state", b"summary"):
+                    record = decode_feed_record(value)
+                    feed.append((release_partition(record.release, n), record))
+                elif kind == b"halt":
+                    verdict = decode_release_verdict(value)
+                    halts.append((release_partition(verdict.release, n), verdict))
+                elif kind == b"sent":
+                    command = decode_abort_command(value)
+                    sent.append((release_partition(command.release, n), command))
+                elif kind == b"triage":
+                    triage = decode_triage(value)
+                    triaged.append((release_partition(triage.release, n), triage))
+            except DecodeError as error:
+                log.warning("table entry %r refused: %s", key[:80], error)
+        feed.sort(key=lambda item: item[1].kind != "state")  # states first, then summaries
+        for p, record in feed:
+            if p in owned:
+                self._apply_record(self.partitions[p], record)
+        for p, verdict in halts:
+            if p in owned:
+                self.partitions[p].board.restore_halt(verdict)
+                self.partitions[p].published[verdict.release] = len(verdict.targets)
+        for p, command in sent:
+            if p in owned:
+                self.partitions[p].sent.add((command.env, command.pod_hash))
+                self.partitions[p].board.ebh_done.add(f"{command.env}@{command.pod_hash}")
+        for p, triage in triaged:
+            if p in owned and self.partitions[p].board.restore_triage(triage):
+                self.partitions[p].triage_done[triage.env] = (
+                    triage.pod_hash,
+                    triage.category.value,
+                )
+        self.restored = True
+        self.metrics.partitions.set(len(owned))
+        self.metrics.ready.set(int(bool(owned)))
+        log.info(
+            "release agent: partitions %s restored (%d records, %d halts, %d commands sent)",
+            sorted(owned),
+            len(feed),
+            len(halts),
+            len(sent),
+        )
 
-    def _apply(self, partition: int, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    # -- the stream ----------------------------------------------------------------------------
+
+    def apply(self, partition: int, offset: int, raw: bytes) -> FeedRecord | None:
+        """One summaries record: applied to its board; returned (validated) for the table."""
+        if not raw:
+            return None
+        try:
+            record = decode_feed_record(raw)
+        except DecodeError as error:
+            self.metrics.records.labels("refused").inc()
+            log.warning("summaries %d@%d refused: %s", partition, offset, error)
+            return None
         part = self.partitions.get(partition)
         if part is None:
-            return
-        for record in records:
-            if record.offset + 1 >= part.catch_up:
-                part.restored = True
-            if not record.value:
-                continue
-            try:
-                feed = decode_feed_record(record.value)
-            except DecodeError as error:
-                self.metrics.records.labels("refused").inc()
-                log.warning("summaries %d@%d refused: %s", partition, record.offset, error)
-                continue
-            try:
-                part.apply(feed)
-            except ValueError as error:
-                self.metrics.records.labels("refused").inc()
-                log.warning("summaries %d@%d refused: %s", partition, record.offset, error)
-                continue
-            self.metrics.records.labels("applied").inc()
+            part = self.partitions[partition] = _Partition(self)
+        if not self._apply_record(part, record):
+            log.warning("summaries %d@%d refused: does not fit the board", partition, offset)
+            return None
+        return record
 
-    async def evaluate(self, producer: AIOKafkaProducer) -> None:
+    def _apply_record(self, part: _Partition, record: FeedRecord) -> bool:
+        try:
+            part.apply(record)
+        except ValueError:
+            self.metrics.records.labels("refused").inc()
+            return False
+        self.metrics.records.labels("applied").inc()
+        return True
+
+    # -- the pass ------------------------------------------------------------------------------
+
+    async def evaluate(self) -> None:
+        """One pass over every board: decide, then do what is decided and not yet done."""
+        if not self.restored:
+            return  # never judge (or fan out) from half of what the previous owner knew
+        generation = self.generation
         now = self._clock()
         self.metrics.cohort.set(sum(len(p.board.envs) for p in self.partitions.values()))
         for partition, part in list(self.partitions.items()):
-            if not part.restored:
-                continue  # never judge (or fan out) from half of what the previous owner knew
-            result = part.board.evaluate(now)
-            self.passes += 1
-            for verdict in result.verdicts:
-                await self._halt(producer, partition, part, verdict)
-            for env, pod in result.ebh_aborts:
-                state = part.states.get(env)
-                if state is not None and state.current_pod_hash == pod:
-                    await self._send_command(producer, self._ebh_command(part, state, now), "ebh")
-            for record in result.triage:
-                await producer.send_and_wait(
-                    self.settings.topics.triage,
-                    key=record.env.encode(),
-                    value=encode_triage(record),
-                )
-                self.triaged.append(record)
-                self.metrics.triage.labels(record.category.value).inc()
-                log.warning("triage %s", record.describe())
+            if self.generation != generation:
+                return  # a rebalance began: the new owner does the rest
+            await self._pass(partition, part, now, generation)
+        self.metrics.passes.inc()
 
-    async def _halt(
-        self, producer: AIOKafkaProducer, partition: int, part: _Partition, verdict: ReleaseVerdict
-    ) -> None:
+    async def _pass(self, partition: int, part: _Partition, now: float, generation: int) -> None:
         s = self.settings
-        if verdict.release not in part.announced:
-            part.announced.add(verdict.release)
-            self.metrics.halts.labels(verdict.evidence.signal).inc()
-            log.warning(
-                "release halt %s (policy %s, %d environments): %s",
-                verdict.decision_id,
-                s.release_policy,
-                len(verdict.targets),
-                verdict.evidence.describe(),
-            )
+        result = part.board.evaluate(now)
+        for release_pass in result.passes:
+            # Beside the environments' snapshots: the gate lends it to quiet ones. A record
+            # that does not go out is republished at the next refresh.
+            try:
+                await self._send(
+                    s.topics.verdicts,
+                    (KEY_PREFIX + release_pass.release).encode(),
+                    release_pass.encode(),
+                    None,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker away: the halt path must keep running
+                self.metrics.send_failures.inc()
+                log.warning("release pass %s not sent: %r", release_pass.release, exc)
+                part.board.pass_sent.pop(release_pass.release, None)
+        for verdict in result.verdicts:
+            if verdict.release not in part.published:
+                part.published[verdict.release] = -1  # decided here: announced once
+                self.metrics.halts.labels(verdict.evidence.signal).inc()
+                log.warning(
+                    "release halt %s (policy %s, %d environments): %s",
+                    verdict.decision_id,
+                    s.release_policy,
+                    len(verdict.targets),
+                    verdict.evidence.describe(),
+                )
+        commands: list[tuple[AbortCommand, str]] = []
         if s.release_policy == "abort":
-            for env, pod in verdict.targets:
-                state = part.states.get(env)
-                if (env, pod) in part.sent or state is None or state.current_pod_hash != pod:
-                    continue
-                await self._send_command(producer, fanout_command(verdict, state), "release")
-                part.sent.add((env, pod))
-        await producer.send_and_wait(
-            s.topics.releases,
-            key=verdict.release.encode(),
-            value=encode_release_verdict(verdict),
-            partition=partition,
-        )
-        self.verdicts.append(verdict)
+            for verdict in part.board.halted.values():
+                for env, pod in verdict.targets:
+                    state = part.wants_abort(env, pod)
+                    if state is not None:
+                        commands.append((fanout_command(verdict, state), "release"))
+        part.ebh_wanted.update(result.ebh_aborts)
+        halting = {c.env for c, _ in commands}
+        for env, pod in sorted(part.ebh_wanted):
+            state = part.wants_abort(env, pod)
+            if state is None:
+                part.ebh_wanted.discard((env, pod))
+            elif env not in halting:
+                commands.append((self._ebh_command(part, state, now), "ebh"))
+        if not await self._send_commands(partition, part, commands, generation):
+            return  # the verdicts wait until every command of theirs is acknowledged
+        for release, verdict in list(part.board.halted.items()):
+            if part.published.get(release) == len(verdict.targets):
+                continue
+            if self.generation != generation or not await self._deliver(
+                (s.topics.releases, release.encode(), encode_release_verdict(verdict), partition),
+                (partition, _halt_key(release), encode_release_verdict(verdict)),
+            ):
+                return
+            part.published[release] = len(verdict.targets)
+        for env, record in list(part.board.triaged.items()):
+            done = (record.pod_hash, record.category.value)
+            if part.triage_done.get(env) == done:
+                continue
+            if self.generation != generation or not await self._deliver(
+                (s.topics.triage, env.encode(), encode_triage(record), None),
+                (partition, _triage_key(record), encode_triage(record)),
+            ):
+                return
+            part.triage_done[env] = done
+            self.metrics.triage.labels(record.category.value).inc()
+            log.warning("triage %s", record.describe())
+
+    async def _deliver(
+        self, message: tuple[str, bytes, bytes, int | None], entry: tuple[int, bytes, bytes]
+    ) -> bool:
+        """Send, then latch it in the table: False (counted, logged) if either is not acked."""
+        try:
+            await self._send(*message)
+            await self._put(*entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.metrics.send_failures.inc()
+            log.warning("release agent: %s not delivered (next pass retries): %r", message[0], exc)
+            return False
+        return True
+
+    async def _send_commands(
+        self,
+        partition: int,
+        part: _Partition,
+        commands: list[tuple[AbortCommand, str]],
+        generation: int,
+    ) -> bool:
+        if not commands or self.generation != generation:
+            return self.generation == generation
+        topic = self.settings.topics.commands
+
+        async def one(command: AbortCommand, why: str) -> bool:
+            value = encode_abort_command(command)
+            ok = await self._deliver(
+                (topic, command.namespace.encode(), value, None),
+                (partition, _sent_key(command), value),
+            )
+            if ok:
+                part.sent.add((command.env, command.pod_hash))
+                self.metrics.fanout.labels(why).inc()
+                log.warning(
+                    "abort %s (release %s, triage %s): %s",
+                    command.decision_id,
+                    command.release,
+                    command.extra.get("triage", "pending"),
+                    command.extra.get("release_evidence") or command.evidence.describe(),
+                )
+            return ok
+
+        results = await asyncio.gather(*(one(c, why) for c, why in commands))
+        return all(results)
 
     def _ebh_command(self, part: _Partition, state: RolloutState, now: float) -> AbortCommand:
         row = part.board.row_of[state.env]
         b = part.board
         return AbortCommand(
             decision_id=decision_id_for(
-                state.namespace, state.name, state.current_pod_hash, state.cluster
+                state.namespace, state.name, state.current_pod_hash, state.cluster, state.epoch
             ),
             namespace=state.namespace,
             rollout=state.name,
@@ -370,37 +469,20 @@ class ReleaseAgent:
             cluster=state.cluster,
         )
 
-    async def _send_command(
-        self, producer: AIOKafkaProducer, command: AbortCommand, why: str
-    ) -> None:
-        await producer.send_and_wait(
-            self.settings.topics.commands,
-            key=command.namespace.encode(),
-            value=encode_abort_command(command),
-        )
-        self.commands.append(command)
-        self.metrics.fanout.labels(why).inc()
-        log.warning(
-            "abort %s (release %s, triage %s): %s",
-            command.decision_id,
-            command.release,
-            command.extra.get("triage", "pending"),
-            command.extra.get("release_evidence") or command.evidence.describe(),
-        )
-
 
 def _share(canary: int, stable: int) -> float:
     return canary / max(1, canary + stable)
 
 
 def fanout_command(verdict: ReleaseVerdict, state: RolloutState) -> AbortCommand:
-    """The abort of one environment of a halted release: its own revision's decision id (the
+    """The abort of one environment of a halted release: its own revision's decision id with
+    the canary's decision epoch (as the worker's own abort of that canary would carry: the
     actuator and the worker's dedup accept it; applying it twice is harmless), the release
     decision and the triage in `extra`."""
     ev = verdict.evidence
     return AbortCommand(
         decision_id=decision_id_for(
-            state.namespace, state.name, state.current_pod_hash, state.cluster
+            state.namespace, state.name, state.current_pod_hash, state.cluster, state.epoch
         ),
         namespace=state.namespace,
         rollout=state.name,
@@ -433,46 +515,139 @@ def verdict_json(verdict: ReleaseVerdict) -> str:
 
 
 async def ensure_release_topics(settings: Settings) -> None:
+    # The verdicts topic also carries the releases' pooled passes (`release:<name>`).
+    await ensure_verdict_topic(settings)
     await ensure_topics(
         settings.bootstrap,
         settings.topic_partitions(),
         {"max.message.bytes": str(settings.topic_max_message_bytes)},
         replication_factor=settings.replication_factor,
+        auth=settings.kafka,
     )
     await ensure_topics(
         settings.bootstrap,
         settings.compacted_topic_partitions(),
         {"max.message.bytes": str(settings.topic_max_message_bytes), "cleanup.policy": "compact"},
         replication_factor=settings.replication_factor,
+        auth=settings.kafka,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseApp:
+    app: faust.App
+    agent: ReleaseAgent
+    metrics: ReleaseMetrics
+    heartbeat: Heartbeat
+
+
+def build_release_app(
+    settings: Settings, registry: CollectorRegistry, *, clock: Callable[[], float] = time.time
+) -> ReleaseApp:
+    """The Faust app `<app_id>-releases`: agent, table, timer (see the module docstring)."""
+    s = settings
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    app_id = f"{s.app_id}-releases"
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{s.bootstrap}",
+        broker_credentials=s.kafka.faust_credentials(),
+        key_serializer="raw",
+        value_serializer="raw",
+        store="memory://",
+        datadir=str(s.data_dir / app_id),
+        web_enabled=False,
+        # The table's changelog has as many partitions as the summaries topic (Faust checks).
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_max_request_size=s.producer_max_request_size,
+        broker_session_timeout=s.broker_session_timeout_s,
+        broker_heartbeat_interval=s.broker_heartbeat_interval_s,
+    )
+    metrics = ReleaseMetrics(registry)
+    topics = {
+        name: app.topic(name, key_type=bytes, value_type=bytes)
+        for name in (
+            s.topics.summaries,
+            s.topics.commands,
+            s.topics.releases,
+            s.topics.triage,
+            s.topics.verdicts,
+        )
+    }
+    table = app.Table(
+        TABLE,
+        key_type=bytes,
+        value_type=bytes,
+        extra_topic_configs={"max.message.bytes": str(s.topic_max_message_bytes)},
+    )
+
+    async def send(topic: str, key: bytes, value: bytes, partition: int | None) -> None:
+        delivery = await asyncio.wait_for(
+            topics[topic].send(key=key, value=value, partition=partition), s.send_timeout_s
+        )
+        await asyncio.wait_for(delivery, s.send_timeout_s)
+
+    async def put(partition: int, key: bytes, value: bytes) -> None:
+        # From the timer, outside stream iteration: the entry goes to its release's partition
+        # of the changelog (the partition it is restored with), and into the local store.
+        table.data[key] = value
+        delivery = await asyncio.wait_for(
+            table.changelog_topic.send(key=key, value=value, partition=partition),
+            s.send_timeout_s,
+        )
+        await asyncio.wait_for(delivery, s.send_timeout_s)
+
+    agent = ReleaseAgent(s, metrics, send, put, clock=clock)
+    heartbeat = Heartbeat()
+    app.task(heartbeat.run)
+
+    @app.agent(topics[s.topics.summaries])
+    async def cohorts(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            record = agent.apply(message.partition, message.offset, event.value or b"")
+            if record is not None:  # into the table, on this event's (its release's) partition
+                table[record.key] = encode_feed_record(record)
+
+    @table.on_recover
+    async def restored() -> None:
+        owned = {
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == s.topics.summaries
+        }
+        agent.restore(owned, list(table.data.items()))
+
+    @app.on_partitions_revoked.connect
+    async def revoked(*args: object, **kwargs: object) -> None:
+        agent.revoke()
+
+    async def evaluate() -> None:
+        if app.rebalancing:
+            return
+        await agent.evaluate()
+
+    app.timer(s.release_evaluate_every_s)(evaluate)
+    return ReleaseApp(app=app, agent=agent, metrics=metrics, heartbeat=heartbeat)
 
 
 def run_releases(settings: Settings) -> int:
     """`canarywatch releases`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(ensure_release_topics(settings))
     registry = CollectorRegistry()
-    metrics = ReleaseMetrics(registry)
-    heartbeat = Heartbeat()
+    release_app = build_release_app(settings, registry)
     # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
-    serve_health(settings.metrics_port, registry, metrics.readiness, heartbeat)
-    agent = ReleaseAgent(settings, metrics)
+    serve_health(
+        settings.metrics_port, registry, release_app.metrics.readiness, release_app.heartbeat
+    )
     log.info(
         "release agent: group %s, topic %s, policy %s, fleet control %s",
-        agent.group_id,
+        release_app.app.conf.id,
         settings.topics.summaries,
         settings.release_policy,
         settings.release.fleet_control.value,
     )
-
-    async def main() -> None:
-        await ensure_release_topics(settings)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        pulse = loop.create_task(heartbeat.run())
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await agent.run(stop)
-        pulse.cancel()
-
-    asyncio.run(main())
+    quiet_kafka_clients()
+    faust.Worker(release_app.app, loglevel="WARNING", quiet=True).execute_from_commandline()
     return 0

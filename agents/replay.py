@@ -38,6 +38,7 @@ async def topic_records(settings: Settings, since: float | None) -> list[Record]
     """Request lines and rollout states from `since` (Kafka timestamps) to the current ends."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap,
+        **settings.kafka.client_options(),
         enable_auto_commit=False,
         group_id=None,
         fetch_max_bytes=settings.fetch_max_bytes,

@@ -1,21 +1,34 @@
-"""One typed settings object for every component, read from the environment or CLI flags."""
+"""One typed settings object for every component, read from the environment (validated by
+pydantic-settings: a bad value is one line naming the variable, the value and what is allowed)."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from agents.kafka_auth import MECHANISMS, PROTOCOLS, KafkaAuth
 from streams.decisions import DecisionSettings
 from streams.events import MAX_MESSAGE_BYTES
 from streams.eventtime import EventTimeSettings
 from streams.fleet import FleetLimits, WindowSettings
 from streams.promotion import PromotionSettings
 from streams.release import FleetControl, ReleaseSettings
+from streams.rollouts import POLICY_ANNOTATION, Action
 from streams.sizes import SizePolicy
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +114,12 @@ class Settings:
     # This cluster's name: the bridge puts it in every snapshot (and so the worker in every
     # command and decision id); the actuator applies only commands naming it. "" = unnamed.
     cluster: str = ""
+    # What the actuator does with a bad canary: abort, pause or dry-run (docs/operating.md,
+    # "Policies"); a Rollout's `canarywatch.io/policy` annotation overrides it.
+    action_policy: Action = Action.ABORT
+    # A command deferred (retry budget spent) more than this many times goes to the dead-letter
+    # topic with the API's last answer, and is committed.
+    max_deferrals: int = 3
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     window: WindowSettings = field(default_factory=WindowSettings)
     # Floods: canaries tracked per worker, the hold of lines that arrive before their canary's
@@ -145,6 +164,8 @@ class Settings:
     gate_max_age_s: float = 30.0
     gate_rate_per_s: float = 2.0  # per caller (token), token bucket
     gate_burst: int = 10
+    # TLS and SASL of every Kafka client (agents/kafka_auth.py); PLAINTEXT by default.
+    kafka: KafkaAuth = field(default_factory=KafkaAuth)
 
     @property
     def sizes(self) -> SizePolicy:
@@ -197,17 +218,8 @@ _PROMOTION_ENV = {
     "PASS_LATENCY_TOL_RATIO": "latency_tol_ratio",
     "PASS_LATENCY_TOL_DIFF": "latency_tol_diff",
 }
-
-
-# Read by settings_from_env (or elsewhere) but not always written by settings_to_env.
-_EXTRA_NAMES = tuple(
-    ENV_PREFIX + n
-    for n in ("LATENCY_OBJECTIVE_MS", "FLEET_CONTROL", "FDR", "INGEST_START_FILE", "CLUSTER",
-              "DISABLED_CODECS", "KAFKA_CDS", "CACHE")
-)  # fmt: skip
-
-
-_N = TypeVar("_N", int, float)
+# Read elsewhere (agents/localkafka.py: the broker's cache), not settings of a component.
+_OTHER_NAMES = tuple(ENV_PREFIX + n for n in ("KAFKA_CDS", "CACHE"))
 
 
 class SettingsError(ValueError):
@@ -215,138 +227,333 @@ class SettingsError(ValueError):
     allowed (the CLI prints it and exits with code 2)."""
 
 
-def _number(kind: type[_N], name: str, env: Mapping[str, str], default: _N) -> _N:
-    """`raw` as `kind`, or `default` when unset; negative, non-finite and (for ports) out of
-    range values are refused."""
-    raw = env.get(ENV_PREFIX + name)
-    if raw is None or raw == "":
-        return default
-    what = "a whole number" if kind is int else "a number"
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected {what} >= 0") from None
-    if not math.isfinite(value) or value < 0:
-        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected {what} >= 0")
-    # Port 0 asks the OS for a free one (the tests and the demo run that way).
-    if name.endswith("_PORT") and not 0 <= value <= 65535:
-        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected a port, 0 to 65535")
-    return value
+# What each kind of value allows, as the one-line errors say it. Unset or empty: the default.
+_WHOLE = "a whole number >= 0"
+_NUMBER = "a number >= 0"
+_PORT = "a port, 0 to 65535"
+_FLAG = "1/true/yes/on or 0/false/no/off"
+_FRACTION = "a number between 0 and 1 (exclusive)"
+
+Whole = Annotated[int | None, Field(ge=0, json_schema_extra={"allowed": _WHOLE})]
+Number = Annotated[
+    float | None, Field(ge=0, allow_inf_nan=False, json_schema_extra={"allowed": _NUMBER})
+]
+Fraction = Annotated[
+    float | None, Field(gt=0, lt=1, allow_inf_nan=False, json_schema_extra={"allowed": _FRACTION})
+]
+Port = Annotated[int | None, Field(ge=0, le=65535, json_schema_extra={"allowed": _PORT})]
+Flag = Annotated[bool | None, Field(json_schema_extra={"allowed": _FLAG})]
+Text = Annotated[str | None, Field(json_schema_extra={"allowed": "text"})]
+File = Annotated[Path | None, Field(json_schema_extra={"allowed": "a path"})]
 
 
-def _flag(name: str, env: Mapping[str, str], default: bool) -> bool:
-    """A yes/no setting: 1/true/yes/on or 0/false/no/off (any case); `default` when unset."""
-    raw = env.get(ENV_PREFIX + name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected 1/true/yes/on or 0/false/no/off")
+def _choice(*values: str) -> Any:
+    return Annotated[
+        Literal[values] | None,
+        Field(json_schema_extra={"allowed": "one of " + ", ".join(values)}),
+    ]
+
+
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("canarywatch_environ", default=None)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """The environment source, on the mapping `settings_from_env` was given (tests, child
+    processes' environments) instead of os.environ."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = _ENVIRON.get()
+        if env is None:
+            return super()._load_env_vars()
+        return {k.lower(): v for k, v in env.items() if v != ""}
+
+
+class EnvSettings(BaseSettings):
+    """Every CANARYWATCH_* variable, typed and validated (pydantic-settings). None: unset,
+    the `Settings` default applies (the one place defaults live)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore", frozen=True
+    )
+
+    bootstrap: Text = Field(
+        default=None, description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    app_id: Text = Field(default=None, description="Faust app id and consumer group prefix")
+    topic_prefix: Text = Field(
+        default=None, description="topics are <prefix>.requests, .rollouts, ..."
+    )
+    partitions: Whole = Field(
+        default=None, description="partitions of the topics canarywatch creates"
+    )
+    replication_factor: Whole = Field(
+        default=None, description="of every topic created (1: one broker)"
+    )
+    metrics_port: Port = Field(
+        default=None, description="/metrics, /healthz, /readyz (0: any free)"
+    )
+    evaluate_every_s: Number = Field(default=None, description="seconds between evaluation passes")
+    commit_every_s: Number = Field(default=None, description="seconds between evidence checkpoints")
+    send_timeout_s: Number = Field(default=None, description="an unacknowledged command send fails")
+    checkpoint: Flag = Field(default=None, description="durable evidence in <prefix>.evidence")
+    transaction_timeout_ms: Whole = Field(default=None, description="Kafka transaction timeout")
+    max_message_bytes: Whole = Field(default=None, description="decode limit; other sizes derive")
+    data_dir: File = Field(default=None, description="the worker's local state")
+    ingest_start_file: File = Field(
+        default=None, description="hold ingestion until this file exists"
+    )
+    command_ttl_s: Number = Field(default=None, description="the actuator skips older commands")
+    cluster: Text = Field(default=None, description="this cluster's name (bridge, actuator)")
+    latency_objective_ms: Number = Field(
+        default=None, description="a request slower than this is bad"
+    )
+    max_canaries: Whole = Field(default=None, description="canaries tracked per worker")
+    hold_s: Number = Field(default=None, description="hold lines that come before their snapshot")
+    hold_lines: Whole = Field(default=None, description="... at most this many")
+    event_time: Flag = Field(default=None, description="judge in event time (docs/decisions.md)")
+    slice_s: Number = Field(default=None, description="event-time slice")
+    allowed_lateness_s: Number = Field(default=None, description="event-time lateness allowed")
+    clock_skew_s: Number = Field(default=None, description="future timestamps allowed")
+    event_idle_s: Number = Field(default=None, description="an idle partition's watermark advances")
+    max_env_series: Whole = Field(default=None, description="per-canary metric series exported")
+    view_batch: Whole = Field(default=None, description="rollout-view records per event-loop yield")
+    request_session_timeout_ms: Whole = Field(
+        default=None, description="request-log consumer group"
+    )
+    request_heartbeat_interval_ms: Whole = Field(
+        default=None, description="request-log consumer group"
+    )
+    broker_session_timeout_s: Number = Field(default=None, description="Faust's consumer group")
+    broker_heartbeat_interval_s: Number = Field(default=None, description="Faust's consumer group")
+    deadletter_rate_per_s: Number = Field(
+        default=None, description="dead letters a second per topic"
+    )
+    deadletter_burst: Whole = Field(default=None, description="dead-letter burst")
+    deadletter_summary_every_s: Number = Field(default=None, description="past the rate: summaries")
+    deadletter_lines_per_message: Whole = Field(
+        default=None, description="bad lines kept per message"
+    )
+    disabled_codecs: Text = Field(
+        default=None, description="codecs to pretend missing (tests), a,b"
+    )
+    pass_beta: Fraction = Field(default=None, description="chance a worse canary ever passes")
+    pass_tol_ratio: Number = Field(default=None, description="errors: pass below this x stable's")
+    pass_tol_diff: Number = Field(default=None, description="errors: or below stable's + this")
+    pass_latency_tol_ratio: Number = Field(default=None, description="latency: the same")
+    pass_latency_tol_diff: Number = Field(default=None, description="latency: the same")
+    verdict_refresh_s: Number = Field(default=None, description="unchanged verdicts republished")
+    gate_port: Port = Field(default=None, description="the gate's port")
+    gate_max_age_s: Number = Field(default=None, description="the gate refuses older verdicts")
+    gate_rate_per_s: Number = Field(default=None, description="gate requests a second per caller")
+    gate_burst: Whole = Field(default=None, description="gate burst per caller")
+    fleet_control: _choice(*(c.value for c in FleetControl)) = Field(  # type: ignore[valid-type]
+        default=None, description="per-environment aborts: each alone, or e-BH within the release"
+    )
+    fdr: Fraction = Field(default=None, description="e-BH false discovery rate")
+    action_policy: _choice(*(a.value for a in Action)) = Field(  # type: ignore[valid-type]
+        default=None,
+        description=f"what an abort decision does; a Rollout's {POLICY_ANNOTATION} overrides it",
+    )
+    max_deferrals: Whole = Field(
+        default=None, description="a command deferred more times is dead-lettered"
+    )
+    release_policy: _choice("abort", "notify") = Field(  # type: ignore[valid-type]
+        default=None, description="what a halted release does"
+    )
+    summary_every_s: Number = Field(default=None, description="release summaries published")
+    release_evaluate_every_s: Number = Field(default=None, description="release agent pass")
+    security_protocol: _choice(*PROTOCOLS) = Field(  # type: ignore[valid-type]
+        default=None, description="Kafka: TLS and/or SASL"
+    )
+    ssl_cafile: File = Field(default=None, description="Kafka TLS: CA file (default: system CAs)")
+    ssl_certfile: File = Field(
+        default=None, description="Kafka TLS: client certificate (mutual TLS)"
+    )
+    ssl_keyfile: File = Field(default=None, description="Kafka TLS: client key")
+    ssl_key_password: SecretStr | None = Field(
+        default=None, description="Kafka TLS: client key password (secret)"
+    )
+    sasl_mechanism: _choice(*MECHANISMS) = Field(  # type: ignore[valid-type]
+        default=None, description="Kafka SASL mechanism"
+    )
+    sasl_username: Text = Field(default=None, description="Kafka SASL user name")
+    sasl_password: SecretStr | None = Field(
+        default=None, description="Kafka SASL password (secret)"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (_MappingEnvSource(settings_cls),)
+
+
+SECRETS = frozenset(
+    ENV_PREFIX + name.upper()
+    for name, f in EnvSettings.model_fields.items()
+    if f.annotation is not None and "SecretStr" in str(f.annotation)
+)
+
+
+def _allowed(name: str) -> str:
+    extra = EnvSettings.model_fields[name].json_schema_extra
+    return str(extra.get("allowed", "")) if isinstance(extra, dict) else "text"
+
+
+def setting_names() -> list[str]:
+    return [ENV_PREFIX + name.upper() for name in EnvSettings.model_fields]
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """CANARYWATCH_* names in the environment that no setting reads (misspellings)."""
     env = os.environ if environ is None else environ
-    known = set(settings_to_env(Settings())) | set(_EXTRA_NAMES)
+    known = set(setting_names()) | set(_OTHER_NAMES)
     return sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known)
 
 
+def load_env(environ: Mapping[str, str] | None = None) -> EnvSettings:
+    """The variables, validated; the first bad one raises SettingsError in one line."""
+    token = _ENVIRON.set(environ)
+    try:
+        return EnvSettings()
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "?"
+        raw = first.get("input")
+        if name in SECRETS or ENV_PREFIX + name.upper() in SECRETS:
+            raw = "***"
+        raise SettingsError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r}: expected {_allowed(name)}"
+        ) from None
+    finally:
+        _ENVIRON.reset(token)
+
+
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from CANARYWATCH_* variables (BOOTSTRAP, APP_ID, METRICS_PORT, DATA_DIR, ...)."""
-    env = os.environ if environ is None else environ
+    """Settings from CANARYWATCH_* variables (BOOTSTRAP, APP_ID, METRICS_PORT, DATA_DIR, ...):
+    unset ones keep `Settings()`'s defaults."""
+    e = load_env(environ)
     base = Settings()
 
-    def get(name: str) -> str | None:
-        return env.get(ENV_PREFIX + name)
+    def pick(value: _T | None, default: _T) -> _T:
+        return default if value is None else value
 
-    decisions = base.decisions
-    if (objective := get("LATENCY_OBJECTIVE_MS")) is not None:
-        decisions = replace(decisions, latency_objective_ms=float(objective))
-    promotion = base.promotion
-    for name, attr in _PROMOTION_ENV.items():
-        if (value := get(name)) is not None:
-            promotion = replace(promotion, **{attr: float(value)})  # type: ignore[arg-type]
-    release = base.release
-    if (control := get("FLEET_CONTROL")) is not None:
-        release = replace(release, fleet_control=FleetControl(control))
-    if (fdr := get("FDR")) is not None:
-        release = replace(release, fdr=float(fdr))
-    policy = get("RELEASE_POLICY") or base.release_policy
-    if policy not in ("abort", "notify"):
-        raise ValueError(f"CANARYWATCH_RELEASE_POLICY must be abort or notify, not {policy!r}")
+    promotion = replace(
+        base.promotion,
+        **{
+            attr: getattr(e, name.lower())
+            for name, attr in _PROMOTION_ENV.items()
+            if getattr(e, name.lower()) is not None
+        },
+    )
+    k = base.kafka
     return Settings(
-        bootstrap=get("BOOTSTRAP") or base.bootstrap,
-        app_id=get("APP_ID") or base.app_id,
-        topics=Topics(get("TOPIC_PREFIX") or base.topics.prefix),
-        partitions=_number(int, "PARTITIONS", env, base.partitions),
-        replication_factor=_number(int, "REPLICATION_FACTOR", env, base.replication_factor),
-        metrics_port=_number(int, "METRICS_PORT", env, base.metrics_port),
-        evaluate_every_s=_number(float, "EVALUATE_EVERY_S", env, base.evaluate_every_s),
-        max_message_bytes=_number(int, "MAX_MESSAGE_BYTES", env, base.max_message_bytes),
-        data_dir=Path(get("DATA_DIR") or base.data_dir),
-        ingest_start_file=Path(gate) if (gate := get("INGEST_START_FILE")) else None,
-        command_ttl_s=_number(float, "COMMAND_TTL_S", env, base.command_ttl_s),
-        checkpoint=_flag("CHECKPOINT", env, base.checkpoint),
-        transaction_timeout_ms=_number(
-            int, "TRANSACTION_TIMEOUT_MS", env, base.transaction_timeout_ms
+        bootstrap=pick(e.bootstrap, base.bootstrap),
+        app_id=pick(e.app_id, base.app_id),
+        topics=Topics(pick(e.topic_prefix, base.topics.prefix)),
+        partitions=pick(e.partitions, base.partitions),
+        replication_factor=pick(e.replication_factor, base.replication_factor),
+        metrics_port=pick(e.metrics_port, base.metrics_port),
+        evaluate_every_s=pick(e.evaluate_every_s, base.evaluate_every_s),
+        max_message_bytes=pick(e.max_message_bytes, base.max_message_bytes),
+        data_dir=pick(e.data_dir, base.data_dir),
+        ingest_start_file=e.ingest_start_file,
+        command_ttl_s=pick(e.command_ttl_s, base.command_ttl_s),
+        checkpoint=pick(e.checkpoint, base.checkpoint),
+        transaction_timeout_ms=pick(e.transaction_timeout_ms, base.transaction_timeout_ms),
+        commit_every_s=pick(e.commit_every_s, base.commit_every_s),
+        send_timeout_s=pick(e.send_timeout_s, base.send_timeout_s),
+        cluster=pick(e.cluster, base.cluster),
+        decisions=replace(
+            base.decisions,
+            latency_objective_ms=pick(e.latency_objective_ms, base.decisions.latency_objective_ms),
         ),
-        commit_every_s=_number(float, "COMMIT_EVERY_S", env, base.commit_every_s),
-        send_timeout_s=_number(float, "SEND_TIMEOUT_S", env, base.send_timeout_s),
-        cluster=get("CLUSTER") or base.cluster,
-        decisions=decisions,
-        request_session_timeout_ms=_number(
-            int, "REQUEST_SESSION_TIMEOUT_MS", env, base.request_session_timeout_ms
+        action_policy=Action(pick(e.action_policy, base.action_policy.value)),
+        max_deferrals=pick(e.max_deferrals, base.max_deferrals),
+        request_session_timeout_ms=pick(
+            e.request_session_timeout_ms, base.request_session_timeout_ms
         ),
-        request_heartbeat_interval_ms=_number(
-            int, "REQUEST_HEARTBEAT_INTERVAL_MS", env, base.request_heartbeat_interval_ms
+        request_heartbeat_interval_ms=pick(
+            e.request_heartbeat_interval_ms, base.request_heartbeat_interval_ms
         ),
-        broker_session_timeout_s=_number(
-            float, "BROKER_SESSION_TIMEOUT_S", env, base.broker_session_timeout_s
+        broker_session_timeout_s=pick(e.broker_session_timeout_s, base.broker_session_timeout_s),
+        broker_heartbeat_interval_s=pick(
+            e.broker_heartbeat_interval_s, base.broker_heartbeat_interval_s
         ),
-        broker_heartbeat_interval_s=_number(
-            float, "BROKER_HEARTBEAT_INTERVAL_S", env, base.broker_heartbeat_interval_s
+        deadletter_rate_per_s=pick(e.deadletter_rate_per_s, base.deadletter_rate_per_s),
+        deadletter_burst=pick(e.deadletter_burst, base.deadletter_burst),
+        deadletter_summary_every_s=pick(
+            e.deadletter_summary_every_s, base.deadletter_summary_every_s
         ),
-        deadletter_rate_per_s=_number(
-            float, "DEADLETTER_RATE_PER_S", env, base.deadletter_rate_per_s
+        deadletter_lines_per_message=pick(
+            e.deadletter_lines_per_message, base.deadletter_lines_per_message
         ),
-        deadletter_burst=_number(int, "DEADLETTER_BURST", env, base.deadletter_burst),
-        deadletter_summary_every_s=_number(
-            float, "DEADLETTER_SUMMARY_EVERY_S", env, base.deadletter_summary_every_s
-        ),
-        deadletter_lines_per_message=_number(
-            int, "DEADLETTER_LINES_PER_MESSAGE", env, base.deadletter_lines_per_message
-        ),
-        disabled_codecs=tuple(c for c in (get("DISABLED_CODECS") or "").split(",") if c),
+        disabled_codecs=tuple(c for c in (e.disabled_codecs or "").split(",") if c),
         limits=FleetLimits(
-            max_canaries=_number(int, "MAX_CANARIES", env, base.limits.max_canaries),
-            hold_s=_number(float, "HOLD_S", env, base.limits.hold_s),
-            hold_lines=_number(int, "HOLD_LINES", env, base.limits.hold_lines),
+            max_canaries=pick(e.max_canaries, base.limits.max_canaries),
+            hold_s=pick(e.hold_s, base.limits.hold_s),
+            hold_lines=pick(e.hold_lines, base.limits.hold_lines),
         ),
         event_time=EventTimeSettings(
-            enabled=_flag("EVENT_TIME", env, base.event_time.enabled),
-            slice_s=_number(float, "SLICE_S", env, base.event_time.slice_s),
-            allowed_lateness_s=_number(
-                float, "ALLOWED_LATENESS_S", env, base.event_time.allowed_lateness_s
-            ),
-            clock_skew_s=_number(float, "CLOCK_SKEW_S", env, base.event_time.clock_skew_s),
-            idle_s=_number(float, "EVENT_IDLE_S", env, base.event_time.idle_s),
+            enabled=pick(e.event_time, base.event_time.enabled),
+            slice_s=pick(e.slice_s, base.event_time.slice_s),
+            allowed_lateness_s=pick(e.allowed_lateness_s, base.event_time.allowed_lateness_s),
+            clock_skew_s=pick(e.clock_skew_s, base.event_time.clock_skew_s),
+            idle_s=pick(e.event_idle_s, base.event_time.idle_s),
         ),
-        max_env_series=_number(int, "MAX_ENV_SERIES", env, base.max_env_series),
-        view_batch=_number(int, "VIEW_BATCH", env, base.view_batch),
+        max_env_series=pick(e.max_env_series, base.max_env_series),
+        view_batch=pick(e.view_batch, base.view_batch),
         promotion=promotion,
-        verdict_refresh_s=_number(float, "VERDICT_REFRESH_S", env, base.verdict_refresh_s),
-        gate_port=_number(int, "GATE_PORT", env, base.gate_port),
-        gate_max_age_s=_number(float, "GATE_MAX_AGE_S", env, base.gate_max_age_s),
-        gate_rate_per_s=_number(float, "GATE_RATE_PER_S", env, base.gate_rate_per_s),
-        gate_burst=_number(int, "GATE_BURST", env, base.gate_burst),
-        release=release,
-        release_policy=policy,
-        summary_every_s=_number(float, "SUMMARY_EVERY_S", env, base.summary_every_s),
-        release_evaluate_every_s=_number(
-            float, "RELEASE_EVALUATE_EVERY_S", env, base.release_evaluate_every_s
+        verdict_refresh_s=pick(e.verdict_refresh_s, base.verdict_refresh_s),
+        gate_port=pick(e.gate_port, base.gate_port),
+        gate_max_age_s=pick(e.gate_max_age_s, base.gate_max_age_s),
+        gate_rate_per_s=pick(e.gate_rate_per_s, base.gate_rate_per_s),
+        gate_burst=pick(e.gate_burst, base.gate_burst),
+        release=replace(
+            base.release,
+            fleet_control=FleetControl(pick(e.fleet_control, base.release.fleet_control.value)),
+            fdr=pick(e.fdr, base.release.fdr),
         ),
+        release_policy=pick(e.release_policy, base.release_policy),
+        summary_every_s=pick(e.summary_every_s, base.summary_every_s),
+        release_evaluate_every_s=pick(e.release_evaluate_every_s, base.release_evaluate_every_s),
+        kafka=KafkaAuth(
+            security_protocol=pick(e.security_protocol, k.security_protocol),
+            ssl_cafile=e.ssl_cafile,
+            ssl_certfile=e.ssl_certfile,
+            ssl_keyfile=e.ssl_keyfile,
+            ssl_key_password=e.ssl_key_password,
+            sasl_mechanism=pick(e.sasl_mechanism, k.sasl_mechanism),
+            sasl_username=pick(e.sasl_username, k.sasl_username),
+            sasl_password=e.sasl_password,
+        ),
+    )
+
+
+def settings_help() -> str:
+    """Every setting with what it allows, its default and what it does (`worker --help`)."""
+    defaults = settings_to_env(Settings())
+    lines = ["settings (environment variables; unset or empty: the default):"]
+    for name, f in EnvSettings.model_fields.items():
+        env = ENV_PREFIX + name.upper()
+        default = defaults.get(env, "")
+        lines.append(
+            f"  {env}  {_allowed(name)}; default {default or '(none)'}\n      {f.description or ''}"
+        )
+    return "\n".join(lines)
+
+
+def settings_line(settings: Settings) -> str:
+    """The start-up line: every effective setting, secrets masked."""
+    env = settings_to_env(settings)
+    return "settings: " + " ".join(
+        f"{name[len(ENV_PREFIX) :]}={'***' if name in SECRETS and value else value}"
+        for name, value in sorted(env.items())
     )
 
 
@@ -368,6 +575,8 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "COMMIT_EVERY_S": str(settings.commit_every_s),
         ENV_PREFIX + "SEND_TIMEOUT_S": str(settings.send_timeout_s),
         ENV_PREFIX + "CLUSTER": settings.cluster,
+        ENV_PREFIX + "ACTION_POLICY": settings.action_policy.value,
+        ENV_PREFIX + "MAX_DEFERRALS": str(settings.max_deferrals),
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
         ENV_PREFIX + "REQUEST_SESSION_TIMEOUT_MS": str(settings.request_session_timeout_ms),
         ENV_PREFIX + "REQUEST_HEARTBEAT_INTERVAL_MS": str(settings.request_heartbeat_interval_ms),
@@ -403,4 +612,17 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         env[ENV_PREFIX + name] = repr(getattr(settings.promotion, attr))
     if settings.ingest_start_file is not None:
         env[ENV_PREFIX + "INGEST_START_FILE"] = str(settings.ingest_start_file)
+    k = settings.kafka
+    env[ENV_PREFIX + "SECURITY_PROTOCOL"] = k.security_protocol
+    env[ENV_PREFIX + "SASL_MECHANISM"] = k.sasl_mechanism
+    env[ENV_PREFIX + "SASL_USERNAME"] = k.sasl_username
+    for name, path in (("SSL_CAFILE", k.ssl_cafile), ("SSL_CERTFILE", k.ssl_certfile),
+                       ("SSL_KEYFILE", k.ssl_keyfile)):  # fmt: skip
+        if path is not None:
+            env[ENV_PREFIX + name] = str(path)
+    # A child process needs the secrets to connect (`settings_line` masks them).
+    for name, secret in (("SSL_KEY_PASSWORD", k.ssl_key_password),
+                         ("SASL_PASSWORD", k.sasl_password)):  # fmt: skip
+        if secret is not None:
+            env[ENV_PREFIX + name] = secret.get_secret_value()
     return env

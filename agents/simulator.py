@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from agents.kafka_auth import PLAINTEXT, KafkaAuth
 from agents.settings import Topics
 from streams.events import encode_rollout_state
 from streams.simulation import (
@@ -56,6 +57,21 @@ class SimulationRun:
         self.max_catch_up_s = max(1.0, 10 * tick_s)
         self.skipped_s = 0.0
         self.on_behind: Callable[[float], None] | None = None
+
+    def warn_when_behind(self, out: Callable[[str], None], *, every_s: float = 10.0) -> None:
+        """Say (at most every `every_s`) that this machine cannot produce the asked rate."""
+        warned: list[float] = []
+
+        def behind(_skipped: float) -> None:
+            if not warned or time.monotonic() - warned[-1] > every_s:
+                warned.append(time.monotonic())
+                out(
+                    f"warning: this machine cannot produce the asked rate; skipped "
+                    f"{self.skipped_s:.1f}s of simulated traffic so far (catch-up capped at "
+                    f"{self.max_catch_up_s:.0f}s)"
+                )
+
+        self.on_behind = behind
 
     async def play(
         self,
@@ -109,8 +125,10 @@ def catch_up_window(previous: float, now: float, max_catch_up_s: float) -> tuple
     return now - max_catch_up_s, now - max_catch_up_s - previous
 
 
-def producer_for(bootstrap: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+def producer_for(bootstrap: str, auth: KafkaAuth = PLAINTEXT) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, acks=1, **auth.client_options()
+    )
 
 
 async def simulate(
@@ -120,6 +138,7 @@ async def simulate(
     seed: int,
     duration: float,
     lines_per_message: int = 1,
+    auth: KafkaAuth = PLAINTEXT,
 ) -> SimulationRun:
     """Play until `duration` is over, or SIGINT/SIGTERM (then stop cleanly: the producer is
     flushed and closed). Warns when the machine cannot produce the asked rate; shows progress
@@ -129,21 +148,8 @@ async def simulate(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    warned: list[float] = []
-
-    def behind(skipped: float) -> None:
-        if not warned or time.monotonic() - warned[-1] > 10:
-            warned.append(time.monotonic())
-            print(
-                f"simulate: warning: this machine cannot produce the asked rate; skipped "
-                f"{run.skipped_s:.1f}s of simulated traffic so far (catch-up capped at "
-                f"{run.max_catch_up_s:.0f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    run.on_behind = behind
-    producer = producer_for(bootstrap)
+    run.warn_when_behind(lambda text: print(f"simulate: {text}", file=sys.stderr, flush=True))
+    producer = producer_for(bootstrap, auth)
     await producer.start()
     progress = Progress(
         TextColumn("simulate"), BarColumn(), TextColumn("{task.fields[lines]} lines"),

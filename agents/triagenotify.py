@@ -106,6 +106,7 @@ class TriageNotifier:
         consumer = AIOKafkaConsumer(
             s.topics.triage,
             bootstrap_servers=s.bootstrap,
+            **s.kafka.client_options(),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

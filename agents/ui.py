@@ -21,6 +21,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
 from agents.gate import VerdictStore
+from agents.kafka_auth import PLAINTEXT, KafkaAuth
 from agents.settings import Settings
 from streams.events import DecodeError, decode_abort_command
 from streams.status import board, explain, status_rows
@@ -32,9 +33,10 @@ PAGE = Path(__file__).with_name("ui.html")
 class CommandLog:
     """Every abort command on the commands topic, from the beginning, as JSON objects."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, auth: KafkaAuth = PLAINTEXT) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.auth = auth
         self.aborts: dict[str, dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -52,6 +54,7 @@ class CommandLog:
             consumer = AIOKafkaConsumer(
                 self.topic,
                 bootstrap_servers=self.bootstrap,
+                **self.auth.client_options(),
                 enable_auto_commit=False,
                 group_id=None,
                 auto_offset_reset="earliest",
@@ -82,8 +85,8 @@ class Board:
         self.settings = settings
         self.host = host
         self.port = port
-        self.verdicts = VerdictStore(settings.bootstrap, settings.topics.verdicts)
-        self.commands = CommandLog(settings.bootstrap, settings.topics.commands)
+        self.verdicts = VerdictStore(settings.bootstrap, settings.topics.verdicts, settings.kafka)
+        self.commands = CommandLog(settings.bootstrap, settings.topics.commands, settings.kafka)
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:

@@ -100,6 +100,7 @@ class RolloutView(Service):
         s = self.settings
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap,
+            **s.kafka.client_options(),
             group_id=None,  # no group: every worker reads every partition
             client_id=f"{s.app_id}-view",
             enable_auto_commit=False,
@@ -120,6 +121,7 @@ class RolloutView(Service):
             # As Faust creates it (the worker's changelog config): the view may be first.
             {"cleanup.policy": "compact", **self.settings.topic_config()},
             replication_factor=self.settings.replication_factor,
+            auth=self.settings.kafka,
         )
         return [TopicPartition(self.topic, p) for p in range(counts[self.topic])]
 

@@ -29,7 +29,7 @@ from agents.deadletter import DeadLetterLimits, DeadLetters, Headers
 from agents.episodes import Episodes
 from agents.health import Heartbeat, serve_health
 from agents.ingest import RequestLogIngest
-from agents.kafka_admin import ensure_topics
+from agents.kafka_admin import ensure_topics, ensure_verdict_topic
 from agents.logfilter import quiet_kafka_clients
 from agents.metrics import FleetCollector, WorkerMetrics, metrics_app
 from agents.passes import EvaluationTimer
@@ -74,6 +74,7 @@ def build_worker(
     app = faust.App(
         s.app_id,
         broker=f"kafka://{s.bootstrap}",
+        broker_credentials=s.kafka.faust_credentials(),
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
@@ -154,11 +155,12 @@ def build_worker(
             # its compacted changelog is the view every worker reads (agents/view.py).
             key = state.env.encode()
             previous = rollout_table.get(key)
+            if state.canary_in_progress:  # with its epoch: the release agent's ids carry it
+                state = with_epoch(state, previous)
             await summaries.forward_state(
                 decode_rollout_state(previous) if previous else None, state
             )
             if state.canary_in_progress:
-                state = with_epoch(state, rollout_table.get(key))
                 rollout_table[key] = encode_rollout_state(state)
             else:
                 rollout_table.pop(key, None)  # a tombstone on the changelog
@@ -276,16 +278,6 @@ def build_worker(
     )
 
 
-async def ensure_verdict_topic(settings: Settings) -> None:
-    """`<prefix>.verdicts`: compacted, the latest snapshot per env (agents/verdicts.py)."""
-    await ensure_topics(
-        settings.bootstrap,
-        {settings.topics.verdicts: settings.partitions},
-        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
-        replication_factor=settings.replication_factor,
-    )
-
-
 def with_epoch(state: RolloutState, stored: bytes | None) -> RolloutState:
     """The snapshot with its decision epoch: the stored canary's, when the same revision is
     still in progress in the table; a new one (`epoch_of`) when the canary starts (again: a
@@ -315,6 +307,7 @@ def run_worker(settings: Settings) -> None:
             settings.topic_partitions(),
             {"max.message.bytes": str(settings.topic_max_message_bytes)},
             replication_factor=settings.replication_factor,
+            auth=settings.kafka,
         )
     )
     asyncio.run(ensure_verdict_topic(settings))

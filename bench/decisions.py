@@ -943,7 +943,17 @@ def main() -> int:
     return 0
 
 
+def pass_timing() -> int:
+    """Only the evaluation-pass timing row (for profiling iterations): `--pass-timing`."""
+    settings = DecisionSettings()
+    pass_ms, base_ms = time_passes(np.random.default_rng(SEED), settings, BASE_ERROR, SLOW)
+    print(f"pass_ms_20k={pass_ms:.2f} (plain sum {base_ms:.3f} ms)")
+    return 0
+
+
 if __name__ == "__main__":
+    if "--pass-timing" in sys.argv:
+        sys.exit(pass_timing())
     if "--tradeoff" in sys.argv:
         tradeoff(np.random.default_rng(SEED))
         sys.exit(0)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from bench import pooledpass
 from bench.judges import NEVER, wilson
 from streams.decisions import DecisionEngine, DecisionSettings
 from streams.release import (
@@ -534,6 +535,12 @@ def main() -> int:
         f"over {REPS * ENVS} rows took {np.median(results['5x'].release_ms):.2f} ms median"
     )
     quiet = results["5x quiet"].halt_s
+    print("\nRelease-level pass (bench.pooledpass, its own seed):")
+    pooled_pass = pooledpass.report()
+    print(
+        f"pooled pass: time_to_pass_quiet_pooled_s={pooled_pass.time_to_pass_quiet_pooled_s:.0f} "
+        f"wrong_pass_rate_pooled_2x={pooled_pass.wrong_pass_rate_pooled_2x:.4f}"
+    )
     print(f"bench took {time.perf_counter() - began:.0f} s")
     print(
         f"fleet-bench: halt_s_5x_quiet={q(quiet, 0.5):.0f} exposure_ratio={exposure_ratio:.3f} "

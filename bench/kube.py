@@ -4,21 +4,23 @@ real Argo Rollouts controller in each, one run (issue 12).
 Both clusters hold the same Rollouts (namespace, names), each a basic canary the controller has
 paused at its first step. One actuator per cluster reads one commands topic (own consumer group).
 
-- **Aborts** (``--aborts``, >= 20): a command for cluster A is produced at its `decided_at`; the
+- **Aborts** (``--aborts``): a command for cluster A is produced at its `decided_at`; the
   bench polls cluster A's Rollout and notes when `status.abort` is first true and when the
-  controller's `RolloutAborted` condition (phase Degraded, abortedAt) appears.
-  `controller_abort_*` is decision -> RolloutAborted. After each, cluster B's twin must still be
-  an untouched paused canary (else `cross_cluster_aborts`).
+  controller's `RolloutAborted` condition (phase Degraded, abortedAt) appears: actuation alone,
+  decision -> RolloutAborted. After each, cluster B's twin must still be an untouched paused
+  canary (else `cross_cluster_aborts`).
 - **Race** (``--races``): a new template is deployed between the actuator's judgement and its
   patch (the patch carries the judged resourceVersion); the new revision must never be aborted
   (else `wrong_revision_aborts`).
 
-- **From requests** (``--requests``): a worker judges broken canaries of cluster A from request
-  lines and the split first bad request -> decision (the statistics: as much evidence as they
-  need) -> status.abort (actuator) -> RolloutAborted (controller) is printed.
+- **From requests** (``--requests``, >= 20): a worker judges broken canaries of cluster A from
+  request lines; first bad request -> decision (the statistics: as much evidence as they need)
+  -> status.abort (actuator) -> RolloutAborted (controller).
 
-`controller_abort_*` measures actuation (decision -> RolloutAborted over the aborts); the time to
-the decision is the statistics', unchanged here and reported apart. The last line is
+`controller_abort_*` is what the issue asks: a broken canary's first bad request -> the
+controller's RolloutAborted, over the ``--requests`` canaries. The statistics' floor for that
+canary (slices of `max_slice_s`, each worth at most 1 + max_bet(1-theta0)/theta0) is printed
+beside it. The last line is
 
     kube-e2e: controller_abort_p50_s=A controller_abort_p99_s=B wrong_revision_aborts=0
       cross_cluster_aborts=0   (one line)
@@ -30,13 +32,14 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import math
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -50,6 +53,7 @@ from agents.localkafka import LocalKafka, free_ports
 from agents.processes import WorkerProcess, free_port, poll_until
 from agents.settings import Settings
 from bench.throughput import sum_metric
+from streams.decisions import DecisionSettings
 from streams.events import (
     POD_HASH_LABEL,
     RolloutState,
@@ -180,6 +184,65 @@ async def watch_abort(admin: k8s.ApiClient, name: str) -> tuple[float, float]:
     raise TimeoutError(f"{name}: no RolloutAborted within {WITHIN_S:.0f}s")
 
 
+CANARY_SHARE = 0.2  # the broken canaries' share of their traffic (their setWeight)
+
+
+def evidence_floor(decisions: DecisionSettings, share: float) -> str:
+    """The fewest slices a canary failing without pause needs, and so its time to a decision.
+    A slice multiplies the evidence by at most 1 + max_bet(1-theta0)/theta0 (< 1/theta0, what
+    makes a burst count once: docs/decisions.md); needed: ln(2/alpha) (each signal gets alpha/2)
+    + ln(1/change_start) (the onset prior). The first slice, open since the last one closed,
+    closes at the first pass; the next ones at `max_slice_s` each (the bad requests never leave
+    a `quiet_s` gap)."""
+    r0 = decisions.min_ratio
+    theta0 = share * r0 / (share * r0 + 1 - share)
+    per_slice = math.log1p(decisions.max_bet * (1 - theta0) / theta0)
+    needed = math.log(2 / decisions.alpha) + math.log(1 / decisions.change_start)
+    slices = math.ceil(needed / per_slice)
+    return (
+        f"evidence floor at {share:.0%} canary share: {needed:.2f} nats, at most "
+        f"{per_slice:.2f} a slice: {slices} slices, the first at once, then "
+        f"{slices - 1} x {decisions.max_slice_s:g} s = {(slices - 1) * decisions.max_slice_s:g} s "
+        "from the first bad request to the decision"
+    )
+
+
+class AbortWatch:
+    """When each Rollout's `status.abort` and the controller's RolloutAborted were first seen,
+    from one LIST of the namespace every ~20 ms. One poller, not one per canary: 24 pollers
+    calling `asyncio.to_thread` in the bench's process took the default executor's threads (and
+    the GIL) from the actuator running in the same event loop, and measured themselves (the
+    worker-judged commands then waited 12 s p50 for `status.abort`)."""
+
+    def __init__(self, admin: k8s.ApiClient) -> None:
+        self.objects = k8s.CustomObjectsApi(admin)
+        self.abort_seen: dict[str, float] = {}
+        self.aborted_seen: dict[str, float] = {}
+        self.stop = False
+
+    async def run(self) -> None:
+        while not self.stop:
+            listed = cast(  # custom objects come back as untyped JSON (`object`)
+                dict[str, Any],
+                await asyncio.to_thread(
+                    self.objects.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, PLURAL
+                ),
+            )
+            now = time.time()
+            for obj in listed["items"]:
+                name = obj["metadata"]["name"]
+                if obj.get("status", {}).get("abort") is True:
+                    self.abort_seen.setdefault(name, now)
+                if aborted_by_controller(obj):
+                    self.abort_seen.setdefault(name, now)
+                    self.aborted_seen.setdefault(name, now)
+            await asyncio.sleep(0.02)  # the poll's period, not a synchronisation
+
+    async def aborted(self, name: str) -> tuple[float, float]:
+        await poll_until(lambda: name in self.aborted_seen, WITHIN_S, f"{name}'s RolloutAborted")
+        return self.abort_seen[name], self.aborted_seen[name]
+
+
 def untouched_canary(obj: dict[str, Any], canary: str) -> bool:
     status = obj.get("status", {})
     return paused_canary(obj, canary) and not status.get("abortedAt")
@@ -263,12 +326,14 @@ async def from_requests(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
     await producer.start()
     senders = []
+    watch = AbortWatch(admin)
+    polling = asyncio.create_task(watch.run())
     try:
         reader = asyncio.create_task(read_commands())
         first_bad = {}
         watches = {}
         for name in names:
-            watches[name] = asyncio.create_task(watch_abort(admin, name))
+            watches[name] = asyncio.create_task(watch.aborted(name))
             first_bad[name] = time.time()
             senders.append(asyncio.create_task(broken(name)))
             await asyncio.sleep(0.5)  # spread the canaries' starts
@@ -288,6 +353,8 @@ async def from_requests(
                 phase.append(value)
         await asyncio.wait_for(reader, 30)
     finally:
+        watch.stop = True
+        await polling
         for sender in senders:
             sender.cancel()
         await producer.stop()
@@ -376,8 +443,10 @@ async def with_worker(
                 cross += 1
                 print(f"CROSS-CLUSTER ABORT: {name} in {CLUSTERS[1]}: {twin.get('status')}")
         e2e = names[args.aborts + args.races :]
+        from_first_bad: list[float] = []
         if e2e:
             phases = await from_requests(bootstrap, base, worker, e2e, canaries_a, admin_a)
+            from_first_bad = phases[-1]
             for name in e2e:
                 twin = await asyncio.to_thread(read_rollout, admin_b, NAMESPACE, name)
                 if not untouched_canary(twin, canaries_b[name]):
@@ -428,7 +497,8 @@ async def with_worker(
             f"max {a.max():.3f} s over {len(a)}"
         )
     print(f"races (new template between judgement and patch): {args.races}, wrong aborts {wrong}")
-    arr = np.array(total)
+    print(evidence_floor(DecisionSettings(), CANARY_SHARE))
+    arr = np.array(from_first_bad)
     return (
         f"kube-e2e: controller_abort_p50_s={np.median(arr):.2f} "
         f"controller_abort_p99_s={np.quantile(arr, 0.99):.2f} "
@@ -438,9 +508,11 @@ async def with_worker(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.kube", description=__doc__)
-    parser.add_argument("--aborts", type=int, default=24)
+    parser.add_argument("--aborts", type=int, default=20, help="commands injected: actuation")
     parser.add_argument("--races", type=int, default=6)
-    parser.add_argument("--requests", type=int, default=8, help="aborts judged by the worker")
+    parser.add_argument(
+        "--requests", type=int, default=24, help="aborts judged by the worker (the last line)"
+    )
     parser.add_argument(
         "--workdir", type=Path, help="keep logs and data here (default: a temp dir)"
     )

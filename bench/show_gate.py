@@ -27,11 +27,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from agents.kafka_admin import ensure_topics
+from agents.kafka_admin import ensure_topics, ensure_verdict_topic
 from agents.localkafka import LocalKafka, free_ports
 from agents.processes import WorkerProcess, free_port, poll_until
 from agents.settings import Settings, Topics
-from agents.worker import ensure_verdict_topic
 from tests.integration.test_actuator import ensure_namespace
 from tests.integration.test_gate import analysis_access
 from tests.integration.test_gate_controller import (

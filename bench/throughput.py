@@ -30,7 +30,12 @@ from agents.kafka_admin import ensure_topics
 from agents.localkafka import LocalKafka, free_ports
 from agents.processes import WorkerProcess, free_port, poll_until, scrape
 from agents.settings import Settings, Topics
-from streams.events import POD_HASH_LABEL, RolloutState, encode_rollout_state
+from streams.events import (
+    POD_HASH_LABEL,
+    RolloutState,
+    decode_rollout_state,
+    encode_rollout_state,
+)
 
 PARTITIONS = 4
 CANARY_SHARE = 0.05
@@ -152,6 +157,39 @@ async def raw_rate(bootstrap: str, topic: str, expected: int, client: str = "aio
     out, _ = await process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"bench.raw_consumer --client {client} exited with {process.returncode}")
+    return float(out.decode().strip().splitlines()[-1])
+
+
+async def quix_rate(
+    bootstrap: str, topic: str, expected: int, states: Sequence[tuple[bytes, bytes]], work: Path
+) -> float:
+    """Lines/s of the Quix Streams app doing canarywatch's job (bench/quix_app.py), in Quix's own
+    virtual environment (scripts/ensure-quix.sh)."""
+    setup = await asyncio.create_subprocess_exec(
+        "scripts/ensure-quix.sh", stdout=asyncio.subprocess.PIPE
+    )
+    python = (await setup.communicate())[0].decode().strip()
+    if setup.returncode != 0:
+        raise RuntimeError(f"scripts/ensure-quix.sh exited with {setup.returncode}")
+    hashes = work / "quix-rollouts.json"
+    if not hashes.exists():
+        rollouts = [decode_rollout_state(value) for _, value in states]
+        hashes.write_bytes(
+            orjson.dumps(
+                {
+                    s.namespace: [s.stable_hash, s.current_pod_hash if s.canary_weight else None]
+                    for s in rollouts
+                }
+            )
+        )
+    command = ["bench/quix_app.py", "--bootstrap", bootstrap, "--topic", topic]
+    command += ["--expected", str(expected), "--rollouts", str(hashes)]
+    process = await asyncio.create_subprocess_exec(
+        python, *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    out, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"bench/quix_app.py exited with {process.returncode}")
     return float(out.decode().strip().splitlines()[-1])
 
 
@@ -349,6 +387,7 @@ class Results:
     raw_msgs_per_s: float = 0.0
     ck_msgs_per_s: float = 0.0  # confluent-kafka raw, tuned
     kcat_lines_per_s: float = math.nan  # kcat -C -c N on the NDJSON topic
+    quix_lines_per_s: float = math.nan  # the Quix Streams app, same job, one line per message
     single: Drain | None = None
     # (workers, pinned to one core each) -> the NDJSON drain
     ndjson: dict[tuple[int, bool], Drain] = field(default_factory=dict)
@@ -470,8 +509,13 @@ async def single_line(b: Bench, r: Results) -> None:
         ck.append(
             await raw_rate(b.bootstrap, single.requests, b.scale.single_messages, "confluent")
         )
+    # Quix is slow enough that one read of the topic is the measure (a few would take minutes).
+    r.quix_lines_per_s = await quix_rate(
+        b.bootstrap, single.requests, b.scale.single_messages, b.states, b.work
+    )
     r.raw_msgs_per_s = max(raw)
     r.ck_msgs_per_s = max(ck)
+    print(f"Quix Streams app, same job: {r.quix_lines_per_s:,.0f} lines/s", flush=True)
     print(f"raw aiokafka getmany: {', '.join(f'{x:,.0f}' for x in raw)} msgs/s", flush=True)
     print(f"raw confluent-kafka consume: {', '.join(f'{x:,.0f}' for x in ck)} msgs/s", flush=True)
     r.single = await best_drain(b, single, 1, False, b.scale.single_messages)
@@ -656,6 +700,7 @@ def print_table(scale: Scale, r: Results) -> None:
     single_ratio = ratio(r.single_lines_per_s, r.raw_msgs_per_s)
     ck_ratio = ratio(r.single_lines_per_s, r.ck_msgs_per_s)
     kcat_ratio = ratio(r.batched_lines_per_s, r.kcat_lines_per_s)
+    quix_ratio = ratio(r.single_lines_per_s, r.quix_lines_per_s)
     scaleout = ratio(r.ndjson_rate(2, True), r.ndjson_rate(1, True))
     scaleout_unpinned = ratio(r.ndjson_rate(2, False), r.ndjson_rate(1, False))
     rows = [
@@ -681,7 +726,11 @@ def print_table(scale: Scale, r: Results) -> None:
             f"{r.rss_mb:,.0f} MB",
             "goal <= 300",
         ),
-        ("Quix Streams app, same job, one line per message", "not built yet", "quix_ratio=nan"),
+        (
+            "Quix Streams app, same job, one line per message",
+            f"{r.quix_lines_per_s:,.0f} lines/s",
+            f"canarywatch ratio {quix_ratio:.2f} (goal >= 5)",
+        ),
         (
             "kcat -C -c N -e -q, NDJSON (C, librdkafka)",
             f"{r.kcat_lines_per_s:,.0f} lines/s",
@@ -736,7 +785,7 @@ def print_table(scale: Scale, r: Results) -> None:
         f"bench: single_line_ratio={single_ratio:.2f} "
         f"batched_lines_per_s={r.batched_lines_per_s:.0f} "
         f"latency_p99_ms={r.latency_ms[1]:.0f} bytes_per_env={max(r.bytes_per_env):.0f} "
-        f"scaleout_2w={scaleout:.2f} ck_ratio={ck_ratio:.2f} quix_ratio=nan "
+        f"scaleout_2w={scaleout:.2f} ck_ratio={ck_ratio:.2f} quix_ratio={quix_ratio:.2f} "
         f"kcat_ratio={kcat_ratio:.2f} rss_mb={r.rss_mb:.0f}"
     )
 

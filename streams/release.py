@@ -56,6 +56,14 @@ import orjson
 from numpy.typing import NDArray
 
 from streams.events import MAX_MESSAGE_BYTES, DecodeError, RolloutState
+from streams.pooledpass import (
+    PassRows,
+    PooledPass,
+    PooledPassSettings,
+    PooledSignal,
+    ReleasePass,
+)
+from streams.promotion import LAMBDAS
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
@@ -179,6 +187,13 @@ class ReleaseEvidence:
         self.stable_sum: Floats = np.zeros(capacity)  # sum of n_s over closed blocks
         self.share_sum: Floats = np.zeros(capacity)  # sum of n_s * rho over closed blocks
         self.block: Ints = np.zeros((2 + 2 * signals, capacity), dtype=np.int64)
+        # The release-level pass (streams.pooledpass): the difference test's sums per lambda
+        # over the same blocks, and the canary requests of closed blocks.
+        lam = np.asarray(LAMBDAS, dtype=np.float64)
+        self._lam = lam[:, None]
+        self._c = (-np.expm1(-lam))[:, None]
+        self.diff_log: Floats = np.zeros((signals, lam.size, capacity))
+        self.canary_sum: Floats = np.zeros(capacity)
 
     @property
     def capacity(self) -> int:
@@ -186,6 +201,8 @@ class ReleaseEvidence:
 
     def reset(self, rows: NDArray[np.intp]) -> None:
         self.loglik[:, :, rows] = 0.0
+        self.diff_log[:, :, rows] = 0.0
+        self.canary_sum[rows] = 0.0
         self.stable_sum[rows] = 0.0
         self.share_sum[rows] = 0.0
         self.block[:, rows] = 0
@@ -211,6 +228,8 @@ class ReleaseEvidence:
         rho = n_c / total
         self.stable_sum[closing] += n_s
         self.share_sum[closing] += n_s * rho
+        self.canary_sum[closing] += n_c
+        odds = n_c / np.maximum(n_s, 1.0)
         for t in range(s):
             x_c = closed[2 + t]
             bad = x_c + closed[2 + s + t]
@@ -226,6 +245,8 @@ class ReleaseEvidence:
                 bad[hit].astype(np.float64),
             )
             self.loglik[t][:, rows] += step
+            x_s = bad[hit] - x_c[hit]
+            self.diff_log[t][:, rows] += x_s * np.log1p(self._c * odds[hit]) - self._lam * x_c[hit]
 
 
 def block_loglik(log_r: Floats, r_minus_1: Floats, rho: Floats, x_c: Floats, bad: Floats) -> Floats:
@@ -582,6 +603,8 @@ class EnvSummary:
     share_sum: float
     log_e: tuple[float, ...]  # per signal: ln of the environment's own e-value
     aborted: bool = False
+    diff_log: tuple[tuple[float, ...], ...] = ()  # [signal][lambda]: the pooled pass's sums
+    canary_sum: float = 0.0  # canary requests of closed blocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -694,6 +717,8 @@ def decode_env_summary(raw: bytes) -> EnvSummary:
             share_sum=float(o["share_sum"]),
             log_e=tuple(float(x) for x in o["log_e"]),
             aborted=bool(o.get("aborted", False)),
+            diff_log=tuple(tuple(float(x) for x in row) for row in o.get("diff_log", ())),
+            canary_sum=float(o.get("canary_sum", 0.0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise DecodeError("bad_field", f"env summary: {exc!r}") from None
@@ -742,6 +767,7 @@ class BoardPass:
     triage: list[TriageRecord] = field(default_factory=list)  # new or changed categories
     ebh_aborts: list[tuple[str, str]] = field(default_factory=list)  # (env, pod_hash), ebh mode
     pooled: Pooled | None = None
+    passes: list[ReleasePass] = field(default_factory=list)  # pooled passes due for publishing
 
 
 SIGNAL_NAMES = ("errors", "latency")
@@ -754,8 +780,22 @@ class ReleaseBoard:
     `evaluate(now)`; it sends the verdicts' targets to the actuator and publishes the triage.
     """
 
-    def __init__(self, settings: ReleaseSettings | None = None, capacity: int = 64) -> None:
+    def __init__(
+        self,
+        settings: ReleaseSettings | None = None,
+        capacity: int = 64,
+        pass_settings: PooledPassSettings | None = None,
+    ) -> None:
         self.settings = settings or ReleaseSettings()
+        self.pass_settings = pass_settings or PooledPassSettings()
+        self.pooled_pass = PooledPass(
+            (self.settings.min_ratio, *self.settings.ratios), self.pass_settings
+        )
+        # Latched pooled passes [signal, release], and when each release's record went out.
+        self.pass_latched = np.zeros((self.settings.signals, 0), dtype=np.bool_)
+        self.pass_sent: dict[str, tuple[float, tuple[bool, ...]]] = {}
+        # Frozen pass evidence of environments that left their release (stopped factors).
+        self.ghosts: PassRows | None = None
         self.n_sig = self.settings.signals
         self.row_of: dict[str, int] = {}
         self.envs: list[str] = []
@@ -784,6 +824,10 @@ class ReleaseBoard:
         self.cohort = np.full(capacity, -1, dtype=np.intp)
         self.aborted = np.zeros(capacity, dtype=np.bool_)
         self.category = np.full(capacity, -1, dtype=np.int8)  # latched triage, -1: none
+        self.diff_log = np.zeros((n, len(LAMBDAS), capacity))
+        self.canary_sum = np.zeros(capacity)
+        # The release whose pooled pass this row's evidence feeds (stays after the canary ends).
+        self.pass_cohort = np.full(capacity, -1, dtype=np.intp)
 
     def _grow(self, capacity: int) -> None:
         old = self.cohort.size
@@ -801,6 +845,9 @@ class ReleaseBoard:
             "cohort",
             "aborted",
             "category",
+            "diff_log",
+            "canary_sum",
+            "pass_cohort",
         )
         saved = {name: getattr(self, name) for name in names}
         self._alloc(capacity)
@@ -828,7 +875,37 @@ class ReleaseBoard:
             self.releases.append(release)
         return code
 
+    def _freeze(self, row: int) -> None:
+        """The row's pass evidence leaves its release: kept as a frozen (stopped) factor."""
+        code = int(self.pass_cohort[row])
+        self.pass_cohort[row] = -1
+        if code < 0 or not (self.canary_sum[row] > 0 or self.loglik[:, :, row].any()):
+            return
+        counts = np.stack(
+            [np.broadcast_to(self.counts[0, row], (self.n_sig,)),
+             np.broadcast_to(self.counts[1, row], (self.n_sig,)),
+             self.bad[0, :, row], self.bad[1, :, row]]
+        )[:, :, None]  # fmt: skip
+        one = PassRows(
+            self.loglik[:, :, row : row + 1].copy(),
+            self.diff_log[:, :, row : row + 1].copy(),
+            self.canary_sum[row : row + 1].copy(),
+            np.asarray([code], dtype=np.intp),
+            counts.astype(np.int64),
+        )
+        g = self.ghosts
+        self.ghosts = one if g is None else PassRows(
+            np.concatenate([g.loglik, one.loglik], axis=2),
+            np.concatenate([g.diff_log, one.diff_log], axis=2),
+            np.concatenate([g.canary_sum, one.canary_sum]),
+            np.concatenate([g.cohort, one.cohort]),
+            np.concatenate([g.counts, one.counts], axis=2),
+        )  # fmt: skip
+
     def _clear(self, row: int) -> None:
+        self._freeze(row)
+        self.diff_log[..., row] = 0
+        self.canary_sum[row] = 0
         for a in (self.loglik, self.log_e, self.bad, self.window_bad):
             a[..., row] = 0
         for b in (self.stable_sum, self.share_sum, self.window_n):
@@ -850,8 +927,14 @@ class ReleaseBoard:
         self.in_progress[row] = in_progress
         if state.release and (in_progress or state.aborted):
             self.cohort[row] = self._code(state.release)
+            if self.pass_cohort[row] < 0 and not self.loglik[:, :, row].any():
+                self.pass_cohort[row] = self.cohort[row]
         else:
             self.cohort[row] = -1
+        if self.pass_cohort[row] >= 0 and state.release != self.releases[self.pass_cohort[row]]:
+            # Another release on the same revision (rare): its evidence no longer counts for
+            # either release's pass (frozen for the old one, not lent to the new one).
+            self._freeze(row)
         if state.aborted:
             self.aborted[row] = True
 
@@ -876,8 +959,26 @@ class ReleaseBoard:
         self.bad[1, :, row] = summary.stable_bad
         self.window_n[row] = summary.window_stable_requests
         self.window_bad[:, row] = summary.window_stable_bad
+        diff = np.asarray(summary.diff_log, dtype=np.float64)
+        if diff.shape == self.diff_log.shape[:2]:
+            self.diff_log[:, :, row] = diff
+            self.canary_sum[row] = summary.canary_sum
         if summary.aborted:
             self.aborted[row] = True
+        return True
+
+    def restore_halt(self, verdict: ReleaseVerdict) -> None:
+        """A halt decided before (the release agent's table): latched, never decided again."""
+        self._code(verdict.release)
+        self.halted[verdict.release] = verdict
+
+    def restore_triage(self, record: TriageRecord) -> bool:
+        """A triage published before, latched for the same revision; False if it is stale."""
+        row = self.row_of.get(record.env)
+        if row is None or self.pod_hash[row] != record.pod_hash:
+            return False
+        self.category[row] = TRIAGE_ORDER.index(record.category)
+        self.triaged[record.env] = record
         return True
 
     def fleet(self) -> FleetArrays:
@@ -930,7 +1031,101 @@ class ReleaseBoard:
         for release in self.halted:
             latched[self.code_of[release]] = True
         out.triage = self._triage(fleet, pooled, latched, now)
+        out.passes = self._passes(now)
         return out
+
+    def pass_rows(self) -> PassRows:
+        """Every row's pass evidence, live rows then frozen ones."""
+        n = len(self.envs)
+        counts = np.stack(
+            [np.broadcast_to(self.counts[0, :n], (self.n_sig, n)),
+             np.broadcast_to(self.counts[1, :n], (self.n_sig, n)),
+             self.bad[0, :, :n], self.bad[1, :, :n]]
+        )  # fmt: skip
+        live = PassRows(
+            self.loglik[:, :, :n],
+            self.diff_log[:, :, :n],
+            self.canary_sum[:n],
+            self.pass_cohort[:n],
+            counts.astype(np.int64),
+        )
+        g = self.ghosts
+        if g is None:
+            return live
+        return PassRows(
+            np.concatenate([live.loglik, g.loglik], axis=2),
+            np.concatenate([live.diff_log, g.diff_log], axis=2),
+            np.concatenate([live.canary_sum, g.canary_sum]),
+            np.concatenate([live.cohort, g.cohort]),
+            np.concatenate([live.counts, g.counts], axis=2),
+        )
+
+    def _passes(self, now: float) -> list[ReleasePass]:
+        """Latch the pooled passes; the records due: a new pass, or `refresh_s` since the
+        last record of a release that has passed a signal and still has a canary running."""
+        n_rel = len(self.releases)
+        if n_rel == 0:
+            return []
+        rows = self.pass_rows()
+        log_e = self.pooled_pass.log_e(rows, n_rel)
+        passed = np.maximum(*log_e) >= self.pass_settings.threshold
+        if self.pass_latched.shape[1] < n_rel:
+            grown = np.zeros((self.n_sig, n_rel), dtype=np.bool_)
+            grown[:, : self.pass_latched.shape[1]] = self.pass_latched
+            self.pass_latched = grown
+        self.pass_latched |= passed
+        running = np.zeros(n_rel, dtype=np.bool_)
+        live = self.cohort[: len(self.envs)]
+        running[live[live >= 0]] = True
+        out = []
+        for code in np.flatnonzero(self.pass_latched.any(axis=0) & running).tolist():
+            release = self.releases[code]
+            state = tuple(bool(x) for x in self.pass_latched[:, code])
+            sent = self.pass_sent.get(release)
+            if (
+                sent is not None
+                and sent[1] == state
+                and now - sent[0] < self.pass_settings.refresh_s
+            ):
+                continue
+            out.append(self._pass_record(rows, log_e, code, now))
+            self.pass_sent[release] = (now, state)
+        return out
+
+    def _pass_record(
+        self, rows: PassRows, log_e: tuple[Floats, Floats], code: int, now: float
+    ) -> ReleasePass:
+        ratio, diff = log_e
+        mine = rows.cohort == code
+        signals = []
+        for t in range(self.n_sig):
+            tol_ratio, tol_diff = self.pass_settings.tolerances[t]
+            ratio_bound, diff_bound = self.pooled_pass.bounds(rows, code, t)
+            c = rows.counts[:, t][:, mine].sum(axis=1)
+            signals.append(
+                PooledSignal(
+                    signal=SIGNAL_NAMES[t] if t < len(SIGNAL_NAMES) else str(t),
+                    passed=bool(self.pass_latched[t, code]),
+                    ratio_bound=ratio_bound if math.isfinite(ratio_bound) else None,
+                    diff_bound=diff_bound if diff_bound < 1.0 else None,
+                    tol_ratio=tol_ratio,
+                    tol_diff=tol_diff,
+                    statistic=round(float(max(ratio[t, code], diff[t, code])), 6),
+                    threshold=round(self.pass_settings.threshold, 6),
+                    canary_requests=int(c[0]),
+                    stable_requests=int(c[1]),
+                    canary_bad=int(c[2]),
+                    stable_bad=int(c[3]),
+                )
+            )
+        return ReleasePass(
+            release=self.releases[code],
+            decided_at=now,
+            beta=self.pass_settings.beta,
+            environments=int(mine.sum()),
+            signals=tuple(signals),
+            env_cap=self.pass_settings.env_cap,
+        )
 
     def _triage(
         self, fleet: FleetArrays, pooled: Pooled, halted: Bools, now: float
@@ -1051,4 +1246,6 @@ def summary_from_rows(
         share_sum=float(evidence.share_sum[row]),
         log_e=tuple(float(x) for x in log_e),
         aborted=aborted,
+        diff_log=tuple(tuple(float(x) for x in evidence.diff_log[t, :, row]) for t in range(n)),
+        canary_sum=float(evidence.canary_sum[row]),
     )

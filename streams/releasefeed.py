@@ -64,6 +64,8 @@ class SummaryFeed:
         new.stable_sum[:n] = old.stable_sum
         new.share_sum[:n] = old.share_sum
         new.block[:, :n] = old.block
+        new.diff_log[:, :, :n] = old.diff_log
+        new.canary_sum[:n] = old.canary_sum
         self.evidence = new
         seen = np.zeros((len(_CUM), capacity), dtype=np.int64)
         seen[:, :n] = self._seen

@@ -352,6 +352,36 @@ class SnapshotDedupe:
 # --- abort commands against the live object -------------------------------------------------
 
 
+class Action(StrEnum):
+    """What the actuator does with a bad canary's command: the environment's policy
+    (`Settings.action_policy`), overridden per Rollout by its `POLICY_ANNOTATION`.
+
+    abort: `status.abort=true` (needs `patch` on `rollouts/status`). pause: `spec.paused: true`,
+    a person then aborts or promotes (needs `patch` on `rollouts`). dry-run: the judgement, a
+    log line and an Event, no patch (needs neither)."""
+
+    ABORT = "abort"
+    PAUSE = "pause"
+    DRY_RUN = "dry-run"
+
+
+POLICY_ANNOTATION = "canarywatch.io/policy"
+
+
+def policy_of(rollout: Rollout | None, default: Action) -> tuple[Action, str]:
+    """The Rollout's policy: its annotation, else `default`; and a note when the annotation
+    says something else than a policy (then `default` holds, and the note says so)."""
+    annotations = _obj(_obj(rollout.get("metadata") if rollout else None).get("annotations"))
+    raw = annotations.get(POLICY_ANNOTATION)
+    if raw is None:
+        return default, ""
+    try:
+        return Action(_text(raw).strip().lower()), ""
+    except ValueError:
+        allowed = "|".join(a.value for a in Action)
+        return default, f"{POLICY_ANNOTATION}={raw!r} is not {allowed}: {default.value} applies"
+
+
 class AbortVerdict(StrEnum):
     APPLY = "apply"
     STALE = "stale"  # the canary the command names is no longer the one in progress

@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -125,6 +126,35 @@ _CEILING = 1e150
 _LOG_CEILING = 300.0  # exp(300) * _CEILING stays finite
 
 
+class _Buffers:
+    """Reusable arrays by name and shape (one set per `SplitTest`)."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple[str, tuple[int, ...]], NDArray[Any]] = {}
+
+    def _get(self, name: str, shape: tuple[int, ...], dtype: type) -> NDArray[Any]:
+        key = (name, shape)
+        a = self._arrays.get(key)
+        if a is None:
+            if len(self._arrays) > 64:  # shapes changed (grow): forget the old ones
+                self._arrays.clear()
+            a = np.empty(shape, dtype=dtype)
+            self._arrays[key] = a
+        return a
+
+    def ints(self, name: str, shape: tuple[int, ...]) -> Ints:
+        out: Ints = self._get(name, shape, np.int64)
+        return out
+
+    def floats(self, name: str, shape: tuple[int, ...]) -> Floats:
+        out: Floats = self._get(name, shape, np.float64)
+        return out
+
+    def bools(self, name: str, shape: tuple[int, ...]) -> NDArray[np.bool_]:
+        out: NDArray[np.bool_] = self._get(name, shape, np.bool_)
+        return out
+
+
 class SplitTest:
     """Sequential tests of the canary/stable split of bad requests, [tests x grid x rows].
 
@@ -197,6 +227,7 @@ class SplitTest:
         self.block: Ints = np.zeros((4, n, capacity), dtype=np.int64)
         self.opened: Floats = np.zeros((n, capacity))
         self.last_bad: Floats = np.full((n, capacity), -np.inf)
+        self._scratch = _Buffers()
 
     # Every per-row array (row axis last): what a checkpoint of a row holds.
     ROW_FIELDS: tuple[str, ...] = (
@@ -280,27 +311,36 @@ class SplitTest:
         block[1] += stable_requests
         block[2] += canary_bad
         block[3] += stable_bad
-        bad_now = np.broadcast_to(np.asarray(canary_bad) + stable_bad > 0, self.last_bad.shape)
-        self.last_bad[bad_now] = now
-        total = block[0] + block[1]
-        bad = block[2] + block[3]
-        closing = total >= self.block_requests
+        # In place and into reused buffers: at 20k rows a fresh temporary costs more (page
+        # faults under load) than the arithmetic on it.
+        scratch = self._scratch
+        bad_now = np.add(canary_bad, stable_bad, out=scratch.ints("bad_now", self.opened.shape))
+        np.copyto(self.last_bad, now, where=bad_now > 0)
+        total = np.add(block[0], block[1], out=scratch.ints("total", self.opened.shape))
+        closing = np.greater_equal(
+            total, self.block_requests, out=scratch.bools("closing", self.opened.shape)
+        )
         if self.quiet_s > 0.0 or math.isfinite(self.max_slice_s):
-            ready = bad == 0
-            ready |= now - self.last_bad >= self.quiet_s
-            ready |= now - self.opened >= self.max_slice_s
+            bad = np.add(block[2], block[3], out=total)
+            ready = np.equal(bad, 0, out=scratch.bools("ready", self.opened.shape))
+            ready |= self.last_bad <= now - self.quiet_s
+            ready |= self.opened <= now - self.max_slice_s
             closing &= ready
         if not closing.any():
             return
-        closed = block * closing
+        closed = np.multiply(block, closing, out=scratch.ints("closed", block.shape))
         block -= closed
-        self.opened[closing] = now
+        np.copyto(self.opened, now, where=closing)
         n_c, n_s = closed[0], closed[1]
         # Pseudo counts of the difference test, pooled until the row's next bad slice.
-        share = n_c / np.maximum(n_c + n_s, 1)
-        self.pending_share += share * n_s
+        share = scratch.floats("share", self.opened.shape)
+        np.add(n_c, n_s, out=share)
+        np.maximum(share, 1.0, out=share)
+        np.divide(n_c, share, out=share)
+        share *= n_s
+        self.pending_share += share
         self.pending_stable += n_s
-        bad_closed = closed[2] + closed[3]
+        bad_closed = np.add(closed[2], closed[3], out=bad_now)
         for t in range(n):
             rows = np.flatnonzero(bad_closed[t])
             if rows.size:

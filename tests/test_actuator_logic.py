@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agents.actuator import (
+    DRY_RUN_EVENT_REASON,
     EVENT_REASON,
     PAUSE_EVENT_REASON,
-    Action,
     Actuator,
     ActuatorMetrics,
     KubeError,
@@ -26,7 +26,14 @@ from agents.actuator import (
 )
 from agents.settings import Settings
 from streams.events import AbortCommand, Evidence
-from streams.rollouts import AbortVerdict, Rollout, judge_abort
+from streams.rollouts import (
+    POLICY_ANNOTATION,
+    AbortVerdict,
+    Action,
+    Rollout,
+    judge_abort,
+    policy_of,
+)
 
 CANARY, STABLE = "6f7d9c8b5d", "58c9b7d4f6"
 EVIDENCE = Evidence("errors", 118, 9, 1042, 1, 5.31, 4.61, 0.1017, 41.5, 0.083, 0.001)
@@ -230,14 +237,13 @@ class FakeTime:
 
 
 def make_actuator(
-    api: FakeApi, fake: FakeTime, *, dry_run: bool = False, budget_s: float = 120.0
+    api: FakeApi, fake: FakeTime, *, action: Action = Action.ABORT, budget_s: float = 120.0
 ) -> tuple[Actuator, CollectorRegistry]:
     registry = CollectorRegistry()
     actuator = Actuator(
-        Settings(),
+        Settings(action_policy=action),
         api,
         ActuatorMetrics(registry),
-        dry_run=dry_run,
         policy=RetryPolicy(base_s=0.25, factor=2.0, max_s=30.0, budget_s=budget_s),
         sleep=fake.sleep,
         clock=fake.clock,
@@ -335,13 +341,50 @@ async def test_stale_and_missing_rollouts_are_left_alone() -> None:
         assert api.rollout == rollout
 
 
-async def test_dry_run_reads_but_never_writes() -> None:
+async def test_dry_run_reads_and_records_an_event_but_never_patches() -> None:
     api, fake = FakeApi(make_rollout()), FakeTime()
-    actuator, registry = make_actuator(api, fake, dry_run=True)
+    actuator, registry = make_actuator(api, fake, action=Action.DRY_RUN)
     assert (await actuator.handle(COMMAND)).outcome is Outcome.DRY_RUN
-    assert api.calls == ["get", "events"]
+    assert api.calls == ["get", "events", "event"]
     assert api.rollout == make_rollout()
+    (event,) = api.events.values()
+    assert (event["type"], event["reason"]) == ("Normal", DRY_RUN_EVENT_REASON)
+    assert event["message"].startswith(f"canarywatch would abort (dry run) canary {CANARY}")
     assert count(registry, "canarywatch_actuator_commands_total", outcome="dry_run") == 1
+
+
+def annotated(policy: str) -> Rollout:
+    rollout = make_rollout()
+    rollout["metadata"]["annotations"] = {POLICY_ANNOTATION: policy}
+    return rollout
+
+
+@pytest.mark.parametrize(
+    ("setting", "annotation", "calls"),
+    [
+        (Action.ABORT, "pause", ["get", "events", "pause", "event"]),
+        (Action.ABORT, "dry-run", ["get", "events", "event"]),
+        (Action.PAUSE, "abort", ["get", "events", "patch", "event"]),
+        (Action.DRY_RUN, " Abort ", ["get", "events", "patch", "event"]),
+        (Action.DRY_RUN, "paused", ["get", "events", "event"]),  # not a policy: the setting's
+        (Action.PAUSE, "", ["get", "events", "pause", "event"]),
+    ],
+)
+async def test_the_rollouts_annotation_overrides_the_setting(
+    setting: Action, annotation: str, calls: list[str]
+) -> None:
+    api, fake = FakeApi(annotated(annotation)), FakeTime()
+    actuator, _ = make_actuator(api, fake, action=setting)
+    await actuator.handle(COMMAND)
+    assert api.calls == calls
+
+
+def test_the_policy_of_a_rollout() -> None:
+    assert policy_of(None, Action.PAUSE) == (Action.PAUSE, "")
+    assert policy_of(make_rollout(), Action.DRY_RUN) == (Action.DRY_RUN, "")
+    assert policy_of(annotated("PAUSE"), Action.ABORT) == (Action.PAUSE, "")
+    action, note = policy_of(annotated("rollback"), Action.ABORT)
+    assert action is Action.ABORT and "'rollback' is not abort|pause|dry-run" in note
 
 
 async def test_event_failures_do_not_undo_the_abort() -> None:
@@ -460,13 +503,12 @@ async def test_the_pause_policy_pauses_once_and_never_after_a_resume() -> None:
     api, fake = FakeApi(make_rollout()), FakeTime()
     registry = CollectorRegistry()
     actuator = Actuator(
-        Settings(),
+        Settings(action_policy=Action.PAUSE),
         api,
         ActuatorMetrics(registry),
         sleep=fake.sleep,
         clock=fake.clock,
         wall_clock=lambda: 1002.5,
-        action=Action.PAUSE,
     )
     assert (await actuator.handle(COMMAND)).outcome is Outcome.APPLIED
     assert api.calls == ["get", "events", "pause", "event"]

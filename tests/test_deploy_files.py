@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -14,6 +15,7 @@ from agents.bridge import BridgeMetrics
 from agents.cli import _parser
 from agents.metrics import FleetCollector, WorkerMetrics
 from agents.releases import ReleaseMetrics
+from agents.settings import settings_from_env
 from streams.events import RolloutState
 from streams.fleet import Fleet
 
@@ -98,19 +100,24 @@ def test_compose_and_manifests_run_real_subcommands() -> None:
         parser.parse_args(argv)  # exits (fails the test) on an unknown subcommand or flag
 
 
-def test_the_pause_overlay_runs_a_real_subcommand_and_grants_only_patch_on_rollouts() -> None:
-    overlay = ROOT / "deploy/overlays/pause"
-    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
-    assert kustomization["resources"] == ["../../base", "rbac-pause.yaml"]
-    (patch,) = kustomization["patches"]
-    (op,) = yaml.safe_load(patch["patch"])
-    assert op["value"][:2] == ["canarywatch", "actuator"]
-    _parser().parse_args(op["value"][1:])
-    role, binding = yaml.safe_load_all((overlay / "rbac-pause.yaml").read_text())
-    assert role["rules"] == [
-        {"apiGroups": ["argoproj.io"], "resources": ["rollouts"], "verbs": ["patch"]}
+@pytest.mark.parametrize("policy", ["pause", "dry-run"])
+def test_each_policy_overlay_sets_a_real_policy(policy: str) -> None:
+    """overlays/<policy> sets CANARYWATCH_ACTION_POLICY to a value the settings accept (what
+    its RBAC allows and forbids is test_kube_rbac.py's, on a real API server)."""
+    kustomization = yaml.safe_load(
+        (ROOT / "deploy/overlays" / policy / "kustomization.yaml").read_text()
+    )
+    assert kustomization["resources"][0] == "../../base"
+    env = [
+        op["value"]
+        for patch in kustomization["patches"]
+        if patch.get("target", {}).get("name") == "canarywatch-actuator"
+        for op in yaml.safe_load(patch["patch"])
+        if op["path"].endswith("/env/-")
     ]
-    assert binding["subjects"][0]["name"] == "canarywatch-actuator"
+    assert env == [{"name": "CANARYWATCH_ACTION_POLICY", "value": policy}]
+    settings = settings_from_env({e["name"]: e["value"] for e in env})
+    assert settings.action_policy.value == policy
 
 
 def test_probes_use_the_health_endpoints_not_metrics() -> None:
@@ -118,8 +125,12 @@ def test_probes_use_the_health_endpoints_not_metrics() -> None:
     probes = []
     for path in sorted((ROOT / "deploy/base").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            for container in (doc or {}).get("spec", {}).get("template", {}).get("spec", {}).get(
-                "containers", []
+            for container in (
+                (doc or {})
+                .get("spec", {})
+                .get("template", {})
+                .get("spec", {})
+                .get("containers", [])
             ):
                 for kind, want in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
                     if kind in container:

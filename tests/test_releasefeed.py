@@ -124,6 +124,12 @@ def test_fanout_commands_use_the_revision_decision_id_and_name_the_release() -> 
     env, _ = verdict.targets[0]
     command = fanout_command(verdict, envs[env].state(1.0, cluster="eu-1"))
     assert check_decision_id(command.decision_id.encode()) == f"eu-1:{env}@{envs[env].canary_hash}"
+    # With the canary's decision epoch (the worker forwards the state with it): the id the
+    # worker's own abort of that canary carries, so neither aborts the revision again.
+    started = dataclasses.replace(envs[env].state(1.0, cluster="eu-1"), epoch="4711")
+    epoch_id = fanout_command(verdict, started).decision_id
+    assert epoch_id == f"eu-1:{env}@{envs[env].canary_hash}#4711"
+    assert check_decision_id(epoch_id.encode()) == epoch_id
     assert decode_abort_command(encode_abort_command(command)) == command
     text = event_message(command)
     assert "release decision release/bad:1" in text and "triage release" in text

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import ssl
 from pathlib import Path
 
+import certifi
+import faust
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from agents import cli
 from agents.settings import (
     Settings,
     SettingsError,
     Topics,
+    setting_names,
     settings_from_env,
+    settings_line,
     settings_to_env,
     unknown_variables,
 )
 from streams.fleet import FleetLimits
 from streams.release import FleetControl, ReleaseSettings
+from streams.rollouts import Action
 
 
 def test_settings_survive_the_trip_through_the_environment() -> None:
@@ -116,5 +126,106 @@ def test_the_cli_exits_2_on_a_bad_setting_and_warns_about_unknown_names(
     err = capsys.readouterr().err.splitlines()
     assert [line for line in err if "PARTITONS" in line or "GATE_PORT" in line] == [
         "canarywatch: warning: CANARYWATCH_PARTITONS is not a setting (misspelled?)",
-        "canarywatch: CANARYWATCH_GATE_PORT='http': expected a whole number >= 0",
+        "canarywatch: CANARYWATCH_GATE_PORT='http': expected a port, 0 to 65535",
     ]
+
+
+def test_the_action_policy_is_abort_pause_or_dry_run() -> None:
+    assert settings_from_env({}).action_policy is Action.ABORT
+    assert (
+        settings_from_env({"CANARYWATCH_ACTION_POLICY": "dry-run"}).action_policy is Action.DRY_RUN
+    )
+    expected = "ACTION_POLICY='rollback': expected one of abort, pause, dry-run"
+    with pytest.raises(SettingsError, match=re.escape(expected)):
+        settings_from_env({"CANARYWATCH_ACTION_POLICY": "rollback"})
+    assert settings_from_env({"CANARYWATCH_MAX_DEFERRALS": "0"}).max_deferrals == 0
+
+
+def test_every_variable_is_listed_by_worker_help_with_what_it_allows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["worker", "--help"])
+    out = capsys.readouterr().out
+    for name in setting_names():
+        assert f"  {name}  " in out, name
+    assert "CANARYWATCH_PARTITIONS  a whole number >= 0; default 4" in out
+    assert "CANARYWATCH_SECURITY_PROTOCOL  one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL" in out
+    # Every variable settings_to_env writes is one the model reads, and the reverse.
+    assert set(settings_to_env(Settings())) <= set(setting_names())
+
+
+SASL_ENV = {
+    "CANARYWATCH_SECURITY_PROTOCOL": "SASL_SSL",
+    "CANARYWATCH_SASL_MECHANISM": "SCRAM-SHA-512",
+    "CANARYWATCH_SASL_USERNAME": "canarywatch",
+    "CANARYWATCH_SASL_PASSWORD": "hunter2-secret",
+    "CANARYWATCH_SSL_CAFILE": certifi.where(),
+}
+
+
+def test_kafka_tls_and_sasl_settings_round_trip_and_reach_each_client_kind() -> None:
+    settings = settings_from_env(SASL_ENV)
+    k = settings.kafka
+    assert (k.security_protocol, k.sasl_mechanism, k.sasl_username) == (
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+        "canarywatch",
+    )
+    assert settings_from_env(settings_to_env(settings)) == settings
+    options = k.client_options()
+    assert options["sasl_plain_password"] == "hunter2-secret"
+    assert isinstance(options["ssl_context"], ssl.SSLContext)
+    assert settings_from_env({}).kafka.client_options() == {}  # PLAINTEXT: nothing changes
+    # Faust's app gets them as broker_credentials (agents/worker.py passes this).
+    credentials = k.faust_credentials()
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.protocol.value == "SASL_SSL"
+    assert credentials.mechanism.value == "SCRAM-SHA-512"
+    assert (credentials.username, credentials.password) == ("canarywatch", "hunter2-secret")
+    tls_only = settings_from_env({"CANARYWATCH_SECURITY_PROTOCOL": "SSL"}).kafka
+    assert isinstance(tls_only.faust_credentials(), faust.SSLCredentials)
+    assert "sasl_mechanism" not in tls_only.client_options()
+
+
+async def test_aiokafka_clients_built_with_the_options_carry_them() -> None:
+    options = settings_from_env(SASL_ENV).kafka.client_options()
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", **options)
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", **options)
+    admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:1", **options)
+    try:
+        for client in (consumer._client, producer.client, admin._client):
+            assert client._security_protocol == "SASL_SSL"
+            assert client._sasl_mechanism == "SCRAM-SHA-512"
+            assert client._sasl_plain_username == "canarywatch"
+            assert client._sasl_plain_password == "hunter2-secret"
+            assert client._ssl_context is options["ssl_context"]
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await admin.close()
+
+
+def test_secrets_never_appear_in_the_start_up_line_errors_or_reprs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_from_env({**SASL_ENV, "CANARYWATCH_SSL_KEY_PASSWORD": "key-secret"})
+    line = settings_line(settings)
+    assert "SASL_PASSWORD=***" in line and "SSL_KEY_PASSWORD=***" in line
+    assert "SASL_USERNAME=canarywatch" in line and "BOOTSTRAP=127.0.0.1:9092" in line
+    for text in (line, repr(settings), str(settings)):
+        assert "hunter2" not in text and "key-secret" not in text
+    # The CLI prints the line once for a long-running component, before it starts.
+    for name, value in SASL_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CANARYWATCH_GATE_PORT", "http")  # then stops: exit 2, nothing started
+    assert cli.main(["gate"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err
+    monkeypatch.setenv("CANARYWATCH_GATE_PORT", "0")
+    monkeypatch.setenv("CANARYWATCH_BOOTSTRAP", "127.0.0.1:1")
+    with contextlib.suppress(Exception):  # no kubeconfig here: the gate stops after the line
+        cli.main(["gate", "--kubeconfig", "/nonexistent/kubeconfig"])
+    err = capsys.readouterr().err
+    assert "canarywatch gate: settings: " in err and "SASL_PASSWORD=***" in err
+    assert "hunter2" not in err

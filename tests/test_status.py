@@ -7,7 +7,7 @@ import json
 from streams.events import RolloutState
 from streams.fleet import Fleet
 from streams.promotion import VerdictSnapshot
-from streams.status import explain, history, row_of, status_rows
+from streams.status import explain, history, row_of, status_items, status_rows, status_rows_json
 from tests.test_fleet import lines
 
 
@@ -86,3 +86,22 @@ def test_history_keeps_the_latest_revision_in_time_order() -> None:
     h = history([snap, other, older])
     assert h.t == [1.0, snap.since_canary_start_s] and h.verdicts[-1] == "abort"
     assert h.statistic[0][-1] >= h.threshold
+
+
+def test_the_json_path_equals_the_rows_to_json_and_skips_what_it_cannot_read() -> None:
+    fleet = judged_fleet()
+    snaps = fleet.pass_state()
+    items = [json.loads(s.encode()) for s in snaps]
+    items.append({"namespace": "broken"})  # not a snapshot: left out by both
+    now = snaps[0].decided_at
+    for at, filters in (
+        (now, {}),
+        (now + 60, {}),  # stale
+        (now, {"verdicts": ("pass", "abort")}),
+        (now, {"namespaces": ("plat", "quiet")}),
+        (now, {"releases": ("bad",)}),
+    ):
+        rows = status_rows_json(items, at, **filters)
+        assert status_items(items, at, **filters) == [r.to_json() for r in rows]
+        assert rows == status_rows(snaps, at, **filters)
+    assert len(status_items(items, now)) == len(snaps) == 4

@@ -38,12 +38,13 @@ from agents.actuator import (
     KubeRolloutApi,
     Outcome,
     RetryPolicy,
+    RolloutApi,
 )
 from agents.kafka_admin import ensure_topics
 from agents.processes import free_port, poll_until, read_metric
 from agents.settings import Settings, Topics, settings_to_env
 from streams.events import AbortCommand, Evidence, encode_abort_command
-from streams.rollouts import GROUP, PLURAL, VERSION, Rollout
+from streams.rollouts import GROUP, PLURAL, VERSION, Action, Rollout
 from tests.support.localkube import LocalKubeAPI, default_rollout_crd
 
 pytestmark = [pytest.mark.kube, pytest.mark.kafka]
@@ -327,20 +328,21 @@ async def test_commands_that_are_moot_touch_nothing_and_are_committed(
 async def test_dry_run_reads_counts_and_commits_but_patches_nothing(
     kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, actuator_api: KubeRolloutApi
 ) -> None:
-    settings = unique_settings(kafka_bootstrap, tmp_path, "act")
+    settings = dataclasses.replace(
+        unique_settings(kafka_bootstrap, tmp_path, "act"), action_policy=Action.DRY_RUN
+    )
     rollout, before, _ = await pending_abort(settings, admin)
 
     registry = CollectorRegistry()
-    actuator = Actuator(
-        settings, actuator_api, ActuatorMetrics(registry), dry_run=True, policy=FAST
-    )
+    actuator = Actuator(settings, actuator_api, ActuatorMetrics(registry), policy=FAST)
     async with running(actuator):
         await wait_committed(
             kafka_bootstrap, actuator.group_id, TopicPartition(settings.topics.commands, 0), 1
         )
 
     assert read_rollout(admin, NAMESPACE, rollout) == before
-    assert events_about(admin, NAMESPACE, rollout) == []
+    (event,) = events_about(admin, NAMESPACE, rollout)
+    assert (event.type, event.reason) == ("Normal", "CanarywatchDryRun"), event
     assert count(registry, "canarywatch_actuator_commands_total", outcome="dry_run") == 1
 
 
@@ -402,6 +404,61 @@ class FailingAborts:
 
     def replica_set_revision(self, namespace: str, name: str) -> str | None:
         return self.api.replica_set_revision(namespace, name)
+
+
+@pytest.mark.parametrize("fault", ["unreconciled", "503"])
+async def test_a_command_deferred_too_often_is_dead_lettered_with_the_apis_answer(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    admin: k8s.ApiClient,
+    actuator_api: KubeRolloutApi,
+    fault: str,
+) -> None:
+    """Deferred more than `max_deferrals` times: dead-lettered (reason `deferred`, the last
+    answer in the detail), counted as `gave_up` (alert CanarywatchActuatorGaveUp), committed.
+    unreconciled: the controller is down, so a spec change is never observed (the real API
+    server serves it); 503: every patch fails in front of the real API server."""
+    settings = dataclasses.replace(
+        unique_settings(kafka_bootstrap, tmp_path, "act"), max_deferrals=2
+    )
+    rollout, _, command = await pending_abort(settings, admin)
+    api: RolloutApi = actuator_api
+    if fault == "unreconciled":
+        k8s.CustomObjectsApi(admin).patch_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, PLURAL, rollout,
+            {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "web:3"}]}}}},
+            _content_type=MERGE_PATCH,
+        )  # fmt: skip
+        expected = "has not observed generation 2"
+    else:
+        api = FailingAborts(actuator_api)
+        expected = "503: Service Unavailable (injected)"
+    before = read_rollout(admin, NAMESPACE, rollout)
+    registry = CollectorRegistry()
+    short = RetryPolicy(base_s=0.05, max_s=0.1, budget_s=0.3)
+    actuator = Actuator(settings, api, ActuatorMetrics(registry), policy=short)
+    async with running(actuator):
+        await wait_committed(
+            kafka_bootstrap, actuator.group_id, TopicPartition(settings.topics.commands, 0), 1
+        )
+
+    assert read_rollout(admin, NAMESPACE, rollout)["status"] == before["status"]
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="deferred") == 3
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="gave_up") == 1
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 0
+    consumer = AIOKafkaConsumer(
+        settings.topics.deadletter, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        record = await asyncio.wait_for(consumer.getone(), 30)
+    finally:
+        await consumer.stop()
+    assert record.value == encode_abort_command(command)
+    headers = dict(record.headers)
+    assert headers["canarywatch.reason"] == b"deferred"
+    detail = headers["canarywatch.detail"].decode()
+    assert detail.startswith("deferred 3 times; the last answer: ") and expected in detail, detail
 
 
 async def test_no_command_is_lost_when_the_actuator_restarts_mid_retry(
@@ -484,14 +541,17 @@ def test_abort_falls_back_to_the_main_resource_when_status_is_404(
 async def test_cli_in_shadow_mode_with_a_kubeconfig(
     kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, kube_api: LocalKubeAPI
 ) -> None:
-    """`canarywatch actuator --dry-run --kubeconfig ...` as a process: metrics, SIGTERM."""
+    """`CANARYWATCH_ACTION_POLICY=dry-run canarywatch actuator --kubeconfig ...` as a process:
+    metrics, SIGTERM."""
     settings = dataclasses.replace(
-        unique_settings(kafka_bootstrap, tmp_path, "act"), metrics_port=free_port()
+        unique_settings(kafka_bootstrap, tmp_path, "act"),
+        metrics_port=free_port(),
+        action_policy=Action.DRY_RUN,
     )
     rollout, before, _ = await pending_abort(settings, admin)
     kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig", identity="actuator")
     log_path = tmp_path / "actuator.log"
-    argv = ["-m", "agents.cli", "actuator", "--dry-run", "--kubeconfig", str(kubeconfig)]
+    argv = ["-m", "agents.cli", "actuator", "--kubeconfig", str(kubeconfig)]
     with log_path.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
             sys.executable,

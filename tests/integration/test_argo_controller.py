@@ -28,7 +28,6 @@ from prometheus_client import CollectorRegistry
 
 from agents.actuator import (
     MERGE_PATCH,
-    Action,
     Actuator,
     ActuatorMetrics,
     KubeRolloutApi,
@@ -38,7 +37,7 @@ from agents.bridge import Bridge, BridgeMetrics, BridgeOptions, RolloutReader
 from agents.processes import poll_until
 from agents.settings import Settings
 from streams.events import AbortCommand, encode_abort_command
-from streams.rollouts import GROUP, PLURAL, VERSION, Rollout
+from streams.rollouts import GROUP, PLURAL, POLICY_ANNOTATION, VERSION, Action, Rollout
 from tests.integration.test_actuator import (
     FAST,
     command_for,
@@ -536,11 +535,15 @@ async def test_the_pause_policy_holds_the_canary_and_never_pauses_it_again_after
     admin: k8s.ApiClient, pausing_api: KubeRolloutApi
 ) -> None:
     name, canary, stable = await canary_in_progress(admin)
+    # The environment's policy is abort; this Rollout's annotation says pause.
+    k8s.CustomObjectsApi(admin).patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, name,
+        {"metadata": {"annotations": {POLICY_ANNOTATION: Action.PAUSE.value}}},
+        _content_type=MERGE_PATCH,
+    )  # fmt: skip
     command = command_for(NAMESPACE, name, canary)
     registry = CollectorRegistry()
-    act = Actuator(
-        Settings(), pausing_api, ActuatorMetrics(registry), policy=FAST, action=Action.PAUSE
-    )
+    act = Actuator(Settings(), pausing_api, ActuatorMetrics(registry), policy=FAST)
 
     assert (await act.handle(command)).outcome is Outcome.APPLIED
     paused = await wait_for(

@@ -17,7 +17,7 @@ def test_demo_prints_where_things_are_its_seed_and_ends_with_status(
 ) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "agents.cli", "demo", "--bootstrap", kafka_bootstrap,
-         "--duration", "20", "--seed", "424242", "--environments", "30", "--healthy", "10",
+         "--duration", "35", "--seed", "424242", "--environments", "30", "--healthy", "10",
          "--bad", "2", "--platform", "1"],
         capture_output=True, text=True, timeout=240, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip

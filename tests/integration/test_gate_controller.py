@@ -36,10 +36,9 @@ from prometheus_client import CollectorRegistry
 from agents.actuator import Actuator, ActuatorMetrics, KubeRolloutApi
 from agents.bridge import Bridge, BridgeMetrics, BridgeOptions, RolloutReader
 from agents.gate import Gate, KubeAuthorizer
-from agents.kafka_admin import ensure_topics
+from agents.kafka_admin import ensure_topics, ensure_verdict_topic
 from agents.processes import WorkerProcess, free_port, poll_until
 from agents.settings import Settings, Topics
-from agents.worker import ensure_verdict_topic
 from streams.events import RequestLine, encode_request_line
 from streams.rollouts import GROUP, PLURAL, VERSION
 from tests.integration.test_actuator import FAST, ensure_namespace, events_about, read_rollout

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -14,8 +16,20 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch
+from prometheus_client import CollectorRegistry
 
-from tests.support.localkube import LocalKubeAPI
+from agents.actuator import (
+    Actuator,
+    ActuatorMetrics,
+    KubeRolloutApi,
+    Outcome,
+    RetryPolicy,
+)
+from agents.settings import Settings
+from streams.events import AbortCommand, Evidence
+from streams.rollouts import POLICY_ANNOTATION, Action
+from tests.support.localkube import REPO_ROOT, LocalKubeAPI
+from tests.support.rbac import DEPLOY_BASE, render_rbac
 
 pytestmark = pytest.mark.kube
 
@@ -450,13 +464,17 @@ def test_rbac_objects_come_from_deploy_base(admin: k8s.ApiClient) -> None:
         for resource in rule.resources or ()
         for verb in rule.verbs
     }
-    assert (GROUP, "rollouts/status", "patch") in granted
-    assert (GROUP, "rollouts", "patch") not in granted
-    binding = rbac.read_cluster_role_binding("canarywatch-actuator")
-    assert binding.subjects is not None
-    assert [(s.kind, s.namespace, s.name) for s in binding.subjects] == [
-        ("ServiceAccount", "canarywatch", "canarywatch-actuator")
+    assert {(g, r) for g, r, v in granted if v == "patch"} == set()  # every policy's: no write
+    abort = rbac.read_cluster_role("canarywatch-actuator-abort")
+    assert [(r.api_groups, r.resources, r.verbs) for r in abort.rules or ()] == [
+        ([GROUP], ["rollouts/status"], ["patch"])
     ]
+    for name in ("canarywatch-actuator", "canarywatch-actuator-abort"):
+        binding = rbac.read_cluster_role_binding(name)
+        assert binding.subjects is not None
+        assert [(s.kind, s.namespace, s.name) for s in binding.subjects] == [
+            ("ServiceAccount", "canarywatch", "canarywatch-actuator")
+        ]
 
 
 def test_restart_apiserver_keeps_state_port_and_tokens(
@@ -483,3 +501,147 @@ def test_unknown_token_is_unauthenticated(kube_api: LocalKubeAPI) -> None:
     ):
         k8s.CustomObjectsApi(api).list_cluster_custom_object(GROUP, VERSION, PLURAL)
     assert exc.value.status == 401
+
+
+# --- each policy's RBAC (deploy/base, overlays/pause, overlays/dry-run), with the actuator ------
+
+POLICY_DEPLOY = {
+    Action.ABORT: DEPLOY_BASE,
+    Action.PAUSE: REPO_ROOT / "deploy" / "overlays" / "pause",
+    Action.DRY_RUN: REPO_ROOT / "deploy" / "overlays" / "dry-run",
+}
+# What each directory's actuator can do, by the Rollout's policy: the rest answers 403.
+GRANTED = {
+    Action.ABORT: {Action.ABORT, Action.DRY_RUN},
+    Action.PAUSE: {Action.ABORT, Action.PAUSE, Action.DRY_RUN},
+    Action.DRY_RUN: {Action.DRY_RUN},
+}
+CANARY = str(INITIAL_STATUS["currentPodHash"])
+FAST = RetryPolicy(base_s=0.05, max_s=0.2, budget_s=10.0)
+
+
+def actuator_roles(directory: Path) -> list[dict[str, Any]]:
+    """The ClusterRoles that `directory` binds to the actuator's ServiceAccount."""
+    objects = render_rbac(directory)
+    bound = {
+        o["roleRef"]["name"]
+        for o in objects
+        if o["kind"] == "ClusterRoleBinding"
+        and any(s.get("name") == "canarywatch-actuator" for s in o.get("subjects") or [])
+    }
+    return [o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] in bound]
+
+
+@pytest.fixture(scope="module")
+def policy_clients(
+    kube_api: LocalKubeAPI, admin: k8s.ApiClient
+) -> Iterator[dict[Action, tuple[str, KubeRolloutApi]]]:
+    """Per deployed policy: a namespace where the `nobody` identity holds exactly the ClusterRoles
+    that directory gives the actuator (copied under test names, bound by RoleBindings, so that
+    the cluster-wide actuator identity the other tests use keeps the base's grants)."""
+    clients: dict[Action, tuple[str, KubeRolloutApi]] = {}
+    with contextlib.ExitStack() as stack:
+        for deployed, directory in POLICY_DEPLOY.items():
+            namespace = f"cw-policy-{deployed.value}"
+            kube_api.apply(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+            )
+            for role in actuator_roles(directory):
+                name = f"test-{deployed.value}-{role['metadata']['name']}"
+                kube_api.apply({**role, "metadata": {"name": name}})
+                kube_api.apply(
+                    {
+                        "apiVersion": "rbac.authorization.k8s.io/v1",
+                        "kind": "RoleBinding",
+                        "metadata": {"name": name, "namespace": namespace},
+                        "roleRef": {
+                            "apiGroup": "rbac.authorization.k8s.io",
+                            "kind": "ClusterRole",
+                            "name": name,
+                        },
+                        "subjects": [
+                            {
+                                "apiGroup": "rbac.authorization.k8s.io",
+                                "kind": "User",
+                                "name": kube_api.identities["nobody"].user,
+                            }
+                        ],
+                    }
+                )
+            api = stack.enter_context(kube_api.client("nobody"))
+            clients[deployed] = (namespace, KubeRolloutApi(api))
+        yield clients
+
+
+def annotated_rollout(admin: k8s.ApiClient, namespace: str, policy: Action | None) -> str:
+    """A Rollout with a canary in progress (reconciled), annotated with `policy` if given."""
+    name = f"shop-{uuid.uuid4().hex[:8]}"
+    body = rollout_manifest(name)
+    body["metadata"]["namespace"] = namespace
+    if policy is not None:
+        body["metadata"]["annotations"] = {POLICY_ANNOTATION: policy.value}
+    objects = k8s.CustomObjectsApi(admin)
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    status = {**INITIAL_STATUS, "observedGeneration": "1"}
+    objects.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
+    )
+    return name
+
+
+def bad_canary_command(namespace: str, name: str) -> AbortCommand:
+    return AbortCommand(
+        decision_id=f"{namespace}/{name}@{CANARY}",
+        namespace=namespace,
+        rollout=name,
+        pod_hash=CANARY,
+        decided_at=time.time(),
+        evidence=Evidence("errors", 118, 9, 1042, 1, 5.31, 4.61, 0.1017, 41.5, 0.083, 0.001),
+        reason="CanaryErrorsRegression",
+    )
+
+
+@pytest.mark.parametrize("deployed", list(Action))
+@pytest.mark.parametrize("annotation", [None, *Action])
+async def test_each_policy_gets_exactly_the_rbac_it_needs(
+    admin: k8s.ApiClient,
+    policy_clients: dict[Action, tuple[str, KubeRolloutApi]],
+    deployed: Action,
+    annotation: Action | None,
+) -> None:
+    """The actuator deployed with `deployed`'s directory and CANARYWATCH_ACTION_POLICY, on a
+    Rollout whose annotation overrides it: what the directory grants is applied, the rest is a
+    403 from the API server (outcome failed, dead-lettered by the consumer loop) and writes
+    nothing."""
+    namespace, api = policy_clients[deployed]
+    name = annotated_rollout(admin, namespace, annotation)
+    registry = CollectorRegistry()
+    actuator = Actuator(
+        Settings(action_policy=deployed), api, ActuatorMetrics(registry), policy=FAST
+    )
+    policy = annotation or deployed
+
+    result = await actuator.handle(bad_canary_command(namespace, name))
+
+    after = k8s.CustomObjectsApi(admin).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    obj = cast(dict[str, Any], after)
+    reasons = {
+        e.reason
+        for e in k8s.CoreV1Api(admin)
+        .list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+        .items
+    }
+    aborted, paused = obj["status"].get("abort") is True, obj["spec"].get("paused") is True
+    if policy not in GRANTED[deployed]:
+        assert result.outcome is Outcome.FAILED and result.detail.startswith("403"), result
+        assert not aborted and not paused and not reasons, (obj, reasons)
+    elif policy is Action.DRY_RUN:
+        assert result.outcome is Outcome.DRY_RUN, result
+        assert not aborted and not paused
+        assert reasons == {"CanarywatchDryRun"}, reasons
+    else:
+        assert result.outcome is Outcome.APPLIED and result.action is policy, result
+        assert (aborted, paused) == (policy is Action.ABORT, policy is Action.PAUSE), obj
+        assert reasons == {"CanarywatchAbort" if aborted else "CanarywatchPause"}, reasons

@@ -28,15 +28,27 @@ _CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 
 
 def load_kustomization(base: Path = DEPLOY_BASE) -> tuple[str | None, list[dict[str, Any]]]:
-    """(namespace, objects) of a plain Kustomize base: its resource files, nothing generated."""
+    """(namespace, objects) of a Kustomize directory: its resource files, its bases (an
+    overlay's `../../base`, namespace applied), and its `$patch: delete` patches; nothing
+    generated, other patches (they change Deployments, not RBAC) left out."""
     kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    namespace = kustomization.get("namespace")
     objects: list[dict[str, Any]] = []
     for resource in kustomization.get("resources", []):
-        path = base / resource
+        path = (base / resource).resolve()
         if path.is_dir():
-            raise ValueError(f"{path}: nested bases are not supported by this renderer")
+            objects.extend(render_rbac(path))
+            continue
         objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
-    return kustomization.get("namespace"), objects
+    for patch in kustomization.get("patches", []):
+        body = yaml.safe_load(patch["patch"])
+        if isinstance(body, dict) and body.get("$patch") == "delete":
+            gone = (body["kind"], body["metadata"]["name"])
+            kept = [o for o in objects if (o.get("kind"), o["metadata"]["name"]) != gone]
+            if len(kept) == len(objects):
+                raise ValueError(f"{base}: the patch deletes {gone}, which is not there")
+            objects = kept
+    return namespace, objects
 
 
 def render_rbac(base: Path = DEPLOY_BASE) -> list[dict[str, Any]]:
