@@ -321,6 +321,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         disabled_codecs=tuple(c for c in (get("DISABLED_CODECS") or "").split(",") if c),
         limits=FleetLimits(
             max_canaries=_number(int, "MAX_CANARIES", env, base.limits.max_canaries),
+            max_waiting=_number(int, "MAX_WAITING", env, base.limits.max_waiting),
             hold_s=_number(float, "HOLD_S", env, base.limits.hold_s),
             hold_lines=_number(int, "HOLD_LINES", env, base.limits.hold_lines),
         ),
@@ -379,6 +380,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "DEADLETTER_LINES_PER_MESSAGE": str(settings.deadletter_lines_per_message),
         ENV_PREFIX + "DISABLED_CODECS": ",".join(settings.disabled_codecs),
         ENV_PREFIX + "MAX_CANARIES": str(settings.limits.max_canaries),
+        ENV_PREFIX + "MAX_WAITING": str(settings.limits.max_waiting),
         ENV_PREFIX + "HOLD_S": str(settings.limits.hold_s),
         ENV_PREFIX + "HOLD_LINES": str(settings.limits.hold_lines),
         ENV_PREFIX + "EVENT_TIME": "1" if settings.event_time.enabled else "0",
