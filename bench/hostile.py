@@ -148,7 +148,9 @@ def bad_snapshots() -> list[tuple[str, bytes]]:
     return out
 
 
-def bad_commands() -> list[tuple[str, bytes]]:
+def bad_commands() -> list[tuple[str, bytes, bool]]:
+    """Abort commands with wrong types or ranges (refused), and one with an unknown evidence
+    key, which the documented rule ignores (a newer writer may add fields: docs/events.md)."""
     evidence = {
         "signal": "errors",
         "canary_requests": 100,
@@ -171,7 +173,7 @@ def bad_commands() -> list[tuple[str, bytes]]:
     changes: list[tuple[str, object]] = [
         ("evidence", None),
         ("evidence", {**evidence, "canary_bad": "nine"}),
-        ("evidence", {**evidence, "unknown": 1}),
+        ("evidence", {**evidence, "canary_share": 1.5}),
         ("evidence", {**evidence, "statistic": "high"}),
         ("decided_at", "now"),
         ("pod_hash", 5),
@@ -182,7 +184,13 @@ def bad_commands() -> list[tuple[str, bytes]]:
     ]
     out = []
     for name, value in changes:
-        out.append((f"command {name}={str(value)[:20]}", orjson.dumps({**good, name: value})))
+        shown = value
+        if isinstance(value, dict) and name == "evidence":  # the field that differs
+            shown = {k: v for k, v in value.items() if evidence.get(k) != v}
+        label = f"command {name}={str(shown)[:40]}"
+        out.append((label, orjson.dumps({**good, name: value}), True))
+    unknown = {**good, "evidence": {**evidence, "unknown": 1}}
+    out.append(("command with an unknown evidence key", orjson.dumps(unknown), False))
     return out
 
 
@@ -234,8 +242,8 @@ def corpus(settings: Settings, rng: np.random.Generator) -> list[Input]:
     items.append(Input("1 MB of {} lines", "requests", b"{}\n" * (limit // 3)))
     for label, value in bad_snapshots():
         items.append(Input(label, "rollouts", value, label.encode()[:50]))
-    for label, value in bad_commands():
-        items.append(Input(label, "commands", value))
+    for label, value, refused in bad_commands():
+        items.append(Input(label, "commands", value, refused=refused))
     for topic in ("requests", "rollouts", "commands"):
         for i, value in enumerate(fuzzed(rng, 60)):
             items.append(Input(f"fuzz {topic} {i}", topic, value))
@@ -599,7 +607,12 @@ async def partitions_of(h: Harness, index: int) -> list[int]:
 
 async def takeover(h: Harness) -> float:
     """Seconds from `kill -9` of worker 1 to worker 0 counting worker 1's partitions."""
-    dead = await partitions_of(h, 1)
+    dead: list[int] = []
+    for _ in range(3):  # a group still settling after the restarts: look again
+        await h.settled()
+        dead = await partitions_of(h, 1)
+        if dead:
+            break
     if not dead:
         return float("nan")
     before = h.counted(0)

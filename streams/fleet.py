@@ -100,11 +100,11 @@ class WindowSettings:
 
 @dataclass(frozen=True, slots=True)
 class FleetLimits:
-    max_canaries: int = 50_000  # canaries tracked at once; a new one over the cap is refused
+    max_canaries: int = 20_000  # canaries tracked at once; a new one over the cap is refused
     # Refused (or evicted) canaries remembered so that their first line admits them, oldest
-    # forgotten first. Far above the cap: a flood read in changelog order (partitions
-    # interleaved) must not push a real canary's snapshot out before its lines arrive.
-    max_waiting: int = 200_000
+    # forgotten first. Above the cap: a restart reads the changelog's partitions interleaved,
+    # so a real canary's snapshot may be followed by many more refused ones than the cap.
+    max_waiting: int = 50_000
     hold_s: float = 5.0  # how long an unattributed line waits for its canary's snapshot
     hold_lines: int = 100_000  # at most this many lines wait
 
