@@ -110,6 +110,15 @@ class FleetLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class PassBounds:
+    """The promotion test's bounds for a set of rows, per signal (`Fleet.pass_state`)."""
+
+    ratio: list[NDArray[np.float64]]
+    diff: list[NDArray[np.float64]]
+    have: list[NDArray[np.float64]]
+
+
+@dataclass(frozen=True, slots=True)
 class HoldRequest:
     """Pause this canary revision: stable degraded while it runs (shared breakage or an outage),
     so it must not promote on its own schedule. Issued once per revision."""
@@ -631,14 +640,38 @@ class Fleet:
             return []
         if rows is None:
             rows = self.verdict_codes()[0].tolist()
-        return [self.verdict_of(int(row), result) for row in rows]
+        index = np.asarray(rows, dtype=np.intp)
+        bounds = self._pass_bounds(index)  # vectorised: one bisection for all the rows
+        return [
+            self.verdict_of(row, result, bounds, at) for at, row in enumerate(index.tolist())
+        ]
 
-    def verdict_of(self, row: int, result: PassResult) -> VerdictSnapshot:
+    def _pass_bounds(self, index: NDArray[np.intp]) -> PassBounds:
+        """Per signal, for these rows: the ratio and difference bounds, and the ln e-value of
+        the nearer tolerance (how far a pass is)."""
+        test = self.promotion
+        tolerances = self.promotion_settings.tolerances()
+        ratio, diff, have = [], [], []
+        for t in range(len(SIGNALS)):
+            ratio.append(test.ratio_bound(t, index))
+            diff.append(test.diff_bound(t, index))
+            have.append(
+                np.maximum(
+                    test.log_e_diff(t, index, tolerances[t][1]), test.log_e_ratio_tol(t, index)
+                )
+            )
+        return PassBounds(ratio, diff, have)
+
+    def verdict_of(
+        self, row: int, result: PassResult, bounds: PassBounds | None = None, at: int = 0
+    ) -> VerdictSnapshot:
+        """Row `row`'s snapshot; `bounds` computed for many rows at once, `at` its position."""
         state = self.attribution.states[row]
         assert state is not None
         p = self.promotion_settings
         test = self.promotion
-        index = np.asarray([row], dtype=np.intp)
+        if bounds is None:
+            bounds, at = self._pass_bounds(np.asarray([row], dtype=np.intp)), 0
         elapsed = max(0.0, result.now - float(result.started_at[row]))
         aborted = bool((result.verdicts[:, row] == Verdict.ABORT).any())
         signals = []
@@ -654,10 +687,7 @@ class Fleet:
             else:
                 verdict = INCONCLUSIVE
                 # Nats still missing for the nearer of the two bounds, at the traffic so far.
-                have = max(
-                    float(test.log_e_diff(t, index, tol_diff)[0]),
-                    float(test.log_e_ratio_tol(t, index)[0]),
-                )
+                have = float(bounds.have[t][at])
                 etas.append(
                     eta_seconds(
                         test.threshold - have,
@@ -672,8 +702,8 @@ class Fleet:
                 SignalPass(
                     signal=name,
                     verdict=verdict,
-                    ratio_bound=finite_or_none(float(test.ratio_bound(t, index)[0]), math.inf),
-                    diff_bound=finite_or_none(float(test.diff_bound(t, index)[0]), 1.0),
+                    ratio_bound=finite_or_none(float(bounds.ratio[t][at]), math.inf),
+                    diff_bound=finite_or_none(float(bounds.diff[t][at]), 1.0),
                     tol_ratio=tol_ratio,
                     tol_diff=tol_diff,
                     canary_requests=evidence.canary_requests,
