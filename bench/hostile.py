@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import statistics
 import tempfile
@@ -346,7 +347,9 @@ class Harness:
         settings = self.base.with_overrides(
             metrics_port=free_port(), data_dir=self.work / f"w{index}"
         )
-        worker = WorkerProcess(settings, self.work / f"worker-{index}.log")
+        starts = sum(1 for _ in self.work.glob(f"worker-{index}*.log"))
+        name = f"worker-{index}.log" if not starts else f"worker-{index}-restart{starts}.log"
+        worker = WorkerProcess(settings, self.work / name)
         worker.start()
         if index < len(self.workers):
             self.workers[index] = worker
@@ -609,7 +612,8 @@ async def takeover(h: Harness) -> float:
     """Seconds from `kill -9` of worker 1 to worker 0 counting worker 1's partitions."""
     dead: list[int] = []
     for _ in range(3):  # a group still settling after the restarts: look again
-        await h.settled()
+        with contextlib.suppress(TimeoutError):
+            await h.settled()
         dead = await partitions_of(h, 1)
         if dead:
             break
@@ -732,7 +736,10 @@ async def run(bootstrap: str, work: Path, seed: int) -> Outcome:
                 out.notes.append(f"restart {index}: {str(error).splitlines()[0]}")
                 ok = False
             out.stuck_restarts += not ok
-        await h.settled()
+        try:
+            await h.settled()
+        except TimeoutError as error:
+            out.notes.append(f"after the restarts: {error}")
         out.notes.append(
             "after the restarts each worker attributes lines to "
             + ", ".join(f"{h.tracked(i):.0f}" for i in range(len(h.workers)))
@@ -782,6 +789,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bootstrap", help="an already running broker (default: start one)")
     parser.add_argument("--seed", type=int, default=20261201)
+    parser.add_argument("--logs", type=Path, help="copy the workers' logs here at the end")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="canarywatch-hostile-") as tmp:
         work = Path(tmp)
@@ -797,6 +805,10 @@ def main() -> None:
         finally:
             if broker is not None:
                 broker.stop()
+            if args.logs is not None:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for log in work.glob("worker-*.log"):
+                    shutil.copy(log, args.logs / log.name)
     print_report(out)
 
 
