@@ -45,7 +45,7 @@ PARTITIONS = 4
 ENVS = 64  # the guarded fleet: env-000 ... env-063, each with a canary in progress
 CODECS = ("gzip", "snappy", "lz4", "zstd")
 FLOOD_SNAPSHOTS = 154_000
-COUNTED = "canarywatch_request_lines"
+COUNTED = "canarywatch_request_lines_total"  # the sample name: a scrape filters by it
 
 
 # --- the fleet and its traffic -----------------------------------------------------------------
@@ -714,7 +714,7 @@ async def run(bootstrap: str, work: Path, seed: int) -> Outcome:
             v
             for w in h.workers
             for (n, _), v in scrape(
-                w.settings.metrics_port, ("canarywatch_skipped_records",)
+                w.settings.metrics_port, ("canarywatch_skipped_records_total",)
             ).items()
         )
         out.found = min(out.refused, out.found + int(skipped))
