@@ -315,6 +315,10 @@ def test_pass_state_says_pass_abort_or_inconclusive_per_canary() -> None:
     )
     quiet = snaps["quiet"]
     assert quiet.eta_s is not None and quiet.eta_s > 3600, quiet
+    # The bounds computed for many rows at once are those of each row alone.
+    rows = fleet.verdict_codes()[0].tolist()
+    alone = [fleet.verdict_of(row, fleet.last_pass).encode() for row in rows]  # type: ignore[arg-type]
+    assert [s.encode() for s in fleet.pass_state(rows)] == alone
     # A new revision starts again from nothing.
     fleet.apply_rollout(RolloutState("busy", "web", "c9", "s1", canary_weight=20), now=200.0)
     fleet.evaluate(200.0)
