@@ -14,11 +14,10 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import faust
@@ -322,36 +321,7 @@ def run_worker(settings: Settings) -> None:
     )
     quiet_kafka_clients()
     tune_gc()
-    trim = tune_malloc()
-    if trim is not None:
-        worker.app.timer(TRIM_EVERY_S)(trim)
     faust.Worker(worker.app, loglevel="WARNING", quiet=True).execute_from_commandline()
-
-
-TRIM_EVERY_S = 30.0
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def tune_malloc() -> Callable[[], Awaitable[None]] | None:
-    """Give memory freed after a flood back to the system (glibc; None elsewhere).
-
-    A 50 MB decompression bomb, a fetch of large messages or 154,000 snapshots leave freed
-    blocks in the C heap: glibc raises its mmap threshold after the first large free, so later
-    large buffers come from the heap and their pages stay resident. A fixed threshold (1 MiB)
-    keeps large buffers in mmap (unmapped when freed), and `malloc_trim` every 30 s returns
-    the heap's free pages (docs/operating.md, Floods).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-        malloc_trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-    async def trim() -> None:
-        malloc_trim(0)
-
-    return trim
 
 
 def tune_gc() -> None:
