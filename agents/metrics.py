@@ -463,10 +463,12 @@ class FleetCollector(Collector):
     def render_text(self, names: set[str] | None = None) -> str:
         """The per-environment families in the text format, from the arrays: one pass of
         string joins per series kind, no Python object per sample."""
+        wanted = [n for n in PER_ENV if names is None or n in names]
+        if not wanted:
+            return ""  # a scrape restricted to other families: no fleet view to build
         view = self.view()
         if view is None or not view.envs:
             return ""
-        wanted = [n for n in PER_ENV if names is None or n in names]
         out: list[str] = []
         envs = view.envs
         window = view.window

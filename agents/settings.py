@@ -308,6 +308,9 @@ class EnvSettings(BaseSettings):
         default=None, description="a request slower than this is bad"
     )
     max_canaries: Whole = Field(default=None, description="canaries tracked per worker")
+    max_waiting: Whole = Field(
+        default=None, description="refused canaries waiting for their lines, per worker"
+    )
     hold_s: Number = Field(default=None, description="hold lines that come before their snapshot")
     hold_lines: Whole = Field(default=None, description="... at most this many")
     event_time: Flag = Field(default=None, description="judge in event time (docs/decisions.md)")
@@ -496,6 +499,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         disabled_codecs=tuple(c for c in (e.disabled_codecs or "").split(",") if c),
         limits=FleetLimits(
             max_canaries=pick(e.max_canaries, base.limits.max_canaries),
+            max_waiting=pick(e.max_waiting, base.limits.max_waiting),
             hold_s=pick(e.hold_s, base.limits.hold_s),
             hold_lines=pick(e.hold_lines, base.limits.hold_lines),
         ),
@@ -588,6 +592,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "DEADLETTER_LINES_PER_MESSAGE": str(settings.deadletter_lines_per_message),
         ENV_PREFIX + "DISABLED_CODECS": ",".join(settings.disabled_codecs),
         ENV_PREFIX + "MAX_CANARIES": str(settings.limits.max_canaries),
+        ENV_PREFIX + "MAX_WAITING": str(settings.limits.max_waiting),
         ENV_PREFIX + "HOLD_S": str(settings.limits.hold_s),
         ENV_PREFIX + "HOLD_LINES": str(settings.limits.hold_lines),
         ENV_PREFIX + "EVENT_TIME": "1" if settings.event_time.enabled else "0",

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import statistics
 import tempfile
@@ -44,7 +45,7 @@ PARTITIONS = 4
 ENVS = 64  # the guarded fleet: env-000 ... env-063, each with a canary in progress
 CODECS = ("gzip", "snappy", "lz4", "zstd")
 FLOOD_SNAPSHOTS = 154_000
-COUNTED = "canarywatch_request_lines"
+COUNTED = "canarywatch_request_lines_total"  # the sample name: a scrape filters by it
 
 
 # --- the fleet and its traffic -----------------------------------------------------------------
@@ -148,7 +149,9 @@ def bad_snapshots() -> list[tuple[str, bytes]]:
     return out
 
 
-def bad_commands() -> list[tuple[str, bytes]]:
+def bad_commands() -> list[tuple[str, bytes, bool]]:
+    """Abort commands with wrong types or ranges (refused), and one with an unknown evidence
+    key, which the documented rule ignores (a newer writer may add fields: docs/events.md)."""
     evidence = {
         "signal": "errors",
         "canary_requests": 100,
@@ -171,7 +174,7 @@ def bad_commands() -> list[tuple[str, bytes]]:
     changes: list[tuple[str, object]] = [
         ("evidence", None),
         ("evidence", {**evidence, "canary_bad": "nine"}),
-        ("evidence", {**evidence, "unknown": 1}),
+        ("evidence", {**evidence, "canary_share": 1.5}),
         ("evidence", {**evidence, "statistic": "high"}),
         ("decided_at", "now"),
         ("pod_hash", 5),
@@ -182,7 +185,13 @@ def bad_commands() -> list[tuple[str, bytes]]:
     ]
     out = []
     for name, value in changes:
-        out.append((f"command {name}={str(value)[:20]}", orjson.dumps({**good, name: value})))
+        shown = value
+        if isinstance(value, dict) and name == "evidence":  # the field that differs
+            shown = {k: v for k, v in value.items() if evidence.get(k) != v}
+        label = f"command {name}={str(shown)[:40]}"
+        out.append((label, orjson.dumps({**good, name: value}), True))
+    unknown = {**good, "evidence": {**evidence, "unknown": 1}}
+    out.append(("command with an unknown evidence key", orjson.dumps(unknown), False))
     return out
 
 
@@ -234,8 +243,8 @@ def corpus(settings: Settings, rng: np.random.Generator) -> list[Input]:
     items.append(Input("1 MB of {} lines", "requests", b"{}\n" * (limit // 3)))
     for label, value in bad_snapshots():
         items.append(Input(label, "rollouts", value, label.encode()[:50]))
-    for label, value in bad_commands():
-        items.append(Input(label, "commands", value))
+    for label, value, refused in bad_commands():
+        items.append(Input(label, "commands", value, refused=refused))
     for topic in ("requests", "rollouts", "commands"):
         for i, value in enumerate(fuzzed(rng, 60)):
             items.append(Input(f"fuzz {topic} {i}", topic, value))
@@ -338,7 +347,9 @@ class Harness:
         settings = self.base.with_overrides(
             metrics_port=free_port(), data_dir=self.work / f"w{index}"
         )
-        worker = WorkerProcess(settings, self.work / f"worker-{index}.log")
+        starts = sum(1 for _ in self.work.glob(f"worker-{index}*.log"))
+        name = f"worker-{index}.log" if not starts else f"worker-{index}-restart{starts}.log"
+        worker = WorkerProcess(settings, self.work / name)
         worker.start()
         if index < len(self.workers):
             self.workers[index] = worker
@@ -599,7 +610,13 @@ async def partitions_of(h: Harness, index: int) -> list[int]:
 
 async def takeover(h: Harness) -> float:
     """Seconds from `kill -9` of worker 1 to worker 0 counting worker 1's partitions."""
-    dead = await partitions_of(h, 1)
+    dead: list[int] = []
+    for _ in range(3):  # a group still settling after the restarts: look again
+        with contextlib.suppress(TimeoutError):
+            await h.settled()
+        dead = await partitions_of(h, 1)
+        if dead:
+            break
     if not dead:
         return float("nan")
     before = h.counted(0)
@@ -697,7 +714,7 @@ async def run(bootstrap: str, work: Path, seed: int) -> Outcome:
             v
             for w in h.workers
             for (n, _), v in scrape(
-                w.settings.metrics_port, ("canarywatch_skipped_records",)
+                w.settings.metrics_port, ("canarywatch_skipped_records_total",)
             ).items()
         )
         out.found = min(out.refused, out.found + int(skipped))
@@ -719,7 +736,10 @@ async def run(bootstrap: str, work: Path, seed: int) -> Outcome:
                 out.notes.append(f"restart {index}: {str(error).splitlines()[0]}")
                 ok = False
             out.stuck_restarts += not ok
-        await h.settled()
+        try:
+            await h.settled()
+        except TimeoutError as error:
+            out.notes.append(f"after the restarts: {error}")
         out.notes.append(
             "after the restarts each worker attributes lines to "
             + ", ".join(f"{h.tracked(i):.0f}" for i in range(len(h.workers)))
@@ -769,6 +789,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bootstrap", help="an already running broker (default: start one)")
     parser.add_argument("--seed", type=int, default=20261201)
+    parser.add_argument("--logs", type=Path, help="copy the workers' logs here at the end")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="canarywatch-hostile-") as tmp:
         work = Path(tmp)
@@ -784,6 +805,10 @@ def main() -> None:
         finally:
             if broker is not None:
                 broker.stop()
+            if args.logs is not None:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for log in work.glob("worker-*.log"):
+                    shutil.copy(log, args.logs / log.name)
     print_report(out)
 
 

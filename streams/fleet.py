@@ -8,7 +8,7 @@ testable without Kafka.
 
 Bounds (`FleetLimits`): at most `max_canaries` canaries are tracked (a new canary over the cap
 is refused and counted in `refused_canaries`, until a later snapshot of it finds room, or until
-its request lines arrive: a refused canary waits (its last snapshot, at most `max_canaries` of
+its request lines arrive: a refused canary waits (its last snapshot, at most `max_waiting` of
 them), and the first of its lines that no tracked canary claims admits it in place of an idle one,
 a tracked canary that has not counted a line since it started, oldest admitted first
 (`evicted_canaries`; it waits in turn and comes back the same way). A flood of snapshots nobody
@@ -98,9 +98,22 @@ class WindowSettings:
 
 @dataclass(frozen=True, slots=True)
 class FleetLimits:
-    max_canaries: int = 50_000  # canaries tracked at once; a new one over the cap is refused
+    max_canaries: int = 20_000  # canaries tracked at once; a new one over the cap is refused
+    # Refused (or evicted) canaries remembered so that their first line admits them, oldest
+    # forgotten first. Above the cap: a restart reads the changelog's partitions interleaved,
+    # so a real canary's snapshot may be followed by many more refused ones than the cap.
+    max_waiting: int = 50_000
     hold_s: float = 5.0  # how long an unattributed line waits for its canary's snapshot
     hold_lines: int = 100_000  # at most this many lines wait
+
+
+@dataclass(frozen=True, slots=True)
+class PassBounds:
+    """The promotion test's bounds for a set of rows, per signal (`Fleet.pass_state`)."""
+
+    ratio: list[NDArray[np.float64]]
+    diff: list[NDArray[np.float64]]
+    have: list[NDArray[np.float64]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,9 +410,9 @@ class Fleet:
         return columns.select(~attributed) if counted else columns
 
     def _wait(self, state: RolloutState) -> None:
-        """Remember a refused canary's last snapshot by its pods' keys, at most `max_canaries`."""
+        """Remember a refused canary's last snapshot by its pods' keys, at most `max_waiting`."""
         self._unwait(state.env)
-        while len(self._waiting) >= max(1, self.limits.max_canaries):
+        while len(self._waiting) >= max(1, self.limits.max_waiting):
             self._unwait(next(iter(self._waiting)))  # the oldest waiting canary gives way
         self._waiting[state.env] = state
         self._started_since_hold = True  # held lines may be this canary's: it can be admitted

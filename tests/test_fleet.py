@@ -199,6 +199,24 @@ def test_lines_held_before_a_refused_canarys_snapshot_admit_it_when_it_comes() -
     assert "late/web" in fleet.attribution.row_of_env
 
 
+def test_a_real_canary_read_before_many_refused_ones_is_still_admitted_by_its_lines() -> None:
+    # A restart reads the changelog's partitions interleaved: the real canary's snapshot may
+    # come early, followed by many more refused than the cap. It must still be waiting.
+    fleet = Fleet(limits=FleetLimits(max_canaries=2, max_waiting=100))
+    for i in range(2):
+        fleet.apply_rollout(RolloutState(f"flood-{i}", "web", f"f{i}", f"g{i}"), now=0.0)
+    assert not fleet.apply_rollout(RolloutState("real", "web", "c9", "s9"), now=0.0)
+    for i in range(2, 50):  # 48 refused after it: far more than the cap
+        fleet.apply_rollout(RolloutState(f"flood-{i}", "web", f"f{i}", f"g{i}"), now=0.0)
+    assert fleet.count(lines("real", "c9", 3, 0, 1.0), 1.0).counted == 3
+    # The bound still holds: past max_waiting the oldest waiting canary is forgotten.
+    small = Fleet(limits=FleetLimits(max_canaries=1, max_waiting=2))
+    for name in ("a", "b", "c", "d"):
+        small.apply_rollout(RolloutState(name, "web", f"c{name}", f"s{name}"), now=0.0)
+    assert small.count(lines("b", "cb", 1, 0, 1.0), 1.0).counted == 0
+    assert small.count(lines("d", "cd", 1, 0, 1.0), 1.0).counted == 1
+
+
 def test_the_cap_is_deterministic_for_the_same_snapshots() -> None:
     states = [RolloutState(f"ns-{i}", "web", f"c{i}", f"s{i}") for i in range(50)]
     tracked = []
@@ -297,6 +315,10 @@ def test_pass_state_says_pass_abort_or_inconclusive_per_canary() -> None:
     )
     quiet = snaps["quiet"]
     assert quiet.eta_s is not None and quiet.eta_s > 3600, quiet
+    # The bounds computed for many rows at once are those of each row alone.
+    rows = fleet.verdict_codes()[0].tolist()
+    alone = [fleet.verdict_of(row, fleet.last_pass).encode() for row in rows]  # type: ignore[arg-type]
+    assert [s.encode() for s in fleet.pass_state(rows)] == alone
     # A new revision starts again from nothing.
     fleet.apply_rollout(RolloutState("busy", "web", "c9", "s1", canary_weight=20), now=200.0)
     fleet.evaluate(200.0)
