@@ -115,6 +115,7 @@ class RequestLogIngest(Service):
             await self.evidence.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap,
+            **s.kafka.client_options(),
             group_id=f"{s.app_id}-requests",
             client_id=f"{s.app_id}-ingest",
             enable_auto_commit=False,
