@@ -108,7 +108,7 @@ def test_processing_time_backlog_bends_the_test() -> None:
     """The wrong variant (today's processing-time blocks) does not give the live decisions on a
     backlog: the property above can fail."""
     traffic = recording()
-    fleet = Fleet()
+    fleet = Fleet(event_time=EventTimeSettings(enabled=False))
     now = START + SECONDS + 600.0
     for state in rollouts():
         fleet.apply_rollout(state, now)
@@ -117,60 +117,91 @@ def test_processing_time_backlog_bends_the_test() -> None:
     assert aborted != {"shop-a/web@c-shop-a", "shop-d/web@c-shop-d"}
 
 
+def ring_add(ring: SliceRing, ts: list[float], now: float, source: int = 0, row: int = 0) -> int:
+    n = len(ts)
+    rows = np.full(n, row, dtype=np.intp)
+    arms = np.zeros(n, dtype=np.intp)
+    no = np.zeros(n, dtype=np.bool_)
+    return ring.add(rows, arms, no, no, np.asarray(ts), now, source)
+
+
+def closed(ring: SliceRing, now: float) -> list[tuple[int, int]]:
+    """(slice, requests) of the slices closed at `now`."""
+    return [(k, int(c[0].sum() + c[3].sum())) for k, _, c in ring.take_closed(now).groups()]
+
+
+SKEW = 1e9  # the ring tests' clocks start at 0: no line is `future` unless said
+
+
 def test_watermark_closes_slices_in_order_and_drops_late_and_future() -> None:
-    ring = SliceRing(2, EventTimeSettings(enabled=True, slice_s=1.0, allowed_lateness_s=2.0))
-    log: list[tuple[int, int]] = []
-
-    def close(number: int, counts: Counts) -> None:
-        log.append((number, int(counts[0].sum())))
-
-    def add(ts: list[float], now: float) -> int:
-        n = len(ts)
-        zeros = np.zeros(n, dtype=np.intp)
-        no = np.zeros(n, dtype=np.bool_)
-        return ring.add(zeros, zeros, no, no, np.asarray(ts), now, close)
-
-    assert add([10.2, 11.5, 10.9], 12.0) == 3
-    assert log == []  # watermark 9.5: nothing closed yet
-    # Watermark 11.1: slices 8 (the first open), 9 and 10 close; 8 and 9, empty before any
-    # line, are skipped.
-    assert add([13.1], 13.2) == 1
-    assert log == [(10, 2)]
-    assert add([10.5, 11.0], 13.3) == 1  # 10.5 is late: slice 10 closed
+    ring = SliceRing(2, EventTimeSettings(slice_s=1.0, allowed_lateness_s=2.0))
+    assert ring_add(ring, [10.2, 11.5, 10.9], 12.0) == 3
+    assert closed(ring, 12.0) == []  # watermark 9.5: nothing closed yet
+    assert ring_add(ring, [13.1], 13.2) == 1
+    assert closed(ring, 13.2) == [(10, 2)]  # watermark 11.1: slice 10 closes
+    assert ring_add(ring, [10.5, 11.0], 13.3) == 1  # 10.5 is late: slice 10 closed
     assert ring.dropped == {LATE: 1, FUTURE: 0}
-    assert add([100.0], 14.0) == 0  # 86 s ahead of the clock
+    assert ring_add(ring, [100.0], 14.0) == 0  # 86 s ahead of the clock
     assert ring.dropped[FUTURE] == 1
-    # A jump far ahead closes the ring on the way and skips the long empty gap.
-    assert add([500.0], 600.0) == 1
-    assert log[1:4] == [(11, 2), (12, 0), (13, 1)] and log[-1][0] < 500 - 2
-    ring.close_all(close)
-    assert log[-1] == (500, 1)
+    assert ring_add(ring, [500.0], 600.0) == 1
+    assert closed(ring, 600.0) == [(11, 2), (13, 1)]  # empty slices are not handed over
+    assert closed(ring, 700.0) == [(500, 1)]  # idle: every open slice closes
+
+
+def test_each_partition_has_its_own_watermark_and_an_idle_one_holds_nothing() -> None:
+    ring = SliceRing(
+        2, EventTimeSettings(slice_s=1.0, allowed_lateness_s=2.0, idle_s=10.0, clock_skew_s=SKEW)
+    )
+    ring_add(ring, [100.0, 101.0, 130.0], 0.0, source=0, row=0)  # partition 0 runs ahead
+    ring_add(ring, [100.5], 0.0, source=1, row=1)  # partition 1 lags: it holds slice 100 open
+    assert closed(ring, 1.0) == []
+    # Partition 1's next lines are not late (its own watermark), though partition 0's is 128.
+    assert ring_add(ring, [100.2, 104.0], 2.0, source=1, row=1) == 2
+    assert ring.dropped[LATE] == 0
+    assert closed(ring, 2.0) == [(100, 3), (101, 1)]  # the lowest watermark, partition 1's: 102
+    # Partition 1 goes quiet: after idle_s it holds nothing, partition 0's watermark closes.
+    ring_add(ring, [131.0], 12.0, source=0)
+    assert closed(ring, 12.5) == [(104, 1)]  # partition 0's watermark is 129
+    assert ring_add(ring, [105.0], 13.0, source=1, row=1) == 0  # back, but its slice closed
+    assert ring.dropped[LATE] == 1
+    # A partition that moved to another worker no longer holds slices either.
+    ring_add(ring, [140.0], 30.0, source=0)
+    ring_add(ring, [131.5], 30.0, source=2)
+    assert closed(ring, 30.0) == []
+    ring.drop_sources({2})
+    assert closed(ring, 30.0) == [(130, 1), (131, 2)]
+
+
+def test_the_slowest_partition_holds_slices_at_most_max_partition_lag_s() -> None:
+    settings = EventTimeSettings(
+        slice_s=1.0, allowed_lateness_s=2.0, max_partition_lag_s=10.0, clock_skew_s=SKEW
+    )
+    ring = SliceRing(1, settings)
+    ring_add(ring, [100.0], 0.0, source=1)
+    ring_add(ring, [100.0, 150.0], 0.0, source=0)
+    assert closed(ring, 0.0) == [(100, 2)]  # frontier 150 - 2 - 10
+    assert ring_add(ring, [101.0], 0.5, source=1) == 0
+    assert ring.dropped[LATE] == 1
 
 
 def test_slices_of_a_row_export_and_import_by_event_time() -> None:
-    settings = EventTimeSettings(enabled=True, slice_s=1.0)
+    settings = EventTimeSettings(slice_s=1.0)
     ring = SliceRing(3, settings)
     rows = np.asarray([0, 2, 2], dtype=np.intp)
     arms = np.asarray([0, 1, 0], dtype=np.intp)
     bad = np.asarray([True, False, True])
-    ring.add(rows, arms, bad, bad, np.asarray([5.0, 5.5, 6.0]), 6.0, lambda n, c: None)
+    ring.add(rows, arms, bad, bad, np.asarray([5.0, 5.5, 6.0]), 6.0)
     data = ring.export_rows(np.asarray([2], dtype=np.intp))
     assert data.shape == (1, ring.row_width)
-    fresh = SliceRing(1, settings)  # knows no watermark yet: takes the exporter's
+    fresh = SliceRing(1, settings)  # knows no watermark yet: takes the exporter's slices
     fresh.import_rows(np.asarray([0], dtype=np.intp), data)
-    np.testing.assert_array_equal(fresh.ring[:, :, 0], ring.ring[:, :, 2])
-    assert fresh.first_open == ring.first_open
-    ahead = SliceRing(1, settings)  # its watermark passed slice 5: it is folded into slice 6
-    ahead.add(
-        *(np.zeros(1, dtype=np.intp),) * 2,
-        *(np.zeros(1, dtype=np.bool_),) * 2,
-        np.asarray([8.5]),
-        9.0,
-        lambda n, c: None,
-    )
+    np.testing.assert_array_equal(fresh.export_rows(np.asarray([0], dtype=np.intp)), data)
+    ahead = SliceRing(2, settings)  # its watermark passed slice 5: it is folded into slice 6
+    ring_add(ahead, [8.5], 9.0, row=1)
+    assert closed(ahead, 9.0) == []
     assert ahead.first_open == 6
     ahead.import_rows(np.asarray([0], dtype=np.intp), data)
-    assert ahead.ring[:, 6 % ahead.size, 0].sum() == 4  # two requests, one error, one slow
+    assert closed(ahead, 60.0) == [(6, 2), (8, 1)]  # row 0's two requests, in slice 6
     with pytest.raises(ValueError):
         ahead.import_rows(np.asarray([0], dtype=np.intp), data[:, 1:])
 

@@ -58,7 +58,7 @@ def test_a_restored_fleet_decides_exactly_as_the_one_that_kept_running() -> None
 
 
 def test_dropping_a_source_forgets_only_its_rows() -> None:
-    fleet = Fleet()
+    fleet = Fleet(event_time=EventTimeSettings(enabled=False))
     for s in STATES:
         fleet.apply_rollout(s, 0.0)
     step(fleet, 1.0)
