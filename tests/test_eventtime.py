@@ -8,7 +8,6 @@ import pytest
 from streams.events import RequestLine, RolloutState, encode_request_line
 from streams.eventtime import FUTURE, LATE, EventTimeSettings, SliceRing
 from streams.fleet import Fleet
-from streams.windows import Counts
 
 SLICE_S = 0.5
 EVENT = EventTimeSettings(enabled=True, slice_s=SLICE_S, allowed_lateness_s=2.0, clock_skew_s=30.0)
