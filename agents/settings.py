@@ -106,7 +106,8 @@ class Settings:
     # Floods: canaries tracked per worker, the hold of lines that arrive before their canary's
     # snapshot, per-environment metric series exported (top by urgency; aggregates stay exact).
     limits: FleetLimits = field(default_factory=FleetLimits)
-    # Event time (docs/decisions.md, "Event time"): off keeps the processing-time test.
+    # Event time (docs/decisions.md, "Event time"): on by default; off keeps the
+    # processing-time test (a block closes at the end of a pass).
     event_time: EventTimeSettings = field(default_factory=EventTimeSettings)
     max_env_series: int = 1000
     view_batch: int = 500  # rollout-view records applied between two yields to the event loop
@@ -332,6 +333,9 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             ),
             clock_skew_s=_number(float, "CLOCK_SKEW_S", env, base.event_time.clock_skew_s),
             idle_s=_number(float, "EVENT_IDLE_S", env, base.event_time.idle_s),
+            max_partition_lag_s=_number(
+                float, "MAX_PARTITION_LAG_S", env, base.event_time.max_partition_lag_s
+            ),
         ),
         max_env_series=_number(int, "MAX_ENV_SERIES", env, base.max_env_series),
         view_batch=_number(int, "VIEW_BATCH", env, base.view_batch),
@@ -386,6 +390,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "ALLOWED_LATENESS_S": str(settings.event_time.allowed_lateness_s),
         ENV_PREFIX + "CLOCK_SKEW_S": str(settings.event_time.clock_skew_s),
         ENV_PREFIX + "EVENT_IDLE_S": str(settings.event_time.idle_s),
+        ENV_PREFIX + "MAX_PARTITION_LAG_S": str(settings.event_time.max_partition_lag_s),
         ENV_PREFIX + "MAX_ENV_SERIES": str(settings.max_env_series),
         ENV_PREFIX + "VIEW_BATCH": str(settings.view_batch),
         ENV_PREFIX + "VERDICT_REFRESH_S": str(settings.verdict_refresh_s),
