@@ -141,6 +141,14 @@ class SliceRing:
         if self._numbers:
             self._keep(~np.isin(self._entries()[1], rows))
 
+    def assign(self, sources: set[int], now: float) -> None:
+        """The partitions read now: a new one holds the slices open from `now` (no watermark
+        yet) until it delivers lines or is idle; one no longer listed is forgotten."""
+        self.drop_sources(set(self.max_ts) - sources)
+        for source in sources - set(self.max_ts):
+            self.max_ts[source] = -math.inf
+            self.last_line_at[source] = now
+
     def drop_sources(self, sources: set[int]) -> None:
         """These partitions went to another worker: their watermarks no longer hold slices."""
         for source in sources:
@@ -207,7 +215,8 @@ class SliceRing:
 
     @property
     def watermark(self) -> float:
-        """The lowest partition watermark (-inf before any line)."""
+        """The lowest partition watermark (-inf before any line, or while a partition has
+        delivered none)."""
         if not self.max_ts:
             return -math.inf
         return min(self.max_ts.values()) - self.settings.allowed_lateness_s
@@ -279,6 +288,8 @@ class SliceRing:
         s = self.settings
         busy = [t for p, t in self.max_ts.items() if now - self.last_line_at[p] < s.idle_s]
         top = max(self.max_ts.values())
+        if not math.isfinite(top):
+            return None  # no line yet
         if not busy:  # every partition idle: close all, up to the slice of the highest ts
             return self._slice(top) + 1
         low = min(busy) - s.allowed_lateness_s

@@ -332,6 +332,12 @@ class Fleet:
             self.dirty[index] = False
         return int(index.size)
 
+    def assign_sources(self, sources: set[int], now: float) -> None:
+        """The request-log partitions this worker reads now: with event time, each one's
+        watermark holds the open slices (one not heard from yet too, until it is idle)."""
+        if self.slices is not None:
+            self.slices.assign(sources, now)
+
     def release_held(self, now: float) -> IngestReport:
         """Look the held lines up again (call after snapshots started canaries); expire old ones."""
         report = IngestReport()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -52,6 +54,21 @@ def recording(seed: int = 7) -> list[tuple[float, bytes]]:
     return out
 
 
+PARTITION = {"shop-a": 0, "shop-b": 1, "shop-c": 0, "shop-d": 1}
+
+
+def partition_of(line: bytes) -> int:
+    return next(p for ns, p in PARTITION.items() if f'"{ns}"'.encode() in line)
+
+
+def count_by_partition(fleet: Fleet, lines: list[bytes], now: float) -> None:
+    """Count as the worker does: each partition's lines of a fetch, partition by partition."""
+    for p in (0, 1):
+        mine = [line for line in lines if partition_of(line) == p]
+        if mine:
+            fleet.count_columns(fleet.decode(mine), now, p)
+
+
 def decisions(fleet: Fleet, commands: list[str]) -> dict[str, float]:
     return {d: fleet.decision_event_times[d] for d in commands}
 
@@ -70,19 +87,32 @@ def run_live(traffic: list[tuple[float, bytes]]) -> tuple[Fleet, dict[str, float
         while i < len(traffic) and traffic[i][0] < now:
             batch.append(traffic[i][1])
             i += 1
-        fleet.count(batch, now)
+        count_by_partition(fleet, batch, now)
         aborted += [c.decision_id for c in fleet.evaluate(now)[1]]
     return fleet, decisions(fleet, aborted)
 
 
-def run_backlog(traffic: list[tuple[float, bytes]]) -> tuple[Fleet, dict[str, float]]:
-    """The worker was down: every snapshot, then the whole log in one batch, then a pass."""
-    fleet = Fleet(event_time=EVENT)
+def run_backlog(
+    traffic: list[tuple[float, bytes]], one_partition_first: bool = False
+) -> tuple[Fleet, dict[str, float]]:
+    """The worker was down: every snapshot, then the whole log in one batch (or partition 0's
+    whole log and a pass, then partition 1's), then a pass."""
+    # Partition 1 may lag partition 0 by the whole recording.
+    fleet = Fleet(event_time=replace(EVENT, max_partition_lag_s=SECONDS + 60.0))
     now = START + SECONDS + 600.0
     for state in rollouts():
         fleet.apply_rollout(state, now)
-    fleet.count([line for _, line in traffic], now)
-    aborted = [c.decision_id for c in fleet.evaluate(now)[1]]
+    lines = [line for _, line in traffic]
+    aborted: list[str] = []
+    if one_partition_first:
+        fleet.assign_sources({0, 1}, now)
+        for p in (0, 1):
+            mine = [line for line in lines if partition_of(line) == p]
+            fleet.count_columns(fleet.decode(mine), now, p)
+            aborted += [c.decision_id for c in fleet.evaluate(now)[1]]
+    else:
+        count_by_partition(fleet, lines, now)
+    aborted += [c.decision_id for c in fleet.evaluate(now)[1]]
     aborted += [c.decision_id for c in fleet.evaluate(now + 60.0)[1]]  # idle: all closed
     return fleet, decisions(fleet, aborted)
 
@@ -101,6 +131,12 @@ def test_backlog_gives_the_same_decisions_as_live() -> None:
     assert live_fleet.outside_event_time == backlog_fleet.outside_event_time
     assert live_fleet.outside_event_time[LATE] > 0 and live_fleet.outside_event_time[FUTURE] > 0
     np.testing.assert_array_equal(live_fleet.engine.cumulative, backlog_fleet.engine.cumulative)
+    # Partition 0 drained to its end, and a pass, before partition 1 is read: partition 1's
+    # watermark (assigned, no line yet) holds the slices open; one watermark per worker would
+    # have closed them and dropped partition 1's lines as late.
+    serial_fleet, serial = run_backlog(traffic, one_partition_first=True)
+    assert serial == backlog
+    assert serial_fleet.outside_event_time == live_fleet.outside_event_time
 
 
 def test_processing_time_backlog_bends_the_test() -> None:
@@ -169,6 +205,12 @@ def test_each_partition_has_its_own_watermark_and_an_idle_one_holds_nothing() ->
     assert closed(ring, 30.0) == []
     ring.drop_sources({2})
     assert closed(ring, 30.0) == [(130, 1), (131, 2)]
+    # An assigned partition that has delivered nothing yet holds the slices until it is idle.
+    ring.assign({0, 3}, 30.0)
+    assert set(ring.max_ts) == {0, 3}  # partition 1, no longer assigned, is forgotten
+    ring_add(ring, [150.0], 31.0, source=0)
+    assert closed(ring, 31.0) == []
+    assert closed(ring, 40.5) == [(140, 1)]  # partition 3 idle: partition 0's watermark 148
 
 
 def test_the_slowest_partition_holds_slices_at_most_max_partition_lag_s() -> None:
