@@ -100,8 +100,6 @@ class SliceRing:
         self.first_open: int | None = None  # slices before this one are closed
         self.max_ts: dict[int, float] = {}  # per partition
         self.last_line_at: dict[int, float] = {}  # per partition, processing time
-        # Per partition: its newest line came within the lateness of its stamp (caught up).
-        self.caught_up: dict[int, bool] = {}
         self._numbers: list[NDArray[np.int64]] = []
         self._rows: list[NDArray[np.intp]] = []
         self._counts: list[Counts] = []
@@ -156,7 +154,6 @@ class SliceRing:
         for source in sources:
             self.max_ts.pop(source, None)
             self.last_line_at.pop(source, None)
-            self.caught_up.pop(source, None)
 
     def open_rows(self) -> NDArray[np.bool_]:
         """Rows with a line in an open slice."""
@@ -262,7 +259,6 @@ class SliceRing:
         self.dropped[LATE] += int(ok.size - np.count_nonzero(ok))
         self.max_ts[source] = max(seen, float(ts.max()))
         self.last_line_at[source] = now
-        self.caught_up[source] = now - self.max_ts[source] <= s.allowed_lateness_s
         if not ok.all():
             rows, arms, errors, slow, numbers = (
                 rows[ok],
@@ -290,14 +286,7 @@ class SliceRing:
         if not self.max_ts:
             return None  # no line yet (restored slices close with the first lines' watermark)
         s = self.settings
-        # A caught-up partition that is quiet has no lines stamped since its last one arrived:
-        # its event time moves on with the processing time (a quiet partition does not hold
-        # the others' slices until it is idle). One draining a backlog is judged by its lines.
-        busy = [
-            t + (now - self.last_line_at[p] if self.caught_up.get(p, False) else 0.0)
-            for p, t in self.max_ts.items()
-            if now - self.last_line_at[p] < s.idle_s
-        ]
+        busy = [t for p, t in self.max_ts.items() if now - self.last_line_at[p] < s.idle_s]
         top = max(self.max_ts.values())
         if not math.isfinite(top):
             return None  # no line yet

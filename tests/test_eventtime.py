@@ -210,23 +210,7 @@ def test_each_partition_has_its_own_watermark_and_an_idle_one_holds_nothing() ->
     assert set(ring.max_ts) == {0, 3}  # partition 1, no longer assigned, is forgotten
     ring_add(ring, [150.0], 31.0, source=0)
     assert closed(ring, 31.0) == []
-    # Partition 3 idle; partition 0 (caught up, quiet 9.5 s): watermark 150 + 9.5 - 2.
-    assert closed(ring, 40.5) == [(140, 1), (150, 1)]
-
-
-def test_a_quiet_caught_up_partition_holds_slices_only_as_long_as_its_silence_says() -> None:
-    ring = SliceRing(1, EventTimeSettings(slice_s=1.0, allowed_lateness_s=2.0, idle_s=10.0))
-    ring_add(ring, [100.0], 100.5, source=1)  # partition 1: one line, arrived 0.5 s after it
-    for t in range(101, 106):
-        ring_add(ring, [float(t)], t + 0.5, source=0)  # partition 0: a line a second
-    # At 105.5, partition 1's silence says it has nothing stamped before 105.5 - 0.5 = 105:
-    # its watermark is 103, partition 0's too, not 98 (its last line) until it is idle.
-    assert closed(ring, 105.5) == [(100, 1), (101, 1), (102, 1)]
-    # A partition behind (draining old lines) is judged by its lines alone.
-    behind = SliceRing(1, EventTimeSettings(slice_s=1.0, allowed_lateness_s=2.0, idle_s=10.0))
-    ring_add(behind, [50.0], 100.0, source=1)
-    ring_add(behind, [60.0, 70.0], 105.0, source=0)
-    assert closed(behind, 105.0) == []  # partition 1's watermark stays 48
+    assert closed(ring, 40.5) == [(140, 1)]  # partition 3 idle: partition 0's watermark 148
 
 
 def test_the_slowest_partition_holds_slices_at_most_max_partition_lag_s() -> None:
