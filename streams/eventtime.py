@@ -103,6 +103,7 @@ class SliceRing:
         self._numbers: list[NDArray[np.int64]] = []
         self._rows: list[NDArray[np.intp]] = []
         self._counts: list[Counts] = []
+        self._open = np.zeros(capacity, dtype=np.bool_)  # rows with an open entry
         self.dropped = {reason: 0 for reason in REASONS}
 
     @property
@@ -110,7 +111,10 @@ class SliceRing:
         return self._capacity
 
     def grow(self, capacity: int) -> None:
-        self._capacity = max(self._capacity, capacity)
+        extra = capacity - self._capacity
+        if extra > 0:
+            self._open = np.concatenate([self._open, np.zeros(extra, dtype=np.bool_)])
+            self._capacity = capacity
 
     # --- the open entries -----------------------------------------------------------------
 
@@ -126,19 +130,22 @@ class SliceRing:
     def _keep(self, keep: NDArray[np.bool_]) -> None:
         numbers, rows, counts = self._entries()
         self._numbers, self._rows, self._counts = [numbers[keep]], [rows[keep]], [counts[:, keep]]
+        self._open[:] = False
+        self._open[self._rows[0]] = True
 
     def _append(self, numbers: NDArray[np.int64], rows: NDArray[np.intp], counts: Counts) -> None:
         if numbers.size:
             self._numbers.append(numbers)
             self._rows.append(rows)
             self._counts.append(counts)
+            self._open[rows] = True
 
     @property
     def open_entries(self) -> int:
         return sum(int(n.size) for n in self._numbers)
 
     def clear_rows(self, rows: NDArray[np.intp]) -> None:
-        if self._numbers:
+        if self._numbers and self._open[rows].any():  # a new canary's row has none: O(1)
             self._keep(~np.isin(self._entries()[1], rows))
 
     def assign(self, sources: set[int], now: float) -> None:
@@ -157,10 +164,7 @@ class SliceRing:
 
     def open_rows(self) -> NDArray[np.bool_]:
         """Rows with a line in an open slice."""
-        out = np.zeros(self._capacity, dtype=np.bool_)
-        if self._numbers:
-            out[self._entries()[1]] = True
-        return out
+        return self._open.copy()
 
     # --- checkpoints ------------------------------------------------------------------------
 
