@@ -285,6 +285,13 @@ class SliceRing:
         self._append(unique // self._capacity, (unique % self._capacity).astype(np.intp), counts)
         return n
 
+    def all_idle(self, now: float) -> bool:
+        """Every partition has had no line for `idle_s` (and one had lines)."""
+        s = self.settings
+        return any(math.isfinite(t) for t in self.max_ts.values()) and all(
+            now - at >= s.idle_s for at in self.last_line_at.values()
+        )
+
     def frontier(self, now: float) -> int | None:
         """Slices before this number may close at `now` (None: no line yet)."""
         if not self.max_ts:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -604,7 +604,15 @@ class Fleet:
         end, without new counts and without new decisions, so that how often passes run
         changes nothing in the decisions."""
         assert self.slices is not None
-        self._close_slices(self.slices.take_closed(now))
+        closed = self.slices.take_closed(now)
+        self._close_slices(closed)
+        if self._waiting_rows.size and self.slices.all_idle(now):
+            # Idle: no line comes to close the blocks that wait for their bad requests' quiet;
+            # their time passes anyway (nothing is counted into these slice ends).
+            s, slice_s = self.settings, self.event_time.slice_s
+            after = math.ceil(max(s.quiet_s, s.max_slice_s) / slice_s) + 1
+            empty = ClosedSlices(closed.numbers[:0], closed.rows[:0], closed.counts[:, :0], 0)
+            self._close_slices(replace(empty, through=max(closed.through, self._wait_next) + after))
         clock = self._event_clock if self._event_clock is not None else now
         return self.engine.judge(self.windows.window_sum, self.attribution.active, clock)
 
