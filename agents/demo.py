@@ -88,7 +88,7 @@ class CommandWatcher:
 # idle time at most (event time, docs/decisions.md): its aborts show the test's speed, not a
 # log shipper's delay.
 DEMO_LATENESS_S = 1.0
-DEMO_IDLE_S = 2.0
+DEMO_IDLE_S = 1.0
 
 
 def demo_settings(settings: Settings) -> Settings:
