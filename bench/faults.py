@@ -157,8 +157,8 @@ async def run(bootstrap: str, work: Path) -> str:
         await consumer.stop()
         return ids
 
-    # Live rounds, each once the last is counted, until every bad canary has aborted (a
-    # backlog's blocks are as large as the passes that drained it: event time is item 1).
+    # Live rounds, each once the last is counted, until every bad canary has aborted (the
+    # rounds sent while the worker was down are stamped within seconds: few slices).
     deadline = time.monotonic() + 90
     while len({i.split("@")[0] for i in await commands(1.0)}) < BAD and time.monotonic() < deadline:
         await send_round()

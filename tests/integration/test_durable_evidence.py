@@ -456,8 +456,8 @@ async def test_kill_9_during_a_backlog_drain_loses_nothing_counts_nothing_twice_
             assert {env: counted(port, env, "canary_requests") for env in envs} == sent
             assert counted(port, "shop/web", "canary_errors") == 10 * BAD_TAIL
             assert counted(port, "good/web", "canary_errors") == 0
-            # The backlog's blocks are as large as the passes that drained them (event time is
-            # issue 10 item 1), so the abort may need live rounds on top: one command in all.
+            # The backlog's lines were all stamped within a few seconds (few event-time slices),
+            # so the abort may need live rounds on top: one command in all.
             if not await read_commands(settings, 1.0):
                 await send_until_abort(p, settings, 1, 10)
         finally:
