@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
@@ -82,6 +82,28 @@ class CommandWatcher:
         await self._consumer.stop()
 
 
+# The simulator stamps each line as it sends it, to every partition at every tick: its lines
+# are never more out of order than the longest catch-up tick (1 s, agents/simulator.py), and no
+# partition is quiet for long. The demo's worker therefore runs with this much lateness and
+# idle time at most (event time, docs/decisions.md): its aborts show the test's speed, not a
+# log shipper's delay.
+DEMO_LATENESS_S = 1.0
+DEMO_IDLE_S = 1.0
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """`settings` with the demo's event-time lateness and idle time (at most)."""
+    et = settings.event_time
+    return replace(
+        settings,
+        event_time=replace(
+            et,
+            allowed_lateness_s=min(et.allowed_lateness_s, DEMO_LATENESS_S),
+            idle_s=min(et.idle_s, DEMO_IDLE_S),
+        ),
+    )
+
+
 async def run_demo(
     settings: Settings,
     simulation: SimulationSettings,
@@ -95,7 +117,9 @@ async def run_demo(
     board_port: int | None = None,
     progress: bool = False,
 ) -> DemoResult:
-    """Run the whole path against the broker at `settings.bootstrap`; None runs until cancelled."""
+    """Run the whole path against the broker at `settings.bootstrap`; None runs until cancelled.
+    The worker runs with `demo_settings(settings)`."""
+    settings = demo_settings(settings)
     await ensure_topics(
         settings.bootstrap,
         settings.topic_partitions(),
@@ -164,8 +188,9 @@ async def run_demo(
         try:
             with bar:
                 await run.play(producer, settings.topics, until, stop=stop)
-            # Let the last pass's commands arrive: the worker evaluates every evaluate_every_s.
-            await asyncio.sleep(3 * settings.evaluate_every_s + 1.0)
+            # Let the last pass's commands arrive: the worker evaluates every evaluate_every_s,
+            # and closes the last event-time slices once its partitions are idle.
+            await asyncio.sleep(settings.event_time.idle_s + 3 * settings.evaluate_every_s + 1.0)
         finally:
             for running in (watching, showing):
                 running.cancel()

@@ -159,6 +159,7 @@ class RequestLogIngest(Service):
                     self._floor.pop(tp, None)
                     self._skipped.pop(tp, None)
                 self.assigned -= revoked
+                self.fleet.assign_sources({tp.partition for tp in self.assigned}, self.clock())
                 if self.evidence is not None:
                     # The next owner restores these canaries from the checkpoint just written
                     # (or an older one, with the offsets it covers): keeping them here would
@@ -172,6 +173,8 @@ class RequestLogIngest(Service):
         """Partitions assigned: restore their canaries' evidence before counting a line."""
         new = assigned - self.assigned
         self.assigned = assigned
+        # Event time: each assigned partition's watermark holds the slices (until it is idle).
+        self.fleet.assign_sources({tp.partition for tp in assigned}, self.clock())
         self.metrics.ingest_partitions.set(len(assigned))
         log.info("ingest reads request-log partitions %s", sorted(tp.partition for tp in assigned))
         if self.evidence is None or not new:

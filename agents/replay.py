@@ -88,6 +88,7 @@ def run_replay(settings: Settings, records: list[Record] | Iterator[Record]) -> 
         settings.window,
         max_message_bytes=settings.max_message_bytes,
         promotion=settings.promotion,
+        event_time=settings.event_time,
     )
     return replay(records, fleet, every_s=settings.evaluate_every_s)
 

@@ -125,7 +125,8 @@ class Settings:
     # Floods: canaries tracked per worker, the hold of lines that arrive before their canary's
     # snapshot, per-environment metric series exported (top by urgency; aggregates stay exact).
     limits: FleetLimits = field(default_factory=FleetLimits)
-    # Event time (docs/decisions.md, "Event time"): off keeps the processing-time test.
+    # Event time (docs/decisions.md, "Event time"): on by default; off keeps the
+    # processing-time test (a block closes at the end of a pass).
     event_time: EventTimeSettings = field(default_factory=EventTimeSettings)
     max_env_series: int = 1000
     view_batch: int = 500  # rollout-view records applied between two yields to the event loop
@@ -318,6 +319,9 @@ class EnvSettings(BaseSettings):
     allowed_lateness_s: Number = Field(default=None, description="event-time lateness allowed")
     clock_skew_s: Number = Field(default=None, description="future timestamps allowed")
     event_idle_s: Number = Field(default=None, description="an idle partition's watermark advances")
+    max_partition_lag_s: Number = Field(
+        default=None, description="event time: the slowest partition held at most this far back"
+    )
     max_env_series: Whole = Field(default=None, description="per-canary metric series exported")
     view_batch: Whole = Field(default=None, description="rollout-view records per event-loop yield")
     request_session_timeout_ms: Whole = Field(
@@ -509,6 +513,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             allowed_lateness_s=pick(e.allowed_lateness_s, base.event_time.allowed_lateness_s),
             clock_skew_s=pick(e.clock_skew_s, base.event_time.clock_skew_s),
             idle_s=pick(e.event_idle_s, base.event_time.idle_s),
+            max_partition_lag_s=pick(e.max_partition_lag_s, base.event_time.max_partition_lag_s),
         ),
         max_env_series=pick(e.max_env_series, base.max_env_series),
         view_batch=pick(e.view_batch, base.view_batch),
@@ -600,6 +605,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "ALLOWED_LATENESS_S": str(settings.event_time.allowed_lateness_s),
         ENV_PREFIX + "CLOCK_SKEW_S": str(settings.event_time.clock_skew_s),
         ENV_PREFIX + "EVENT_IDLE_S": str(settings.event_time.idle_s),
+        ENV_PREFIX + "MAX_PARTITION_LAG_S": str(settings.event_time.max_partition_lag_s),
         ENV_PREFIX + "MAX_ENV_SERIES": str(settings.max_env_series),
         ENV_PREFIX + "VIEW_BATCH": str(settings.view_batch),
         ENV_PREFIX + "VERDICT_REFRESH_S": str(settings.verdict_refresh_s),

@@ -6,7 +6,9 @@ was produced), C (abort commands sent twice for one decision id, `ns/rollout@has
 the kill; the bad canaries abort, so C counts real commands), S (seconds from starting a
 replacement worker to its first evaluation pass with restored evidence, 100,000 environments,
 5 % in canary) and R (batched lines/s with checkpoints on / off, interleaved drains of one
-backlog). backlog_decisions_equal is printed as 0: event time is another branch's work.
+backlog) and B (`backlog`: one recording, with bad canaries and a platform incident, sent
+live at its own pace to one worker and produced as one backlog before a second worker starts:
+B = 1 when both abort the same revisions).
 """
 
 from __future__ import annotations
@@ -157,8 +159,8 @@ async def run(bootstrap: str, work: Path) -> str:
         await consumer.stop()
         return ids
 
-    # Live rounds, each once the last is counted, until every bad canary has aborted (a
-    # backlog's blocks are as large as the passes that drained it: event time is item 1).
+    # Live rounds, each once the last is counted, until every bad canary has aborted (the
+    # rounds sent while the worker was down are stamped within seconds: few slices).
     deadline = time.monotonic() + 90
     while len({i.split("@")[0] for i in await commands(1.0)}) < BAD and time.monotonic() < deadline:
         await send_round()
@@ -187,6 +189,135 @@ async def run(bootstrap: str, work: Path) -> str:
         f"lost_lines={lost:.0f} double_counted={double:.0f} duplicate_commands={duplicates} "
         "checkpoint_throughput_ratio=nan"
     )
+
+
+async def aborted_revisions(bootstrap: str, topic: str, within_s: float = 3.0) -> set[str]:
+    """`ns/rollout@hash` of every abort command on `topic` (the epoch left out)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    out: set[str] = set()
+    deadline = time.monotonic() + within_s
+    try:
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                for r in records:
+                    out.add(decode_abort_command(r.value or b"").decision_id.split("#")[0])
+    finally:
+        await consumer.stop()
+    return out
+
+
+BACKLOG_ENVS = 24
+BACKLOG_BAD = 6  # env-000..005: canary 30 % errors from 10 s on
+INCIDENT = range(6, 10)  # env-006..009: both arms 40 % errors at 20-35 s (a platform incident)
+BACKLOG_SECONDS = 45
+
+
+def recording(start: float) -> list[list[tuple[bytes, bytes]]]:
+    """Per second of event time, the (key, NDJSON message) of each environment; lines stamped
+    within that second, shuffled a little (a shipper's batches)."""
+    rng = np.random.default_rng(SEED + 1)
+    seconds = []
+    for second in range(BACKLOG_SECONDS):
+        messages = []
+        for i in range(BACKLOG_ENVS):
+            ns = f"env-{i:03d}"
+            n_c = 20 if i % 2 == 0 else 4
+            lines = []
+            for arm, n in (("c1", n_c), ("s1", 4 * n_c)):
+                p = 0.002
+                if arm == "c1" and i < BACKLOG_BAD and second >= 10:
+                    p = 0.3
+                if i in INCIDENT and 20 <= second < 35:
+                    p = 0.4
+                for _ in range(n):
+                    ts = start + second + float(rng.random())
+                    status = 503 if rng.random() < p else 200
+                    lines.append(RequestLine(ts, ns, f"web-{arm}-0", arm, status, 5.0))
+            rng.shuffle(lines)
+            messages.append((ns.encode(), b"\n".join(encode_request_line(x) for x in lines)))
+        seconds.append(messages)
+    return seconds
+
+
+async def backlog_equal(bootstrap: str, work: Path) -> int:
+    """B: the same recording, live (sent second by second, as it happens) to one worker and as
+    one backlog drained by a worker started after all of it was produced."""
+    start = time.time() + 5.0
+    traffic = recording(start)
+    states = [
+        RolloutState(
+            f"env-{i:03d}",
+            "web",
+            "c1",
+            "s1",
+            canary_weight=20,
+            observed_at=start,
+            resource_version="7",
+        )
+        for i in range(BACKLOG_ENVS)
+    ]
+    runs: dict[str, set[str]] = {}
+    for mode in ("live", "backlog"):
+        run_id = uuid.uuid4().hex[:6]
+        settings = Settings(
+            bootstrap=bootstrap,
+            app_id=f"backlog-{mode}-{run_id}",
+            topics=Topics(f"backlog-{mode}-{run_id}"),
+            replication_factor=1,
+            metrics_port=free_port(),
+            data_dir=work / f"backlog-{mode}",
+        )
+        await ensure_topics(bootstrap, settings.topic_partitions(), replication_factor=1)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        await producer.start()
+        worker = WorkerProcess(settings, work / f"backlog-{mode}.log")
+        try:
+            for state in states:
+                await producer.send_and_wait(
+                    settings.topics.rollouts,
+                    key=f"{state.namespace}/web".encode(),
+                    value=encode_rollout_state(state),
+                )
+            if mode == "live":
+                worker.start()
+                await worker.wait_ready()
+            for second, messages in enumerate(traffic):
+                if mode == "live":  # each second's lines once that second is over
+                    await asyncio.sleep(max(0.0, start + second + 1.0 - time.time()))
+                sends = [
+                    await producer.send(settings.topics.requests, key=k, value=v)
+                    for k, v in messages
+                ]
+                await asyncio.gather(*sends)
+            if mode == "backlog":
+                worker.start()
+                await worker.wait_ready()
+            # Every line counted, then idle (EVENT_IDLE_S) closes the last slices.
+            port = settings.metrics_port
+            expected = sum(len(v.split(b"\n")) for m in traffic for _, v in m)
+
+            def counted(goal: int = expected, port: int = port) -> bool:
+                name = "canarywatch_request_lines_total"
+                labels = frozenset({("outcome", "counted")})
+                return scrape(port, (name,)).get((name, labels), 0) >= goal
+
+            await poll_until(counted, 120, f"{mode}: every line counted")
+            # A bench, not a test: the idle close is processing time, so wait it out.
+            await asyncio.sleep(settings.event_time.idle_s + 3.0)
+            runs[mode] = await aborted_revisions(bootstrap, settings.topics.commands)
+        finally:
+            worker.stop()
+            await producer.stop()
+    bad = {f"env-{i:03d}/web@c1" for i in range(BACKLOG_BAD)}
+    for mode, aborted in runs.items():
+        print(
+            f"| {mode}: aborted revisions ({BACKLOG_BAD} bad canaries, {len(INCIDENT)} "
+            f"environments in a platform incident) | {len(aborted)}: bad {len(aborted & bad)}, "
+            f"other {sorted(aborted - bad)} |",
+            flush=True,
+        )
+    return int(runs["live"] == runs["backlog"])
 
 
 RATIO_SCALE = Scale(envs=2_000, ndjson_lines=300_000, repeats=1)
@@ -362,7 +493,9 @@ def main() -> None:
         help="environments of the resume measure (S is printed only at 100,000)",
     )
     parser.add_argument(
-        "--parts", default="kill,resume,ratio", help="comma-separated: kill, resume, ratio"
+        "--parts",
+        default="kill,backlog,resume,ratio",
+        help="comma-separated: kill, backlog, resume, ratio",
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -375,8 +508,15 @@ def main() -> None:
             line = (
                 asyncio.run(run(broker.bootstrap, work))
                 if "kill" in parts
-                else "faults: resume_s_100k=nan checkpoint_throughput_ratio=nan"
+                else (
+                    "faults: resume_s_100k=nan backlog_decisions_equal=0 "
+                    "checkpoint_throughput_ratio=nan"
+                )
             )
+            equal = "nan"
+            if "backlog" in parts:
+                equal = str(asyncio.run(backlog_equal(broker.bootstrap, work)))
+            line = line.replace("backlog_decisions_equal=0", f"backlog_decisions_equal={equal}")
             resume_s = float("nan")
             if "resume" in parts:
                 try:

@@ -286,14 +286,40 @@ class DecisionEngine:
         self, increments: Counts, window: Counts, active: NDArray[np.bool_], now: float
     ) -> PassResult:
         """Add the increments since the previous pass, then judge every active row."""
-        s = self.settings
-        cum = self.cumulative
-        cum += increments
+        self._accumulate(None, increments, now)
+        return self.judge(window, active, now, latch=True)
+
+    def step_rows(
+        self,
+        rows: NDArray[np.intp],
+        increments: Counts,
+        window: Counts,
+        active: NDArray[np.bool_],
+        now: float,
+    ) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
+        """One closed event-time slice of these rows only (increments, window, active [.., rows]):
+        add it and latch aborts and holds of these rows. Rows not listed, with no counts and no
+        block waiting to close, would not change in a pass: a slice costs O(its rows).
+        Returns (rows newly aborted, waiting [rows]: blocks that close later by time alone)."""
+        waiting = self._accumulate(rows, increments, now)
+        platform, degraded = self._platform(window, self.cumulative[:, rows])
+        if self.settings.shared_policy == "hold":
+            self.held[rows] |= (degraded & platform).any(axis=0) & active
+        before = self.aborted[:, rows].any(axis=0)
+        self._aborts(self.test.log_e_ratio[:, rows], platform, active, rows, latch=True)
+        new: NDArray[np.intp] = rows[self.aborted[:, rows].any(axis=0) & ~before]
+        return new, waiting
+
+    def _accumulate(
+        self, rows: NDArray[np.intp] | None, increments: Counts, now: float
+    ) -> NDArray[np.bool_]:
+        idx: NDArray[np.intp] | slice = slice(None) if rows is None else rows
+        self.cumulative[:, idx] += increments
         canary_bad = increments[_CANARY_BAD]
         stable_bad = increments[_STABLE_BAD]
         canary_req: NDArray[np.int64] = increments[CANARY_REQUESTS]
         stable_req: NDArray[np.int64] = increments[STABLE_REQUESTS]
-        grace = self.grace_until > now
+        grace = self.grace_until[idx] > now
         if grace.any():
             # Warm-up: the latency test sees neither requests nor slow ones of these rows.
             keep = ~grace
@@ -303,25 +329,48 @@ class DecisionEngine:
             stable_bad = stable_bad.copy()
             canary_bad[1] *= keep
             stable_bad[1] *= keep
-        self.test.update(canary_req, stable_req, canary_bad, stable_bad, now)
+        return self.test.update(canary_req, stable_req, canary_bad, stable_bad, now, rows=rows)
+
+    def _aborts(
+        self,
+        statistic: NDArray[np.float64],
+        platform: NDArray[np.bool_],
+        active: NDArray[np.bool_],
+        rows: NDArray[np.intp] | None,
+        *,
+        latch: bool,
+    ) -> None:
+        """Both nulls must be rejected; the difference null is computed only where the ratio
+        null already is (rare). With `latch` a new abort is taken: an abort is a decision, it
+        stays. `statistic` [signal, rows] is updated in place."""
+        threshold = self.settings.threshold
+        for signal in range(len(SIGNALS)):
+            candidates = np.flatnonzero(statistic[signal] >= threshold)
+            candidates = candidates[active[candidates]]
+            if candidates.size:
+                both = self.test.log_e(signal, candidates if rows is None else rows[candidates])
+                statistic[signal, candidates] = both
+                if latch:
+                    new = candidates[(both >= threshold) & ~platform[signal, candidates]]
+                    self.aborted[signal, new if rows is None else rows[new]] = True
+
+    def judge(
+        self, window: Counts, active: NDArray[np.bool_], now: float, *, latch: bool = False
+    ) -> PassResult:
+        """Every active row's verdicts at `now`, from the evidence so far. With `latch`, new
+        aborts and holds are taken here (processing time); without, only step_rows takes them
+        (event time: decisions are made at slice ends, whatever the passes)."""
+        s = self.settings
         threshold = s.threshold
+        cum = self.cumulative
         canary_n = cum[CANARY_REQUESTS]
         stable_n = cum[STABLE_REQUESTS]
         share = canary_n / np.maximum(canary_n + stable_n, 1)
         statistic = self.test.log_e_ratio.copy()
-        platform, degraded = self._platform(window)
-        if s.shared_policy == "hold":
+        platform, degraded = self._platform(window, cum)
+        if latch and s.shared_policy == "hold":
             self.held |= (degraded & platform).any(axis=0) & active
-        for signal in range(len(SIGNALS)):
-            # Both nulls must be rejected; the difference null is computed only where the
-            # ratio null already is (rare), and an abort is a decision: it stays.
-            candidates = np.flatnonzero(statistic[signal] >= threshold)
-            candidates = candidates[active[candidates]]
-            if candidates.size:
-                both = self.test.log_e(signal, candidates)
-                statistic[signal, candidates] = both
-                new = candidates[(both >= threshold) & ~platform[signal, candidates]]
-                self.aborted[signal, new] = True
+        self._aborts(statistic, platform, active, None, latch=latch)
         needed = self._needed(share)
         inconclusive = self._inconclusive(needed, canary_n, stable_n)
         # CONTINUE only when the evidence says so: none of the canary's bad requests waits in
@@ -379,7 +428,9 @@ class DecisionEngine:
         inconclusive &= clear < needed
         return inconclusive
 
-    def _platform(self, window: Counts) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    def _platform(
+        self, window: Counts, cumulative: Counts
+    ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
         """Stable failing in the sliding window, and the canary not clearly worse [signal, row];
         and whether stable degraded while the canary runs (above its own level since the canary
         started, on platform_baseline_requests): not a platform that was failing already.
@@ -393,8 +444,8 @@ class DecisionEngine:
         w_bad = window[_STABLE_BAD]
         w_n = window[STABLE_REQUESTS]
         # Stable's own level since the canary started, before the window.
-        before_n = self.cumulative[STABLE_REQUESTS] - w_n
-        before_bad = self.cumulative[_STABLE_BAD] - w_bad
+        before_n = cumulative[STABLE_REQUESTS] - w_n
+        before_bad = cumulative[_STABLE_BAD] - w_bad
         np.maximum(before_bad, 0, out=before_bad)
         bar = before_bad * s.platform_factor
         bar += before_n * s.platform_min_diff

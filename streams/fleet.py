@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,7 +46,7 @@ from streams.events import (
     RolloutState,
     decision_id_for,
 )
-from streams.eventtime import REASONS, EventTimeSettings, SliceRing
+from streams.eventtime import REASONS, ClosedSlices, EventTimeSettings, SliceRing
 from streams.promotion import (
     ABORT,
     INCONCLUSIVE,
@@ -62,6 +61,7 @@ from streams.windows import (
     ARM_CANARY,
     ARM_STABLE,
     CANARY_REQUESTS,
+    N_SERIES,
     STABLE_REQUESTS,
     Counts,
     FleetWindows,
@@ -157,7 +157,9 @@ class Fleet:
         self.event_time = event_time or EventTimeSettings()
         self.slices = SliceRing(capacity, self.event_time) if self.event_time.enabled else None
         self._event_clock: float | None = None  # end of the newest closed slice
-        self._last_line_at = -math.inf  # processing time of the last line counted
+        # Rows whose test block waits for time alone to close, and the next slice to visit them.
+        self._waiting_rows = np.zeros(0, dtype=np.intp)
+        self._wait_next = 0
         # Event time (slice end) at which each decision id's abort was first reached.
         self.decision_event_times: dict[str, float] = {}
         p = self.promotion_settings
@@ -333,6 +335,8 @@ class Fleet:
         to another worker, which restores it); returns how many rows."""
         mine = np.isin(self.row_source, np.fromiter(sources, dtype=np.int64, count=len(sources)))
         index = np.flatnonzero(mine)
+        if self.slices is not None:
+            self.slices.drop_sources(sources)
         if index.size:
             if self.slices is not None:
                 self.slices.clear_rows(index)
@@ -342,6 +346,12 @@ class Fleet:
             self.row_source[index] = -1
             self.dirty[index] = False
         return int(index.size)
+
+    def assign_sources(self, sources: set[int], now: float) -> None:
+        """The request-log partitions this worker reads now: with event time, each one's
+        watermark holds the open slices (one not heard from yet too, until it is idle)."""
+        if self.slices is not None:
+            self.slices.assign(sources, now)
 
     def release_held(self, now: float) -> IngestReport:
         """Look the held lines up again (call after snapshots started canaries); expire old ones."""
@@ -387,20 +397,14 @@ class Fleet:
         if counted:
             codes = codes[attributed]
             rows = codes >> 1
-            add = (
-                self.windows.add
-                if self.slices is None
-                else partial(self.slices.add, close=self._close_slice)
-            )
-            add(
-                rows,
-                codes & 1,
-                columns.status[attributed] >= 500,
-                columns.duration_ms[attributed] > self.settings.latency_objective_ms,
-                columns.ts[attributed],
-                now,
-            )
-            self._last_line_at = now
+            arms = codes & 1
+            errors = columns.status[attributed] >= 500
+            slow = columns.duration_ms[attributed] > self.settings.latency_objective_ms
+            ts = columns.ts[attributed]
+            if self.slices is None:
+                self.windows.add(rows, arms, errors, slow, ts, now)
+            else:
+                self.slices.add(rows, arms, errors, slow, ts, now, source)
             self.counted_rows[rows] = True
             self.dirty[rows] = True
             if source >= 0:
@@ -558,39 +562,76 @@ class Fleet:
             return {reason: 0 for reason in REASONS}
         return dict(self.slices.dropped)
 
-    def _close_slice(self, number: int, counts: Counts) -> None:
-        """One closed event-time slice: into the windows, the test and the promotion test."""
+    def _close_slices(self, closed: ClosedSlices) -> None:
+        """The slices closed by this pass, oldest first, into the windows, the test and the
+        promotion test, in one call: each slice costs O(the rows with lines in it, and rows
+        whose test block waits for time to close); the other rows would not change."""
+        groups = closed.groups()
+        g = 0
+        waiting = self._waiting_rows
+        while True:
+            due = self._wait_next if waiting.size and self._wait_next < closed.through else None
+            if g < len(groups) and (due is None or groups[g][0] <= due):
+                number, rows, counts = groups[g]
+                g += 1
+            elif due is not None:
+                number, rows, counts = due, waiting[:0], np.zeros((N_SERIES, 0), np.int64)
+            else:
+                break
+            if waiting.size:
+                extra = waiting[~np.isin(waiting, rows)]
+                if extra.size:
+                    rows = np.concatenate([rows, extra])
+                    pad = np.zeros((counts.shape[0], extra.size), dtype=np.int64)
+                    counts = np.concatenate([counts, pad], axis=1)
+            waiting = self._close_slice(number, rows, counts)
+            self._wait_next = number + 1
+        self._waiting_rows = waiting
+
+    def _close_slice(self, number: int, rows: NDArray[np.intp], counts: Counts) -> NDArray[np.intp]:
+        """One closed slice of these rows; returns the rows whose block still waits."""
         start = number * self.event_time.slice_s
         end = start + self.event_time.slice_s
-        self.windows.add_counts(counts, start)
-        self.dirty[: counts.shape[1]] |= counts.any(axis=0)  # the test moves
-        before = self.engine.aborted.any(axis=0)
-        self.engine.evaluate(counts, self.windows.window_sum, self.attribution.active, end)
+        self.windows.add_rows(rows, counts, start)
+        self.dirty[rows] = True  # the test moves (counts, or a waiting block's time)
+        new, waiting = self.engine.step_rows(
+            rows, counts, self.windows.window_sum[:, rows], self.attribution.active[rows], end
+        )
         self.promotion.update(
             counts[CANARY_REQUESTS],
             counts[STABLE_REQUESTS],
             counts[_CANARY_BAD],
             counts[_STABLE_BAD],
+            rows=rows,
         )
         self._event_clock = end
-        for row in np.flatnonzero(self.engine.aborted.any(axis=0) & ~before).tolist():
+        for row in new.tolist():
             state = self.attribution.states[row]
             if state is not None:
                 decision_id = decision_id_for(
                     state.namespace, state.name, state.current_pod_hash, state.cluster, state.epoch
                 )
                 self.decision_event_times.setdefault(decision_id, end)
+        out: NDArray[np.intp] = rows[waiting]
+        return out
 
     def _event_pass(self, now: float) -> PassResult:
-        """The verdicts at the watermark: the slices closed since the last pass went into the
-        test as they closed; this judges every row again at the newest slice's end (no new
-        counts). With no line for `idle_s`, the open slices close first."""
+        """The slices the watermarks passed since the last pass go into the test (decisions
+        are taken there, at each slice's end); then every row is judged at the newest slice's
+        end, without new counts and without new decisions, so that how often passes run
+        changes nothing in the decisions."""
         assert self.slices is not None
-        if now - self._last_line_at >= self.event_time.idle_s:
-            self.slices.close_all(self._close_slice)
+        closed = self.slices.take_closed(now)
+        self._close_slices(closed)
+        if self._waiting_rows.size and self.slices.all_idle(now):
+            # Idle: no line comes to close the blocks that wait for their bad requests' quiet;
+            # their time passes anyway (nothing is counted into these slice ends).
+            s, slice_s = self.settings, self.event_time.slice_s
+            after = math.ceil(max(s.quiet_s, s.max_slice_s) / slice_s) + 1
+            empty = ClosedSlices(closed.numbers[:0], closed.rows[:0], closed.counts[:, :0], 0)
+            self._close_slices(replace(empty, through=max(closed.through, self._wait_next) + after))
         clock = self._event_clock if self._event_clock is not None else now
-        zero = np.zeros_like(self.engine.cumulative)
-        return self.engine.evaluate(zero, self.windows.window_sum, self.attribution.active, clock)
+        return self.engine.judge(self.windows.window_sum, self.attribution.active, clock)
 
     def delivered(self, command: AbortCommand) -> None:
         """The command was acknowledged by Kafka: its decision is made (see `evaluate`)."""

@@ -202,10 +202,13 @@ class PromotionTest:
         stable_requests: Ints,
         canary_bad: Ints,
         stable_bad: Ints,
+        rows: NDArray[np.intp] | None = None,
     ) -> None:
-        """Add one pass: request counts [rows], bad counts [tests, rows] (all since last pass)."""
+        """Add one pass: request counts [rows], bad counts [tests, rows] (all since last pass);
+        `rows`: the counts are of these rows only (the others are unchanged)."""
         n = self.n_tests
-        block = self.block
+        idx: NDArray[np.intp] | slice = slice(None) if rows is None else rows
+        block = self.block[:, idx]
         block[0] += canary_requests
         block[1] += stable_requests
         block[2 : 2 + n] += canary_bad
@@ -213,17 +216,21 @@ class PromotionTest:
         closing = (block[0] + block[1]) >= self.block_requests
         closed = block * closing
         block -= closed
+        if rows is not None:
+            self.block[:, rows] = block
         n_c, n_s = closed[0], closed[1]
-        self.canary_requests += n_c
-        closed_rows = np.flatnonzero(closing & (n_c > 0))
+        self.canary_requests[idx] += n_c
+        closed_local = np.flatnonzero(closing & (n_c > 0))
+        closed_rows = closed_local if rows is None else rows[closed_local]
         for t in range(n):
             x_c, x_s = closed[2 + t], closed[2 + n + t]
-            rows = np.flatnonzero(x_c + x_s)
-            if rows.size:
-                self._update_rows(t, rows, n_c[rows], n_s[rows], x_c[rows], x_s[rows])
+            local = np.flatnonzero(x_c + x_s)
+            if local.size:
+                bad_rows = local if rows is None else rows[local]
+                self._update_rows(t, bad_rows, n_c[local], n_s[local], x_c[local], x_s[local])
                 # Only rows whose split evidence moved can change their ratio verdict, and a
                 # pass is latched: rows already passed need no look.
-                open_rows = rows[~self.passed[t, rows]]
+                open_rows = bad_rows[~self.passed[t, bad_rows]]
                 if open_rows.size:
                     self.passed[t, open_rows] |= self.ratio_pass(t, open_rows)
             # The difference evidence moves with every closed block holding canary requests.

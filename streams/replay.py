@@ -139,6 +139,8 @@ def replay(
         else:
             batch.append(record.value)
     evaluate(tick)
+    if fleet.slices is not None:  # event time: the recording is over, its last slices close
+        evaluate(tick + fleet.event_time.idle_s)
     return result
 
 

@@ -302,57 +302,67 @@ class SplitTest:
         canary_bad: Ints,
         stable_bad: Ints,
         now: float = 0.0,
-    ) -> None:
+        rows: NDArray[np.intp] | None = None,
+    ) -> NDArray[np.bool_]:
         """Add one pass at time `now`: request counts [rows] (or [tests, rows], when a test
-        must not count some requests), bad counts [tests, rows], all since the last pass."""
+        must not count some requests), bad counts [tests, rows], all since the last pass.
+
+        `rows`: the counts are of these rows only (the others are unchanged: a row with no
+        counts and no block `waiting` is unchanged by a pass). Returns `waiting` [rows]: rows
+        whose block holds enough requests but waits for time (its bad requests' quiet) to close.
+        """
         n = self.n_tests
-        block = self.block
+        idx: NDArray[np.intp] | slice = slice(None) if rows is None else rows
+        block = self.block[:, :, idx]
+        last_bad = self.last_bad[:, idx]
+        opened = self.opened[:, idx]
         block[0] += canary_requests
         block[1] += stable_requests
         block[2] += canary_bad
         block[3] += stable_bad
-        # In place and into reused buffers: at 20k rows a fresh temporary costs more (page
-        # faults under load) than the arithmetic on it.
-        scratch = self._scratch
-        bad_now = np.add(canary_bad, stable_bad, out=scratch.ints("bad_now", self.opened.shape))
-        np.copyto(self.last_bad, now, where=bad_now > 0)
-        total = np.add(block[0], block[1], out=scratch.ints("total", self.opened.shape))
-        closing = np.greater_equal(
-            total, self.block_requests, out=scratch.bools("closing", self.opened.shape)
-        )
+        bad_now = np.broadcast_to(np.asarray(canary_bad) + stable_bad > 0, last_bad.shape)
+        last_bad[bad_now] = now
+        total = block[0] + block[1]
+        bad = block[2] + block[3]
+        full = total >= self.block_requests
+        closing = full
         if self.quiet_s > 0.0 or math.isfinite(self.max_slice_s):
-            bad = np.add(block[2], block[3], out=total)
-            ready = np.equal(bad, 0, out=scratch.bools("ready", self.opened.shape))
-            ready |= self.last_bad <= now - self.quiet_s
-            ready |= self.opened <= now - self.max_slice_s
-            closing &= ready
+            ready = bad == 0
+            ready |= now - last_bad >= self.quiet_s
+            ready |= now - opened >= self.max_slice_s
+            closing = full & ready
+        waiting: NDArray[np.bool_] = (full & ~closing).any(axis=0)
+        if rows is not None:
+            self.last_bad[:, rows] = last_bad
         if not closing.any():
-            return
-        closed = np.multiply(block, closing, out=scratch.ints("closed", block.shape))
+            if rows is not None:
+                self.block[:, :, rows] = block
+            return waiting
+        closed = block * closing
         block -= closed
-        np.copyto(self.opened, now, where=closing)
+        opened[closing] = now
+        if rows is not None:
+            self.block[:, :, rows] = block
+            self.opened[:, rows] = opened
         n_c, n_s = closed[0], closed[1]
         # Pseudo counts of the difference test, pooled until the row's next bad slice.
-        share = scratch.floats("share", self.opened.shape)
-        np.add(n_c, n_s, out=share)
-        np.maximum(share, 1.0, out=share)
-        np.divide(n_c, share, out=share)
-        share *= n_s
-        self.pending_share += share
-        self.pending_stable += n_s
-        bad_closed = np.add(closed[2], closed[3], out=bad_now)
+        share = n_c / np.maximum(n_c + n_s, 1)
+        self.pending_share[:, idx] += share * n_s
+        self.pending_stable[:, idx] += n_s
+        bad_closed = closed[2] + closed[3]
         for t in range(n):
-            rows = np.flatnonzero(bad_closed[t])
-            if rows.size:
+            local = np.flatnonzero(bad_closed[t])
+            if local.size:
                 self._update_rows(
                     t,
-                    rows,
+                    local if rows is None else rows[local],
                     now,
-                    n_c[t, rows],
-                    n_s[t, rows],
-                    closed[2, t, rows],
-                    bad_closed[t, rows],
+                    n_c[t, local],
+                    n_s[t, local],
+                    closed[2, t, local],
+                    bad_closed[t, local],
                 )
+        return waiting
 
     def _new_mass(self, t: int, rows: NDArray[np.intp], now: float) -> Floats:
         """Prior mass of the onsets since the rows' last slice with bad requests."""

@@ -166,6 +166,17 @@ class FleetWindows:
         self.window[:, :, min(number, self._head) % self.buckets] += counts.astype(np.uint32)
         self.window_sum += counts
 
+    def add_rows(self, rows: NDArray[np.intp], counts: Counts, t: float) -> None:
+        """`add_counts` for these rows only (counts [series, rows], distinct rows)."""
+        self.advance(t)
+        assert self._head is not None
+        number = int(t // self.bucket_s)
+        if number <= self._head - self.buckets or rows.size == 0:
+            return
+        slot = min(number, self._head) % self.buckets
+        self.window[:, rows, slot] += counts.astype(np.uint32)
+        self.window_sum[:, rows] += counts
+
     def take_pending(self) -> Counts:
         """Counts since the previous call; resets them."""
         taken = self.pending

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from streams.events import RequestLine, RolloutState, encode_request_line
 from streams.eventtime import FUTURE, LATE, EventTimeSettings, SliceRing
 from streams.fleet import Fleet
-from streams.windows import Counts
 
 SLICE_S = 0.5
 EVENT = EventTimeSettings(enabled=True, slice_s=SLICE_S, allowed_lateness_s=2.0, clock_skew_s=30.0)
@@ -53,6 +54,21 @@ def recording(seed: int = 7) -> list[tuple[float, bytes]]:
     return out
 
 
+PARTITION = {"shop-a": 0, "shop-b": 1, "shop-c": 0, "shop-d": 1}
+
+
+def partition_of(line: bytes) -> int:
+    return next(p for ns, p in PARTITION.items() if f'"{ns}"'.encode() in line)
+
+
+def count_by_partition(fleet: Fleet, lines: list[bytes], now: float) -> None:
+    """Count as the worker does: each partition's lines of a fetch, partition by partition."""
+    for p in (0, 1):
+        mine = [line for line in lines if partition_of(line) == p]
+        if mine:
+            fleet.count_columns(fleet.decode(mine), now, p)
+
+
 def decisions(fleet: Fleet, commands: list[str]) -> dict[str, float]:
     return {d: fleet.decision_event_times[d] for d in commands}
 
@@ -71,19 +87,32 @@ def run_live(traffic: list[tuple[float, bytes]]) -> tuple[Fleet, dict[str, float
         while i < len(traffic) and traffic[i][0] < now:
             batch.append(traffic[i][1])
             i += 1
-        fleet.count(batch, now)
+        count_by_partition(fleet, batch, now)
         aborted += [c.decision_id for c in fleet.evaluate(now)[1]]
     return fleet, decisions(fleet, aborted)
 
 
-def run_backlog(traffic: list[tuple[float, bytes]]) -> tuple[Fleet, dict[str, float]]:
-    """The worker was down: every snapshot, then the whole log in one batch, then a pass."""
-    fleet = Fleet(event_time=EVENT)
+def run_backlog(
+    traffic: list[tuple[float, bytes]], one_partition_first: bool = False
+) -> tuple[Fleet, dict[str, float]]:
+    """The worker was down: every snapshot, then the whole log in one batch (or partition 0's
+    whole log and a pass, then partition 1's), then a pass."""
+    # Partition 1 may lag partition 0 by the whole recording.
+    fleet = Fleet(event_time=replace(EVENT, max_partition_lag_s=SECONDS + 60.0))
     now = START + SECONDS + 600.0
     for state in rollouts():
         fleet.apply_rollout(state, now)
-    fleet.count([line for _, line in traffic], now)
-    aborted = [c.decision_id for c in fleet.evaluate(now)[1]]
+    lines = [line for _, line in traffic]
+    aborted: list[str] = []
+    if one_partition_first:
+        fleet.assign_sources({0, 1}, now)
+        for p in (0, 1):
+            mine = [line for line in lines if partition_of(line) == p]
+            fleet.count_columns(fleet.decode(mine), now, p)
+            aborted += [c.decision_id for c in fleet.evaluate(now)[1]]
+    else:
+        count_by_partition(fleet, lines, now)
+    aborted += [c.decision_id for c in fleet.evaluate(now)[1]]
     aborted += [c.decision_id for c in fleet.evaluate(now + 60.0)[1]]  # idle: all closed
     return fleet, decisions(fleet, aborted)
 
@@ -102,13 +131,19 @@ def test_backlog_gives_the_same_decisions_as_live() -> None:
     assert live_fleet.outside_event_time == backlog_fleet.outside_event_time
     assert live_fleet.outside_event_time[LATE] > 0 and live_fleet.outside_event_time[FUTURE] > 0
     np.testing.assert_array_equal(live_fleet.engine.cumulative, backlog_fleet.engine.cumulative)
+    # Partition 0 drained to its end, and a pass, before partition 1 is read: partition 1's
+    # watermark (assigned, no line yet) holds the slices open; one watermark per worker would
+    # have closed them and dropped partition 1's lines as late.
+    serial_fleet, serial = run_backlog(traffic, one_partition_first=True)
+    assert serial == backlog
+    assert serial_fleet.outside_event_time == live_fleet.outside_event_time
 
 
 def test_processing_time_backlog_bends_the_test() -> None:
     """The wrong variant (today's processing-time blocks) does not give the live decisions on a
     backlog: the property above can fail."""
     traffic = recording()
-    fleet = Fleet()
+    fleet = Fleet(event_time=EventTimeSettings(enabled=False))
     now = START + SECONDS + 600.0
     for state in rollouts():
         fleet.apply_rollout(state, now)
@@ -117,60 +152,97 @@ def test_processing_time_backlog_bends_the_test() -> None:
     assert aborted != {"shop-a/web@c-shop-a", "shop-d/web@c-shop-d"}
 
 
+def ring_add(ring: SliceRing, ts: list[float], now: float, source: int = 0, row: int = 0) -> int:
+    n = len(ts)
+    rows = np.full(n, row, dtype=np.intp)
+    arms = np.zeros(n, dtype=np.intp)
+    no = np.zeros(n, dtype=np.bool_)
+    return ring.add(rows, arms, no, no, np.asarray(ts), now, source)
+
+
+def closed(ring: SliceRing, now: float) -> list[tuple[int, int]]:
+    """(slice, requests) of the slices closed at `now`."""
+    return [(k, int(c[0].sum() + c[3].sum())) for k, _, c in ring.take_closed(now).groups()]
+
+
+SKEW = 1e9  # the ring tests' clocks start at 0: no line is `future` unless said
+
+
 def test_watermark_closes_slices_in_order_and_drops_late_and_future() -> None:
-    ring = SliceRing(2, EventTimeSettings(enabled=True, slice_s=1.0, allowed_lateness_s=2.0))
-    log: list[tuple[int, int]] = []
-
-    def close(number: int, counts: Counts) -> None:
-        log.append((number, int(counts[0].sum())))
-
-    def add(ts: list[float], now: float) -> int:
-        n = len(ts)
-        zeros = np.zeros(n, dtype=np.intp)
-        no = np.zeros(n, dtype=np.bool_)
-        return ring.add(zeros, zeros, no, no, np.asarray(ts), now, close)
-
-    assert add([10.2, 11.5, 10.9], 12.0) == 3
-    assert log == []  # watermark 9.5: nothing closed yet
-    # Watermark 11.1: slices 8 (the first open), 9 and 10 close; 8 and 9, empty before any
-    # line, are skipped.
-    assert add([13.1], 13.2) == 1
-    assert log == [(10, 2)]
-    assert add([10.5, 11.0], 13.3) == 1  # 10.5 is late: slice 10 closed
+    ring = SliceRing(2, EventTimeSettings(slice_s=1.0, allowed_lateness_s=2.0))
+    assert ring_add(ring, [10.2, 11.5, 10.9], 12.0) == 3
+    assert closed(ring, 12.0) == []  # watermark 9.5: nothing closed yet
+    assert ring_add(ring, [13.1], 13.2) == 1
+    assert closed(ring, 13.2) == [(10, 2)]  # watermark 11.1: slice 10 closes
+    assert ring_add(ring, [10.5, 11.0], 13.3) == 1  # 10.5 is late: slice 10 closed
     assert ring.dropped == {LATE: 1, FUTURE: 0}
-    assert add([100.0], 14.0) == 0  # 86 s ahead of the clock
+    assert ring_add(ring, [100.0], 14.0) == 0  # 86 s ahead of the clock
     assert ring.dropped[FUTURE] == 1
-    # A jump far ahead closes the ring on the way and skips the long empty gap.
-    assert add([500.0], 600.0) == 1
-    assert log[1:4] == [(11, 2), (12, 0), (13, 1)] and log[-1][0] < 500 - 2
-    ring.close_all(close)
-    assert log[-1] == (500, 1)
+    assert ring_add(ring, [500.0], 600.0) == 1
+    assert closed(ring, 600.0) == [(11, 2), (13, 1)]  # empty slices are not handed over
+    assert closed(ring, 700.0) == [(500, 1)]  # idle: every open slice closes
+
+
+def test_each_partition_has_its_own_watermark_and_an_idle_one_holds_nothing() -> None:
+    ring = SliceRing(
+        2, EventTimeSettings(slice_s=1.0, allowed_lateness_s=2.0, idle_s=10.0, clock_skew_s=SKEW)
+    )
+    ring_add(ring, [100.0, 101.0, 130.0], 0.0, source=0, row=0)  # partition 0 runs ahead
+    ring_add(ring, [100.5], 0.0, source=1, row=1)  # partition 1 lags: it holds slice 100 open
+    assert closed(ring, 1.0) == []
+    # Partition 1's next lines are not late (its own watermark), though partition 0's is 128.
+    assert ring_add(ring, [100.2, 104.0], 2.0, source=1, row=1) == 2
+    assert ring.dropped[LATE] == 0
+    assert closed(ring, 2.0) == [(100, 3), (101, 1)]  # the lowest watermark, partition 1's: 102
+    # Partition 1 goes quiet: after idle_s it holds nothing, partition 0's watermark closes.
+    ring_add(ring, [131.0], 12.0, source=0)
+    assert closed(ring, 12.5) == [(104, 1)]  # partition 0's watermark is 129
+    assert ring_add(ring, [105.0], 13.0, source=1, row=1) == 0  # back, but its slice closed
+    assert ring.dropped[LATE] == 1
+    # A partition that moved to another worker no longer holds slices either.
+    ring_add(ring, [140.0], 30.0, source=0)
+    ring_add(ring, [131.5], 30.0, source=2)
+    assert closed(ring, 30.0) == []
+    ring.drop_sources({2})
+    assert closed(ring, 30.0) == [(130, 1), (131, 2)]
+    # An assigned partition that has delivered nothing yet holds the slices until it is idle.
+    ring.assign({0, 3}, 30.0)
+    assert set(ring.max_ts) == {0, 3}  # partition 1, no longer assigned, is forgotten
+    ring_add(ring, [150.0], 31.0, source=0)
+    assert closed(ring, 31.0) == []
+    assert closed(ring, 40.5) == [(140, 1)]  # partition 3 idle: partition 0's watermark 148
+
+
+def test_the_slowest_partition_holds_slices_at_most_max_partition_lag_s() -> None:
+    settings = EventTimeSettings(
+        slice_s=1.0, allowed_lateness_s=2.0, max_partition_lag_s=10.0, clock_skew_s=SKEW
+    )
+    ring = SliceRing(1, settings)
+    ring_add(ring, [100.0], 0.0, source=1)
+    ring_add(ring, [100.0, 150.0], 0.0, source=0)
+    assert closed(ring, 0.0) == [(100, 2)]  # frontier 150 - 2 - 10
+    assert ring_add(ring, [101.0], 0.5, source=1) == 0
+    assert ring.dropped[LATE] == 1
 
 
 def test_slices_of_a_row_export_and_import_by_event_time() -> None:
-    settings = EventTimeSettings(enabled=True, slice_s=1.0)
+    settings = EventTimeSettings(slice_s=1.0)
     ring = SliceRing(3, settings)
     rows = np.asarray([0, 2, 2], dtype=np.intp)
     arms = np.asarray([0, 1, 0], dtype=np.intp)
     bad = np.asarray([True, False, True])
-    ring.add(rows, arms, bad, bad, np.asarray([5.0, 5.5, 6.0]), 6.0, lambda n, c: None)
+    ring.add(rows, arms, bad, bad, np.asarray([5.0, 5.5, 6.0]), 6.0)
     data = ring.export_rows(np.asarray([2], dtype=np.intp))
     assert data.shape == (1, ring.row_width)
-    fresh = SliceRing(1, settings)  # knows no watermark yet: takes the exporter's
+    fresh = SliceRing(1, settings)  # knows no watermark yet: takes the exporter's slices
     fresh.import_rows(np.asarray([0], dtype=np.intp), data)
-    np.testing.assert_array_equal(fresh.ring[:, :, 0], ring.ring[:, :, 2])
-    assert fresh.first_open == ring.first_open
-    ahead = SliceRing(1, settings)  # its watermark passed slice 5: it is folded into slice 6
-    ahead.add(
-        *(np.zeros(1, dtype=np.intp),) * 2,
-        *(np.zeros(1, dtype=np.bool_),) * 2,
-        np.asarray([8.5]),
-        9.0,
-        lambda n, c: None,
-    )
+    np.testing.assert_array_equal(fresh.export_rows(np.asarray([0], dtype=np.intp)), data)
+    ahead = SliceRing(2, settings)  # its watermark passed slice 5: it is folded into slice 6
+    ring_add(ahead, [8.5], 9.0, row=1)
+    assert closed(ahead, 9.0) == []
     assert ahead.first_open == 6
     ahead.import_rows(np.asarray([0], dtype=np.intp), data)
-    assert ahead.ring[:, 6 % ahead.size, 0].sum() == 4  # two requests, one error, one slow
+    assert closed(ahead, 60.0) == [(6, 2), (8, 1)]  # row 0's two requests, in slice 6
     with pytest.raises(ValueError):
         ahead.import_rows(np.asarray([0], dtype=np.intp), data[:, 1:])
 

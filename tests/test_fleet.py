@@ -6,9 +6,12 @@ import numpy as np
 
 from streams.decisions import Verdict
 from streams.events import RequestLine, RolloutState, encode_request_line
+from streams.eventtime import EventTimeSettings
 from streams.fleet import Fleet, FleetLimits
 from streams.simulation import FleetSimulator, Scenario, SimulationSettings, plan_fleet, score
 from streams.windows import CANARY_REQUESTS, STABLE_REQUESTS
+
+PROCESSING_TIME = EventTimeSettings(enabled=False)
 
 
 def lines(ns: str, pod_hash: str, n: int, errors: int, t: float) -> list[bytes]:
@@ -102,7 +105,8 @@ def test_simulated_fleet_scores_perfectly_in_process() -> None:
 
 
 def test_unattributed_lines_wait_for_their_canary_within_the_hold() -> None:
-    fleet = Fleet(limits=FleetLimits(hold_s=5.0, hold_lines=100))
+    # Processing time: the window counts the lines as they are counted.
+    fleet = Fleet(limits=FleetLimits(hold_s=5.0, hold_lines=100), event_time=PROCESSING_TIME)
     early = fleet.count(lines("shop", "c1", 4, 2, 1.0) + lines("shop", "s1", 6, 0, 1.0), 1.0)
     assert (early.counted, early.unattributed, early.held) == (0, 0, 10)
     fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1"), now=2.0)
@@ -252,7 +256,7 @@ def test_forget_stops_attribution_and_drops_the_evidence() -> None:
 
 
 def test_a_canary_step_starts_a_latency_grace_and_shared_breakage_requests_a_hold() -> None:
-    fleet = Fleet()
+    fleet = Fleet(event_time=PROCESSING_TIME)  # passes at t + 100: processing time
     fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=20), now=0.0)
     row = fleet.attribution.row_of_env["shop/web"]
     assert fleet.engine.grace_until[row] == fleet.settings.latency_grace_s

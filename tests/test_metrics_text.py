@@ -14,6 +14,7 @@ from agents.health import Readiness, serve_health
 from agents.metrics import FleetCollector, metrics_app
 from agents.processes import free_port
 from streams.events import RolloutState
+from streams.eventtime import EventTimeSettings
 from streams.fleet import Fleet
 from tests.test_metrics import lines
 from tests.test_status import judged_fleet
@@ -74,8 +75,8 @@ def test_text_rendering_matches_prometheus_client_and_is_served() -> None:
 
 
 def grown_fleet(canaries: int) -> Fleet:
-    """`canaries` environments, every one counted and judged."""
-    fleet = Fleet()
+    """`canaries` environments, every one counted and judged (processing time: at once)."""
+    fleet = Fleet(event_time=EventTimeSettings(enabled=False))
     for i in range(canaries):
         fleet.apply_rollout(RolloutState(f"ns-{i}", "web", "c", "s", canary_weight=50), 0.0)
     for t in range(1, 4):

@@ -51,7 +51,7 @@ def _run(
         board.apply_state(e.state(now))
     passes = []
     t = now
-    for _ in range(rounds + 8):
+    for _ in range(rounds + 20):  # event time: the last slices close once idle (EVENT_IDLE_S)
         batch = [line for line in lines if t <= line.ts < t + step]
         t += step
         if batch:

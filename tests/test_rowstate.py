@@ -58,7 +58,7 @@ def test_a_restored_fleet_decides_exactly_as_the_one_that_kept_running() -> None
 
 
 def test_dropping_a_source_forgets_only_its_rows() -> None:
-    fleet = Fleet()
+    fleet = Fleet(event_time=EventTimeSettings(enabled=False))
     for s in STATES:
         fleet.apply_rollout(s, 0.0)
     step(fleet, 1.0)
@@ -101,7 +101,7 @@ def test_open_event_time_slices_move_with_their_rows() -> None:
 def test_a_quiet_canary_is_checkpointed_once_its_lines_are_in_the_test_not_every_time() -> None:
     """An open test block (fewer than block_requests requests) changes only with new lines:
     the row is written after the lines and after the pass that takes them in, then not again."""
-    fleet = Fleet()
+    fleet = Fleet(event_time=EventTimeSettings(enabled=False))  # a pass takes lines in
     fleet.apply_rollout(STATES[0], 0.0)
     fleet.count_columns(
         fleet.decode(lines("ns0", "c1", 2, 0, 1.0) + lines("ns0", "s1", 8, 0, 1.0)), 1.0, source=0
@@ -123,7 +123,7 @@ def test_a_quiet_canary_is_checkpointed_once_its_lines_are_in_the_test_not_every
 def test_a_full_block_waiting_for_a_quiet_spell_stays_listed_until_it_closes() -> None:
     """A block with block_requests requests and a recent bad one closes on a later pass
     without new lines: the row is checkpointed until it has."""
-    fleet = Fleet()
+    fleet = Fleet(event_time=EventTimeSettings(enabled=False))  # a pass takes lines in
     fleet.apply_rollout(STATES[0], 0.0)
     fleet.count_columns(
         fleet.decode(lines("ns0", "c1", 40, 3, 1.0) + lines("ns0", "s1", 60, 0, 1.0)), 1.0, source=0

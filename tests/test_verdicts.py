@@ -6,6 +6,7 @@ import itertools
 
 from agents.verdicts import VerdictPublisher
 from streams.events import RequestLine, RolloutState, encode_request_line
+from streams.eventtime import EventTimeSettings
 from streams.fleet import Fleet
 from streams.promotion import VerdictSnapshot
 
@@ -25,7 +26,7 @@ async def test_changed_verdicts_go_out_at_once_and_unchanged_ones_at_most_every_
     async def send(key: bytes, value: bytes) -> None:
         sent.append((key, VerdictSnapshot.decode(value)))
 
-    fleet = Fleet()
+    fleet = Fleet(event_time=EventTimeSettings(enabled=False))  # a verdict per pass
     fleet.apply_rollout(RolloutState("shop", "web", "c1", "s1", canary_weight=20), now=0.0)
     publisher = VerdictPublisher(send, refresh_s=5.0)
     verdicts = []
