@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -37,6 +37,17 @@ async def poll_until(
             raise TimeoutError(f"waited {within_s:.0f}s for {what}")
         await asyncio.sleep(every_s)
     return result
+
+
+async def poll_until_async(
+    check: Callable[[], Awaitable[object]], within_s: float, what: str, *, every_s: float = 0.2
+) -> None:
+    """`poll_until` for checks that are coroutines (e.g. ones that read Kafka)."""
+    deadline = time.monotonic() + within_s
+    while not await check():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"waited {within_s:.0f}s for {what}")
+        await asyncio.sleep(every_s)
 
 
 def scrape(

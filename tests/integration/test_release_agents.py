@@ -7,11 +7,8 @@ under the same decision.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ from agents.processes import (
     WorkerProcess,
     free_port,
     poll_until,
+    poll_until_async,
     read_metric,
     release_agent_process,
 )
@@ -61,15 +59,6 @@ async def read_topic(settings: Settings, topic: str) -> list[bytes]:
         return out
     finally:
         await consumer.stop()
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], within_s: float, what: str) -> None:
-    """poll_until for checks that read Kafka (coroutines)."""
-    deadline = time.monotonic() + within_s
-    while not await check():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"waited {within_s:.0f}s for {what}")
-        await asyncio.sleep(0.2)
 
 
 def metric(agent: WorkerProcess, name: str, **labels: str) -> float:
@@ -149,7 +138,7 @@ async def test_a_killed_release_agents_releases_are_taken_over_from_the_table(
         async def all_halted() -> bool:
             return sorted(set(await verdicts())) == sorted(bad)
 
-        await wait_for(all_halted, 60, "every bad release halted")
+        await poll_until_async(all_halted, 60, "every bad release halted")
         victim, survivor = agents
         halts = [metric(a, "canarywatch_release_halts_total", signal="errors") for a in agents]
         assert all(n > 0 for n in halts), halts  # both decided some
@@ -179,7 +168,7 @@ async def test_a_killed_release_agents_releases_are_taken_over_from_the_table(
             values = await read_topic(settings, settings.topics.commands)
             return {decode_abort_command(v).env for v in values} >= set(joiners)
 
-        await wait_for(joined, 60, "the joiners' fan-out")
+        await poll_until_async(joined, 60, "the joiners' fan-out")
         passes = metric(survivor, "canarywatch_release_passes_total")
         await poll_until(
             lambda: metric(survivor, "canarywatch_release_passes_total") >= passes + 5,

@@ -31,6 +31,7 @@ from agents.processes import (
     WorkerProcess,
     free_port,
     poll_until,
+    poll_until_async,
     read_metric,
     release_agent_process,
 )
@@ -62,7 +63,6 @@ from tests.integration.test_actuator import (
     read_rollout,
     running,
 )
-from tests.integration.test_release_agents import wait_for
 from tests.support.localkube import LocalKubeAPI
 
 pytestmark = [pytest.mark.kube, pytest.mark.kafka]
@@ -232,7 +232,7 @@ async def test_a_bad_release_is_halted_in_every_quiet_environment_and_triaged(
                     values = await read_topic(settings, settings.topics.triage)
                     return any(k.decode() == customer.env for k, _ in values)
 
-                await wait_for(triaged, 60, "the triage of the customer's abort")
+                await poll_until_async(triaged, 60, "the triage of the customer's abort")
 
                 def triage_events() -> list[k8s.CoreV1Event]:
                     return [
