@@ -30,8 +30,13 @@ class RowChange:
 
 
 class Attribution:
-    def __init__(self, capacity: int = 64, *, rebuild_after: int = 1024) -> None:
+    def __init__(
+        self, capacity: int = 64, *, rebuild_after: int = 1024, max_rows: int | None = None
+    ) -> None:
         self.capacity = capacity
+        # Rows never needed at once (the fleet's canary cap): growth stops there, not at the
+        # next power of two (every per-row array of the fleet is this long).
+        self.max_rows = max_rows
         self.rebuild_after = rebuild_after  # changes before the large index is rebuilt
         self.active = np.zeros(capacity, dtype=np.bool_)
         self.states: list[RolloutState | None] = [None] * capacity
@@ -137,9 +142,12 @@ class Attribution:
     def _allocate(self) -> int:
         if not self._free:
             old = self.capacity
-            self.capacity = old * 2
-            self.active = np.concatenate([self.active, np.zeros(old, dtype=np.bool_)])
-            self.states.extend([None] * old)
+            grown = old * 2
+            if self.max_rows is not None and old < self.max_rows:
+                grown = min(grown, self.max_rows)
+            self.capacity = grown
+            self.active = np.concatenate([self.active, np.zeros(grown - old, dtype=np.bool_)])
+            self.states.extend([None] * (grown - old))
             self._free = list(range(self.capacity - 1, old - 1, -1))
         return self._free.pop()
 

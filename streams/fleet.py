@@ -149,7 +149,7 @@ class Fleet:
         self.limits = limits or FleetLimits()
         self.max_message_bytes = max_message_bytes
         self.max_bad_lines = max_bad_lines
-        self.attribution = Attribution(capacity)
+        self.attribution = Attribution(capacity, max_rows=self.limits.max_canaries)
         self.windows = FleetWindows(capacity, bucket_s=window.bucket_s, buckets=window.buckets)
         self.engine = DecisionEngine(self.settings, capacity)
         # Event time (streams.eventtime): when enabled, lines enter the test by their `ts`, in

@@ -118,3 +118,12 @@ def test_an_ended_rollout_frees_its_row() -> None:
     assert change.ended == [row] and change.started == []
     assert a.lookup("shop", "c1") == NOT_ATTRIBUTED
     assert a.active_rows().tolist() == []
+
+
+def test_rows_grow_to_the_canary_cap_not_past_it() -> None:
+    a = Attribution(capacity=4, max_rows=6)
+    for i in range(6):
+        a.apply(canary(f"ns{i}", "c1"))
+    assert a.capacity == 6  # not 8: every per-row array of the fleet is this long
+    a.apply(canary("ns6", "c1"))  # past the cap (the fleet refuses first) it still works
+    assert a.capacity == 12 and a.lookup("ns6", "c1") != NOT_ATTRIBUTED
