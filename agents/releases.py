@@ -52,8 +52,9 @@ from streams.events import (
     encode_abort_command,
 )
 from streams.pooledpass import KEY_PREFIX, PooledPassSettings
-from streams.release import (
-    ReleaseBoard,
+from streams.releaseboard import ReleaseBoard
+from streams.releasefeed import FeedRecord, decode_feed_record, encode_feed_record
+from streams.releaserecords import (
     ReleaseVerdict,
     TriageRecord,
     decode_release_verdict,
@@ -61,7 +62,6 @@ from streams.release import (
     encode_release_verdict,
     encode_triage,
 )
-from streams.releasefeed import FeedRecord, decode_feed_record, encode_feed_record
 
 log = logging.getLogger("canarywatch.releases")
 

@@ -12,8 +12,9 @@ from prometheus_client import CollectorRegistry
 from agents.releases import ReleaseAgent, ReleaseMetrics, release_partition
 from agents.settings import Settings, Topics
 from streams.events import decision_id_for, decode_abort_command
-from streams.release import ReleaseSettings, decode_release_verdict, release_decision_id
+from streams.release import ReleaseSettings
 from streams.releasefeed import encode_feed_record, state_record, summary_record
+from streams.releaserecords import decode_release_verdict, release_decision_id
 from tests.test_release import state, summary
 
 PARTITIONS = 4

@@ -16,7 +16,8 @@ from streams.events import (
     encode_abort_command,
 )
 from streams.fleet import Fleet
-from streams.release import BoardPass, FleetControl, ReleaseBoard, ReleaseSettings, Triage
+from streams.release import FleetControl, ReleaseSettings, Triage
+from streams.releaseboard import BoardPass, ReleaseBoard
 from streams.releasefeed import (
     SummaryFeed,
     decode_feed_record,
