@@ -23,7 +23,8 @@ from agents.processes import (
     read_metric,
     release_agent_process,
 )
-from agents.releases import ensure_release_topics, release_partition
+from agents.releaseagent import release_partition
+from agents.releases import ensure_release_topics
 from agents.settings import Settings, Topics
 from agents.simulator import producer_for
 from streams.events import decision_id_for, decode_abort_command
