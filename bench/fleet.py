@@ -6,7 +6,7 @@ A repetition is one release rolled out to `ENVS` environments at once: heavy-tai
 repetitions x environments. Judges side by side on the same traffic:
 
 - per-env: `streams.decisions.DecisionEngine` alone, driven with each pass's increments and a
-  60 s window (as bench/decisions.py drives it, here with 10 s passes and no slow requests);
+  60 s window (as bench/decisions_run.py drives it, here with 10 s passes and no slow requests);
   an environment it aborts stops serving the canary.
 - pooled: the same per-environment aborts, plus the release test of `streams.pooledhalt` (one
   cohort per repetition, fed through `ReleaseEvidence` and `pool`); a halt aborts every
