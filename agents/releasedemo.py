@@ -25,7 +25,12 @@ from agents.releases import ensure_release_topics
 from agents.settings import Settings
 from agents.simulator import play_release_fleet, producer_for
 from streams.events import AbortCommand, DecodeError, decode_abort_command
-from streams.release import ReleaseVerdict, TriageRecord, decode_release_verdict, decode_triage
+from streams.releaserecords import (
+    ReleaseVerdict,
+    TriageRecord,
+    decode_release_verdict,
+    decode_triage,
+)
 from streams.simulation import ReleaseFleetSettings, ReleaseScenario, plan_release_fleet
 
 Printer = Callable[[str], None]

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter
 from agents.actuator import COMPONENT, KubeError, RolloutApi
 from agents.settings import Settings
 from streams.events import DecodeError
-from streams.release import TriageRecord, decode_triage
+from streams.releaserecords import TriageRecord, decode_triage
 from streams.rollouts import GROUP, KIND, VERSION
 
 log = logging.getLogger("canarywatch.triage")

@@ -6,11 +6,11 @@ A repetition is one release rolled out to `ENVS` environments at once: heavy-tai
 repetitions x environments. Judges side by side on the same traffic:
 
 - per-env: `streams.decisions.DecisionEngine` alone, driven with each pass's increments and a
-  60 s window (as bench/decisions.py drives it, here with 10 s passes and no slow requests);
+  60 s window (as bench/decisions_run.py drives it, here with 10 s passes and no slow requests);
   an environment it aborts stops serving the canary.
-- pooled: the same per-environment aborts, plus the release test of `streams.release` (one
+- pooled: the same per-environment aborts, plus the release test of `streams.pooledhalt` (one
   cohort per repetition, fed through `ReleaseEvidence` and `pool`); a halt aborts every
-  environment of the release at once. Every abort is triaged (`streams.release.triage`).
+  environment of the release at once. Every abort is triaged (`streams.triage`).
 - argo: Argo-style analysis per environment (canary error ratio over 5 minutes, every minute,
   abort at the 4th failure above 0.5 %, as in bench/judges.py), its aborts triaged too.
 
@@ -32,16 +32,10 @@ from numpy.typing import NDArray
 from bench import pooledpass
 from bench.judges import NEVER, wilson
 from streams.decisions import DecisionEngine, DecisionSettings
-from streams.release import (
-    TRIAGE_ORDER,
-    FleetArrays,
-    ReleaseEvidence,
-    ReleaseSettings,
-    Scratch,
-    Triage,
-    pool,
-    triage,
-)
+from streams.pooledhalt import FleetArrays, Scratch, pool
+from streams.release import ReleaseSettings, Triage
+from streams.releaseevidence import ReleaseEvidence
+from streams.triage import TRIAGE_ORDER, triage
 from streams.windows import (
     CANARY_ERRORS,
     CANARY_REQUESTS,

@@ -27,7 +27,8 @@ import numpy as np
 
 from bench.judges import wilson
 from streams.pooledpass import PassRows, PooledPass, PooledPassSettings
-from streams.release import ReleaseEvidence, ReleaseSettings
+from streams.release import ReleaseSettings
+from streams.releaseevidence import ReleaseEvidence
 
 SEED = 20261202
 ENVS = 100

@@ -22,15 +22,9 @@ import orjson
 
 from streams.events import DecodeError, RolloutState, rollout_state_from_obj
 from streams.fleet import Fleet
-from streams.release import (
-    EnvSummary,
-    FleetControl,
-    ReleaseEvidence,
-    ReleaseSettings,
-    decode_env_summary,
-    encode_env_summary,
-    summary_from_rows,
-)
+from streams.release import FleetControl, ReleaseSettings
+from streams.releaseevidence import ReleaseEvidence, summary_from_rows
+from streams.releaserecords import EnvSummary, decode_env_summary, encode_env_summary
 from streams.windows import (
     CANARY_ERRORS,
     CANARY_REQUESTS,

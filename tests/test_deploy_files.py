@@ -14,7 +14,7 @@ from agents.actuator import ActuatorMetrics
 from agents.bridge import BridgeMetrics
 from agents.cli import _parser
 from agents.metrics import FleetCollector, WorkerMetrics
-from agents.releases import ReleaseMetrics
+from agents.releaseagent import ReleaseMetrics
 from agents.settings import settings_from_env
 from streams.events import RolloutState
 from streams.fleet import Fleet

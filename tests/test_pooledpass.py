@@ -20,13 +20,10 @@ from streams.pooledpass import (
     adopt,
 )
 from streams.promotion import INCONCLUSIVE, PASS, SignalPass, VerdictSnapshot
-from streams.release import (
-    EnvSummary,
-    ReleaseBoard,
-    ReleaseEvidence,
-    ReleaseSettings,
-    summary_from_rows,
-)
+from streams.release import ReleaseSettings
+from streams.releaseboard import ReleaseBoard
+from streams.releaseevidence import ReleaseEvidence, summary_from_rows
+from streams.releaserecords import EnvSummary
 
 BETA = 0.01
 BASE = (0.001, 0.02)

@@ -10,28 +10,21 @@ import numpy as np
 import pytest
 
 from streams.events import DecodeError, RolloutState
-from streams.release import (
-    TRIAGE_ORDER,
+from streams.pooledhalt import FleetArrays, ebh, pool
+from streams.release import FleetControl, Pooling, ReleaseSettings, Triage
+from streams.releaseboard import ReleaseBoard
+from streams.releaseevidence import ReleaseEvidence, summary_from_rows
+from streams.releaserecords import (
     EnvSummary,
-    FleetArrays,
-    FleetControl,
-    Pooling,
-    ReleaseBoard,
-    ReleaseEvidence,
-    ReleaseSettings,
-    Triage,
     decode_env_summary,
     decode_release_verdict,
     decode_triage,
-    ebh,
     encode_env_summary,
     encode_release_verdict,
     encode_triage,
-    pool,
     release_decision_id,
-    summary_from_rows,
-    triage,
 )
+from streams.triage import TRIAGE_ORDER, triage
 
 Z1 = np.zeros((1, 1), dtype=np.int64)
 

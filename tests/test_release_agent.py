@@ -1,4 +1,4 @@
-"""The release agent's core (agents/releases.py) without a broker: decisions, what it latches in
+"""The release agent's core (agents/releaseagent.py) without a broker: decisions, what it latches in
 its table, and a successor restored from that table (in any order) that sends nothing twice."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import random
 
 from prometheus_client import CollectorRegistry
 
-from agents.releases import ReleaseAgent, ReleaseMetrics, release_partition
+from agents.releaseagent import ReleaseAgent, ReleaseMetrics, release_partition
 from agents.settings import Settings, Topics
 from streams.events import decision_id_for, decode_abort_command
-from streams.release import ReleaseSettings, decode_release_verdict, release_decision_id
+from streams.release import ReleaseSettings
 from streams.releasefeed import encode_feed_record, state_record, summary_record
+from streams.releaserecords import decode_release_verdict, release_decision_id
 from tests.test_release import state, summary
 
 PARTITIONS = 4

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agents.actuator import event_message
-from agents.releases import fanout_command, release_partition
+from agents.releaseagent import release_partition
 from streams.events import (
     DecodeError,
     check_decision_id,
@@ -16,7 +16,9 @@ from streams.events import (
     encode_abort_command,
 )
 from streams.fleet import Fleet
-from streams.release import BoardPass, FleetControl, ReleaseBoard, ReleaseSettings, Triage
+from streams.release import FleetControl, ReleaseSettings, Triage
+from streams.releaseboard import BoardPass, ReleaseBoard
+from streams.releasecommands import fanout_command
 from streams.releasefeed import (
     SummaryFeed,
     decode_feed_record,

@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaProducer
 
 from agents.gate import VerdictStore
 from agents.processes import free_port, poll_until, release_agent_process
-from agents.releases import ensure_release_topics, release_partition
+from agents.releaseagent import release_partition
+from agents.releases import ensure_release_topics
 from agents.settings import Settings, Topics
 from streams.pooledpass import KEY_PREFIX
 from streams.promotion import INCONCLUSIVE, PASS

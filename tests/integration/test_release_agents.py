@@ -23,12 +23,14 @@ from agents.processes import (
     read_metric,
     release_agent_process,
 )
-from agents.releases import ensure_release_topics, release_partition
+from agents.releaseagent import release_partition
+from agents.releases import ensure_release_topics
 from agents.settings import Settings, Topics
 from agents.simulator import producer_for
 from streams.events import decision_id_for, decode_abort_command
-from streams.release import ReleaseSettings, decode_release_verdict, release_decision_id
+from streams.release import ReleaseSettings
 from streams.releasefeed import encode_feed_record, state_record, summary_record
+from streams.releaserecords import decode_release_verdict, release_decision_id
 from tests.test_release import state, summary
 
 pytestmark = pytest.mark.kafka

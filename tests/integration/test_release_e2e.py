@@ -40,9 +40,9 @@ from agents.settings import Settings, Topics
 from agents.simulator import producer_for
 from agents.triagenotify import TRIAGE_EVENT_REASON, TriageNotifier
 from streams.events import decision_id_for, decode_abort_command, encode_rollout_state, epoch_of
-from streams.release import (
+from streams.release import Triage
+from streams.releaserecords import (
     ReleaseVerdict,
-    Triage,
     decode_release_verdict,
     decode_triage,
     release_decision_id,
