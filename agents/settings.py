@@ -311,6 +311,9 @@ class EnvSettings(BaseSettings):
     latency_objective_ms: Number = Field(
         default=None, description="a request slower than this is bad"
     )
+    max_slice_s: Number = Field(
+        default=None, description="> 0: longest burst counted once; the abort floor scales with it"
+    )
     max_canaries: Whole = Field(default=None, description="canaries tracked per worker")
     max_waiting: Whole = Field(
         default=None, description="refused canaries waiting for their lines, per worker"
@@ -485,6 +488,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         decisions=replace(
             base.decisions,
             latency_objective_ms=pick(e.latency_objective_ms, base.decisions.latency_objective_ms),
+            max_slice_s=pick(e.max_slice_s, base.decisions.max_slice_s),
         ),
         action_policy=Action(pick(e.action_policy, base.action_policy.value)),
         max_deferrals=pick(e.max_deferrals, base.max_deferrals),
@@ -595,6 +599,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "MAX_DEFERRALS": str(settings.max_deferrals),
         ENV_PREFIX + "ACTUATOR_CONCURRENCY": str(settings.actuator_concurrency),
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
+        ENV_PREFIX + "MAX_SLICE_S": str(settings.decisions.max_slice_s),
         ENV_PREFIX + "REQUEST_SESSION_TIMEOUT_MS": str(settings.request_session_timeout_ms),
         ENV_PREFIX + "REQUEST_HEARTBEAT_INTERVAL_MS": str(settings.request_heartbeat_interval_ms),
         ENV_PREFIX + "BROKER_SESSION_TIMEOUT_S": str(settings.broker_session_timeout_s),
