@@ -62,6 +62,7 @@ from streams.events import (
     encode_abort_command,
     encode_rollout_state,
 )
+from streams.eventtime import EventTimeSettings
 from streams.rollouts import GROUP, PLURAL, VERSION
 from tests.integration.test_actuator import (
     command_for,
@@ -187,7 +188,7 @@ async def watch_abort(admin: k8s.ApiClient, name: str) -> tuple[float, float]:
 CANARY_SHARE = 0.2  # the broken canaries' share of their traffic (their setWeight)
 
 
-def evidence_floor(decisions: DecisionSettings, share: float) -> str:
+def evidence_floor(decisions: DecisionSettings, share: float, event_time: EventTimeSettings) -> str:
     """The fewest slices a canary failing without pause needs, and so its time to a decision.
     A slice multiplies the evidence by at most 1 + max_bet(1-theta0)/theta0 (< 1/theta0, what
     makes a burst count once: docs/decisions.md); needed: ln(2/alpha) (each signal gets alpha/2)
@@ -199,11 +200,19 @@ def evidence_floor(decisions: DecisionSettings, share: float) -> str:
     per_slice = math.log1p(decisions.max_bet * (1 - theta0) / theta0)
     needed = math.log(2 / decisions.alpha) + math.log(1 / decisions.change_start)
     slices = math.ceil(needed / per_slice)
+    floor = (slices - 1) * decisions.max_slice_s
+    waits = (
+        f"; event time judges a slice {event_time.allowed_lateness_s:g} s (allowed lateness) "
+        f"+ up to {event_time.slice_s:g} s after it: {floor + event_time.allowed_lateness_s:g}"
+        f"-{floor + event_time.allowed_lateness_s + event_time.slice_s:g} s"
+        if event_time.enabled
+        else ""
+    )
     return (
         f"evidence floor at {share:.0%} canary share: {needed:.2f} nats, at most "
         f"{per_slice:.2f} a slice: {slices} slices, the first at once, then "
-        f"{slices - 1} x {decisions.max_slice_s:g} s = {(slices - 1) * decisions.max_slice_s:g} s "
-        "from the first bad request to the decision"
+        f"{slices - 1} x {decisions.max_slice_s:g} s = {floor:g} s "
+        f'from the first bad request to the decision (docs/decisions.md, "The floor"){waits}'
     )
 
 
@@ -497,7 +506,7 @@ async def with_worker(
             f"max {a.max():.3f} s over {len(a)}"
         )
     print(f"races (new template between judgement and patch): {args.races}, wrong aborts {wrong}")
-    print(evidence_floor(DecisionSettings(), CANARY_SHARE))
+    print(evidence_floor(worker.settings.decisions, CANARY_SHARE, worker.settings.event_time))
     arr = np.array(from_first_bad)
     return (
         f"kube-e2e: controller_abort_p50_s={np.median(arr):.2f} "
