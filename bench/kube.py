@@ -289,7 +289,8 @@ async def from_requests(
     """The worker judges each canary from request lines (its Rollout's snapshot as the bridge
     would publish it, with the real hashes): a broken canary, half its requests failing, 20 % of
     the traffic (its weight), a message every 0.25 s. Per canary: first bad request -> decision
-    (the worker's `decided_at`) -> status.abort -> RolloutAborted."""
+    (the worker's `decided_at`) -> the command on Kafka (its record's timestamp) -> status.abort
+    -> RolloutAborted."""
     stables = await stable_hashes(admin, names)
     now = time.time()
     states = [
@@ -314,7 +315,8 @@ async def from_requests(
     )
     await commands.start()
     decided: dict[str, float] = {}
-    phases: tuple[list[float], ...] = ([], [], [], [])
+    sent: dict[str, float] = {}  # the command record's timestamp: when the worker sent it
+    phases: tuple[list[float], ...] = ([], [], [], [], [])
 
     async def broken(name: str) -> None:
         """Half the canary's requests fail, a message every 0.25 s, until it is decided."""
@@ -331,6 +333,7 @@ async def from_requests(
                 for record in records:
                     command = decode_abort_command(record.value or b"")
                     decided.setdefault(command.rollout, command.decided_at)
+                    sent.setdefault(command.rollout, record.timestamp / 1000)
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
     await producer.start()
@@ -353,7 +356,8 @@ async def from_requests(
                 phases,
                 (
                     decided[name] - first_bad[name],
-                    abort_at - decided[name],
+                    sent[name] - decided[name],
+                    abort_at - sent[name],
                     aborted_at - abort_at,
                     aborted_at - first_bad[name],
                 ),
@@ -464,7 +468,8 @@ async def with_worker(
             for label, xs in zip(
                 (
                     "first bad request -> decision (worker)",
-                    "decision -> status.abort (actuator)",
+                    "decision -> command on Kafka (worker's send)",
+                    "command on Kafka -> status.abort (actuator)",
                     "status.abort -> RolloutAborted (controller)",
                     "first bad request -> RolloutAborted",
                 ),
