@@ -594,23 +594,21 @@ class Actuator:
             if not (patch_sent and judgement.already_aborted):
                 return Result(Outcome.STALE, judgement.why, action)
             # Our earlier patch went through but its answer was lost: finish the job.
-        elif lag := await self._canary_lags(command, rollout):
-            raise _Unreconciled(lag)
-        elif retried := await self._aborted_since_decision(command, rollout):
-            return Result(
-                Outcome.STALE, f"{retried}; the canary was retried or resumed since", action
-            )
-        elif action is Action.DRY_RUN:
-            await self._record_event(command, rollout, action)
-            return Result(Outcome.DRY_RUN, judgement.why, action)
         else:
+            lag, retried = await self._lag_and_retry(command, rollout)
+            if lag:
+                raise _Unreconciled(lag)
+            if retried:
+                return Result(
+                    Outcome.STALE, f"{retried}; the canary was retried or resumed since", action
+                )
+            if action is Action.DRY_RUN:
+                await self._record_event(command, rollout, action)
+                return Result(Outcome.DRY_RUN, judgement.why, action)
             patch = self.api.pause_rollout if action is Action.PAUSE else self.api.abort_rollout
             try:
                 found = await self._call(
-                    patch,
-                    command.namespace,
-                    command.rollout,
-                    resource_version(rollout),
+                    patch, command.namespace, command.rollout, resource_version(rollout)
                 )
             except KubeError as exc:
                 if exc.status == CONFLICT:
@@ -621,6 +619,16 @@ class Actuator:
         self.metrics.decision_to_abort.observe(max(0.0, self._wall_clock() - command.decided_at))
         await self._record_event(command, rollout, action)
         return Result(Outcome.APPLIED, judgement.why, action)
+
+    async def _lag_and_retry(
+        self, command: AbortCommand, rollout: Rollout
+    ) -> tuple[str | None, str | None]:
+        """`_canary_lags` and `_aborted_since_decision`, read at once: one API round trip
+        before the patch instead of two (a lag is answered first: wait, then judge again)."""
+        lag, retried = await asyncio.gather(
+            self._canary_lags(command, rollout), self._aborted_since_decision(command, rollout)
+        )
+        return lag, retried
 
     async def _canary_lags(self, command: AbortCommand, rollout: Rollout) -> str | None:
         """Is `currentPodHash` behind the Rollout's revision? (Argo names a Rollout's
