@@ -17,16 +17,19 @@ Warning Event `CanarywatchAbort` on the Rollout carries the evidence, so `kubect
 says why.
 
 Why aiokafka and not Faust here: the actuator needs commit-after-apply. Faust acknowledges
-events and commits offsets on its own schedule; with aiokafka, `enable_auto_commit=False` and
-one explicit commit per command, a command's offset is committed only once its patch succeeded
-or it was judged moot (stale, not found) or unusable (dead-lettered). A crash or restart at any
-point re-delivers the command, and applying it again is harmless: the second read sees
-`abort: true` and skips. 409, 429, 5xx and unreachable API servers are retried with exponential
-backoff and jitter (Retry-After honoured); a command still failing after `RetryPolicy.budget_s`
-is sought back and re-read, so the consumer keeps polling and stays in its group.
+events and commits offsets on its own schedule; with aiokafka and `enable_auto_commit=False`, a
+command's offset is committed only once its patch succeeded or it was judged moot (stale, not
+found) or unusable (dead-lettered), and every command before it in its partition too. Commands
+about different Rollouts are handled at once (`Settings.actuator_concurrency` per partition),
+one Rollout's in order (agents/inflight.py); the consumer keeps polling meanwhile. A crash or
+restart at any point re-delivers the commands not yet committed, and applying one again is
+harmless: the second read sees `abort: true` and skips. 409, 429, 5xx and unreachable API
+servers are retried with exponential backoff and jitter (Retry-After honoured); a command still
+failing after `RetryPolicy.budget_s` is deferred (counted) and tried again, at most
+`Settings.max_deferrals` times, then dead-lettered.
 
 The Kubernetes calls sit behind `RolloutApi`; `KubeRolloutApi` is the real one (synchronous
-kubernetes client, called through `asyncio.to_thread`).
+kubernetes client, called on the actuator's own `actuator_concurrency` threads).
 """
 
 from __future__ import annotations
@@ -42,13 +45,15 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol, cast
+from functools import partial
+from typing import Any, Protocol, TypeVar, cast
 
 import urllib3
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from kubernetes import client as k8s
@@ -57,6 +62,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agents.deadletter import DeadLetters, Headers, deadletter_counter
 from agents.health import Heartbeat, Readiness, ReadyGauge, serve_health
+from agents.inflight import InFlight
 from agents.kafka_admin import ensure_topics
 from agents.settings import Settings
 from agents.unreadable import counting, getmany_skipping, skipped_counter
@@ -107,14 +113,15 @@ class Outcome(StrEnum):
     NOT_FOUND = "not_found"
     DRY_RUN = "dry_run"
     FAILED = "failed"  # a non-retryable answer (403, 422, ...): dead-lettered, committed
-    DEFERRED = "deferred"  # retry budget spent: not committed, read again
+    DEFERRED = "deferred"  # retry budget spent: not committed, tried again
     # deferred more than Settings.max_deferrals times: dead-lettered with the API's last answer,
     # committed (alert CanarywatchActuatorGaveUp: a bad canary was not acted on)
     GAVE_UP = "gave_up"
     INVALID = "invalid"  # not a command: dead-lettered, committed
 
 
-DONE = frozenset(Outcome) - {Outcome.DEFERRED}  # outcomes whose offset may be committed
+READ_AHEAD_PER_SLOT = 4  # commands read ahead of a partition: this many per slot at most
+STOP_GRACE_S = 5.0  # on stop, the commands in flight get this long to finish (and commit)
 
 
 # --- the Kubernetes side, behind a Protocol -----------------------------------------------------
@@ -305,16 +312,27 @@ class KubeRolloutApi:
                 raise
 
 
-def kube_api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
-    """A client from `kubeconfig`, else the in-cluster ServiceAccount, else ~/.kube/config."""
+def kube_api_client(kubeconfig: str | None = None, *, connections: int = 0) -> k8s.ApiClient:
+    """A client from `kubeconfig`, else the in-cluster ServiceAccount, else ~/.kube/config;
+    `connections` kept open at most (0: the client's default, 5 per CPU)."""
+    configuration = k8s.Configuration()
+    if connections:
+        configuration.connection_pool_maxsize = connections
     # kubernetes.config is untyped; the client it returns is a typed k8s.ApiClient.
     if kubeconfig:
-        return cast(k8s.ApiClient, k8s_config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
-    configuration = k8s.Configuration()
+        return cast(
+            k8s.ApiClient,
+            k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, client_configuration=configuration
+            ),
+        )
     try:
         k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
-        return cast(k8s.ApiClient, k8s_config.new_client_from_config())  # type: ignore[no-untyped-call]
+        return cast(
+            k8s.ApiClient,
+            k8s_config.new_client_from_config(client_configuration=configuration),  # type: ignore[no-untyped-call]
+        )
     return k8s.ApiClient(configuration)
 
 
@@ -467,6 +485,7 @@ class Result:
 
 
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 
 
 class Actuator:
@@ -495,9 +514,10 @@ class Actuator:
         self._wall_clock = wall_clock
         self._rand = rand
         self.instance = instance or socket.gethostname()
-        # Deferrals of the commands being retried, by (partition, offset); in memory, so a
-        # restart counts afresh (the TTL still bounds how long one is retried).
-        self._deferrals: dict[tuple[TopicPartition, int], int] = {}
+        self.concurrency = max(1, settings.actuator_concurrency)
+        # The API calls' threads: as many as commands may be in progress in a partition (the
+        # default executor has min(32, CPUs + 4), shared with the rest of the process).
+        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="actuator")
 
     @property
     def group_id(self) -> str:
@@ -559,7 +579,7 @@ class Actuator:
         return result
 
     async def _attempt(self, command: AbortCommand, patch_sent: bool) -> Result:
-        rollout = await asyncio.to_thread(self.api.get_rollout, command.namespace, command.rollout)
+        rollout = await self._call(self.api.get_rollout, command.namespace, command.rollout)
         # The policy of the Rollout as read now, the read the patch is conditional on.
         action, note = policy_of(rollout, self.settings.action_policy)
         if note:
@@ -574,23 +594,21 @@ class Actuator:
             if not (patch_sent and judgement.already_aborted):
                 return Result(Outcome.STALE, judgement.why, action)
             # Our earlier patch went through but its answer was lost: finish the job.
-        elif lag := await self._canary_lags(command, rollout):
-            raise _Unreconciled(lag)
-        elif retried := await self._aborted_since_decision(command, rollout):
-            return Result(
-                Outcome.STALE, f"{retried}; the canary was retried or resumed since", action
-            )
-        elif action is Action.DRY_RUN:
-            await self._record_event(command, rollout, action)
-            return Result(Outcome.DRY_RUN, judgement.why, action)
         else:
+            lag, retried = await self._lag_and_retry(command, rollout)
+            if lag:
+                raise _Unreconciled(lag)
+            if retried:
+                return Result(
+                    Outcome.STALE, f"{retried}; the canary was retried or resumed since", action
+                )
+            if action is Action.DRY_RUN:
+                await self._record_event(command, rollout, action)
+                return Result(Outcome.DRY_RUN, judgement.why, action)
             patch = self.api.pause_rollout if action is Action.PAUSE else self.api.abort_rollout
             try:
-                found = await asyncio.to_thread(
-                    patch,
-                    command.namespace,
-                    command.rollout,
-                    resource_version(rollout),
+                found = await self._call(
+                    patch, command.namespace, command.rollout, resource_version(rollout)
                 )
             except KubeError as exc:
                 if exc.status == CONFLICT:
@@ -602,21 +620,29 @@ class Actuator:
         await self._record_event(command, rollout, action)
         return Result(Outcome.APPLIED, judgement.why, action)
 
+    async def _lag_and_retry(
+        self, command: AbortCommand, rollout: Rollout
+    ) -> tuple[str | None, str | None]:
+        """`_canary_lags` and `_aborted_since_decision`, read at once: one API round trip
+        before the patch instead of two (a lag is answered first: wait, then judge again)."""
+        lag, retried = await asyncio.gather(
+            self._canary_lags(command, rollout), self._aborted_since_decision(command, rollout)
+        )
+        return lag, retried
+
     async def _canary_lags(self, command: AbortCommand, rollout: Rollout) -> str | None:
         """Is `currentPodHash` behind the Rollout's revision? (Argo names a Rollout's
         ReplicaSets `<rollout>-<pod hash>`.)"""
         if not revision_of(rollout):
             return None
         canary = f"{command.rollout}-{command.pod_hash}"
-        revision = await asyncio.to_thread(self.api.replica_set_revision, command.namespace, canary)
+        revision = await self._call(self.api.replica_set_revision, command.namespace, canary)
         return canary_lags_revision(rollout, revision)
 
     async def _aborted_since_decision(self, command: AbortCommand, rollout: Rollout) -> str | None:
         """An abort of this Rollout after the command was decided (then undone by `retry`)."""
         uid = rollout.get("metadata", {}).get("uid", "")
-        events = await asyncio.to_thread(
-            self.api.rollout_events, command.namespace, command.rollout, uid
-        )
+        events = await self._call(self.api.rollout_events, command.namespace, command.rollout, uid)
         return aborted_since(events, command.decided_at)
 
     async def _record_event(self, command: AbortCommand, rollout: Rollout, action: Action) -> None:
@@ -625,7 +651,7 @@ class Actuator:
         event = abort_event(command, rollout, now, self.instance, action)
         for attempt in range(self.policy.event_attempts):
             try:
-                created = await asyncio.to_thread(self.api.record_event, command.namespace, event)
+                created = await self._call(self.api.record_event, command.namespace, event)
             except KubeError as exc:
                 last_try = attempt + 1 == self.policy.event_attempts
                 if not self.policy.retryable(exc.status) or last_try:
@@ -637,6 +663,10 @@ class Actuator:
                 continue
             self.metrics.events.labels("recorded" if created else "exists").inc()
             return
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` (a blocking API call) on the actuator's threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
     def _log(self, command: AbortCommand, result: Result) -> None:
         where = f"{command.env} canary {command.pod_hash} ({command.decision_id})"
@@ -659,7 +689,6 @@ class Actuator:
         """Consume the commands topic until `stop` is set or the task is cancelled."""
         s = self.settings
         consumer = AIOKafkaConsumer(
-            s.topics.commands,
             bootstrap_servers=s.bootstrap,
             **s.kafka.client_options(),
             group_id=self.group_id,
@@ -673,66 +702,83 @@ class Actuator:
             max_request_size=s.producer_max_request_size,
             **s.kafka.client_options(),
         )
+
+        async def commit(tp: TopicPartition, offset: int) -> bool:
+            try:
+                await consumer.commit({tp: offset})
+                return True
+            except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+                # The partition went to another member, which re-reads the command: harmless.
+                log.warning(
+                    "commit %s@%d failed (%s); leaving it to the new owner", tp, offset, exc
+                )
+                return False
+
+        read_ahead = READ_AHEAD_PER_SLOT * self.concurrency
+        inflight = InFlight(commit, concurrency=self.concurrency, read_ahead=read_ahead)
         await producer.start()
         try:
             await consumer.start()
+            consumer.subscribe([s.topics.commands], listener=_Revoked(inflight))
             try:
                 self.metrics.ready.set(1)
                 while stop is None or not stop.is_set():
+                    inflight.check()
+                    _pace(consumer, inflight)
                     batch = await getmany_skipping(
-                        consumer, self._on_skip, timeout_ms=200, max_records=200
+                        consumer, self._on_skip, timeout_ms=200, max_records=read_ahead
                     )
-                    await asyncio.gather(
-                        *(
-                            self._consume_partition(consumer, producer, tp, records)
-                            for tp, records in batch.items()
-                        )
-                    )
+                    for tp, records in batch.items():
+                        for record in records:
+                            key, work = self._work(producer, record)
+                            inflight.submit(tp, record.offset, key, work)
+                await inflight.drain(STOP_GRACE_S)
             finally:
                 self.metrics.ready.set(0)
+                await inflight.cancel()
                 await consumer.stop()
         finally:
             await producer.stop()
 
-    async def _consume_partition(
+    def _work(
+        self, producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes]
+    ) -> tuple[tuple[str, str, str] | None, Callable[[], Awaitable[None]]]:
+        """The record's key for ordering (its Rollout) and what handling it takes."""
+        try:
+            command = decode_abort_command(record.value or b"")
+        except DecodeError as error:
+            return None, partial(self._refuse, producer, record, error)
+        key = (command.cluster, command.namespace, command.rollout)
+        return key, partial(self._apply, producer, record, command)
+
+    async def _refuse(
         self,
-        consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
-        tp: TopicPartition,
-        records: list[ConsumerRecord[bytes, bytes]],
+        record: ConsumerRecord[bytes, bytes],
+        error: DecodeError,
     ) -> None:
-        for record in records:
-            value = record.value or b""
-            try:
-                command = decode_abort_command(value)
-            except DecodeError as error:
-                self.metrics.commands.labels(Outcome.INVALID.value).inc()
-                await self._deadletter(producer, record, error)
-            else:
-                result = await self.handle(command)
-                key = (tp, record.offset)
-                if result.outcome is Outcome.DEFERRED:
-                    deferrals = self._deferrals[key] = self._deferrals.get(key, 0) + 1
-                    if deferrals <= self.settings.max_deferrals:
-                        consumer.seek(tp, record.offset)  # read it again on the next poll
-                        return
-                    self.metrics.commands.labels(Outcome.GAVE_UP.value).inc()
-                    why = f"deferred {deferrals} times; the last answer: {result.detail}"
-                    log.error("gave up on %s: %s", command.decision_id, why)
-                    await self._deadletter(producer, record, DecodeError("deferred", why))
-                elif result.outcome is Outcome.FAILED:
-                    await self._deadletter(
-                        producer, record, DecodeError("apply_failed", result.detail)
-                    )
-                self._deferrals.pop(key, None)
-            try:
-                await consumer.commit({tp: record.offset + 1})
-            except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
-                # The partition went to another member, which re-reads the command: harmless.
-                log.warning(
-                    "commit %s@%d failed (%s); leaving it to the new owner", tp, record.offset, exc
-                )
+        self.metrics.commands.labels(Outcome.INVALID.value).inc()
+        await self._deadletter(producer, record, error)
+
+    async def _apply(
+        self,
+        producer: AIOKafkaProducer,
+        record: ConsumerRecord[bytes, bytes],
+        command: AbortCommand,
+    ) -> None:
+        """Handle the command until it is done: deferred, it is tried again, at most
+        `max_deferrals` times; then, or when it failed, it is dead-lettered."""
+        deferrals = 0
+        while (result := await self.handle(command)).outcome is Outcome.DEFERRED:
+            deferrals += 1
+            if deferrals > self.settings.max_deferrals:
+                self.metrics.commands.labels(Outcome.GAVE_UP.value).inc()
+                why = f"deferred {deferrals} times; the last answer: {result.detail}"
+                log.error("gave up on %s: %s", command.decision_id, why)
+                await self._deadletter(producer, record, DecodeError("deferred", why))
                 return
+        if result.outcome is Outcome.FAILED:
+            await self._deadletter(producer, record, DecodeError("apply_failed", result.detail))
 
     async def _deadletter(
         self, producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes], error: DecodeError
@@ -771,6 +817,30 @@ class _PatchSent(Exception):
         self.error = error
 
 
+class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions taken away in a rebalance commit nothing more here."""
+
+    def __init__(self, inflight: InFlight) -> None:
+        self.inflight = inflight
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.inflight.revoke(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
+
+
+def _pace(consumer: AIOKafkaConsumer, inflight: InFlight) -> None:
+    """Pause reading a partition while `read_ahead` of its commands are in flight."""
+    paused = consumer.paused()
+    for tp in consumer.assignment():
+        full = inflight.full(tp)
+        if full and tp not in paused:
+            consumer.pause(tp)
+        elif not full and tp in paused:
+            consumer.resume(tp)
+
+
 def run_actuator(
     settings: Settings,
     *,
@@ -783,7 +853,8 @@ def run_actuator(
     heartbeat = Heartbeat()
     # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
     serve_health(settings.metrics_port, registry, metrics.readiness, heartbeat)
-    api_client = kube_api_client(kubeconfig)
+    # One connection per thread of the actuator, a few for the triage notifier.
+    api_client = kube_api_client(kubeconfig, connections=settings.actuator_concurrency + 4)
     actuator = Actuator(settings, KubeRolloutApi(api_client), metrics)
     log.info(
         "actuator: group %s, topic %s, policy %s (a Rollout's %s annotation overrides it)",

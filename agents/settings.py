@@ -120,6 +120,9 @@ class Settings:
     # A command deferred (retry budget spent) more than this many times goes to the dead-letter
     # topic with the API's last answer, and is committed.
     max_deferrals: int = 3
+    # Commands of one commands-topic partition the actuator handles at once (different Rollouts;
+    # one Rollout's commands stay in order), and its threads for API calls.
+    actuator_concurrency: int = 16
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     window: WindowSettings = field(default_factory=WindowSettings)
     # Floods: canaries tracked per worker, the hold of lines that arrive before their canary's
@@ -308,6 +311,9 @@ class EnvSettings(BaseSettings):
     latency_objective_ms: Number = Field(
         default=None, description="a request slower than this is bad"
     )
+    max_slice_s: Number = Field(
+        default=None, description="> 0: longest burst counted once; the abort floor scales with it"
+    )
     max_canaries: Whole = Field(default=None, description="canaries tracked per worker")
     max_waiting: Whole = Field(
         default=None, description="refused canaries waiting for their lines, per worker"
@@ -363,6 +369,9 @@ class EnvSettings(BaseSettings):
     )
     max_deferrals: Whole = Field(
         default=None, description="a command deferred more times is dead-lettered"
+    )
+    actuator_concurrency: Whole = Field(
+        default=None, description="commands of a partition the actuator handles at once"
     )
     release_policy: _choice("abort", "notify") = Field(  # type: ignore[valid-type]
         default=None, description="what a halted release does"
@@ -479,9 +488,11 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         decisions=replace(
             base.decisions,
             latency_objective_ms=pick(e.latency_objective_ms, base.decisions.latency_objective_ms),
+            max_slice_s=pick(e.max_slice_s, base.decisions.max_slice_s),
         ),
         action_policy=Action(pick(e.action_policy, base.action_policy.value)),
         max_deferrals=pick(e.max_deferrals, base.max_deferrals),
+        actuator_concurrency=pick(e.actuator_concurrency, base.actuator_concurrency),
         request_session_timeout_ms=pick(
             e.request_session_timeout_ms, base.request_session_timeout_ms
         ),
@@ -586,7 +597,9 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "CLUSTER": settings.cluster,
         ENV_PREFIX + "ACTION_POLICY": settings.action_policy.value,
         ENV_PREFIX + "MAX_DEFERRALS": str(settings.max_deferrals),
+        ENV_PREFIX + "ACTUATOR_CONCURRENCY": str(settings.actuator_concurrency),
         ENV_PREFIX + "LATENCY_OBJECTIVE_MS": str(settings.decisions.latency_objective_ms),
+        ENV_PREFIX + "MAX_SLICE_S": str(settings.decisions.max_slice_s),
         ENV_PREFIX + "REQUEST_SESSION_TIMEOUT_MS": str(settings.request_session_timeout_ms),
         ENV_PREFIX + "REQUEST_HEARTBEAT_INTERVAL_MS": str(settings.request_heartbeat_interval_ms),
         ENV_PREFIX + "BROKER_SESSION_TIMEOUT_S": str(settings.broker_session_timeout_s),

@@ -62,6 +62,7 @@ from streams.events import (
     encode_abort_command,
     encode_rollout_state,
 )
+from streams.eventtime import EventTimeSettings
 from streams.rollouts import GROUP, PLURAL, VERSION
 from tests.integration.test_actuator import (
     command_for,
@@ -187,7 +188,7 @@ async def watch_abort(admin: k8s.ApiClient, name: str) -> tuple[float, float]:
 CANARY_SHARE = 0.2  # the broken canaries' share of their traffic (their setWeight)
 
 
-def evidence_floor(decisions: DecisionSettings, share: float) -> str:
+def evidence_floor(decisions: DecisionSettings, share: float, event_time: EventTimeSettings) -> str:
     """The fewest slices a canary failing without pause needs, and so its time to a decision.
     A slice multiplies the evidence by at most 1 + max_bet(1-theta0)/theta0 (< 1/theta0, what
     makes a burst count once: docs/decisions.md); needed: ln(2/alpha) (each signal gets alpha/2)
@@ -199,11 +200,19 @@ def evidence_floor(decisions: DecisionSettings, share: float) -> str:
     per_slice = math.log1p(decisions.max_bet * (1 - theta0) / theta0)
     needed = math.log(2 / decisions.alpha) + math.log(1 / decisions.change_start)
     slices = math.ceil(needed / per_slice)
+    floor = (slices - 1) * decisions.max_slice_s
+    waits = (
+        f"; event time judges a slice {event_time.allowed_lateness_s:g} s (allowed lateness) "
+        f"+ up to {event_time.slice_s:g} s after it: {floor + event_time.allowed_lateness_s:g}"
+        f"-{floor + event_time.allowed_lateness_s + event_time.slice_s:g} s"
+        if event_time.enabled
+        else ""
+    )
     return (
         f"evidence floor at {share:.0%} canary share: {needed:.2f} nats, at most "
         f"{per_slice:.2f} a slice: {slices} slices, the first at once, then "
-        f"{slices - 1} x {decisions.max_slice_s:g} s = {(slices - 1) * decisions.max_slice_s:g} s "
-        "from the first bad request to the decision"
+        f"{slices - 1} x {decisions.max_slice_s:g} s = {floor:g} s "
+        f'from the first bad request to the decision (docs/decisions.md, "The floor"){waits}'
     )
 
 
@@ -280,7 +289,8 @@ async def from_requests(
     """The worker judges each canary from request lines (its Rollout's snapshot as the bridge
     would publish it, with the real hashes): a broken canary, half its requests failing, 20 % of
     the traffic (its weight), a message every 0.25 s. Per canary: first bad request -> decision
-    (the worker's `decided_at`) -> status.abort -> RolloutAborted."""
+    (the worker's `decided_at`) -> the command on Kafka (its record's timestamp) -> status.abort
+    -> RolloutAborted."""
     stables = await stable_hashes(admin, names)
     now = time.time()
     states = [
@@ -305,7 +315,8 @@ async def from_requests(
     )
     await commands.start()
     decided: dict[str, float] = {}
-    phases: tuple[list[float], ...] = ([], [], [], [])
+    sent: dict[str, float] = {}  # the command record's timestamp: when the worker sent it
+    phases: tuple[list[float], ...] = ([], [], [], [], [])
 
     async def broken(name: str) -> None:
         """Half the canary's requests fail, a message every 0.25 s, until it is decided."""
@@ -322,6 +333,7 @@ async def from_requests(
                 for record in records:
                     command = decode_abort_command(record.value or b"")
                     decided.setdefault(command.rollout, command.decided_at)
+                    sent.setdefault(command.rollout, record.timestamp / 1000)
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
     await producer.start()
@@ -344,7 +356,8 @@ async def from_requests(
                 phases,
                 (
                     decided[name] - first_bad[name],
-                    abort_at - decided[name],
+                    sent[name] - decided[name],
+                    abort_at - sent[name],
                     aborted_at - abort_at,
                     aborted_at - first_bad[name],
                 ),
@@ -455,7 +468,8 @@ async def with_worker(
             for label, xs in zip(
                 (
                     "first bad request -> decision (worker)",
-                    "decision -> status.abort (actuator)",
+                    "decision -> command on Kafka (worker's send)",
+                    "command on Kafka -> status.abort (actuator)",
                     "status.abort -> RolloutAborted (controller)",
                     "first bad request -> RolloutAborted",
                 ),
@@ -497,7 +511,7 @@ async def with_worker(
             f"max {a.max():.3f} s over {len(a)}"
         )
     print(f"races (new template between judgement and patch): {args.races}, wrong aborts {wrong}")
-    print(evidence_floor(DecisionSettings(), CANARY_SHARE))
+    print(evidence_floor(worker.settings.decisions, CANARY_SHARE, worker.settings.event_time))
     arr = np.array(from_first_bad)
     return (
         f"kube-e2e: controller_abort_p50_s={np.median(arr):.2f} "

@@ -141,6 +141,15 @@ def test_the_action_policy_is_abort_pause_or_dry_run() -> None:
     assert settings_from_env({"CANARYWATCH_MAX_DEFERRALS": "0"}).max_deferrals == 0
 
 
+def test_actuator_concurrency_and_max_slice_round_trip() -> None:
+    env = {"CANARYWATCH_ACTUATOR_CONCURRENCY": "4", "CANARYWATCH_MAX_SLICE_S": "5"}
+    settings = settings_from_env(env)
+    assert (settings.actuator_concurrency, settings.decisions.max_slice_s) == (4, 5.0)
+    assert settings_from_env(settings_to_env(settings)) == settings
+    assert settings_from_env({}).actuator_concurrency == 16
+    assert settings_from_env({}).decisions.max_slice_s == 2.0
+
+
 def test_every_variable_is_listed_by_worker_help_with_what_it_allows(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

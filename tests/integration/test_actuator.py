@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -498,6 +499,83 @@ async def test_no_command_is_lost_when_the_actuator_restarts_mid_retry(
     ]
     assert applied == [0, 1]
     assert len(events_about(admin, NAMESPACE, rollout)) == 1
+
+
+class HeldAborts:
+    """The real API, except that the abort patch of one Rollout waits until released (a slow
+    API server answer, a long retry)."""
+
+    def __init__(self, api: KubeRolloutApi, held: str) -> None:
+        self.api = api
+        self.held = held
+        self.waiting = threading.Event()
+        self.release = threading.Event()
+
+    def get_rollout(self, namespace: str, name: str) -> Rollout | None:
+        return self.api.get_rollout(namespace, name)
+
+    def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        if name == self.held:
+            self.waiting.set()
+            if not self.release.wait(60):
+                raise KubeError(504, "held too long (test)")
+        return self.api.abort_rollout(namespace, name, resource_version)
+
+    def rollout_events(self, namespace: str, name: str, uid: str) -> list[Any]:
+        return self.api.rollout_events(namespace, name, uid)
+
+    def record_event(self, namespace: str, event: Any) -> bool:
+        return self.api.record_event(namespace, event)
+
+    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
+        return self.api.pause_rollout(namespace, name, resource_version)
+
+    def replica_set_revision(self, namespace: str, name: str) -> str | None:
+        return self.api.replica_set_revision(namespace, name)
+
+
+async def test_a_slow_command_delays_no_other_rollouts_and_holds_the_commit(
+    kafka_bootstrap: str, tmp_path: Path, admin: k8s.ApiClient, actuator_api: KubeRolloutApi
+) -> None:
+    """One partition (one namespace), two Rollouts: the first one's patch hangs; the second
+    one's command, behind it in the partition, is applied meanwhile, and nothing is committed
+    until the first one is done (the commit point is the lowest command not yet applied)."""
+    settings = unique_settings(kafka_bootstrap, tmp_path, "act")
+    tp = TopicPartition(settings.topics.commands, 0)
+    await create_topics(settings)
+    slow, quick = name(), name()
+    for rollout in (slow, quick):
+        create_rollout(admin, NAMESPACE, rollout, canary_status("6f7d9c8b5d", "58c9b7d4f6"))
+    commands = [command_for(NAMESPACE, n, "6f7d9c8b5d") for n in (slow, quick)]
+    await produce(
+        kafka_bootstrap,
+        settings.topics.commands,
+        [(c.namespace.encode(), encode_abort_command(c)) for c in commands],
+    )
+    api = HeldAborts(actuator_api, slow)
+    registry = CollectorRegistry()
+    actuator = Actuator(settings, api, ActuatorMetrics(registry), policy=FAST)
+    try:
+        async with running(actuator):
+            await poll_until(api.waiting.is_set, 30, "the slow patch to be sent")
+            await poll_until(
+                lambda: read_rollout(admin, NAMESPACE, quick)["status"].get("abort"),
+                within_s=30,
+                what="the quick Rollout aborted while the slow one's patch hangs",
+            )
+            await poll_until(
+                lambda: count(registry, "canarywatch_actuator_commands_total", outcome="applied"),
+                30,
+                "the quick command counted",
+            )
+            assert await committed(kafka_bootstrap, actuator.group_id, tp) in (None, 0)
+            assert "abort" not in read_rollout(admin, NAMESPACE, slow)["status"]
+            api.release.set()
+            await wait_committed(kafka_bootstrap, actuator.group_id, tp, 2)
+    finally:
+        api.release.set()
+    assert read_rollout(admin, NAMESPACE, slow)["status"]["abort"] is True
+    assert count(registry, "canarywatch_actuator_commands_total", outcome="applied") == 2
 
 
 # --- the fallback for controllers without the status subresource ----------------------------
