@@ -10,12 +10,14 @@ HASH_WIDTH: int
 KEY_WIDTH: int
 
 def scan(
-    messages: list[bytes], max_message_bytes: int, max_line_bytes: int
-) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes]:
+    messages: list[bytes], max_message_bytes: int, max_line_bytes: int, max_bad_lines: int
+) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes]:
     """Column buffers for the non-blank lines of the messages, in line order.
 
     (message index i64, start i64, end i64, kind u8, packed keys, status i64, duration_ms f64,
-    ts f64) per line, then the state of each message (u8: ok, oversized or empty).
+    ts f64) per line, then the state of each message (u8: ok, oversized or empty), then per
+    message the lines that cannot be JSON past the first `max_bad_lines` of them (i64): they
+    have no row.
     """
 
 class KeyIndex:

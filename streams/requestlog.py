@@ -133,8 +133,8 @@ def decode_columns(
     in `Columns.flooded`, and the caller keeps the message whole instead.
     """
     batch = messages if isinstance(messages, list) else list(messages)
-    message, start, end, kind, keys, status, duration_ms, ts, states = linescan.scan(
-        batch, max_bytes, MAX_MESSAGE_BYTES
+    message, start, end, kind, keys, status, duration_ms, ts, states, skipped = linescan.scan(
+        batch, max_bytes, MAX_MESSAGE_BYTES, max_bad_lines
     )
     columns = Columns(
         keys=np.frombuffer(keys, KEY_DTYPE),
@@ -146,6 +146,11 @@ def decode_columns(
     for index in np.flatnonzero(message_state).tolist():
         raw = batch[index]
         columns.invalid.append((index, raw, _message_error(message_state[index], raw, max_bytes)))
+    # Lines that cannot be JSON, past the limit of their message, got no row (the scanner
+    # counted them): they are tallied as the loop below would have.
+    skipped_of = np.frombuffer(skipped, np.int64)
+    for index in np.flatnonzero(skipped_of).tolist():
+        columns.flooded[index] = {_NOT_JSON: int(skipped_of[index])}
     slow = np.flatnonzero(np.frombuffer(kind, np.uint8) == linescan.OTHER)
     if not slow.size:
         return columns

@@ -160,8 +160,8 @@ def scanned(batch: list[bytes]) -> list[tuple[int, Values | None]]:
 
 def scanned_messages(messages: list[bytes]) -> list[tuple[int, Values | None]]:
     """Kind and values of each line of each message, in order; BLANK for lines skipped."""
-    message, start, _, kind, keys, status, duration, ts, _ = linescan.scan(
-        messages, MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
+    message, start, _, kind, keys, status, duration, ts, *_ = linescan.scan(
+        messages, MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, 1 << 30
     )
     rows = {
         (m, a): row
@@ -289,12 +289,14 @@ def test_message_boundaries_change_nothing(messages: list[list[bytes]]) -> None:
 
 
 def test_oversized_and_empty_messages_are_told_apart() -> None:
-    *_, states = linescan.scan([CANONICAL, b" \n\r", CANONICAL * 2], len(CANONICAL) + 1, 1 << 20)
+    *_, states, _ = linescan.scan(
+        [CANONICAL, b" \n\r", CANONICAL * 2], len(CANONICAL) + 1, 1 << 20, 20
+    )
     assert list(states) == [linescan.MESSAGE_OK, linescan.MESSAGE_EMPTY, linescan.MESSAGE_OVERSIZED]
 
 
 def test_a_line_longer_than_the_line_limit_is_left_to_the_line_decoder() -> None:
-    _, _, _, kind, *_ = linescan.scan([CANONICAL], 1 << 20, len(CANONICAL) - 1)
+    _, _, _, kind, *_ = linescan.scan([CANONICAL], 1 << 20, len(CANONICAL) - 1, 20)
     assert list(kind) == [OTHER]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import canarywatch_linescan as linescan
+import numpy as np
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -126,3 +128,15 @@ def test_a_flood_of_bad_lines_is_tallied_not_listed() -> None:
     listed = [(i, raw, e.reason) for i, raw, e in c.invalid]
     assert listed == [(1, b"x", "not_json")] * 20 + [(2, b"{bad", "not_json")]
     assert c.flooded == {1: {"not_json": 524_000 - 20}}
+
+
+def test_a_flood_of_lines_that_cannot_be_json_costs_no_columns() -> None:
+    # ~150 bytes of columns a line: a 1 MB message of two-byte lines would take ~77 MB.
+    flood = b"{x\n" * 3 + b"x\n" * 500_000 + b"[1]\n"
+    *_, kind, _, _, _, _, _, skipped = linescan.scan([flood], 1 << 21, 1 << 20, 20)
+    assert len(kind) == 3 + 20 + 1  # "{x" and "[1]" may be JSON: the exact decoder says
+    assert np.frombuffer(skipped, np.int64).tolist() == [500_000 - 20]
+    c = decode_columns([flood], max_bytes=1 << 21, max_bad_lines=20)
+    listed = [(raw, e.reason) for _, raw, e in c.invalid]
+    assert listed == [(b"{x", "not_json")] * 3 + [(b"x", "not_json")] * 17
+    assert c.flooded == {0: {"not_json": 500_000 - 17, "not_object": 1}}  # as before the scanner

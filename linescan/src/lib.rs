@@ -252,15 +252,29 @@ pub fn parse_simple(line: &[u8]) -> Option<Simple<'_>> {
 /// Column buffers for the non-blank lines of a batch, little-endian, in line order.
 #[derive(Default)]
 pub struct Scanned {
-    pub message: Vec<u8>,       // i64: index of the line's message
-    pub start: Vec<u8>,         // i64: offset of the line in its message
-    pub end: Vec<u8>,           // i64
-    pub kind: Vec<u8>,          // SIMPLE or OTHER
-    pub keys: Vec<u8>,          // KEY_WIDTH bytes: namespace then hash, each NUL-padded
-    pub status: Vec<u8>,        // i64, 0 for OTHER lines
-    pub duration: Vec<u8>,      // f64
-    pub ts: Vec<u8>,            // f64
-    pub message_state: Vec<u8>, // per message: MESSAGE_OK, MESSAGE_OVERSIZED or MESSAGE_EMPTY
+    pub message: Vec<u8>,          // i64: index of the line's message
+    pub start: Vec<u8>,            // i64: offset of the line in its message
+    pub end: Vec<u8>,              // i64
+    pub kind: Vec<u8>,             // SIMPLE or OTHER
+    pub keys: Vec<u8>,             // KEY_WIDTH bytes: namespace then hash, each NUL-padded
+    pub status: Vec<u8>,           // i64, 0 for OTHER lines
+    pub duration: Vec<u8>,         // f64
+    pub ts: Vec<u8>,               // f64
+    pub message_state: Vec<u8>,    // per message: MESSAGE_OK, MESSAGE_OVERSIZED or MESSAGE_EMPTY
+    pub not_json_skipped: Vec<u8>, // i64 per message: `not_json` lines past the bad-line limit
+}
+
+/// The bytes a JSON text can start with (`streams.requestlog._JSON_START`).
+fn starts_like_json(line: &[u8]) -> bool {
+    // As the Python decoder looks: the first 64 bytes, leading " \t\r" stripped.
+    let head = &line[..line.len().min(64)];
+    match head.iter().find(|&&b| !matches!(b, b' ' | b'\t' | b'\r')) {
+        None => true, // undecided here: the exact decoder says why
+        Some(&b) => matches!(
+            b,
+            b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+        ),
+    }
 }
 
 impl Scanned {
@@ -293,10 +307,16 @@ impl Scanned {
 }
 
 /// Scan every message: lines are separated by b"\n", as the line decoder splits them.
+///
+/// A message's lines that cannot be JSON at all (`starts_like_json`), past the first
+/// `max_bad_lines` of them, get no row: they are only counted, per message, in
+/// `not_json_skipped`. The decoder tallies such lines without looking at them anyway, and a
+/// 1 MB message of two-byte lines would otherwise cost ~150 bytes of columns per line.
 pub fn scan_messages(
     messages: &[&[u8]],
     max_message_bytes: usize,
     max_line_bytes: usize,
+    max_bad_lines: usize,
 ) -> Scanned {
     let total: usize = messages.iter().map(|m| m.len()).sum();
     let guess = messages.len().max(total / 128);
@@ -310,13 +330,16 @@ pub fn scan_messages(
         duration: Vec::with_capacity(guess * 8),
         ts: Vec::with_capacity(guess * 8),
         message_state: Vec::with_capacity(messages.len()),
+        not_json_skipped: Vec::with_capacity(messages.len() * 8),
     };
     for (index, message) in messages.iter().enumerate() {
         if message.len() > max_message_bytes {
             out.message_state.push(MESSAGE_OVERSIZED);
+            out.not_json_skipped.extend_from_slice(&0i64.to_le_bytes());
             continue;
         }
         let mut lines = 0usize;
+        let mut not_json = 0usize;
         let mut start = 0usize;
         for end in memchr::memchr_iter(b'\n', message).chain(std::iter::once(message.len())) {
             let line = &message[start..end];
@@ -326,8 +349,15 @@ pub fn scan_messages(
                 } else {
                     None
                 };
-                out.push(index, start, end, simple);
                 lines += 1;
+                if simple.is_none() && !starts_like_json(line) {
+                    not_json += 1;
+                    if not_json > max_bad_lines {
+                        start = end + 1;
+                        continue;
+                    }
+                }
+                out.push(index, start, end, simple);
             }
             start = end + 1;
         }
@@ -336,6 +366,9 @@ pub fn scan_messages(
         } else {
             MESSAGE_OK
         });
+        let skipped = not_json.saturating_sub(max_bad_lines) as i64;
+        out.not_json_skipped
+            .extend_from_slice(&skipped.to_le_bytes());
     }
     out
 }
@@ -348,9 +381,10 @@ fn py_scan<'py>(
     messages: Vec<Bound<'py, PyBytes>>,
     max_message_bytes: usize,
     max_line_bytes: usize,
+    max_bad_lines: usize,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let slices: Vec<&[u8]> = messages.iter().map(|m| m.as_bytes()).collect();
-    let s = py.detach(|| scan_messages(&slices, max_message_bytes, max_line_bytes));
+    let s = py.detach(|| scan_messages(&slices, max_message_bytes, max_line_bytes, max_bad_lines));
     PyTuple::new(
         py,
         [
@@ -363,6 +397,7 @@ fn py_scan<'py>(
             &s.duration,
             &s.ts,
             &s.message_state,
+            &s.not_json_skipped,
         ]
         .map(|v| PyBytes::new(py, v)),
     )
@@ -494,13 +529,28 @@ mod tests {
     fn messages_split_on_newlines_and_blank_lines_are_skipped() {
         let two = [CANONICAL, b"\n \r\n", CANONICAL].concat();
         let messages: [&[u8]; 3] = [&two, b" \x0b ", b"x"];
-        let s = scan_messages(&messages, 1 << 20, 1 << 20);
+        let s = scan_messages(&messages, 1 << 20, 1 << 20, 20);
         assert_eq!(s.kind, vec![SIMPLE, SIMPLE, OTHER]);
         assert_eq!(s.message_state, vec![MESSAGE_OK, MESSAGE_EMPTY, MESSAGE_OK]);
-        let oversized = scan_messages(&messages, 10, 1 << 20);
+        let oversized = scan_messages(&messages, 10, 1 << 20, 20);
         assert_eq!(
             oversized.message_state,
             vec![MESSAGE_OVERSIZED, MESSAGE_EMPTY, MESSAGE_OK]
         );
+    }
+
+    #[test]
+    fn lines_that_cannot_be_json_past_the_limit_are_only_counted() {
+        let flood = [CANONICAL, b"\n", &b"x\n".repeat(5), b"{}\n \t[1]\n"].concat();
+        let messages: [&[u8]; 2] = [&flood, b"y\nz"];
+        let s = scan_messages(&messages, 1 << 20, 1 << 20, 2);
+        // The canonical line, two x lines, "{}" and "[1]" (they may be JSON), then y and z.
+        assert_eq!(s.kind, [[SIMPLE].as_slice(), &[OTHER; 6]].concat());
+        let skipped: Vec<i64> = s
+            .not_json_skipped
+            .chunks(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(skipped, vec![3, 0]);
     }
 }
