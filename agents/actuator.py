@@ -57,13 +57,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agents.deadletter import DeadLetters, Headers, deadletter_counter
 from agents.health import Heartbeat, Readiness, ReadyGauge, serve_health
 from agents.inflight import InFlight
 from agents.kafka_admin import ensure_topics
+from agents.kubeclient import kube_api_client
 from agents.settings import Settings
 from agents.unreadable import counting, getmany_skipping, skipped_counter
 from streams.events import AbortCommand, DecodeError, decode_abort_command
@@ -310,30 +310,6 @@ class KubeRolloutApi:
                 if exc.status == 409:
                     return False
                 raise
-
-
-def kube_api_client(kubeconfig: str | None = None, *, connections: int = 0) -> k8s.ApiClient:
-    """A client from `kubeconfig`, else the in-cluster ServiceAccount, else ~/.kube/config;
-    `connections` kept open at most (0: the client's default, 5 per CPU)."""
-    configuration = k8s.Configuration()
-    if connections:
-        configuration.connection_pool_maxsize = connections
-    # kubernetes.config is untyped; the client it returns is a typed k8s.ApiClient.
-    if kubeconfig:
-        return cast(
-            k8s.ApiClient,
-            k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, client_configuration=configuration
-            ),
-        )
-    try:
-        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except k8s_config.ConfigException:
-        return cast(
-            k8s.ApiClient,
-            k8s_config.new_client_from_config(client_configuration=configuration),  # type: ignore[no-untyped-call]
-        )
-    return k8s.ApiClient(configuration)
 
 
 # --- pure policy: retry and backoff, the Event ----------------------------------------------
@@ -847,14 +823,15 @@ def run_actuator(
     kubeconfig: str | None = None,
 ) -> int:
     """`canarywatch actuator`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
+    # One connection per thread of the actuator, a few for the triage notifier. First: a
+    # kubeconfig that cannot be loaded ends the command before it serves anything.
+    api_client = kube_api_client(kubeconfig, connections=settings.actuator_concurrency + 4)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     registry = CollectorRegistry()
     metrics = ActuatorMetrics(registry)
     heartbeat = Heartbeat()
     # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
     serve_health(settings.metrics_port, registry, metrics.readiness, heartbeat)
-    # One connection per thread of the actuator, a few for the triage notifier.
-    api_client = kube_api_client(kubeconfig, connections=settings.actuator_concurrency + 4)
     actuator = Actuator(settings, KubeRolloutApi(api_client), metrics)
     log.info(
         "actuator: group %s, topic %s, policy %s (a Rollout's %s annotation overrides it)",

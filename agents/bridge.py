@@ -32,10 +32,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry, Counter
 
-from agents.actuator import kube_api_client
 from agents.deadletter import DeadLetters, Headers, deadletter_counter
 from agents.health import Heartbeat, Readiness, ReadyGauge, serve_health
 from agents.kafka_admin import ensure_topics
+from agents.kubeclient import kube_api_client
 from agents.settings import Settings
 from agents.unreadable import counting, getmany_skipping, skipped_counter
 from streams.events import DecodeError, RolloutState, encode_rollout_state, env_key
@@ -546,13 +546,13 @@ async def _wait(event: asyncio.Event) -> None:
 
 def run_bridge(settings: Settings, options: BridgeOptions, *, kubeconfig: str | None = None) -> int:
     """`canarywatch bridge`: metrics on `settings.metrics_port`, until SIGINT/SIGTERM."""
+    api_client = kube_api_client(kubeconfig)  # first: a bad kubeconfig serves nothing
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     registry = CollectorRegistry()
     metrics = BridgeMetrics(registry)
     heartbeat = Heartbeat()
     # /metrics, /healthz and /readyz on one port (deploy/ probes use the last two).
     serve_health(settings.metrics_port, registry, metrics.readiness, heartbeat)
-    api_client = kube_api_client(kubeconfig)
     bridge = Bridge(
         settings,
         RolloutReader(api_client, page=options.list_page),

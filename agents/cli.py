@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from agents.codecs import check_codecs
+from agents.kubeclient import KubeconfigError
 from agents.settings import (
     SettingsError,
     settings_from_env,
@@ -136,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         code = _main(args)
     except SettingsError as error:
         print(f"canarywatch: {error}", file=sys.stderr)
+        return 2
+    except KubeconfigError as error:
+        print(f"canarywatch {args.command}: {error}", file=sys.stderr)
         return 2
     if argv is None and args.command == "status" and not args.watch:
         # A one-shot status from the command line is done once its output is flushed: freeing

@@ -25,14 +25,11 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import yaml
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -40,6 +37,7 @@ from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from agents.kafka_auth import PLAINTEXT, KafkaAuth
+from agents.kubeclient import kube_api_client
 from agents.settings import Settings
 from streams.pooledpass import KEY_PREFIX, AdoptionRule, ReleasePass, adopt
 from streams.promotion import INCONCLUSIVE, VerdictSnapshot
@@ -451,36 +449,11 @@ async def serve(settings: Settings, api: k8s.ApiClient, stop: Awaitable[object])
         await stop
 
 
-class KubeconfigError(Exception):
-    """The API client could not be built: the kubeconfig is missing, unreadable or invalid."""
-
-
-def gate_api_client(kubeconfig: str | None) -> k8s.ApiClient:
-    """`kube_api_client`, its failures as one `KubeconfigError` line (no traceback)."""
-    from kubernetes.config import ConfigException
-
-    from agents.actuator import kube_api_client
-
-    where = kubeconfig or "in-cluster or ~/.kube/config"
-    if kubeconfig and not os.path.isfile(kubeconfig):
-        raise KubeconfigError(f"cannot load kubeconfig {kubeconfig}: no such file")
-    try:
-        return kube_api_client(kubeconfig)
-    except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__  # YAML errors span lines
-        raise KubeconfigError(f"cannot load kubeconfig {where}: {reason}") from None
-
-
 def run_gate(settings: Settings, kubeconfig: str | None = None) -> int:
-    """`canarywatch gate`: until SIGINT/SIGTERM; 2 with one line on stderr if the kubeconfig
-    cannot be loaded."""
+    """`canarywatch gate`: until SIGINT/SIGTERM."""
     import signal
 
-    try:
-        api = gate_api_client(kubeconfig)
-    except KubeconfigError as exc:
-        print(f"canarywatch gate: {exc}", file=sys.stderr)
-        return 2
+    api = kube_api_client(kubeconfig)  # a KubeconfigError is the CLI's one line, exit 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     async def main() -> None:
