@@ -257,6 +257,7 @@ class FleetCollector(Collector):
         families = self._families()
         yield from (f for f in families if not self.text or f.name not in PER_ENV)
         yield self._outside_event_time(None)
+        yield self._held(None)
 
     @staticmethod
     def _outside_event_time(fleet: Fleet | None) -> CounterMetricFamily:
@@ -269,6 +270,16 @@ class FleetCollector(Collector):
         if fleet is not None:
             for reason, n in sorted(fleet.outside_event_time.items()):
                 family.add_metric([reason], float(n))
+        return family
+
+    @staticmethod
+    def _held(fleet: Fleet | None) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            "canarywatch_held_lines",
+            "Request lines read and not yet attributed, held for their canary's snapshot "
+            "(HOLD_S, at most HOLD_LINES): counted if it comes, unattributed after the hold.",
+        )
+        family.add_metric([], float(fleet.held_lines if fleet is not None else 0))
         return family
 
     def _families(self) -> tuple[GaugeMetricFamily, ...]:
@@ -404,7 +415,9 @@ class FleetCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._collect_fleet()
-        yield self._outside_event_time(self._fleet_source())
+        fleet = self._fleet_source()
+        yield self._outside_event_time(fleet)
+        yield self._held(fleet)
 
     def _collect_fleet(self) -> Iterator[GaugeMetricFamily]:
         families = self._families()

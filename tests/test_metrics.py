@@ -92,3 +92,15 @@ def test_lines_outside_event_time_are_counted_by_reason() -> None:
     name = "canarywatch_lines_outside_event_time_total"
     assert registry.get_sample_value(name, {"reason": "late"}) == 3.0
     assert registry.get_sample_value(name, {"reason": "future"}) == 2.0
+
+
+def test_lines_held_for_their_snapshot_are_a_gauge() -> None:
+    fleet = Fleet()
+    fleet.apply_rollout(RolloutState("ns-0", "web", "c", "s", canary_weight=50), 0.0)
+    fleet.count(lines("ns-0", "c", 4, 0, 1.0) + lines("ns-9", "x", 7, 0, 1.0), 1.0)
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(lambda: fleet))
+    assert registry.get_sample_value("canarywatch_held_lines") == 7.0  # ns-9 has no snapshot yet
+    fleet.apply_rollout(RolloutState("ns-9", "web", "x", "y", canary_weight=10), 2.0)
+    fleet.release_held(2.5)
+    assert registry.get_sample_value("canarywatch_held_lines") == 0.0
