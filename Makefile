@@ -23,6 +23,7 @@ venv: $(VENV)/.installed
 
 lint: venv
 	$(VENV)/bin/ruff check streams agents tests bench
+	$(VENV)/bin/ruff format --check streams agents tests bench
 	$(VENV)/bin/lint-imports
 	cargo fmt --check --manifest-path linescan/Cargo.toml
 	cargo clippy --quiet --all-targets --manifest-path linescan/Cargo.toml -- -D warnings

@@ -273,9 +273,7 @@ def build_worker(
         await summaries.publish(clock())
 
     app.timer(s.summary_every_s)(publish_summaries)
-    return Worker(
-        app=app, fleet=fleet, metrics=metrics, heartbeat=heartbeat, collector=collector
-    )
+    return Worker(app=app, fleet=fleet, metrics=metrics, heartbeat=heartbeat, collector=collector)
 
 
 def with_epoch(state: RolloutState, stored: bytes | None) -> RolloutState:

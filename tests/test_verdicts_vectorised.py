@@ -174,7 +174,8 @@ def test_the_encoding_is_the_json_of_to_json() -> None:
         fleet.count(traffic(t), float(t))
         fleet.evaluate(float(t))
     for snap in fleet.pass_state():
-        assert snap.encode() == json.dumps(
-            snap.to_json(), separators=(",", ":"), allow_nan=False
-        ).encode()
+        assert (
+            snap.encode()
+            == json.dumps(snap.to_json(), separators=(",", ":"), allow_nan=False).encode()
+        )
         assert VerdictSnapshot.decode(snap.encode()) == snap

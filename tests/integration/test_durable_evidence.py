@@ -427,7 +427,6 @@ async def test_kill_9_during_a_backlog_drain_loses_nothing_counts_nothing_twice_
         worker = WorkerProcess(settings, tmp_path / "w2.log")
         worker.start()
         try:
-
             # Lines read and counted into the worker (event time: the newest of them still in
             # open slices, which its checkpoints hold too); the backlog is 100 lines a round.
             backlog_lines = BACKLOG_ROUNDS * len(envs) * 100
