@@ -1,7 +1,8 @@
 """Durable evidence: every canary's test state checkpointed to Kafka with the offsets it covers.
 
 Design (docs/operating.md, docs/performance.md): a compacted topic `<prefix>.evidence`, keyed by
-environment; a value is one environment's whole row state (`Fleet.export_rows`: counts since
+app id and environment (`<app_id>/<namespace>/<rollout>`: apps that share a prefix share the
+topic, never each other's evidence); a value is one environment's whole row state (`Fleet.export_rows`: counts since
 the canary started, window buckets, open slice, change-point sums, latches) with the canary
 revision and epoch it belongs to and the request-log partition its lines come from. Every
 checkpoint interval the request-log ingest writes the rows that changed, and commits the
@@ -122,6 +123,9 @@ class EvidenceStore:
         self.fleet = fleet
         self.topic = settings.topics.evidence
         self.group_id = f"{settings.app_id}-requests"
+        # Every key names the app: two apps sharing a topic prefix (and so this topic) must
+        # neither restore each other's rows nor resume at each other's offsets.
+        self._key_prefix = settings.app_id.encode() + b"/"
         self._producer: AIOKafkaProducer | None = None
         self.checkpoints = 0
         self.rows_written = 0
@@ -208,9 +212,10 @@ class EvidenceStore:
                 head,
                 data[i],
             )
-            records.append((state.env.encode(), encode_evidence(record)))
+            records.append((self._key_prefix + state.env.encode(), encode_evidence(record)))
         for tp, offset in offsets.items():
-            records.append((OFFSET_KEY + str(tp.partition).encode(), str(offset).encode()))
+            key = self._key_prefix + OFFSET_KEY + str(tp.partition).encode()
+            records.append((key, str(offset).encode()))
         producer = self._producer
         if producer is None:
             await self._new_producer()
@@ -241,7 +246,12 @@ class EvidenceStore:
         if not wanted:
             return 0, {}
         started = time.perf_counter()
-        latest = await self._read_all()
+        prefix = self._key_prefix
+        latest = {
+            key[len(prefix) :]: value
+            for key, value in (await self._read_all()).items()
+            if key.startswith(prefix)  # this app's: another app's rows and offsets are not
+        }
         resume: dict[int, int] = {}
         for key, value in list(latest.items()):
             if key.startswith(OFFSET_KEY):
