@@ -35,28 +35,22 @@ kubernetes client, called on the actuator's own `actuator_concurrency` threads).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
-import hashlib
-import json
 import logging
 import random
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar
 
-import urllib3
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 from aiokafka.structs import ConsumerRecord, TopicPartition
-from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agents.deadletter import DeadLetters, Headers, deadletter_counter
@@ -64,16 +58,17 @@ from agents.health import Heartbeat, Readiness, ReadyGauge, serve_health
 from agents.inflight import InFlight
 from agents.kafka_admin import ensure_topics
 from agents.kubeclient import kube_api_client
+from agents.rolloutapi import CONFLICT, KubeError, KubeRolloutApi, RolloutApi
 from agents.settings import Settings
 from agents.unreadable import counting, getmany_skipping, skipped_counter
+from streams.actuation import (
+    RetryPolicy,
+    abort_event,
+    triage_note,
+)
 from streams.events import AbortCommand, DecodeError, decode_abort_command
 from streams.rollouts import (
-    GROUP,
-    KIND,
-    PLURAL,
     POLICY_ANNOTATION,
-    REVISION_ANNOTATION,
-    VERSION,
     AbortVerdict,
     Action,
     Rollout,
@@ -86,23 +81,6 @@ from streams.rollouts import (
 )
 
 log = logging.getLogger("canarywatch.actuator")
-
-EVENT_REASON = "CanarywatchAbort"
-PAUSE_EVENT_REASON = "CanarywatchPause"
-DRY_RUN_EVENT_REASON = "CanarywatchDryRun"
-EVENT_REASONS = {
-    Action.ABORT: EVENT_REASON,
-    Action.PAUSE: PAUSE_EVENT_REASON,
-    Action.DRY_RUN: DRY_RUN_EVENT_REASON,
-}
-COMPONENT = "canarywatch-actuator"
-MERGE_PATCH = "application/merge-patch+json"
-ABORT_PATCH: Mapping[str, Any] = {"status": {"abort": True}}
-PAUSE_PATCH: Mapping[str, Any] = {"spec": {"paused": True}}  # `kubectl argo rollouts pause`
-
-
-CONFLICT = 409
-UNREACHABLE = 0  # KubeError.status when no HTTP answer came back
 
 
 class Outcome(StrEnum):
@@ -122,287 +100,6 @@ class Outcome(StrEnum):
 
 READ_AHEAD_PER_SLOT = 4  # commands read ahead of a partition: this many per slot at most
 STOP_GRACE_S = 5.0  # on stop, the commands in flight get this long to finish (and commit)
-
-
-# --- the Kubernetes side, behind a Protocol -----------------------------------------------------
-
-
-class KubeError(Exception):
-    """An API call that failed: `status` is the HTTP status, or 0 when nothing answered."""
-
-    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(f"{status or 'unreachable'}: {reason}")
-        self.status = status
-        self.reason = reason
-        self.retry_after = retry_after
-
-
-class RolloutApi(Protocol):
-    """What the actuator needs from the API server; every method may raise KubeError."""
-
-    def get_rollout(self, namespace: str, name: str) -> Rollout | None:
-        """The Rollout, or None when it does not exist."""
-        ...
-
-    def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
-        """Merge-patch `{"status":{"abort":true}}`, with `metadata.resourceVersion` as a
-        precondition when given (409 if the Rollout changed); False when it does not exist."""
-        ...
-
-    def replica_set_revision(self, namespace: str, name: str) -> str | None:
-        """The `rollout.argoproj.io/revision` annotation of ReplicaSet `name` ("" without it),
-        or None when it does not exist."""
-        ...
-
-    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
-        """Merge-patch `{"spec":{"paused":true}}` on the main resource, with the same
-        precondition; False when the Rollout does not exist."""
-        ...
-
-    def rollout_events(self, namespace: str, name: str, uid: str) -> list[Mapping[str, Any]]:
-        """The core/v1 Events about the Rollout (by uid when known, else by name), as JSON."""
-        ...
-
-    def record_event(self, namespace: str, event: Mapping[str, Any]) -> bool:
-        """Create a core/v1 Event; False when one of that name already exists."""
-        ...
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-@contextlib.contextmanager
-def _kube_errors() -> Iterator[None]:
-    try:
-        yield
-    except k8s.ApiException as exc:
-        headers = exc.headers or {}
-        retry_after = parse_retry_after(headers.get("Retry-After"), time.time())
-        raise KubeError(int(exc.status or UNREACHABLE), str(exc.reason), retry_after) from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise KubeError(UNREACHABLE, f"{type(exc).__name__}: {exc}") from exc
-
-
-class KubeRolloutApi:
-    """RolloutApi on the kubernetes client; `group` is a parameter for tests of other CRDs."""
-
-    def __init__(
-        self, api: k8s.ApiClient, *, group: str = GROUP, timeout: tuple[float, float] = (5, 20)
-    ) -> None:
-        self._objects = k8s.CustomObjectsApi(api)
-        self._core = k8s.CoreV1Api(api)
-        self._apps = k8s.AppsV1Api(api)
-        self._group = group
-        self._timeout = timeout
-
-    def get_rollout(self, namespace: str, name: str) -> Rollout | None:
-        with _kube_errors():
-            try:
-                obj = self._objects.get_namespaced_custom_object(
-                    self._group, VERSION, namespace, PLURAL, name, _request_timeout=self._timeout
-                )
-            except k8s.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-        return cast(Rollout, obj)
-
-    def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
-        body: dict[str, Any] = dict(ABORT_PATCH)
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
-        args = (self._group, VERSION, namespace, PLURAL, name, body)
-        with _kube_errors():
-            try:
-                self._objects.patch_namespaced_custom_object_status(
-                    *args, _content_type=MERGE_PATCH, _request_timeout=self._timeout
-                )
-                return True
-            except k8s.ApiException as exc:
-                if exc.status != 404:
-                    raise
-            log.info("%s/%s: no status subresource; patching the main resource", namespace, name)
-            try:
-                self._objects.patch_namespaced_custom_object(
-                    *args, _content_type=MERGE_PATCH, _request_timeout=self._timeout
-                )
-                return True
-            except k8s.ApiException as exc:
-                if exc.status == 404:
-                    return False
-                raise
-
-    def replica_set_revision(self, namespace: str, name: str) -> str | None:
-        with _kube_errors():
-            try:
-                rs = self._apps.read_namespaced_replica_set(
-                    name, namespace, _request_timeout=self._timeout
-                )
-            except k8s.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-        annotations = (rs.metadata and rs.metadata.annotations) or {}
-        return str(annotations.get(REVISION_ANNOTATION, ""))
-
-    def pause_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
-        body: dict[str, Any] = dict(PAUSE_PATCH)
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
-        with _kube_errors():
-            try:
-                self._objects.patch_namespaced_custom_object(
-                    self._group,
-                    VERSION,
-                    namespace,
-                    PLURAL,
-                    name,
-                    body,
-                    _content_type=MERGE_PATCH,
-                    _request_timeout=self._timeout,
-                )
-                return True
-            except k8s.ApiException as exc:
-                if exc.status == 404:
-                    return False
-                raise
-
-    def rollout_events(self, namespace: str, name: str, uid: str) -> list[Mapping[str, Any]]:
-        selector = f"involvedObject.uid={uid}" if uid else f"involvedObject.name={name}"
-        with _kube_errors():
-            # Raw JSON: the client's model would reject Events with fields it does not expect.
-            reply = cast(
-                urllib3.BaseHTTPResponse,
-                self._core.list_namespaced_event(
-                    namespace,
-                    field_selector=selector,
-                    _preload_content=False,
-                    _request_timeout=self._timeout,
-                ),
-            )
-            items = json.loads(reply.data).get("items") or []
-        return [
-            item
-            for item in items
-            if isinstance(item, dict)
-            and (item.get("involvedObject") or {}).get("kind", KIND) == KIND
-        ]
-
-    def record_event(self, namespace: str, event: Mapping[str, Any]) -> bool:
-        with _kube_errors():
-            try:
-                body = k8s.CoreV1Event.from_dict(dict(event))
-                assert body is not None
-                self._core.create_namespaced_event(namespace, body, _request_timeout=self._timeout)
-                return True
-            except k8s.ApiException as exc:
-                if exc.status == 409:
-                    return False
-                raise
-
-
-# --- pure policy: retry and backoff, the Event ----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    base_s: float = 0.25
-    factor: float = 2.0
-    max_s: float = 30.0
-    jitter: float = 0.5  # the delay is drawn from [(1 - jitter) * d, d]
-    max_retry_after_s: float = 120.0
-    budget_s: float = 120.0  # per command, before it is deferred (sought back, read again)
-    event_attempts: int = 5
-
-    @staticmethod
-    def retryable(status: int) -> bool:
-        return status in (UNREACHABLE, 409, 429) or status >= 500
-
-    def delay(self, attempt: int, retry_after: float | None, rand: float) -> float:
-        """Seconds before retry number `attempt + 1`; `rand` is uniform in [0, 1]."""
-        ceiling = min(self.max_s, self.base_s * self.factor**attempt)
-        jittered = ceiling * (1.0 - self.jitter * (1.0 - rand))
-        if retry_after is not None:
-            return max(jittered, min(retry_after, self.max_retry_after_s))
-        return jittered
-
-
-def event_name(command: AbortCommand) -> str:
-    """One Event per decision, named deterministically: recording it twice is a no-op (409)."""
-    digest = hashlib.sha256(command.decision_id.encode()).hexdigest()[:12]
-    return f"{command.rollout}.canarywatch-{digest}"
-
-
-def event_message(command: AbortCommand, action: Action = Action.ABORT) -> str:
-    release = f" (release {command.release})" if command.release else ""
-    verb = {Action.PAUSE: "paused at", Action.DRY_RUN: "would abort (dry run)"}.get(
-        action, "aborted"
-    )
-    text = (
-        f"canarywatch {verb} canary {command.pod_hash}{release}: {command.reason}; "
-        f"{command.evidence.describe()}; decision {command.decision_id}{triage_note(command)}"
-    )
-    return text[:1024]
-
-
-def triage_note(command: AbortCommand) -> str:
-    """What a release agent put in the command: the release decision, the triage."""
-    extra = command.extra
-    note = ""
-    if decision := extra.get("release_decision"):
-        note += f"; release decision {decision}"
-    if triage := extra.get("triage"):
-        note += f"; triage {triage}"
-    if evidence := extra.get("release_evidence"):
-        note += f" ({evidence})"
-    return note
-
-
-def abort_event(
-    command: AbortCommand,
-    rollout: Rollout,
-    now: datetime,
-    instance: str,
-    action: Action = Action.ABORT,
-) -> dict[str, Any]:
-    """The core/v1 Event recorded on the Rollout after an abort (a pause; a Normal one for a
-    dry run)."""
-    meta = rollout.get("metadata", {})
-    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": event_name(command), "namespace": command.namespace},
-        "involvedObject": {
-            "apiVersion": rollout.get("apiVersion") or f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "namespace": command.namespace,
-            "name": command.rollout,
-            "uid": meta.get("uid", ""),
-            "resourceVersion": meta.get("resourceVersion", ""),
-        },
-        "type": "Normal" if action is Action.DRY_RUN else "Warning",
-        "reason": EVENT_REASONS[action],
-        "action": action.value.capitalize(),
-        "message": event_message(command, action),
-        "source": {"component": COMPONENT},
-        "reportingComponent": COMPONENT,
-        "reportingInstance": instance,
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-    }
 
 
 # --- metrics ------------------------------------------------------------------------------

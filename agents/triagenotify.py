@@ -21,8 +21,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry, Counter
 
-from agents.actuator import COMPONENT, KubeError, RolloutApi
+from agents.rolloutapi import KubeError, RolloutApi
 from agents.settings import Settings
+from streams.actuation import COMPONENT
 from streams.events import DecodeError
 from streams.releaserecords import TriageRecord, decode_triage
 from streams.rollouts import GROUP, KIND, VERSION

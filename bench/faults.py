@@ -32,18 +32,8 @@ from agents.kafka_admin import ensure_topics
 from agents.localkafka import LocalKafka, free_ports
 from agents.processes import WorkerProcess, free_port, poll_until, scrape
 from agents.settings import Settings, Topics
-from bench.throughput import (
-    CANARY_SHARE,
-    PARTITIONS,
-    Bench,
-    Scale,
-    batch_by_key,
-    best_drain,
-    fleet_states,
-    produce,
-    request_lines,
-    start_workers,
-)
+from bench.throughput import PARTITIONS, Bench, Scale, best_drain, start_workers
+from bench.traffic import CANARY_SHARE, batch_by_key, fleet_states, produce, request_lines
 from streams.events import (
     RequestLine,
     RolloutState,

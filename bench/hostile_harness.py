@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from agents.processes import WorkerProcess, free_port, poll_until, scrape
 from agents.settings import Settings, Topics
 from bench.hostile_corpus import COUNTED, PARTITIONS, Input, lines, namespace
-from bench.throughput import rss_bytes
+from bench.procstats import rss_bytes
 from streams.events import RolloutState, encode_rollout_state
 
 

@@ -48,11 +48,13 @@ from aiokafka.structs import TopicPartition
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
-from agents.actuator import Actuator, ActuatorMetrics, KubeRolloutApi, Outcome, RetryPolicy
+from agents.actuator import Actuator, ActuatorMetrics, Outcome
 from agents.localkafka import LocalKafka, free_ports
 from agents.processes import WorkerProcess, free_port, poll_until
+from agents.rolloutapi import KubeRolloutApi
 from agents.settings import Settings
 from bench.throughput import sum_metric
+from streams.actuation import RetryPolicy
 from streams.decisions import DecisionSettings
 from streams.events import (
     POD_HASH_LABEL,

@@ -54,16 +54,8 @@ async def decision_latency(
     lines_per_s: float,
     rng: np.random.Generator,
 ) -> tuple[float, float]:
-    from bench.throughput import (
-        PARTITIONS,
-        batch_by_key,
-        fleet_states,
-        percentile,
-        produce,
-        request_lines,
-        start_worker,
-        sum_metric,
-    )
+    from bench.throughput import PARTITIONS, percentile, start_worker, sum_metric
+    from bench.traffic import batch_by_key, fleet_states, produce, request_lines
 
     topics = Topics(prefix)
     append_time = {"message.timestamp.type": "LogAppendTime", "max.message.bytes": str(8 << 20)}

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import orjson
 
-from bench.throughput import batch_by_key, fleet_states, request_lines
+from bench.traffic import batch_by_key, fleet_states, request_lines
 from streams.fleet import Fleet
 from streams.requestlog import decode_columns
 

@@ -12,8 +12,6 @@ import asyncio
 import math
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,21 +22,34 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from agents.kafka_admin import ensure_topics
 from agents.localkafka import LocalKafka, free_ports
 from agents.processes import WorkerProcess, free_port, poll_until, scrape
 from agents.settings import Settings, Topics
+from bench.procstats import (
+    cpu_scaleout,
+    cpu_seconds,
+    machine_times,
+    peak_rss_bytes,
+    print_profile,
+    rss_bytes,
+    start_profiler,
+)
+from bench.traffic import (
+    CANARY_SHARE,
+    batch_by_key,
+    fleet_states,
+    key_of,
+    produce,
+    request_lines,
+)
 from streams.events import (
-    POD_HASH_LABEL,
-    RolloutState,
     decode_rollout_state,
     encode_rollout_state,
 )
 
 PARTITIONS = 4
-CANARY_SHARE = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,87 +71,6 @@ QUICK = Scale(
     memory_envs=(2_000, 10_000),
     repeats=1,
 )
-
-
-# --- traffic ----------------------------------------------------------------------------------
-
-
-def fleet_states(first: int, count: int, now: float) -> list[RolloutState]:
-    """Environments env-<i>; every 1/CANARY_SHARE-th has a canary in progress."""
-    step = round(1 / CANARY_SHARE)
-    return [
-        RolloutState(
-            namespace=f"env-{i:06d}",
-            name="web",
-            current_pod_hash=f"c{i:07x}" if i % step == 0 else f"s{i:07x}",
-            stable_hash=f"s{i:07x}",
-            canary_weight=20 if i % step == 0 else None,
-            observed_at=now,
-        )
-        for i in range(first, first + count)
-    ]
-
-
-def request_lines(rng: np.random.Generator, n: int, envs: int, now: float) -> list[bytes]:
-    """n encoded request lines spread uniformly over the environments."""
-    env = rng.integers(0, envs, n)
-    to_canary = (env % round(1 / CANARY_SHARE) == 0) & (rng.random(n) < 0.2)
-    status = np.where(rng.random(n) < 0.001, 503, 200)
-    duration = np.round(rng.lognormal(3.5, 0.6, n), 2)
-    out = []
-    for e, c, s, d in zip(
-        env.tolist(), to_canary.tolist(), status.tolist(), duration.tolist(), strict=True
-    ):
-        pod_hash = f"c{e:07x}" if c else f"s{e:07x}"
-        out.append(
-            orjson.dumps(
-                {
-                    "ts": now,
-                    "namespace": f"env-{e:06d}",
-                    "pod": f"web-{pod_hash}-0",
-                    POD_HASH_LABEL: pod_hash,
-                    "status": s,
-                    "duration_ms": d,
-                }
-            )
-        )
-    return out
-
-
-def key_of(line: bytes) -> bytes:
-    return line.split(b'"namespace":"', 1)[1].split(b'"', 1)[0]
-
-
-def batch_by_key(lines: Sequence[bytes], per_message: int) -> list[tuple[bytes, bytes]]:
-    by_key: dict[bytes, list[bytes]] = {}
-    for line in lines:
-        by_key.setdefault(key_of(line), []).append(line)
-    # Keyed NDJSON per namespace would give tiny messages at 20k environments; shippers batch
-    # per node instead, so batches mix namespaces: key them by their first line's namespace.
-    flat = [line for group in by_key.values() for line in group]
-    return [
-        (key_of(flat[i]), b"\n".join(flat[i : i + per_message]))
-        for i in range(0, len(flat), per_message)
-    ]
-
-
-async def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        linger_ms=20,
-        max_batch_size=1 << 20,
-        max_request_size=8 << 20,
-        acks=1,
-    )
-    await producer.start()
-    try:
-        for i in range(0, len(messages), 20_000):
-            futures = [
-                await producer.send(topic, key=k, value=v) for k, v in messages[i : i + 20_000]
-            ]
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -253,49 +183,6 @@ class Drain:
     peak_rss_bytes: int = 0  # the largest worker's VmHWM at the end of the drain
 
 
-SPIN = """
-import time
-n, end = 0, time.perf_counter() + {seconds}
-while time.perf_counter() < end:
-    for _ in range(10_000):
-        n += 1
-print(n)
-"""
-
-
-async def spin(cpu: int, seconds: float) -> int:
-    """Iterations of a bare Python loop on one CPU, in a process of its own."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        SPIN.format(seconds=seconds),
-        stdout=asyncio.subprocess.PIPE,
-        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
-    )
-    out, _ = await process.communicate()
-    return int(out)
-
-
-async def cpu_scaleout(seconds: float = 3.0) -> float:
-    """Two CPU-bound processes on a core each ÷ one: the most any two workers can scale here."""
-    alone = await spin(0, seconds)
-    pair = await asyncio.gather(spin(0, seconds), spin(1 % (os.cpu_count() or 1), seconds))
-    return sum(pair) / alone
-
-
-def machine_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all cores, from /proc/stat."""
-    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def drain_rate(
     workers: list[WorkerProcess],
     expected: int,
@@ -339,53 +226,6 @@ async def drain_rate(
         machine_busy,
         peak_rss,
     )
-
-
-@dataclass
-class Profiler:
-    process: subprocess.Popen[bytes]
-    output: Path
-
-
-def start_profiler(pid: int) -> Profiler:
-    """py-spy sampling a worker (with its native frames) until `print_profile` stops it."""
-    output = Path(tempfile.mkdtemp(prefix="canarywatch-profile-")) / f"worker-{pid}.txt"
-    command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid)]
-    command += ["--format", "raw", "--native", "--threads", "--output", str(output)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return Profiler(process, output)
-
-
-def print_profile(profiler: Profiler, top: int = 15) -> None:
-    """Stop py-spy; print the functions where the worker's samples were, by self time."""
-    profiler.process.send_signal(signal.SIGINT)
-    profiler.process.wait(timeout=60)
-    own: dict[str, int] = {}
-    total = 0
-    for line in profiler.output.read_text().splitlines():
-        stack, _, samples = line.rpartition(" ")
-        frame = stack.rsplit(";", 1)[-1]
-        own[frame] = own.get(frame, 0) + int(samples)
-        total += int(samples)
-    print(f"  profile ({total} samples, self time), collapsed stacks in {profiler.output}:")
-    for frame, n in sorted(own.items(), key=lambda x: -x[1])[:top]:
-        print(f"    {n / max(total, 1):6.1%}  {frame[:110]}")
-
-
-def status_bytes(pid: int, key: str) -> int:
-    """A kB figure of /proc/<pid>/status (VmRSS, VmHWM), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {key} in /proc/{pid}/status")
-
-
-def rss_bytes(pid: int) -> int:
-    return status_bytes(pid, "VmRSS")
-
-
-def peak_rss_bytes(pid: int) -> int:
-    return status_bytes(pid, "VmHWM")
 
 
 @dataclass

@@ -11,20 +11,17 @@ from typing import Any, cast
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agents.actuator import (
+from agents.actuator import Actuator, ActuatorMetrics, Outcome
+from agents.rolloutapi import KubeError, parse_retry_after
+from agents.settings import Settings
+from streams.actuation import (
     DRY_RUN_EVENT_REASON,
     EVENT_REASON,
     PAUSE_EVENT_REASON,
-    Actuator,
-    ActuatorMetrics,
-    KubeError,
-    Outcome,
     RetryPolicy,
     abort_event,
     event_name,
-    parse_retry_after,
 )
-from agents.settings import Settings
 from streams.events import AbortCommand, Evidence
 from streams.rollouts import (
     POLICY_ANNOTATION,

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from agents.actuator import event_message
 from agents.releaseagent import release_partition
+from streams.actuation import event_message
 from streams.events import (
     DecodeError,
     check_decision_id,

@@ -30,20 +30,12 @@ from aiokafka.structs import TopicPartition
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
-from agents.actuator import (
-    EVENT_REASON,
-    MERGE_PATCH,
-    Actuator,
-    ActuatorMetrics,
-    KubeError,
-    KubeRolloutApi,
-    Outcome,
-    RetryPolicy,
-    RolloutApi,
-)
+from agents.actuator import Actuator, ActuatorMetrics, Outcome
 from agents.kafka_admin import ensure_topics
 from agents.processes import free_port, poll_until, read_metric
+from agents.rolloutapi import MERGE_PATCH, KubeError, KubeRolloutApi, RolloutApi
 from agents.settings import Settings, Topics, settings_to_env
+from streams.actuation import EVENT_REASON, RetryPolicy
 from streams.events import AbortCommand, Evidence, encode_abort_command
 from streams.rollouts import GROUP, PLURAL, VERSION, Action, Rollout
 from tests.support.localkube import LocalKubeAPI, default_rollout_crd

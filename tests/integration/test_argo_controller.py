@@ -26,15 +26,10 @@ from aiokafka.structs import TopicPartition
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
-from agents.actuator import (
-    MERGE_PATCH,
-    Actuator,
-    ActuatorMetrics,
-    KubeRolloutApi,
-    Outcome,
-)
+from agents.actuator import Actuator, ActuatorMetrics, Outcome
 from agents.bridge import Bridge, BridgeMetrics, BridgeOptions, RolloutReader
 from agents.processes import poll_until
+from agents.rolloutapi import MERGE_PATCH, KubeRolloutApi
 from agents.settings import Settings
 from streams.events import AbortCommand, encode_abort_command
 from streams.rollouts import GROUP, PLURAL, POLICY_ANNOTATION, VERSION, Action, Rollout

@@ -19,10 +19,10 @@ from aiokafka import AIOKafkaConsumer
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
-from agents.actuator import MERGE_PATCH
 from agents.bridge import Bridge, BridgeMetrics, BridgeOptions, RolloutReader
 from agents.kafka_admin import ensure_topics
 from agents.processes import free_port, poll_until, read_metric
+from agents.rolloutapi import MERGE_PATCH
 from agents.settings import Settings, settings_to_env
 from streams.events import RolloutState, decode_rollout_state
 from streams.rollouts import GROUP, PLURAL, VERSION

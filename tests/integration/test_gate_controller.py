@@ -33,11 +33,12 @@ from aiokafka import AIOKafkaProducer
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
-from agents.actuator import Actuator, ActuatorMetrics, KubeRolloutApi
+from agents.actuator import Actuator, ActuatorMetrics
 from agents.bridge import Bridge, BridgeMetrics, BridgeOptions, RolloutReader
 from agents.gate import Gate, KubeAuthorizer
 from agents.kafka_admin import ensure_topics, ensure_verdict_topic
 from agents.processes import WorkerProcess, free_port, poll_until
+from agents.rolloutapi import KubeRolloutApi
 from agents.settings import Settings, Topics
 from streams.events import RequestLine, encode_request_line
 from streams.rollouts import GROUP, PLURAL, VERSION

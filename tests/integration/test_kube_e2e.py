@@ -20,9 +20,10 @@ import pytest
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
-from agents.actuator import Actuator, ActuatorMetrics, KubeRolloutApi
+from agents.actuator import Actuator, ActuatorMetrics
 from agents.kafka_admin import ensure_topics
 from agents.processes import WorkerProcess, free_port, poll_until
+from agents.rolloutapi import KubeRolloutApi
 from agents.settings import Settings, Topics
 from agents.simulator import SimulationRun, producer_for
 from streams.eventtime import EventTimeSettings

@@ -18,14 +18,10 @@ from kubernetes import config as k8s_config
 from kubernetes import watch
 from prometheus_client import CollectorRegistry
 
-from agents.actuator import (
-    Actuator,
-    ActuatorMetrics,
-    KubeRolloutApi,
-    Outcome,
-    RetryPolicy,
-)
+from agents.actuator import Actuator, ActuatorMetrics, Outcome
+from agents.rolloutapi import KubeRolloutApi
 from agents.settings import Settings
+from streams.actuation import RetryPolicy
 from streams.events import AbortCommand, Evidence
 from streams.rollouts import POLICY_ANNOTATION, Action
 from tests.support.localkube import REPO_ROOT, LocalKubeAPI

@@ -25,7 +25,7 @@ from aiokafka.structs import TopicPartition
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
-from agents.actuator import Actuator, ActuatorMetrics, KubeRolloutApi
+from agents.actuator import Actuator, ActuatorMetrics
 from agents.kafka_admin import partition_for_key
 from agents.processes import (
     WorkerProcess,
@@ -36,6 +36,7 @@ from agents.processes import (
     release_agent_process,
 )
 from agents.releases import ensure_release_topics
+from agents.rolloutapi import KubeRolloutApi
 from agents.settings import Settings, Topics
 from agents.simulator import producer_for
 from agents.triagenotify import TRIAGE_EVENT_REASON, TriageNotifier

@@ -17,7 +17,8 @@ import pytest
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from agents.actuator import Actuator, ActuatorMetrics, KubeRolloutApi
+from agents.actuator import Actuator, ActuatorMetrics
+from agents.rolloutapi import KubeRolloutApi
 from streams.events import decision_id_for, encode_abort_command
 from tests.integration.test_actuator import (
     FAST,
