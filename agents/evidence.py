@@ -2,8 +2,9 @@
 
 Design (docs/operating.md, docs/performance.md): a compacted topic `<prefix>.evidence`, keyed by
 app id and environment (`<app_id>/<namespace>/<rollout>`: apps that share a prefix share the
-topic, never each other's evidence); a value is one environment's whole row state (`Fleet.export_rows`: counts since
-the canary started, window buckets, open slice, change-point sums, latches) with the canary
+topic, never each other's evidence); a value is one environment's whole row state
+(`Fleet.export_rows`: counts since the canary started, window buckets, open slice, change-point
+sums, latches) with the canary
 revision and epoch it belongs to and the request-log partition its lines come from. Every
 checkpoint interval the request-log ingest writes the rows that changed, and commits the
 request-log offsets those rows cover, in one Kafka transaction (aiokafka's transactional
