@@ -315,7 +315,7 @@ async def demo_main(
 
 def keep_worker_log(log: Path, seed: int) -> Path | None:
     """Copy the worker's log out of the demo's temporary directory, which goes at exit."""
-    from agents.localkafka import cache_root
+    from agents.kafkadist import cache_root
 
     if not log.is_file():
         return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,14 @@ from typing import IO, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from agents.hostprocs import free_ports
 from agents.settings import Settings, settings_to_env
 
 T = TypeVar("T")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 async def poll_until(
