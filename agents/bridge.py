@@ -36,6 +36,7 @@ from agents.deadletter import DeadLetters, Headers, deadletter_counter
 from agents.health import Heartbeat, Readiness, ReadyGauge, serve_health
 from agents.kafka_admin import ensure_topics
 from agents.kubeclient import kube_api_client
+from agents.rolloutapi import read_rollout
 from agents.settings import Settings
 from agents.unreadable import counting, getmany_skipping, skipped_counter
 from streams.events import DecodeError, RolloutState, encode_rollout_state, env_key
@@ -150,15 +151,7 @@ class RolloutReader:
                 return items, str(meta.get("resourceVersion") or "")
 
     def get(self, namespace: str, name: str) -> Rollout | None:
-        try:
-            obj = self._objects.get_namespaced_custom_object(
-                self._group, VERSION, namespace, PLURAL, name, _request_timeout=self._timeout
-            )
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return cast(Rollout, obj)
+        return read_rollout(self._objects, self._group, namespace, name, self._timeout)
 
     def watch(
         self, namespace: str | None, version: str, timeout_s: int

@@ -111,15 +111,7 @@ class KubeRolloutApi:
 
     def get_rollout(self, namespace: str, name: str) -> Rollout | None:
         with _kube_errors():
-            try:
-                obj = self._objects.get_namespaced_custom_object(
-                    self._group, VERSION, namespace, PLURAL, name, _request_timeout=self._timeout
-                )
-            except k8s.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-        return cast(Rollout, obj)
+            return read_rollout(self._objects, self._group, namespace, name, self._timeout)
 
     def abort_rollout(self, namespace: str, name: str, resource_version: str = "") -> bool:
         body: dict[str, Any] = dict(ABORT_PATCH)
@@ -213,3 +205,22 @@ class KubeRolloutApi:
                 if exc.status == 409:
                     return False
                 raise
+
+
+def read_rollout(
+    objects: k8s.CustomObjectsApi,
+    group: str,
+    namespace: str,
+    name: str,
+    timeout: tuple[float, float],
+) -> Rollout | None:
+    """One Rollout, or None when it does not exist (the one GET of actuator and bridge)."""
+    try:
+        obj = objects.get_namespaced_custom_object(
+            group, VERSION, namespace, PLURAL, name, _request_timeout=timeout
+        )
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return cast(Rollout, obj)
