@@ -22,7 +22,6 @@ the whole topic, so it answers for every environment whichever worker holds its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -36,6 +35,7 @@ from aiokafka.structs import TopicPartition
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from agents.follow import TopicFollower
 from agents.kafka_auth import PLAINTEXT, KafkaAuth
 from agents.kubeclient import kube_api_client
 from agents.settings import Settings
@@ -48,53 +48,18 @@ log = logging.getLogger("canarywatch.gate")
 # --- verdicts from the topic ----------------------------------------------------------------
 
 
-class VerdictStore:
+class VerdictStore(TopicFollower):
     """The latest snapshot per env, read from the whole compacted topic (no consumer group)."""
 
     def __init__(self, bootstrap: str, topic: str, auth: KafkaAuth = PLAINTEXT) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.auth = auth
+        super().__init__(bootstrap, topic, auth)
         self.snapshots: dict[str, VerdictSnapshot] = {}
         # Releases' pooled passes (key `release:<name>`, from the release agent).
         self.release_passes: dict[str, ReleasePass] = {}
         self.caught_up = asyncio.Event()
         self.received = 0
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="verdict-store")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            # No group: every partition is ours, read from the beginning.
-            consumer = AIOKafkaConsumer(
-                self.topic,
-                bootstrap_servers=self.bootstrap,
-                **self.auth.client_options(),
-                enable_auto_commit=False,
-                group_id=None,
-                auto_offset_reset="earliest",
-                metadata_max_age_ms=5000,
-            )
-            try:
-                await consumer.start()
-                await self._follow(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # broker away: start again
-                log.warning("verdict topic: %s: %s; retrying", type(exc).__name__, exc)
-                await asyncio.sleep(1.0)
-            finally:
-                await consumer.stop()
-
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+    async def follow(self, consumer: AIOKafkaConsumer) -> None:
         pending: dict[TopicPartition, int] | None = None
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=5000)

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
+from agents.follow import TopicFollower
 from agents.gate import VerdictStore
 from agents.kafka_auth import PLAINTEXT, KafkaAuth
 from agents.settings import Settings
@@ -30,54 +31,23 @@ log = logging.getLogger("canarywatch.ui")
 PAGE = Path(__file__).with_name("ui.html")
 
 
-class CommandLog:
+class CommandLog(TopicFollower):
     """Every abort command on the commands topic, from the beginning, as JSON objects."""
 
     def __init__(self, bootstrap: str, topic: str, auth: KafkaAuth = PLAINTEXT) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.auth = auth
+        super().__init__(bootstrap, topic, auth)
         self.aborts: dict[str, dict[str, Any]] = {}
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="command-log")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
+    async def follow(self, consumer: AIOKafkaConsumer) -> None:
         while True:
-            consumer = AIOKafkaConsumer(
-                self.topic,
-                bootstrap_servers=self.bootstrap,
-                **self.auth.client_options(),
-                enable_auto_commit=False,
-                group_id=None,
-                auto_offset_reset="earliest",
-                metadata_max_age_ms=5000,
-            )
-            try:
-                await consumer.start()
-                while True:
-                    batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-                    for records in batches.values():
-                        for record in records:
-                            try:
-                                command = decode_abort_command(record.value or b"")
-                            except DecodeError:
-                                continue
-                            self.aborts[command.decision_id] = asdict(command)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # broker away: start again
-                log.warning("commands topic: %s: %s; retrying", type(exc).__name__, exc)
-                await asyncio.sleep(1.0)
-            finally:
-                await consumer.stop()
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batches.values():
+                for record in records:
+                    try:
+                        command = decode_abort_command(record.value or b"")
+                    except DecodeError:
+                        continue
+                    self.aborts[command.decision_id] = asdict(command)
 
 
 class Board:
