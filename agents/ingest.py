@@ -37,6 +37,7 @@ from mode import Service
 from agents.deadletter import DeadLetters, Flooded
 from agents.episodes import Episodes
 from agents.evidence import EvidenceStore
+from agents.memtrim import HeapTrimmer
 from agents.metrics import WorkerMetrics
 from agents.settings import Settings
 from agents.unreadable import SkipLog, read_alone, unreadable
@@ -94,6 +95,7 @@ class RequestLogIngest(Service):
         self._consumer: AIOKafkaConsumer | None = None
         # One decode thread: batches stay in order and the process keeps one malloc arena more.
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        self._trimmer = HeapTrimmer(time.monotonic)
         self._decoding: _Decoding | None = None
         # Held while a fetch is counted, so that a rebalance falls between two batches.
         self._batch_lock = asyncio.Lock()
@@ -439,6 +441,7 @@ class RequestLogIngest(Service):
         # One scan per partition: each line's partition is where its canary's evidence is
         # checkpointed (agents/evidence.py).
         values = [[r.value or b"" for r in records] for _, records in parts]
+        size = sum(len(v) for part in values for v in part)
         decode = self.fleet.decode
 
         def decode_parts() -> list[Columns]:
@@ -446,7 +449,7 @@ class RequestLogIngest(Service):
 
         loop = asyncio.get_running_loop()
         columns = loop.run_in_executor(self._decoder, decode_parts)
-        return _Decoding(parts, self.clock(), columns)
+        return _Decoding(parts, self.clock(), columns, size)
 
     async def _count_pending(self) -> None:
         """Count the fetch being decoded and what was fetched after it (the lock is held)."""
@@ -494,6 +497,11 @@ class RequestLogIngest(Service):
             if highwater is not None:
                 lag = max(0, highwater - last - 1)
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+        size = decoding.size
+        del decoding, decoded, kept  # the columns, before the heap is trimmed of them
+        if self._trimmer.due(size):
+            # In the decode thread: after the next fetch's scan, never on the event loop.
+            self._decoder.submit(self._trimmer.trim)
 
 
 @dataclass(slots=True)
@@ -503,6 +511,7 @@ class _Decoding:
     parts: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]
     fetched_at: float
     columns: asyncio.Future[list[Columns]]  # one per part
+    size: int  # bytes of the messages
     dropped: set[TopicPartition] = field(default_factory=set)  # restored meanwhile: not counted
 
 

@@ -90,6 +90,11 @@ def build_worker(
         # A worker killed with -9 gives its partitions up after this (docs/operating.md).
         broker_session_timeout=s.broker_session_timeout_s,
         broker_heartbeat_interval=s.broker_heartbeat_interval_s,
+        # No standby copies: every worker already holds every canary in progress (agents/view.py),
+        # and a standby copy of the other workers' rollout-state partitions doubled that memory
+        # under a flood of snapshots (docs/performance.md). A takeover recovers the partitions
+        # from their compacted changelog instead.
+        table_standby_replicas=0,
     )
     fleet = Fleet(
         s.decisions,

@@ -14,10 +14,10 @@ def scan(
 ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes]:
     """Column buffers for the non-blank lines of the messages, in line order.
 
-    (message index i64, start i64, end i64, kind u8, packed keys, status i64, duration_ms f64,
-    ts f64) per line, then the state of each message (u8: ok, oversized or empty), then per
-    message the lines that cannot be JSON past the first `max_bad_lines` of them (i64): they
-    have no row.
+    (message index i64, start i64, end i64, kind u8) per line, (packed keys, status i64,
+    duration_ms f64, ts f64) per SIMPLE line only, then the state of each message (u8: ok,
+    oversized or empty), then per message the lines that cannot be JSON past the first
+    `max_bad_lines` of them (i64): they have no row.
     """
 
 class KeyIndex:

@@ -30,6 +30,13 @@ class DecodeError(ValueError):
         self.reason = reason
         self.detail = detail
 
+    def detached(self) -> DecodeError:
+        """This error without its traceback and the exception it was raised from: kept in a
+        list, their frames would hold the list (and so the error) in a reference cycle that only
+        the cyclic collector frees, for every refused line of a flood."""
+        self.__context__ = self.__cause__ = None
+        return self.with_traceback(None)
+
 
 @dataclass(frozen=True, slots=True)
 class RequestLine:
@@ -463,7 +470,7 @@ def decode_request_lines(
         try:
             good.append(request_line_from_obj(_loads(chunk)))
         except DecodeError as exc:
-            bad.append((chunk, exc))
+            bad.append((chunk, exc.detached()))
     if not good and not bad:
         bad.append((raw, DecodeError("empty", "message holds no request line")))
     return good, bad

@@ -55,8 +55,9 @@ from streams.promotion import (
     PromotionTest,
     VerdictSnapshot,
 )
-from streams.requestlog import MAX_BAD_LINES, Columns, decode_columns, pack_key
+from streams.requestlog import MAX_BAD_LINES, Columns, decode_columns
 from streams.verdictrows import verdict_snapshots
+from streams.waiting import WaitingCanaries
 from streams.windows import (
     ARM_CANARY,
     ARM_STABLE,
@@ -186,8 +187,7 @@ class Fleet:
         self.refused_canaries = 0  # new canaries not tracked because of `max_canaries`
         self.evicted_canaries = 0  # idle canaries untracked to admit one whose lines arrived
         # Refused canaries by (namespace, hash) key of their pods, and their last snapshots.
-        self._waiting: dict[str, RolloutState] = {}
-        self._waiting_keys: dict[bytes, str] = {}
+        self._waiting = WaitingCanaries()
         self._admitted: dict[str, None] = {}  # tracked canaries, oldest admitted first
         # (held since, lines, their partition), oldest first
         self._held: list[tuple[float, Columns, int]] = []
@@ -415,35 +415,20 @@ class Fleet:
 
     def _wait(self, state: RolloutState) -> None:
         """Remember a refused canary's last snapshot by its pods' keys, at most `max_waiting`."""
-        self._unwait(state.env)
-        while len(self._waiting) >= max(1, self.limits.max_waiting):
-            self._unwait(next(iter(self._waiting)))  # the oldest waiting canary gives way
-        self._waiting[state.env] = state
+        self._waiting.add(state, self.limits.max_waiting)
         self._started_since_hold = True  # held lines may be this canary's: it can be admitted
-        for pod_hash in {state.current_pod_hash, state.stable_hash}:
-            key = pack_key(state.namespace, pod_hash) if pod_hash else None
-            if key is not None:
-                self._waiting_keys[key.rstrip(b"\0")] = state.env
 
     def _unwait(self, env: str) -> None:
-        state = self._waiting.pop(env, None)
-        if state is None:
-            return
-        for pod_hash in {state.current_pod_hash, state.stable_hash}:
-            key = pack_key(state.namespace, pod_hash) if pod_hash else None
-            if key is not None and self._waiting_keys.get(key.rstrip(b"\0")) == env:
-                del self._waiting_keys[key.rstrip(b"\0")]
+        self._waiting.remove(env)
 
     def _admit_by_traffic(self, columns: Columns, now: float) -> bool:
         """Admit waiting canaries whose lines are in `columns`, each in place of an idle one."""
-        envs = {
-            env
-            for key in np.unique(columns.keys).tolist()
-            if (env := self._waiting_keys.get(key)) is not None  # numpy drops the NUL padding
-        }
+        envs = self._waiting.envs_of(np.unique(columns.keys).tolist())
         admitted = False
         for env in sorted(envs):
-            state = self._waiting[env]
+            state = self._waiting.get(env)
+            if state is None:
+                continue  # gave way to a canary evicted for an earlier one of `envs`
             if len(self.attribution.row_of_env) >= self.limits.max_canaries:
                 idle = self._idle_canary()
                 if idle is None:

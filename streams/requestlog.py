@@ -70,17 +70,6 @@ class Columns:
             out[row] = pair[part]
         return out
 
-    def fill(self, row: int, line: RequestLine) -> None:
-        """Put a line the line decoder read into `row` (the arrays must be writable)."""
-        key = pack_key(line.namespace, line.pod_hash)
-        if key is None:
-            self.overflow[row] = (line.namespace, line.pod_hash)
-        else:
-            self.keys[row] = key
-        self.status[row] = line.status
-        self.duration_ms[row] = line.duration_ms
-        self.ts[row] = line.ts
-
     def select(self, rows: NDArray[np.bool_]) -> Columns:
         """The rows where `rows` is true, renumbering `overflow`."""
         new_row = np.cumsum(rows) - 1
@@ -95,15 +84,49 @@ class Columns:
         )
 
 
-def _writable(columns: Columns) -> Columns:
+def _decoded(lines: list[RequestLine]) -> Columns:
+    """Columns of lines the line decoder read."""
+    keys = np.zeros(len(lines), dtype=KEY_DTYPE)
+    overflow: dict[int, tuple[str, str]] = {}
+    for row, line in enumerate(lines):
+        key = pack_key(line.namespace, line.pod_hash)
+        if key is None:
+            overflow[row] = (line.namespace, line.pod_hash)
+        else:
+            keys[row] = key
     return Columns(
-        keys=columns.keys.copy(),
-        status=columns.status.copy(),
-        duration_ms=columns.duration_ms.copy(),
-        ts=columns.ts.copy(),
-        invalid=columns.invalid,
-        flooded=columns.flooded,
+        keys=keys,
+        status=np.fromiter((x.status for x in lines), np.int64, len(lines)),
+        duration_ms=np.fromiter((x.duration_ms for x in lines), np.float64, len(lines)),
+        ts=np.fromiter((x.ts for x in lines), np.float64, len(lines)),
+        overflow=overflow,
     )
+
+
+def _merged(
+    simple: Columns, is_simple: NDArray[np.bool_], at: NDArray[np.intp], other: Columns
+) -> Columns:
+    """`simple`'s rows and `other`'s, in line order: `is_simple` tells each scanned line's kind,
+    `at` the scanned line each row of `other` was decoded from."""
+    kept = is_simple.copy()
+    kept[at] = True
+    row_of_line = np.cumsum(kept) - 1
+    simple_rows, other_rows = row_of_line[is_simple], row_of_line[at]
+    n = int(row_of_line[-1]) + 1 if row_of_line.size else 0
+    merged = Columns(
+        keys=np.zeros(n, dtype=KEY_DTYPE),
+        status=np.zeros(n, np.int64),
+        duration_ms=np.zeros(n, np.float64),
+        ts=np.zeros(n, np.float64),
+        overflow={int(other_rows[r]): pair for r, pair in other.overflow.items()},
+        invalid=simple.invalid,
+        flooded=simple.flooded,
+    )
+    for name in ("keys", "status", "duration_ms", "ts"):
+        column = getattr(merged, name)
+        column[simple_rows] = getattr(simple, name)
+        column[other_rows] = getattr(other, name)
+    return merged
 
 
 def _message_error(state: int, raw: bytes, limit: int) -> DecodeError:
@@ -151,14 +174,15 @@ def decode_columns(
     skipped_of = np.frombuffer(skipped, np.int64)
     for index in np.flatnonzero(skipped_of).tolist():
         columns.flooded[index] = {_NOT_JSON: int(skipped_of[index])}
-    slow = np.flatnonzero(np.frombuffer(kind, np.uint8) == linescan.OTHER)
+    kinds = np.frombuffer(kind, np.uint8)
+    slow = np.flatnonzero(kinds == linescan.OTHER)
     if not slow.size:
         return columns
-    # The other lines, one by one, exactly as the line decoder sees them. The scanner's buffers
-    # are read-only: copied when the first such line decodes (a flood of bad lines needs none).
-    writable = False
+    # The other lines, one by one, exactly as the line decoder sees them. The scanner gave them
+    # a place but no values: those it decodes get rows, merged in line order at the end.
     bad_lines: dict[int, int] = {}
-    decoded = np.ones(len(columns), dtype=np.bool_)
+    read: list[RequestLine] = []
+    read_at: list[int] = []
     message_of = np.frombuffer(message, np.int64)
     start_of = np.frombuffer(start, np.int64)
     end_of = np.frombuffer(end, np.int64)
@@ -173,19 +197,15 @@ def decode_columns(
             if seen >= max_bad_lines:
                 head = batch[index][a : min(b, a + 64)].lstrip(b" \t\r")
                 if head and head[0] not in _JSON_START:
-                    decoded[row] = False
                     bad_lines[index] = seen + 1
                     tally = columns.flooded.setdefault(index, {})
                     tally[_NOT_JSON] = tally.get(_NOT_JSON, 0) + 1
                     continue
             lines, bad = decode_request_lines(batch[index][a:b], max_bytes)
             if lines:
-                if not writable:
-                    columns = _writable(columns)
-                    writable = True
-                columns.fill(row, lines[0])
+                read.append(lines[0])
+                read_at.append(row)
             else:
-                decoded[row] = False
                 for raw, error in bad:
                     seen = bad_lines.get(index, 0)
                     bad_lines[index] = seen + 1
@@ -195,4 +215,7 @@ def decode_columns(
                         tally = columns.flooded.setdefault(index, {})
                         tally[error.reason] = tally.get(error.reason, 0) + 1
     columns.invalid.sort(key=lambda refused: refused[0])  # stable: lines stay in order
-    return columns if decoded.all() else columns.select(decoded)
+    if not read:
+        return columns
+    at = np.asarray(read_at, dtype=np.intp)
+    return _merged(columns, kinds == linescan.SIMPLE, at, _decoded(read))

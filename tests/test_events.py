@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 
 import orjson
@@ -77,6 +78,19 @@ def test_refusals_carry_a_reason(raw: bytes, reason: str) -> None:
     lines, bad = decode_request_lines(raw)
     assert lines == []
     assert [err.reason for _, err in bad] == [reason]
+
+
+def test_refused_lines_leave_no_reference_cycle_behind() -> None:
+    # With its traceback, each kept error would hold its frames, and they the list of errors.
+    raw = b"\n".join([b"not json", b'{"namespace": "x"}'] * 50)
+    gc.collect()
+    gc.disable()
+    try:
+        _, bad = decode_request_lines(raw)
+        del bad
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_oversized_message_is_refused_whole_before_parsing() -> None:

@@ -174,6 +174,10 @@ def scanned_messages(messages: list[bytes]) -> list[tuple[int, Values | None]]:
         )
     }
     key_bytes = np.frombuffer(keys, np.uint8).reshape(-1, linescan.KEY_WIDTH)
+    # Only SIMPLE lines have values: the n-th SIMPLE line's are the n-th of each column.
+    is_simple = np.frombuffer(kind, np.uint8) == SIMPLE
+    value_row = np.cumsum(is_simple) - 1
+    assert len(key_bytes) == len(status) // 8 == len(ts) // 8 == np.count_nonzero(is_simple)
     out: list[tuple[int, Values | None]] = []
     for m, raw in enumerate(messages):
         offset = 0
@@ -187,12 +191,13 @@ def scanned_messages(messages: list[bytes]) -> list[tuple[int, Values | None]]:
             if kind[row] != SIMPLE:
                 out.append((kind[row], None))
                 continue
+            at = int(value_row[row])
             values = (
-                bytes(key_bytes[row, :64]).rstrip(b"\0").decode(),
-                bytes(key_bytes[row, 64:]).rstrip(b"\0").decode(),
-                int(np.frombuffer(status, np.int64)[row]),
-                float(np.frombuffer(duration, np.float64)[row]),
-                float(np.frombuffer(ts, np.float64)[row]),
+                bytes(key_bytes[at, :64]).rstrip(b"\0").decode(),
+                bytes(key_bytes[at, 64:]).rstrip(b"\0").decode(),
+                int(np.frombuffer(status, np.int64)[at]),
+                float(np.frombuffer(duration, np.float64)[at]),
+                float(np.frombuffer(ts, np.float64)[at]),
             )
             out.append((SIMPLE, values))
     assert not rows, f"lines found that are not in the messages: {rows}"

@@ -140,3 +140,18 @@ def test_a_flood_of_lines_that_cannot_be_json_costs_no_columns() -> None:
     listed = [(raw, e.reason) for _, raw, e in c.invalid]
     assert listed == [(b"{x", "not_json")] * 3 + [(b"x", "not_json")] * 17
     assert c.flooded == {0: {"not_json": 500_000 - 17, "not_object": 1}}  # as before the scanner
+
+
+def test_lines_left_to_the_line_decoder_get_values_only_once_decoded() -> None:
+    # "{}" may be JSON, so the exact decoder must look at each; until then a line costs its
+    # kind and place (25 bytes), not a row of values (145).
+    flood = b"{}\n" * 100_000 + orjson.dumps(GOOD)
+    message, start, end, kind, keys, status, duration, ts, *_ = linescan.scan(
+        [flood], 1 << 21, 1 << 20, 20
+    )
+    assert len(kind) == 100_001 and len(keys) == linescan.KEY_WIDTH
+    scanned = sum(map(len, (message, start, end, kind, keys, status, duration, ts)))
+    assert scanned / len(kind) < 26
+    c = decode_columns([flood, orjson.dumps({**GOOD, "env": "alias"})], 1 << 21, 20)
+    assert c.namespaces == ["shop", "shop"] and c.ts.tolist() == [GOOD["ts"]] * 2
+    assert c.flooded == {0: {"missing_field": 100_000 - 20}}
