@@ -27,8 +27,15 @@ Every record is validated as on the wire (`decode_rollout_state`, and its key mu
 else) is skipped and counted (`canarywatch_restore_refused_total{table="rollout-state"}`), and
 the environment is forgotten: restoring never restores what validation would refuse.
 
-The view is restored once the reader reached, on every partition, the end offset it saw at
-start; `on_restored` runs then (the worker starts request-log ingestion and reports ready).
+The same reader follows the changelog of the `abort-decisions` table (`decisions_topic`): every
+decision id any worker sent goes into `Fleet.decided`, so a restarted worker never aborts a
+revision again that another worker's partition recorded. Faust's own recovery of that table
+restores only the partitions a worker is assigned (tables keep no standby copies here,
+agents/worker.py).
+
+The view is restored once the reader reached, on every partition of both, the end offset it
+saw at start; `on_restored` runs then (the worker starts request-log ingestion, lets aborts go
+out, and reports ready).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from mode import Service
 from agents.kafka_admin import ensure_topics
 from agents.metrics import WorkerMetrics
 from agents.settings import Settings
-from streams.events import DecodeError, decode_rollout_state
+from streams.events import DecodeError, check_decision_id, decode_rollout_state
 from streams.fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -78,6 +85,7 @@ class RolloutView(Service):
         topic: str,
         *,
         on_restored: Callable[[], Awaitable[None]],
+        decisions_topic: str | None = None,
         clock: Callable[[], float] = time.time,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
@@ -86,6 +94,7 @@ class RolloutView(Service):
         self.fleet = fleet
         self.metrics = metrics
         self.topic = topic
+        self.decisions_topic = decisions_topic
         self.clock = clock
         self._on_restored = on_restored
         self.restored = asyncio.Event()
@@ -113,17 +122,18 @@ class RolloutView(Service):
             await self._consumer.stop()
 
     async def _partitions(self) -> list[TopicPartition]:
-        """The changelog's partitions; the topic is created (compacted, as Faust would create
-        it) if Faust has not yet."""
+        """The changelogs' partitions; the topics are created (compacted, as Faust would
+        create them) if Faust has not yet."""
+        topics = [self.topic] + ([self.decisions_topic] if self.decisions_topic else [])
         counts = await ensure_topics(
             self.settings.bootstrap,
-            {self.topic: self.settings.partitions},
+            {topic: self.settings.partitions for topic in topics},
             # As Faust creates it (the worker's changelog config): the view may be first.
             {"cleanup.policy": "compact", **self.settings.topic_config()},
             replication_factor=self.settings.replication_factor,
             auth=self.settings.kafka,
         )
-        return [TopicPartition(self.topic, p) for p in range(counts[self.topic])]
+        return [TopicPartition(t, p) for t in topics for p in range(counts[t])]
 
     @Service.task
     async def _follow(self) -> None:
@@ -134,7 +144,7 @@ class RolloutView(Service):
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
         pending = {tp for tp in tps if end[tp] > 0}
-        log.info("rollout view: restoring %d records from %s", sum(end.values()), self.topic)
+        log.info("rollout view: restoring %d records from %s", sum(end.values()), tps)
         if not pending:
             await self._restore_done()
         while not self.should_stop:
@@ -161,6 +171,9 @@ class RolloutView(Service):
         fleet = self.fleet
         for record in records:
             key = record.key or b""
+            if record.topic == self.decisions_topic:
+                self._apply_decision(record)
+                continue
             if record.value is None:
                 fleet.forget(key.decode(errors="replace"))
                 continue
@@ -193,6 +206,14 @@ class RolloutView(Service):
         self.report_evictions()
         released = fleet.release_held(now)
         self.metrics.count_lines(released.counted, released.unattributed, 0)
+
+    def _apply_decision(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.value is None:
+            return  # a decision, once sent, stays decided
+        try:
+            self.fleet.decided.add(check_decision_id(record.key or b""))
+        except DecodeError as error:  # not a decision id a worker wrote: skip and count
+            self.metrics.restore_refused.labels("abort-decisions", error.reason).inc()
 
     def report_evictions(self) -> None:
         """Count and log idle canaries the fleet evicted (at the cap) since the last call."""

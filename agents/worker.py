@@ -7,9 +7,9 @@
 - service `RequestLogIngest`: request-log topic (its own consumer group, any partitioner) ->
   the fleet's numpy counters (agents/ingest.py), started once the view is restored;
 - timer `evaluate` (agents/passes.py, from the view's restore on): every `evaluate_every_s`, one
-  vectorised pass; abort commands go out once the decisions table is recovered;
-- agent `remember_decisions`: commands topic -> table `abort-decisions`, so that a restarted
-  worker does not abort the same rollout revision twice.
+  vectorised pass; abort commands go out once the view has read every decision sent;
+- agent `remember_decisions`: commands topic -> table `abort-decisions`, whose changelog the
+  view reads, so that no worker, restarted or not, aborts the same rollout revision twice.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from agents.view import RolloutView
 from streams.events import (
     DecodeError,
     RolloutState,
-    check_decision_id,
     decode_abort_command,
     decode_rollout_state,
     encode_abort_command,
@@ -170,7 +169,13 @@ def build_worker(
             else:
                 rollout_table.pop(key, None)  # a tombstone on the changelog
 
+    # Set once the view has read every decision id of the `abort-decisions` changelog: until
+    # then an abort reached is held (every pass returns it again), as it may have been sent
+    # before the restart, by this worker or another.
+    decisions_known = asyncio.Event()
+
     async def view_restored() -> None:
+        decisions_known.set()
         await app.add_runtime_dependency(ingest)  # stops with the app
         await app.add_runtime_dependency(evaluation)  # not a Faust timer (agents/passes.py)
         metrics.set_ready()
@@ -181,6 +186,7 @@ def build_worker(
         metrics,
         rollout_table.changelog_topic.get_topic_name(),
         on_restored=view_restored,
+        decisions_topic=decision_table.changelog_topic.get_topic_name(),
         clock=clock,
         loop=app.loop,
     )
@@ -188,7 +194,7 @@ def build_worker(
     # Started with the app, not as an app task: Faust starts its tasks only once its own
     # tables are recovered, and a restarting worker would load the view, join the request-log
     # group and restore its evidence only after that. Loading meanwhile is safe: no abort goes
-    # out before the decisions table is recovered (`evaluate`; docs/performance.md, resume).
+    # out before the view has read every decision (`evaluate`; docs/performance.md, resume).
     app.add_dependency(view)
 
     @app.agent(commands_topic)
@@ -201,19 +207,6 @@ def build_worker(
                 continue
             decision_table[command.decision_id.encode()] = b"%f" % command.decided_at
             fleet.decided.add(command.decision_id)
-
-    # Set once the decisions table is recovered: until then an abort reached is held (every
-    # pass returns it again), as it may have been sent before the restart.
-    decisions_known = asyncio.Event()
-
-    @decision_table.on_recover
-    async def restore_decisions() -> None:
-        for key in decision_table:
-            try:
-                fleet.decided.add(check_decision_id(key))
-            except DecodeError as error:  # not a decision id a worker wrote: skip and count
-                metrics.restore_refused.labels("abort-decisions", error.reason).inc()
-        decisions_known.set()
 
     sends = Episodes("commands", metrics)
 
@@ -242,7 +235,7 @@ def build_worker(
         metrics.evaluation.observe(time.perf_counter() - started)
         publish_verdicts(now)  # the gate's pass/abort/inconclusive (agents/verdicts.py)
         if commands and not decisions_known.is_set():
-            return  # the decisions table is not recovered yet: held, the next pass retries
+            return  # the view has not read every decision yet: held, the next pass retries
         if commands and not sends.due(time.monotonic()):
             return  # backing off after a failed send
         for command in commands:

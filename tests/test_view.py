@@ -72,3 +72,37 @@ async def test_the_cap_is_counted() -> None:
     view.apply([], 2.0)
     assert "ns-4/web" in fleet.attribution.row_of_env
     assert registry.get_sample_value("canarywatch_canaries_evicted_total") == 1.0
+
+
+def decision(offset: int, key: bytes, value: bytes | None) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        "cw-abort-decisions-changelog", 1, offset, 0, 0, key, value, None, len(key), 0, ()
+    )
+
+
+async def test_every_decision_on_the_decisions_changelog_is_known() -> None:
+    fleet = Fleet()
+    registry = CollectorRegistry()
+    view = RolloutView(
+        Settings(),
+        fleet,
+        WorkerMetrics(registry),
+        "cw-rollout-state-changelog",
+        on_restored=noop,
+        decisions_topic="cw-abort-decisions-changelog",
+    )
+    view.apply(
+        [
+            decision(0, b"shop/web@c1", b"1764150000.000000"),
+            decision(1, b"eu-1:pay/api@c2#3", b"1764150001.000000"),
+            decision(2, b"not a decision id", b"1.0"),
+            decision(3, b"shop/web@c1", None),  # compaction's tombstone: still decided
+            record(4, b"shop/web", encode_rollout_state(RolloutState("shop", "web", "c1", "s1"))),
+        ],
+        1.0,
+    )
+    assert fleet.decided >= {"shop/web@c1", "eu-1:pay/api@c2#3"}
+    assert "not a decision id" not in fleet.decided
+    labels = {"table": "abort-decisions", "reason": "bad_format"}
+    assert registry.get_sample_value("canarywatch_restore_refused_total", labels) == 1.0
+    assert set(fleet.attribution.row_of_env) == {"shop/web"}

@@ -99,9 +99,10 @@ async def test_bad_canaries_are_aborted_in_the_api_server_within_15s(
                 settings, KubeRolloutApi(actuator_client), ActuatorMetrics(registry)
             )
             async with running(actuator):
-                playing = asyncio.create_task(
-                    run.play(producer, settings.topics, time.time() + PLAY_S)
-                )
+                # Traffic flows until the last bad canary's bound has passed: a play that
+                # ended first (a fault starting 12.8 s in, 25 s of play) left it 12 s.
+                until = max(time.time() + PLAY_S, abort_deadline(bad))
+                playing = asyncio.create_task(run.play(producer, settings.topics, until))
                 try:
                     aborted_at = await _watch_aborts(admin, bad, playing)
                     await playing
@@ -137,12 +138,17 @@ def _create_rollouts(
     return created
 
 
+def abort_deadline(bad: list[EnvPlan]) -> float:
+    """When the last bad canary must have been aborted (epoch seconds)."""
+    assert all(math.isfinite(p.fault_start) for p in bad)
+    return max(p.fault_start for p in bad) + ABORT_WITHIN_S + 1.0
+
+
 async def _watch_aborts(
     admin: k8s.ApiClient, bad: list[EnvPlan], playing: asyncio.Task[None]
 ) -> dict[str, float]:
     """Poll the bad canaries' Rollouts; when each first reads `abort: true` (epoch seconds)."""
-    deadline = max(p.fault_start for p in bad) + ABORT_WITHIN_S + 1.0
-    assert all(math.isfinite(p.fault_start) for p in bad)
+    deadline = abort_deadline(bad)
     seen: dict[str, float] = {}
 
     def all_aborted() -> bool:
