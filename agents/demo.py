@@ -31,7 +31,7 @@ from agents.settings import Settings, Topics
 from agents.simulator import SimulationRun, producer_for
 from agents.status import StatusOptions, render_table, status_once
 from agents.ui import Board
-from streams.events import AbortCommand, DecodeError, decode_abort_command
+from streams.events import AbortCommand, readable_abort_commands
 from streams.simulation import Scenario, Scorecard, SimulationSettings, score
 from streams.status import StatusRow
 
@@ -70,11 +70,7 @@ class CommandWatcher:
             batches = await self._consumer.getmany(timeout_ms=200)
             now = time.time()
             for records in batches.values():
-                for record in records:
-                    try:
-                        command = decode_abort_command(record.value or b"")
-                    except DecodeError:
-                        continue
+                for command in readable_abort_commands(r.value for r in records):
                     self.seen.append((now, command))
                     on_command(now, command)
 

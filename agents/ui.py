@@ -24,7 +24,7 @@ from agents.follow import TopicFollower
 from agents.gate import VerdictStore
 from agents.kafka_auth import PLAINTEXT, KafkaAuth
 from agents.settings import Settings
-from streams.events import DecodeError, decode_abort_command
+from streams.events import readable_abort_commands
 from streams.status import board, explain, status_rows
 
 log = logging.getLogger("canarywatch.ui")
@@ -42,11 +42,7 @@ class CommandLog(TopicFollower):
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=5000)
             for records in batches.values():
-                for record in records:
-                    try:
-                        command = decode_abort_command(record.value or b"")
-                    except DecodeError:
-                        continue
+                for command in readable_abort_commands(r.value for r in records):
                     self.aborts[command.decision_id] = asdict(command)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -518,3 +518,13 @@ def decode_abort_command(raw: bytes) -> AbortCommand:
     ev = values["evidence"]
     values["evidence"] = Evidence(**validate_fields(ev, EVIDENCE_FIELDS, prefix="evidence."))
     return AbortCommand(**values)
+
+
+def readable_abort_commands(values: Iterable[bytes | None]) -> Iterator[AbortCommand]:
+    """The abort commands among record values, skipping what does not decode (readers that
+    only show or wait for commands; the actuator dead-letters them instead)."""
+    for raw in values:
+        try:
+            yield decode_abort_command(raw or b"")
+        except DecodeError:
+            continue

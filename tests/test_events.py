@@ -24,6 +24,7 @@ from streams.events import (
     encode_abort_command,
     encode_request_line,
     encode_rollout_state,
+    readable_abort_commands,
 )
 
 LINE = {
@@ -138,6 +139,13 @@ def test_abort_command_round_trip_keeps_the_evidence() -> None:
     decoded = decode_abort_command(encode_abort_command(command))
     assert decoded == command
     assert "canary 9/120 bad" in decoded.evidence.describe()
+
+
+def test_readers_of_commands_skip_what_does_not_decode() -> None:
+    evidence = Evidence("errors", 120, 9, 2280, 2, 5.1, 4.6, 0.05, 31.5, 0.07, 0.001)
+    command = AbortCommand("shop/web@c4n4ry", "shop", "web", "c4n4ry", 1.5, evidence, "2.0")
+    values = [b"{bad", encode_abort_command(command), None, b"[]", encode_abort_command(command)]
+    assert list(readable_abort_commands(values)) == [command, command]
 
 
 # --- typed decoding: every field checked, nothing but a value or a DecodeError -------------
