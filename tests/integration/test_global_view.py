@@ -118,7 +118,10 @@ async def test_two_workers_crc32_partitioned_lines_each_bad_canary_aborted_once(
         )
         watching = asyncio.create_task(watcher.watch(lambda _, __: None))
         try:
-            await run.play(producer, base.topics, start + PLAY_S, request_partition=crc32_partition)
+            # Traffic flows for PLAY_S after the last fault starts: a canary whose lines stop
+            # soon after its fault begins may never gather enough evidence.
+            until = max(p.fault_start for p in run.plans if p.scenario == Scenario.BAD) + PLAY_S
+            await run.play(producer, base.topics, until, request_partition=crc32_partition)
             # A loaded machine may still be judging the last lines when the play ends.
             await poll_until(
                 lambda: bad <= {command.env for _, command in watcher.seen},
