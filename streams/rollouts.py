@@ -17,11 +17,13 @@ import orjson
 
 from streams.events import (
     MAX_MESSAGE_BYTES,
-    MAX_TEXT,
     DecodeError,
-    FieldRule,
     RolloutState,
     env_key,
+)
+from streams.fields import (
+    MAX_TEXT,
+    FieldRule,
     json_object,
     namespace_name,
     rollout_name,
